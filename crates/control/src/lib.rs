@@ -1,0 +1,104 @@
+//! The control plane: who the users are, which instance is theirs, which apps they granted what,
+//! and the lifecycle of instances (provision, open, keep a bounded set open).
+//!
+//! Control reads no instance contents: it hands the gateway an [`Instance`] handle and the
+//! gateway talks to that. Every method that depends on time takes `now` (Unix seconds) so tests
+//! control the clock.
+
+mod accounts;
+mod grants;
+mod instances;
+pub mod keys;
+mod registry;
+pub mod tokens;
+
+pub use accounts::{Account, Profile};
+pub use grants::{App, CodeGrant, Grant, NewApp, NewCode};
+pub use instances::{instance_dir, INSTANCES_DIR};
+pub use registry::UserRow;
+pub use tokens::{GrantRef, TokenInfo, TokenKind};
+
+use keys::NodeKey;
+use lru::LruCache;
+use parking_lot::Mutex;
+use registry::Registry;
+use selfcloud_core::config::{KdfParams, Limits, TokenTtls};
+use selfcloud_core::{Error, InstanceId, Result};
+use selfcloud_instance::Instance;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tokens::TokenTable;
+
+/// Everything control needs to know, filled by the binary from flags and environment.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    pub home: PathBuf,
+    pub kdf: KdfParams,
+    pub limits: Limits,
+    pub ttls: TokenTtls,
+    /// Instances kept open at once; the least recently used is closed past this.
+    pub open_instances: usize,
+}
+
+impl ControlConfig {
+    pub fn new(home: impl Into<PathBuf>) -> Self {
+        ControlConfig {
+            home: home.into(),
+            kdf: KdfParams::default(),
+            limits: Limits::default(),
+            ttls: TokenTtls::default(),
+            open_instances: 1024,
+        }
+    }
+}
+
+pub struct Control {
+    config: ControlConfig,
+    registry: Arc<Registry>,
+    node_key: NodeKey,
+    tokens: TokenTable,
+    open: Mutex<LruCache<InstanceId, Arc<dyn Instance>>>,
+    /// Serialises opening instances so one instance is never opened twice at once.
+    opening: tokio::sync::Mutex<()>,
+    provisioned: AtomicU64,
+}
+
+impl Control {
+    /// Opens (creating on first start) the home directory, the node key and the registry, and
+    /// loads the live tokens.
+    pub fn open(config: ControlConfig, now: u64) -> Result<Arc<Control>> {
+        let home = &config.home;
+        std::fs::create_dir_all(home.join(INSTANCES_DIR)).map_err(|e| Error::internal(format!("create {home:?}: {e}")))?;
+        let node_key = instances::load_or_create_node_key(home)?;
+        let registry = Arc::new(Registry::open(&home.join("control.db"))?);
+        let capacity = NonZeroUsize::new(config.open_instances.max(1)).expect("max(1) is non-zero");
+        let control = Control {
+            open: Mutex::new(LruCache::new(capacity)),
+            provisioned: AtomicU64::new(registry.instance_count()?),
+            config,
+            registry,
+            node_key,
+            tokens: TokenTable::default(),
+            opening: tokio::sync::Mutex::new(()),
+        };
+        control.load_tokens(now)?;
+        Ok(Arc::new(control))
+    }
+
+    pub fn config(&self) -> &ControlConfig {
+        &self.config
+    }
+
+    /// Instances provisioned on this node, ever.
+    pub fn instances_provisioned(&self) -> u64 {
+        self.provisioned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs registry work on the blocking pool (registry writes wait for fsync).
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Registry) -> Result<T> + Send + 'static) -> Result<T> {
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || f(&registry)).await.map_err(Error::internal)?
+    }
+}

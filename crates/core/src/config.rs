@@ -1,0 +1,81 @@
+//! Configuration types shared by the crates; the binary fills them from flags and environment.
+
+use std::time::Duration;
+
+/// Argon2id cost. Stored with each user so it can be raised later without locking anyone out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_cost: u32,
+    /// Passes.
+    pub t_cost: u32,
+    /// Lanes.
+    pub p_cost: u32,
+}
+
+impl Default for KdfParams {
+    /// OWASP's recommended Argon2id floor: 19 MiB, 2 passes, 1 lane.
+    fn default() -> Self {
+        KdfParams { m_cost: 19 * 1024, t_cost: 2, p_cost: 1 }
+    }
+}
+
+impl KdfParams {
+    /// The cheapest cost argon2 accepts; for tests only, set through configuration.
+    pub const INSECURE_FOR_TESTS: KdfParams = KdfParams { m_cost: 8, t_cost: 1, p_cost: 1 };
+}
+
+/// Token and code lifetimes.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenTtls {
+    pub session: Duration,
+    pub access: Duration,
+    pub refresh: Duration,
+    pub code: Duration,
+}
+
+impl Default for TokenTtls {
+    fn default() -> Self {
+        TokenTtls {
+            session: Duration::from_secs(24 * 3600),
+            access: Duration::from_secs(3600),
+            refresh: Duration::from_secs(30 * 24 * 3600),
+            code: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Limits applied at the edge.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest record value, in bytes.
+    pub max_value_bytes: usize,
+    /// Requests per second allowed to one token (sustained).
+    pub rate_per_token: u32,
+    /// Requests a token may burst above its rate.
+    pub rate_burst: u32,
+    /// Unauthenticated requests (sign-up, log-in, token) per second from one client address.
+    pub rate_per_ip: u32,
+    /// Default and maximum page size of a list.
+    pub list_default: usize,
+    pub list_max: usize,
+    /// Storage quota of a new instance, in bytes.
+    pub quota_bytes: u64,
+    /// Audit entries kept per instance; older ones are pruned.
+    pub audit_retention: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_value_bytes: 1024 * 1024,
+            rate_per_token: 200,
+            rate_burst: 400,
+            rate_per_ip: 20,
+            list_default: 100,
+            list_max: 1000,
+            quota_bytes: 10_000_000_000,
+            audit_retention: 100_000,
+        }
+    }
+}

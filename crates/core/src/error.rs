@@ -1,0 +1,125 @@
+//! The one error type every crate returns, mapped to the HTTP contract's JSON error.
+
+use http::StatusCode;
+use serde::Serialize;
+use std::time::Duration;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error codes of the HTTP contract, each with its one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PreconditionFailed,
+    TooLarge,
+    UnsupportedMediaType,
+    RateLimited,
+    QuotaExceeded,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::InvalidRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PreconditionFailed => "precondition_failed",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error with the code the client sees and a message safe to show them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct Error {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Set on `rate_limited` (and `unavailable`) so the gateway can answer `Retry-After`.
+    pub retry_after: Option<Duration>,
+    /// What went wrong inside, for the operator's log; never sent to the client.
+    pub detail: Option<String>,
+}
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error { code, message: message.into(), retry_after: None, detail: None }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Conflict, message)
+    }
+    /// An internal failure: the detail goes to the log, the client sees a generic message.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Error { detail: Some(detail.to_string()), ..Self::new(ErrorCode::Internal, "internal error") }
+    }
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        Error { retry_after: Some(retry_after), ..Self::new(ErrorCode::RateLimited, "too many requests") }
+    }
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+    /// The JSON body of the contract: `{"error":{"code","message"}}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_the_contract_shape() {
+        let e = Error::conflict("username taken");
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        assert_eq!(
+            e.body(),
+            serde_json::json!({"error":{"code":"conflict","message":"username taken"}})
+        );
+        assert_eq!(Error::rate_limited(Duration::from_secs(1)).status().as_u16(), 429);
+        assert_eq!(ErrorCode::QuotaExceeded.status().as_u16(), 507);
+    }
+}

@@ -1,0 +1,107 @@
+//! Collection and record-key names, validated once at the edge into types.
+//!
+//! Grammar (the HTTP contract): collection `[a-z0-9][a-z0-9._-]{0,63}`; key 1..512 bytes of
+//! `[A-Za-z0-9._~:@-]`, and neither `.` nor `..` (clients and proxies rewrite those path segments).
+
+use crate::Error;
+use std::fmt;
+
+/// A validated collection name.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Collection(String);
+
+/// A validated record key.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordKey(String);
+
+pub const MAX_COLLECTION_LEN: usize = 64;
+pub const MAX_KEY_LEN: usize = 512;
+
+fn is_collection_byte(b: u8) -> bool {
+    matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-')
+}
+
+fn is_key_byte(b: u8) -> bool {
+    matches!(b, b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'~' | b':' | b'@' | b'-')
+}
+
+/// True when `s` may start a collection name (also used by scope patterns, which may be empty).
+pub(crate) fn is_collection_prefix(s: &str) -> bool {
+    s.len() <= MAX_COLLECTION_LEN
+        && s.bytes().all(is_collection_byte)
+        && s.bytes().next().is_none_or(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+impl Collection {
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        if s.is_empty() || !is_collection_prefix(s) {
+            return Err(Error::invalid(
+                "collection must match [a-z0-9][a-z0-9._-]{0,63}",
+            ));
+        }
+        Ok(Collection(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl RecordKey {
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        if s.is_empty() || s.len() > MAX_KEY_LEN || !s.bytes().all(is_key_byte) {
+            return Err(Error::invalid("key must be 1..512 bytes of [A-Za-z0-9._~:@-]"));
+        }
+        if s == "." || s == ".." {
+            return Err(Error::invalid("key must not be '.' or '..'"));
+        }
+        Ok(RecordKey(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A key prefix for listing: the key grammar, but empty is allowed and dots are not special.
+pub fn validate_key_prefix(s: &str) -> Result<(), Error> {
+    if s.len() > MAX_KEY_LEN || !s.bytes().all(is_key_byte) {
+        return Err(Error::invalid("prefix must be up to 512 bytes of [A-Za-z0-9._~:@-]"));
+    }
+    Ok(())
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(&self.0) }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { fmt::Debug::fmt(&self.0, f) }
+        }
+    )*};
+}
+display_as_str!(Collection, RecordKey);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collections_follow_the_grammar() {
+        for ok in ["notes", "a", "0x", "my.notes_v2-beta", &"a".repeat(64)] {
+            assert!(Collection::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Notes", "_notes", ".hidden", "a/b", "..", "a\0b", "no tes", "é", &"a".repeat(65)] {
+            assert!(Collection::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys_follow_the_grammar() {
+        for ok in ["k", "user@example.com", "2026-11-25T10:00:00Z", "a~b", "...", &"k".repeat(512)] {
+            assert!(RecordKey::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a\\b", "%2F", "a\0", "a b", "ключ", &"k".repeat(513)] {
+            assert!(RecordKey::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

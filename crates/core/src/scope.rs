@@ -1,0 +1,331 @@
+//! The scope grammar, parsed once into types.
+//!
+//! ```text
+//! scope    = "storage:" ("read" / "write") ":" pattern
+//!          / "llm:chat" / "llm:embed" / "chain:read" / "profile:read"
+//! pattern  = collection            ; exactly that collection
+//!          / [collection-prefix] "*" ; every collection starting with the prefix ("*": all)
+//! ```
+//! Owner-only powers (backup, audit, grants, account) have no scope: no app can ever be granted them.
+
+use crate::names::{is_collection_prefix, Collection};
+use crate::Error;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+/// Which collections a storage scope reaches.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub enum CollectionPattern {
+    Exact(Collection),
+    /// Every collection whose name starts with this (possibly empty) prefix.
+    Prefix(String),
+}
+
+impl CollectionPattern {
+    pub fn matches(&self, collection: &Collection) -> bool {
+        match self {
+            CollectionPattern::Exact(c) => c == collection,
+            CollectionPattern::Prefix(p) => collection.as_str().starts_with(p.as_str()),
+        }
+    }
+
+    /// True when every collection `other` matches is also matched by `self`.
+    pub fn covers(&self, other: &CollectionPattern) -> bool {
+        match (self, other) {
+            (_, CollectionPattern::Exact(c)) => self.matches(c),
+            (CollectionPattern::Prefix(p), CollectionPattern::Prefix(q)) => q.starts_with(p.as_str()),
+            (CollectionPattern::Exact(_), CollectionPattern::Prefix(_)) => false,
+        }
+    }
+}
+
+impl fmt::Display for CollectionPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CollectionPattern::Exact(c) => write!(f, "{c}"),
+            CollectionPattern::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
+/// One permission an app can be granted.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub enum Scope {
+    StorageRead(CollectionPattern),
+    StorageWrite(CollectionPattern),
+    LlmChat,
+    LlmEmbed,
+    ChainRead,
+    ProfileRead,
+}
+
+impl Scope {
+    pub fn storage_read(c: &Collection) -> Scope {
+        Scope::StorageRead(CollectionPattern::Exact(c.clone()))
+    }
+    pub fn storage_write(c: &Collection) -> Scope {
+        Scope::StorageWrite(CollectionPattern::Exact(c.clone()))
+    }
+
+    /// True when holding `self` grants everything `other` grants.
+    pub fn covers(&self, other: &Scope) -> bool {
+        match (self, other) {
+            (Scope::StorageRead(a), Scope::StorageRead(b))
+            | (Scope::StorageWrite(a), Scope::StorageWrite(b)) => a.covers(b),
+            _ => self == other,
+        }
+    }
+
+    /// The scope in plain words, for the consent page.
+    pub fn describe(&self) -> String {
+        fn which(p: &CollectionPattern) -> String {
+            match p {
+                CollectionPattern::Exact(c) => format!("your \u{201c}{c}\u{201d} records"),
+                CollectionPattern::Prefix(p) if p.is_empty() => "all your records, in every collection".into(),
+                CollectionPattern::Prefix(p) => {
+                    format!("your records in every collection whose name starts with \u{201c}{p}\u{201d}")
+                }
+            }
+        }
+        match self {
+            Scope::StorageRead(p) => format!("Read {}", which(p)),
+            Scope::StorageWrite(p) => format!("Create, change and delete {}", which(p)),
+            Scope::LlmChat => "Chat with your private assistant".into(),
+            Scope::LlmEmbed => "Compute embeddings with your private assistant's model".into(),
+            Scope::ChainRead => "Read your public chain identity and grants".into(),
+            Scope::ProfileRead => "See your username and account id".into(),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::StorageRead(p) => write!(f, "storage:read:{p}"),
+            Scope::StorageWrite(p) => write!(f, "storage:write:{p}"),
+            Scope::LlmChat => f.write_str("llm:chat"),
+            Scope::LlmEmbed => f.write_str("llm:embed"),
+            Scope::ChainRead => f.write_str("chain:read"),
+            Scope::ProfileRead => f.write_str("profile:read"),
+        }
+    }
+}
+
+impl FromStr for Scope {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || Error::invalid(format!("unknown or malformed scope {:?}", truncate(s)));
+        match s {
+            "llm:chat" => return Ok(Scope::LlmChat),
+            "llm:embed" => return Ok(Scope::LlmEmbed),
+            "chain:read" => return Ok(Scope::ChainRead),
+            "profile:read" => return Ok(Scope::ProfileRead),
+            _ => {}
+        }
+        let (write, pattern) = if let Some(p) = s.strip_prefix("storage:read:") {
+            (false, p)
+        } else if let Some(p) = s.strip_prefix("storage:write:") {
+            (true, p)
+        } else {
+            return Err(bad());
+        };
+        let pattern = match pattern.strip_suffix('*') {
+            Some(prefix) if is_collection_prefix(prefix) => CollectionPattern::Prefix(prefix.to_owned()),
+            Some(_) => return Err(bad()),
+            None => CollectionPattern::Exact(Collection::parse(pattern).map_err(|_| bad())?),
+        };
+        Ok(if write { Scope::StorageWrite(pattern) } else { Scope::StorageRead(pattern) })
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// A set of scopes, as carried by a grant or token. Its text form is the OAuth `scope` parameter:
+/// scopes separated by single spaces, in a canonical order.
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
+pub struct ScopeSet(BTreeSet<Scope>);
+
+/// Most scopes one request may name; keeps parsing and consent pages bounded.
+pub const MAX_SCOPES: usize = 64;
+
+impl ScopeSet {
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let mut set = BTreeSet::new();
+        for part in s.split(' ').filter(|p| !p.is_empty()) {
+            set.insert(part.parse()?);
+            if set.len() > MAX_SCOPES {
+                return Err(Error::invalid(format!("at most {MAX_SCOPES} scopes")));
+            }
+        }
+        Ok(ScopeSet(set))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Scope> {
+        self.0.iter()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The first held scope that covers `needed`, if any (the audit log records which one was used).
+    pub fn permits(&self, needed: &Scope) -> Option<&Scope> {
+        self.0.iter().find(|held| held.covers(needed))
+    }
+
+    /// True when every scope of `other` is covered by one of ours.
+    pub fn covers_all(&self, other: &ScopeSet) -> bool {
+        other.iter().all(|s| self.permits(s).is_some())
+    }
+
+    /// Keeps only the scopes of `self` that `allowed` covers (what the user left ticked, or what
+    /// the app registered).
+    pub fn restricted_to(&self, allowed: &ScopeSet) -> ScopeSet {
+        ScopeSet(self.0.iter().filter(|s| allowed.permits(s).is_some()).cloned().collect())
+    }
+}
+
+impl FromIterator<Scope> for ScopeSet {
+    fn from_iter<I: IntoIterator<Item = Scope>>(iter: I) -> Self {
+        ScopeSet(iter.into_iter().collect())
+    }
+}
+
+impl fmt::Display for ScopeSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{s}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn c(s: &str) -> Collection {
+        Collection::parse(s).unwrap()
+    }
+
+    #[test]
+    fn parses_every_documented_form() {
+        for s in [
+            "storage:read:notes",
+            "storage:write:notes",
+            "storage:read:notes*",
+            "storage:write:*",
+            "llm:chat",
+            "llm:embed",
+            "chain:read",
+            "profile:read",
+        ] {
+            assert_eq!(s.parse::<Scope>().unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn refuses_owner_powers_and_malformed_scopes() {
+        for s in [
+            "", "storage", "storage:read", "storage:read:", "storage:delete:notes", "storage:read:Notes",
+            "storage:read:no*tes", "storage:read:notes**", "storage:read:../x", "storage:read:a/b",
+            "audit", "audit:read", "backup", "grants", "account", "admin", "llm:*", "*", "LLM:CHAT",
+            "storage:read:notes ", " llm:chat", "storage:read:_x*",
+        ] {
+            assert!(s.parse::<Scope>().is_err(), "{s:?} parsed");
+        }
+    }
+
+    #[test]
+    fn prefix_patterns_match_and_cover() {
+        let notes_any: Scope = "storage:read:notes*".parse().unwrap();
+        assert!(notes_any.covers(&Scope::storage_read(&c("notes"))));
+        assert!(notes_any.covers(&Scope::storage_read(&c("notes.work"))));
+        assert!(!notes_any.covers(&Scope::storage_read(&c("note"))));
+        assert!(!notes_any.covers(&Scope::storage_write(&c("notes"))), "read never grants write");
+        assert!(notes_any.covers(&"storage:read:notes.w*".parse().unwrap()));
+        assert!(!notes_any.covers(&"storage:read:*".parse().unwrap()));
+        let exact: Scope = "storage:read:notes".parse().unwrap();
+        assert!(!exact.covers(&notes_any));
+        let all: Scope = "storage:write:*".parse().unwrap();
+        assert!(all.covers(&Scope::storage_write(&c("anything"))));
+    }
+
+    #[test]
+    fn sets_intersect_as_consent_needs() {
+        let registered = ScopeSet::parse("storage:read:notes* llm:chat").unwrap();
+        let asked = ScopeSet::parse("storage:read:notes.work llm:chat chain:read").unwrap();
+        let kept = asked.restricted_to(&registered);
+        assert_eq!(kept.to_string(), "storage:read:notes.work llm:chat");
+        assert!(!registered.covers_all(&asked));
+        assert!(registered.covers_all(&kept));
+        assert!(ScopeSet::parse("llm:chat audit").is_err());
+        assert_eq!(ScopeSet::parse("  llm:chat  llm:chat ").unwrap().len(), 1);
+    }
+
+    fn arb_pattern() -> impl Strategy<Value = CollectionPattern> {
+        prop_oneof![
+            "[a-z0-9][a-z0-9._-]{0,20}".prop_map(|s| CollectionPattern::Exact(Collection::parse(&s).unwrap())),
+            "([a-z0-9][a-z0-9._-]{0,20})?".prop_map(CollectionPattern::Prefix),
+        ]
+    }
+
+    fn arb_scope() -> impl Strategy<Value = Scope> {
+        prop_oneof![
+            arb_pattern().prop_map(Scope::StorageRead),
+            arb_pattern().prop_map(Scope::StorageWrite),
+            Just(Scope::LlmChat),
+            Just(Scope::LlmEmbed),
+            Just(Scope::ChainRead),
+            Just(Scope::ProfileRead),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn display_then_parse_is_identity(scope in arb_scope()) {
+            prop_assert_eq!(scope.to_string().parse::<Scope>().unwrap(), scope);
+        }
+
+        #[test]
+        fn any_text_parses_or_errors_without_panicking(s in "\\PC{0,80}") {
+            if let Ok(scope) = s.parse::<Scope>() {
+                // Whatever parses is canonical: it prints back to the same text.
+                prop_assert_eq!(scope.to_string(), s);
+            }
+        }
+
+        #[test]
+        fn covering_is_reflexive_and_transitive(a in arb_scope(), b in arb_scope(), x in arb_scope()) {
+            prop_assert!(a.covers(&a));
+            if a.covers(&b) && b.covers(&x) {
+                prop_assert!(a.covers(&x));
+            }
+        }
+
+        #[test]
+        fn a_pattern_matches_what_it_covers(p in arb_pattern(), name in "[a-z0-9][a-z0-9._-]{0,24}") {
+            let coll = Collection::parse(&name).unwrap();
+            prop_assert_eq!(p.matches(&coll), p.covers(&CollectionPattern::Exact(coll.clone())));
+        }
+
+        #[test]
+        fn restriction_never_widens(asked in proptest::collection::vec(arb_scope(), 0..6),
+                                    allowed in proptest::collection::vec(arb_scope(), 0..6)) {
+            let asked: ScopeSet = asked.into_iter().collect();
+            let allowed: ScopeSet = allowed.into_iter().collect();
+            let kept = asked.restricted_to(&allowed);
+            prop_assert!(allowed.covers_all(&kept));
+            prop_assert!(asked.covers_all(&kept));
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! One user's instance behind one API. The gateway reaches a user's data only through
+//! [`Instance`]; this crate ships the in-process runtime ([`InprocInstance`]). A sandboxed runtime
+//! implements the same trait over a Unix socket, which is why every argument and answer here is a
+//! plain serializable value, never a handle into this process.
+//!
+//! An instance knows nothing of other instances: it is opened on its own directory with its own key.
+
+mod inproc;
+
+pub use inproc::InprocInstance;
+pub use selfcloud_store::{DataKey, Page, Precondition, Record, Rev, Usage};
+
+use async_trait::async_trait;
+use selfcloud_core::{Collection, InstanceId, RecordKey, Result};
+use serde::{Deserialize, Serialize};
+
+/// Who made a request on the instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Actor {
+    /// The instance's owner, with their session.
+    Owner,
+    /// A third-party app, through a grant.
+    App { client_id: String, name: String, grant_id: String },
+}
+
+/// One line of the instance's access log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub actor: Actor,
+    pub method: String,
+    pub path: String,
+    /// The scope that allowed the request, if one was needed and held.
+    pub scope: Option<String>,
+    pub status: u16,
+    pub request_id: Option<String>,
+}
+
+/// An audit entry as read back, with its place in the log (for paging).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+}
+
+/// Storage used by an instance against its quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageUsage {
+    pub records: u64,
+    pub bytes: u64,
+    pub quota_bytes: u64,
+}
+
+/// Everything the gateway (through control) can ask of one user's instance.
+#[async_trait]
+pub trait Instance: Send + Sync + 'static {
+    fn id(&self) -> InstanceId;
+
+    async fn get_record(&self, collection: &Collection, key: &RecordKey) -> Result<Option<Record>>;
+    async fn put_record(&self, collection: &Collection, key: &RecordKey, value: Vec<u8>, cond: Precondition) -> Result<Rev>;
+    async fn delete_record(&self, collection: &Collection, key: &RecordKey, cond: Precondition) -> Result<()>;
+    async fn list_records(&self, collection: &Collection, prefix: &str, limit: usize, cursor: Option<&str>) -> Result<Page>;
+    async fn storage_usage(&self) -> Result<StorageUsage>;
+
+    /// Appends entries to the access log; entries past `keep` newest are dropped.
+    async fn append_audit(&self, entries: Vec<AuditEntry>, keep: u64) -> Result<()>;
+    /// Up to `limit` entries older than `before`, newest first.
+    async fn read_audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRecord>>;
+}

@@ -1,0 +1,217 @@
+//! The SQLite engine: one database file per instance, WAL with `synchronous=FULL` so an
+//! acknowledged write survives a crash or power loss. One writer connection behind a lock (the
+//! per-instance write lock) and a small pool of reader connections that read in parallel.
+
+use crate::engine::{Engine, Sealed};
+use crate::{Precondition, Rev, Usage};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use selfcloud_core::{Error, ErrorCode, Result};
+use std::path::{Path, PathBuf};
+
+/// Schema versions, applied in order on open (`PRAGMA user_version` records how far a file is).
+const MIGRATIONS: &[&str] = &[
+    // 1: records, counters and the log.
+    "CREATE TABLE records (
+         collection TEXT NOT NULL,
+         key        TEXT NOT NULL,
+         rev        INTEGER NOT NULL,
+         size       INTEGER NOT NULL,
+         value      BLOB NOT NULL,
+         PRIMARY KEY (collection, key)
+     ) WITHOUT ROWID;
+     CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+     INSERT INTO counters VALUES ('rev', 0), ('records', 0), ('bytes', 0);
+     CREATE TABLE log (seq INTEGER PRIMARY KEY, value BLOB NOT NULL);",
+];
+
+/// Reader connections kept open; more are opened under load and closed after.
+const READERS_KEPT: usize = 4;
+
+pub(crate) struct SqliteEngine {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn db_err(e: rusqlite::Error) -> Error {
+    Error::internal(format!("sqlite: {e}"))
+}
+
+impl SqliteEngine {
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut writer = Connection::open(path).map_err(db_err)?;
+        writer
+            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
+            .map_err(db_err)?;
+        migrate(&mut writer)?;
+        Ok(SqliteEngine { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = self.readers.lock().pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                    .map_err(db_err)?;
+                c.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
+                c
+            }
+        };
+        let out = f(&conn).map_err(db_err);
+        let mut pool = self.readers.lock();
+        if pool.len() < READERS_KEPT {
+            pool.push(conn);
+        }
+        out
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
+    if version > MIGRATIONS.len() {
+        return Err(Error::internal(format!("store schema {version} is newer than this binary knows")));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(db_err)?;
+        tx.execute_batch(sql).map_err(db_err)?;
+        tx.pragma_update(None, "user_version", i + 1).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn check(cond: Precondition, current: Option<Rev>) -> Result<()> {
+    match (cond, current) {
+        (Precondition::None, _) => Ok(()),
+        (Precondition::IfMatch(want), Some(have)) if want == have => Ok(()),
+        (Precondition::IfMatch(_), _) => {
+            Err(Error::new(ErrorCode::PreconditionFailed, "the record's rev does not match If-Match"))
+        }
+        (Precondition::IfAbsent, None) => Ok(()),
+        (Precondition::IfAbsent, Some(_)) => Err(Error::new(ErrorCode::PreconditionFailed, "the record exists")),
+    }
+}
+
+fn bump(tx: &rusqlite::Transaction, name: &str, delta: i64) -> rusqlite::Result<i64> {
+    tx.query_row("UPDATE counters SET value = value + ?2 WHERE name = ?1 RETURNING value", params![name, delta], |r| r.get(0))
+}
+
+impl Engine for SqliteEngine {
+    fn get(&self, collection: &str, key: &str) -> Result<Option<(Rev, Sealed)>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT rev, value FROM records WHERE collection = ?1 AND key = ?2")?
+                .query_row(params![collection, key], |r| Ok((r.get::<_, i64>(0)? as Rev, r.get(1)?)))
+                .optional()
+        })
+    }
+
+    fn put(&self, collection: &str, key: &str, cond: Precondition, size: u64, value: &[u8], quota: u64) -> Result<Rev> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+        let current: Option<(i64, i64)> = tx
+            .prepare_cached("SELECT rev, size FROM records WHERE collection = ?1 AND key = ?2")
+            .and_then(|mut s| s.query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .map_err(db_err)?;
+        check(cond, current.map(|(rev, _)| rev as Rev))?;
+        let old_size = current.map_or(0, |(_, s)| s);
+        let delta = size as i64 - old_size;
+        let used: i64 = tx.query_row("SELECT value FROM counters WHERE name = 'bytes'", [], |r| r.get(0)).map_err(db_err)?;
+        if delta > 0 && (used + delta) as u64 > quota {
+            return Err(Error::new(
+                ErrorCode::QuotaExceeded,
+                format!("this write needs {delta} more bytes; {used} of {quota} are used"),
+            ));
+        }
+        let rev = bump(&tx, "rev", 1).map_err(db_err)?;
+        tx.prepare_cached(
+            "INSERT INTO records (collection, key, rev, size, value) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (collection, key) DO UPDATE SET rev = excluded.rev, size = excluded.size, value = excluded.value",
+        )
+        .and_then(|mut s| s.execute(params![collection, key, rev, size as i64, value]))
+        .map_err(db_err)?;
+        bump(&tx, "bytes", delta).map_err(db_err)?;
+        if current.is_none() {
+            bump(&tx, "records", 1).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(rev as Rev)
+    }
+
+    fn delete(&self, collection: &str, key: &str, cond: Precondition) -> Result<()> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+        let current: Option<(i64, i64)> = tx
+            .prepare_cached("SELECT rev, size FROM records WHERE collection = ?1 AND key = ?2")
+            .and_then(|mut s| s.query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .map_err(db_err)?;
+        let Some((rev, size)) = current else {
+            return Err(Error::not_found("no such record"));
+        };
+        check(cond, Some(rev as Rev))?;
+        tx.execute("DELETE FROM records WHERE collection = ?1 AND key = ?2", params![collection, key]).map_err(db_err)?;
+        bump(&tx, "bytes", -size).map_err(db_err)?;
+        bump(&tx, "records", -1).map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
+    fn list(&self, collection: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Rev, Sealed)>> {
+        // Every key byte sorts below 0x7f, so `prefix || 0x7f` bounds the keys with that prefix.
+        let upper = format!("{prefix}\u{7f}");
+        let lower = match after {
+            Some(a) if a >= prefix => a,
+            _ => prefix,
+        };
+        let strict = after.is_some_and(|a| a >= prefix);
+        self.read(|c| {
+            let sql = if strict {
+                "SELECT key, rev, value FROM records WHERE collection = ?1 AND key > ?2 AND key < ?3 ORDER BY key LIMIT ?4"
+            } else {
+                "SELECT key, rev, value FROM records WHERE collection = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4"
+            };
+            let mut stmt = c.prepare_cached(sql)?;
+            let rows = stmt.query_map(params![collection, lower, upper, limit as i64], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as Rev, r.get(2)?))
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn usage(&self) -> Result<Usage> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT (SELECT value FROM counters WHERE name = 'records'), (SELECT value FROM counters WHERE name = 'bytes')",
+                [],
+                |r| Ok(Usage { records: r.get::<_, i64>(0)? as u64, bytes: r.get::<_, i64>(1)? as u64 }),
+            )
+        })
+    }
+
+    fn append_log(&self, entries: &[Sealed], keep: u64) -> Result<u64> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+        let mut last = 0;
+        {
+            let mut stmt = tx.prepare_cached("INSERT INTO log (value) VALUES (?1)").map_err(db_err)?;
+            for e in entries {
+                stmt.execute(params![e]).map_err(db_err)?;
+                last = tx.last_insert_rowid();
+            }
+        }
+        if last as u64 > keep {
+            tx.execute("DELETE FROM log WHERE seq <= ?1", params![last - keep as i64]).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(last as u64)
+    }
+
+    fn read_log(&self, before: u64, limit: usize) -> Result<Vec<(u64, Sealed)>> {
+        let before = before.min(i64::MAX as u64) as i64;
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT seq, value FROM log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")?;
+            let rows = stmt.query_map(params![before, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+}
