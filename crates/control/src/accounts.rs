@@ -5,6 +5,7 @@ use crate::registry::{TokenRow, UserRow};
 use crate::tokens::{hash_token, new_token, GrantRef, TokenInfo, TokenKind};
 use crate::Control;
 use selfcloud_core::{Error, InstanceId, Result, ScopeSet, UserId};
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -34,12 +35,16 @@ pub const MAX_PASSWORD: usize = 1024;
 /// Usernames: 3 to 32 of `[a-z0-9_.-]`, starting with a letter or digit.
 pub fn validate_username(name: &str) -> Result<()> {
     let ok = (3..=32).contains(&name.len())
-        && name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid("username must be 3 to 32 of [a-z0-9_.-], starting with a letter or digit"))
+        Err(Error::invalid(
+            "username must be 3 to 32 of [a-z0-9_.-], starting with a letter or digit",
+        ))
     }
 }
 
@@ -47,7 +52,9 @@ fn validate_password(password: &str) -> Result<()> {
     if (MIN_PASSWORD..=MAX_PASSWORD).contains(&password.len()) {
         Ok(())
     } else {
-        Err(Error::invalid(format!("password must be {MIN_PASSWORD} to {MAX_PASSWORD} bytes")))
+        Err(Error::invalid(format!(
+            "password must be {MIN_PASSWORD} to {MAX_PASSWORD} bytes"
+        )))
     }
 }
 
@@ -55,7 +62,12 @@ impl Control {
     /// Creates the account and provisions its instance before returning: directory, data key
     /// (wrapped twice), store, and the registry rows, in that order, so a crash part-way leaves
     /// at worst an unreferenced directory and never a user without an instance.
-    pub async fn sign_up(self: &Arc<Self>, username: &str, password: &str, now: u64) -> Result<Account> {
+    pub async fn sign_up(
+        self: &Arc<Self>,
+        username: &str,
+        password: &str,
+        now: u64,
+    ) -> Result<Account> {
         validate_username(username)?;
         validate_password(password)?;
         let (this, username, password) = (self.clone(), username.to_owned(), password.to_owned());
@@ -84,7 +96,12 @@ impl Control {
             }
             this.provisioned.fetch_add(1, Ordering::Relaxed);
             tracing::info!(user = %user.id, instance = %user.instance_id, "instance provisioned");
-            Ok(Account { user_id: user.id, username: user.username, instance_id: user.instance_id, instance_state: user.state })
+            Ok(Account {
+                user_id: user.id,
+                username: user.username,
+                instance_id: user.instance_id,
+                instance_state: user.state,
+            })
         })
         .await
         .map_err(Error::internal)?
@@ -111,7 +128,10 @@ impl Control {
     }
 
     pub async fn profile(&self, user: UserId) -> Result<Profile> {
-        let u = self.blocking(move |r| r.user_by_id(user)).await?.ok_or_else(|| Error::not_found("no such user"))?;
+        let u = self
+            .blocking(move |r| r.user_by_id(user))
+            .await?
+            .ok_or_else(|| Error::not_found("no such user"))?;
         Ok(Profile {
             user_id: u.id,
             username: u.username,
@@ -149,17 +169,38 @@ impl Control {
             expires_at,
             spent: false,
         })?;
-        let info = TokenInfo { kind, user_id, instance_id, grant, scopes, expires_at, spent: AtomicBool::new(false) };
+        let info = TokenInfo {
+            kind,
+            user_id,
+            instance_id,
+            grant,
+            scopes,
+            expires_at,
+            spent: AtomicBool::new(false),
+        };
         self.tokens.insert(hash, info);
         Ok((token, expires_at))
     }
 
     /// Starts an owner session for a user who just proved their password.
-    pub async fn create_session(self: &Arc<Self>, user: &UserRow, now: u64) -> Result<(String, u64)> {
+    pub async fn create_session(
+        self: &Arc<Self>,
+        user: &UserRow,
+        now: u64,
+    ) -> Result<(String, u64)> {
         let (this, id, instance) = (self.clone(), user.id, user.instance_id);
-        tokio::task::spawn_blocking(move || this.issue_token(TokenKind::Session, id, instance, None, ScopeSet::default(), now))
-            .await
-            .map_err(Error::internal)?
+        tokio::task::spawn_blocking(move || {
+            this.issue_token(
+                TokenKind::Session,
+                id,
+                instance,
+                None,
+                ScopeSet::default(),
+                now,
+            )
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     /// The live token behind a bearer string, or `None` if it is unknown, expired or spent.
@@ -171,7 +212,10 @@ impl Control {
 
     /// Ends a session or revokes an app token (RFC 7009: unknown tokens are not an error).
     pub async fn revoke_token(&self, token: &str) -> Result<()> {
-        let hash = hash_token(token);
+        self.revoke_token_by_hash(hash_token(token)).await
+    }
+
+    pub async fn revoke_token_by_hash(&self, hash: crate::tokens::TokenHash) -> Result<()> {
         self.tokens.remove(&hash);
         self.blocking(move |r| r.delete_token(&hash)).await
     }
@@ -179,16 +223,31 @@ impl Control {
     pub(crate) fn load_tokens(&self, now: u64) -> Result<()> {
         let mut grants = std::collections::HashMap::new();
         for row in self.registry.live_tokens(now)? {
-            let Some(kind) = TokenKind::parse(&row.kind) else { continue };
-            let Some(user) = self.registry.user_by_id(row.user_id)? else { continue };
+            let Some(kind) = TokenKind::parse(&row.kind) else {
+                continue;
+            };
+            let Some(user) = self.registry.user_by_id(row.user_id)? else {
+                continue;
+            };
             let grant = match row.grant_id {
                 None => None,
                 Some(gid) => {
-                    if !grants.contains_key(&gid) {
-                        let g = self.registry.active_grants_of(user.id)?.into_iter().find(|g| g.id == gid);
-                        grants.insert(gid, g.map(|g| GrantRef { grant_id: g.id, client_id: g.app_id, app_name: g.app_name }));
-                    }
-                    match grants[&gid].clone() {
+                    let grant = match grants.entry(gid) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => {
+                            let g = self
+                                .registry
+                                .active_grants_of(user.id)?
+                                .into_iter()
+                                .find(|g| g.id == gid);
+                            e.insert(g.map(|g| GrantRef {
+                                grant_id: g.id,
+                                client_id: g.app_id,
+                                app_name: g.app_name,
+                            }))
+                        }
+                    };
+                    match grant.clone() {
                         Some(g) => Some(g),
                         None => continue, // the grant was revoked: its tokens are dead
                     }
@@ -224,7 +283,16 @@ mod tests {
         for ok in ["ada", "ada.lovelace", "user_1", "0xdead", &"a".repeat(32)] {
             assert!(validate_username(ok).is_ok(), "{ok}");
         }
-        for bad in ["ab", "Ada", "-ada", ".ada", "ada/../x", "ada\0", "ad a", &"a".repeat(33)] {
+        for bad in [
+            "ab",
+            "Ada",
+            "-ada",
+            ".ada",
+            "ada/../x",
+            "ada\0",
+            "ad a",
+            &"a".repeat(33),
+        ] {
             assert!(validate_username(bad).is_err(), "{bad:?}");
         }
     }

@@ -27,7 +27,14 @@ pub struct App {
 
 impl From<AppRow> for App {
     fn from(a: AppRow) -> Self {
-        App { client_id: a.id, owner_id: a.owner_id, name: a.name, redirect_uris: a.redirect_uris, scopes: a.scopes, created_at: a.created_at }
+        App {
+            client_id: a.id,
+            owner_id: a.owner_id,
+            name: a.name,
+            redirect_uris: a.redirect_uris,
+            scopes: a.scopes,
+            created_at: a.created_at,
+        }
     }
 }
 
@@ -72,14 +79,22 @@ impl Control {
             scopes: app.scopes,
             created_at: now,
         };
-        self.blocking(move |r| r.insert_app(&row).map(|_| row.into())).await
+        self.blocking(move |r| r.insert_app(&row).map(|_| row.into()))
+            .await
     }
 
     pub async fn app(&self, id: AppId) -> Result<Option<App>> {
-        self.blocking(move |r| r.app(id).map(|a| a.map(App::from))).await
+        self.blocking(move |r| r.app(id).map(|a| a.map(App::from)))
+            .await
     }
 
-    pub async fn create_grant(&self, user: UserId, app: &App, scopes: ScopeSet, now: u64) -> Result<Grant> {
+    pub async fn create_grant(
+        &self,
+        user: UserId,
+        app: &App,
+        scopes: ScopeSet,
+        now: u64,
+    ) -> Result<Grant> {
         let row = GrantRow {
             id: GrantId::random(),
             user_id: user,
@@ -90,7 +105,13 @@ impl Control {
         };
         self.blocking(move |r| {
             r.insert_grant(&row)?;
-            Ok(Grant { id: row.id, client_id: row.app_id, app_name: row.app_name, scopes: row.scopes, created_at: row.created_at })
+            Ok(Grant {
+                id: row.id,
+                client_id: row.app_id,
+                app_name: row.app_name,
+                scopes: row.scopes,
+                created_at: row.created_at,
+            })
         })
         .await
     }
@@ -100,14 +121,22 @@ impl Control {
         let rows = self.blocking(move |r| r.active_grants_of(user)).await?;
         Ok(rows
             .into_iter()
-            .map(|g| Grant { id: g.id, client_id: g.app_id, app_name: g.app_name, scopes: g.scopes, created_at: g.created_at })
+            .map(|g| Grant {
+                id: g.id,
+                client_id: g.app_id,
+                app_name: g.app_name,
+                scopes: g.scopes,
+                created_at: g.created_at,
+            })
             .collect())
     }
 
     /// Revokes one of `user`'s grants and every token issued under it; the very next request
     /// with one of them fails. `not_found` if the grant is not theirs or already revoked.
     pub async fn revoke_grant(&self, user: UserId, grant: GrantId, now: u64) -> Result<()> {
-        let revoked = self.blocking(move |r| r.revoke_grant(user, grant, now)).await?;
+        let revoked = self
+            .blocking(move |r| r.revoke_grant(user, grant, now))
+            .await?;
         // Memory too, even when the row was already revoked: no token of the grant may live on.
         self.tokens.remove_grant(grant);
         if revoked {
@@ -118,7 +147,12 @@ impl Control {
     }
 
     /// Revokes a grant on the protocol's behalf (a replayed code or refresh token).
-    pub async fn revoke_grant_for_replay(&self, user: UserId, grant: GrantId, now: u64) -> Result<()> {
+    pub async fn revoke_grant_for_replay(
+        &self,
+        user: UserId,
+        grant: GrantId,
+        now: u64,
+    ) -> Result<()> {
         tracing::warn!(grant = %grant, "replayed credential: revoking the grant and its tokens");
         match self.revoke_grant(user, grant, now).await {
             Err(e) if e.code == selfcloud_core::ErrorCode::NotFound => Ok(()),
@@ -162,12 +196,35 @@ impl Control {
     }
 
     /// Issues an access and a refresh token for a grant. Returns `(access, refresh, access expiry)`.
-    pub async fn issue_app_tokens(self: &Arc<Self>, user: UserId, grant: GrantRef, scopes: ScopeSet, now: u64) -> Result<(String, String, u64)> {
+    pub async fn issue_app_tokens(
+        self: &Arc<Self>,
+        user: UserId,
+        grant: GrantRef,
+        scopes: ScopeSet,
+        now: u64,
+    ) -> Result<(String, String, u64)> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let u = this.registry.user_by_id(user)?.ok_or_else(|| Error::unauthenticated("the user no longer exists"))?;
-            let (access, expires) = this.issue_token(TokenKind::Access, user, u.instance_id, Some(grant.clone()), scopes.clone(), now)?;
-            let (refresh, _) = this.issue_token(TokenKind::Refresh, user, u.instance_id, Some(grant), scopes, now)?;
+            let u = this
+                .registry
+                .user_by_id(user)?
+                .ok_or_else(|| Error::unauthenticated("the user no longer exists"))?;
+            let (access, expires) = this.issue_token(
+                TokenKind::Access,
+                user,
+                u.instance_id,
+                Some(grant.clone()),
+                scopes.clone(),
+                now,
+            )?;
+            let (refresh, _) = this.issue_token(
+                TokenKind::Refresh,
+                user,
+                u.instance_id,
+                Some(grant),
+                scopes,
+                now,
+            )?;
             Ok((access, refresh, expires))
         })
         .await

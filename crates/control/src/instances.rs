@@ -16,7 +16,9 @@ const NODE_KEY_FILE: &str = "node.key";
 /// Where an instance lives: `<home>/instances/<2 hex>/<id>/`. The id is a parsed [`InstanceId`]
 /// (fixed prefix and 32 lowercase hex digits), so no user input ever reaches this path.
 pub fn instance_dir(home: &Path, id: InstanceId) -> PathBuf {
-    home.join(INSTANCES_DIR).join(id.shard()).join(id.to_string())
+    home.join(INSTANCES_DIR)
+        .join(id.shard())
+        .join(id.to_string())
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -33,16 +35,22 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut f = options.open(&tmp).map_err(|e| io_err("create", &tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io_err("write", &tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err("write", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io_err("rename", path, e))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("sync", dir, e))
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("sync", dir, e))
 }
 
 pub(crate) fn load_or_create_node_key(home: &Path) -> Result<NodeKey> {
     let path = home.join(NODE_KEY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let bytes: [u8; 32] = bytes.try_into().map_err(|_| Error::internal(format!("{} is not 32 bytes", path.display())))?;
+            let bytes: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| Error::internal(format!("{} is not 32 bytes", path.display())))?;
             Ok(NodeKey::from_bytes(bytes))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -56,29 +64,46 @@ pub(crate) fn load_or_create_node_key(home: &Path) -> Result<NodeKey> {
 
 impl Control {
     fn store_options(&self) -> StoreOptions {
-        StoreOptions { quota_bytes: self.config.limits.quota_bytes }
+        StoreOptions {
+            quota_bytes: self.config.limits.quota_bytes,
+        }
     }
 
     /// Creates the instance's directory, data key and store. Blocking: call from the blocking pool.
-    pub(crate) fn provision_dir(&self, id: InstanceId, password: &PasswordKeys, salt: &[u8]) -> Result<Arc<dyn Instance>> {
+    pub(crate) fn provision_dir(
+        &self,
+        id: InstanceId,
+        password: &PasswordKeys,
+        salt: &[u8],
+    ) -> Result<Arc<dyn Instance>> {
         let dir = instance_dir(&self.config.home, id);
         std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| io_err("chmod", &dir, e))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io_err("chmod", &dir, e))?;
         }
         let data_key = DataKey::generate();
         let file = InstanceKeyFile {
             version: 1,
-            sealed: keys::wrap(&self.node_key.instance_seal_key(id), keys::SEAL_PURPOSE, &data_key)?,
+            sealed: keys::wrap(
+                &self.node_key.instance_seal_key(id),
+                keys::SEAL_PURPOSE,
+                &data_key,
+            )?,
             password_wrapped: keys::wrap(password.kek(), keys::PASSWORD_PURPOSE, &data_key)?,
             kdf: self.config.kdf,
             salt: salt.to_vec(),
         };
         let json = serde_json_vec(&file)?;
         write_durably(&dir.join(KEY_FILE), &json)?;
-        let instance: Arc<dyn Instance> = Arc::new(InprocInstance::open(id, &dir, &data_key, self.store_options())?);
+        let instance: Arc<dyn Instance> = Arc::new(InprocInstance::open(
+            id,
+            &dir,
+            &data_key,
+            self.store_options(),
+        )?);
         self.open.lock().put(id, instance.clone());
         Ok(instance)
     }
@@ -102,7 +127,11 @@ impl Control {
         if let Some(i) = self.open.lock().get(&id) {
             return Ok(i.clone());
         }
-        let (home, seal, options) = (self.config.home.clone(), self.node_key.instance_seal_key(id), self.store_options());
+        let (home, seal, options) = (
+            self.config.home.clone(),
+            self.node_key.instance_seal_key(id),
+            self.store_options(),
+        );
         let instance: Arc<dyn Instance> = tokio::task::spawn_blocking(move || -> Result<_> {
             let dir = instance_dir(&home, id);
             let path = dir.join(KEY_FILE);
@@ -110,9 +139,12 @@ impl Control {
                 std::io::ErrorKind::NotFound => Error::not_found("instance not found"),
                 _ => io_err("read", &path, e),
             })?;
-            let file: InstanceKeyFile = serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+            let file: InstanceKeyFile = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
             let data_key = keys::unwrap(&seal, keys::SEAL_PURPOSE, &file.sealed)?;
-            Ok(Arc::new(InprocInstance::open(id, &dir, &data_key, options)?))
+            Ok(Arc::new(InprocInstance::open(
+                id, &dir, &data_key, options,
+            )?))
         })
         .await
         .map_err(Error::internal)??;
@@ -133,9 +165,17 @@ mod tests {
     fn instance_dirs_are_sharded_under_home() {
         let home = Path::new("/srv/selfcloud");
         let id: InstanceId = "ins_ab0123456789abcdef0123456789abcd".parse().unwrap();
-        assert_eq!(instance_dir(home, id), Path::new("/srv/selfcloud/instances/ab/ins_ab0123456789abcdef0123456789abcd"));
+        assert_eq!(
+            instance_dir(home, id),
+            Path::new("/srv/selfcloud/instances/ab/ins_ab0123456789abcdef0123456789abcd")
+        );
         // Nothing that is not a well-formed id becomes an InstanceId, so nothing else becomes a path.
-        for trick in ["ins_../../etc", "ins_ab0123456789abcdef0123456789ab/x", "ins_AB0123456789ABCDEF0123456789ABCD", "../ins_ab"] {
+        for trick in [
+            "ins_../../etc",
+            "ins_ab0123456789abcdef0123456789ab/x",
+            "ins_AB0123456789ABCDEF0123456789ABCD",
+            "../ins_ab",
+        ] {
             assert!(trick.parse::<InstanceId>().is_err(), "{trick}");
         }
     }
@@ -151,7 +191,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 }

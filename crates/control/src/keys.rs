@@ -30,15 +30,18 @@ pub struct PasswordKeys {
 
 impl PasswordKeys {
     pub fn derive(password: &str, salt: &[u8], params: KdfParams) -> Result<Self> {
-        let argon_params =
-            Params::new(params.m_cost, params.t_cost, params.p_cost, Some(64)).map_err(|e| Error::internal(format!("kdf params: {e}")))?;
+        let argon_params = Params::new(params.m_cost, params.t_cost, params.p_cost, Some(64))
+            .map_err(|e| Error::internal(format!("kdf params: {e}")))?;
         let mut out = Zeroizing::new([0u8; 64]);
         Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params)
             .hash_password_into(password.as_bytes(), salt, out.as_mut())
             .map_err(|e| Error::internal(format!("kdf: {e}")))?;
         let mut kek = Zeroizing::new([0u8; 32]);
         kek.copy_from_slice(&out[32..]);
-        Ok(PasswordKeys { verifier_hash: Sha256::digest(&out[..32]).into(), kek })
+        Ok(PasswordKeys {
+            verifier_hash: Sha256::digest(&out[..32]).into(),
+            kek,
+        })
     }
 
     pub fn verifier_hash(&self) -> [u8; 32] {
@@ -81,7 +84,13 @@ pub fn wrap(kek: &[u8; 32], purpose: &str, key: &DataKey) -> Result<WrappedKey> 
     let aead = XChaCha20Poly1305::new(kek.into());
     let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
     let ct = aead
-        .encrypt(&nonce, Payload { msg: key.as_bytes(), aad: purpose.as_bytes() })
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: key.as_bytes(),
+                aad: purpose.as_bytes(),
+            },
+        )
         .map_err(|_| Error::internal("key wrap failed"))?;
     Ok(WrappedKey([nonce.as_slice(), &ct].concat()))
 }
@@ -93,8 +102,14 @@ pub fn unwrap(kek: &[u8; 32], purpose: &str, wrapped: &WrappedKey) -> Result<Dat
     }
     let aead = XChaCha20Poly1305::new(kek.into());
     let plain = Zeroizing::new(
-        aead.decrypt(XNonce::from_slice(&bytes[..24]), Payload { msg: &bytes[24..], aad: purpose.as_bytes() })
-            .map_err(|_| Error::internal("key unwrap failed"))?,
+        aead.decrypt(
+            XNonce::from_slice(&bytes[..24]),
+            Payload {
+                msg: &bytes[24..],
+                aad: purpose.as_bytes(),
+            },
+        )
+        .map_err(|_| Error::internal("key unwrap failed"))?,
     );
     let mut key = [0u8; 32];
     key.copy_from_slice(&plain);
@@ -121,7 +136,8 @@ impl NodeKey {
     pub fn instance_seal_key(&self, id: InstanceId) -> Zeroizing<[u8; 32]> {
         let hk = Hkdf::<Sha256>::new(Some(b"selfcloud instance seal v1"), self.0.as_ref());
         let mut out = Zeroizing::new([0u8; 32]);
-        hk.expand(id.as_bytes(), out.as_mut()).expect("32 bytes is a valid HKDF length");
+        hk.expand(id.as_bytes(), out.as_mut())
+            .expect("32 bytes is a valid HKDF length");
         out
     }
 }
@@ -149,18 +165,29 @@ mod tests {
     #[test]
     fn one_derivation_verifies_and_wraps() {
         let salt = random_salt();
-        let keys = PasswordKeys::derive("correct horse", &salt, KdfParams::INSECURE_FOR_TESTS).unwrap();
-        let again = PasswordKeys::derive("correct horse", &salt, KdfParams::INSECURE_FOR_TESTS).unwrap();
-        let wrong = PasswordKeys::derive("correct horsf", &salt, KdfParams::INSECURE_FOR_TESTS).unwrap();
+        let keys =
+            PasswordKeys::derive("correct horse", &salt, KdfParams::INSECURE_FOR_TESTS).unwrap();
+        let again =
+            PasswordKeys::derive("correct horse", &salt, KdfParams::INSECURE_FOR_TESTS).unwrap();
+        let wrong =
+            PasswordKeys::derive("correct horsf", &salt, KdfParams::INSECURE_FOR_TESTS).unwrap();
         assert!(again.verifies(&keys.verifier_hash()));
         assert!(!wrong.verifies(&keys.verifier_hash()));
         assert_ne!(keys.verifier_hash().as_slice(), keys.kek().as_slice());
 
         let data = DataKey::generate();
         let wrapped = wrap(keys.kek(), PASSWORD_PURPOSE, &data).unwrap();
-        assert_eq!(unwrap(again.kek(), PASSWORD_PURPOSE, &wrapped).unwrap().as_bytes(), data.as_bytes());
+        assert_eq!(
+            unwrap(again.kek(), PASSWORD_PURPOSE, &wrapped)
+                .unwrap()
+                .as_bytes(),
+            data.as_bytes()
+        );
         assert!(unwrap(wrong.kek(), PASSWORD_PURPOSE, &wrapped).is_err());
-        assert!(unwrap(keys.kek(), SEAL_PURPOSE, &wrapped).is_err(), "purpose is bound");
+        assert!(
+            unwrap(keys.kek(), SEAL_PURPOSE, &wrapped).is_err(),
+            "purpose is bound"
+        );
     }
 
     #[test]
@@ -169,6 +196,9 @@ mod tests {
         let (a, b) = (InstanceId::random(), InstanceId::random());
         assert_ne!(*node.instance_seal_key(a), *node.instance_seal_key(b));
         assert_eq!(*node.instance_seal_key(a), *node.instance_seal_key(a));
-        assert_ne!(*node.instance_seal_key(a), *NodeKey::generate().instance_seal_key(a));
+        assert_ne!(
+            *node.instance_seal_key(a),
+            *NodeKey::generate().instance_seal_key(a)
+        );
     }
 }

@@ -70,7 +70,8 @@ impl Control {
     /// loads the live tokens.
     pub fn open(config: ControlConfig, now: u64) -> Result<Arc<Control>> {
         let home = &config.home;
-        std::fs::create_dir_all(home.join(INSTANCES_DIR)).map_err(|e| Error::internal(format!("create {home:?}: {e}")))?;
+        std::fs::create_dir_all(home.join(INSTANCES_DIR))
+            .map_err(|e| Error::internal(format!("create {home:?}: {e}")))?;
         let node_key = instances::load_or_create_node_key(home)?;
         let registry = Arc::new(Registry::open(&home.join("control.db"))?);
         let capacity = NonZeroUsize::new(config.open_instances.max(1)).expect("max(1) is non-zero");
@@ -97,8 +98,13 @@ impl Control {
     }
 
     /// Runs registry work on the blocking pool (registry writes wait for fsync).
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Registry) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Registry) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let registry = self.registry.clone();
-        tokio::task::spawn_blocking(move || f(&registry)).await.map_err(Error::internal)?
+        tokio::task::spawn_blocking(move || f(&registry))
+            .await
+            .map_err(Error::internal)?
     }
 }

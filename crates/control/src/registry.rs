@@ -125,7 +125,9 @@ pub(crate) fn db_err(e: rusqlite::Error) -> Error {
 }
 
 fn parse<T: std::str::FromStr<Err = Error>>(s: String) -> rusqlite::Result<T> {
-    s.parse().map_err(|e: Error| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    s.parse().map_err(|e: Error| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 impl Registry {
@@ -133,23 +135,32 @@ impl Registry {
         let mut conn = Connection::open(path).map_err(db_err)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;")
             .map_err(db_err)?;
-        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
+        let version: usize = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db_err)?;
         if version > MIGRATIONS.len() {
             return Err(Error::internal("registry schema is newer than this binary"));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn.transaction().map_err(db_err)?;
             tx.execute_batch(sql).map_err(db_err)?;
-            tx.pragma_update(None, "user_version", i + 1).map_err(db_err)?;
+            tx.pragma_update(None, "user_version", i + 1)
+                .map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
-        Ok(Registry { conn: Mutex::new(conn) })
+        Ok(Registry {
+            conn: Mutex::new(conn),
+        })
     }
 
     pub fn username_taken(&self, username: &str) -> Result<bool> {
         self.conn
             .lock()
-            .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
+            .query_row(
+                "SELECT 1 FROM users WHERE username = ?1",
+                [username],
+                |_| Ok(()),
+            )
             .optional()
             .map(|r| r.is_some())
             .map_err(db_err)
@@ -212,7 +223,11 @@ impl Registry {
     }
 
     pub fn instance_count(&self) -> Result<u64> {
-        self.conn.lock().query_row("SELECT count(*) FROM instances", [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(db_err)
+        self.conn
+            .lock()
+            .query_row("SELECT count(*) FROM instances", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(db_err)
     }
 
     pub fn insert_app(&self, a: &AppRow) -> Result<()> {
@@ -230,14 +245,20 @@ impl Registry {
     pub fn app(&self, id: AppId) -> Result<Option<AppRow>> {
         self.conn
             .lock()
-            .prepare_cached("SELECT owner_id, name, redirect_uris, scopes, created_at FROM apps WHERE id = ?1")
+            .prepare_cached(
+                "SELECT owner_id, name, redirect_uris, scopes, created_at FROM apps WHERE id = ?1",
+            )
             .and_then(|mut s| {
                 s.query_row([id.to_string()], |r| {
                     Ok(AppRow {
                         id,
                         owner_id: parse(r.get(0)?)?,
                         name: r.get(1)?,
-                        redirect_uris: r.get::<_, String>(2)?.split('\n').map(str::to_owned).collect(),
+                        redirect_uris: r
+                            .get::<_, String>(2)?
+                            .split('\n')
+                            .map(str::to_owned)
+                            .collect(),
                         scopes: ScopeSet::parse(&r.get::<_, String>(3)?).unwrap_or_default(),
                         created_at: r.get::<_, i64>(4)? as u64,
                     })
@@ -292,7 +313,11 @@ impl Registry {
                 params![grant.to_string(), user.to_string(), now as i64],
             )
             .map_err(db_err)?;
-        tx.execute("DELETE FROM tokens WHERE grant_id = ?1", [grant.to_string()]).map_err(db_err)?;
+        tx.execute(
+            "DELETE FROM tokens WHERE grant_id = ?1",
+            [grant.to_string()],
+        )
+        .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(n == 1)
     }
@@ -300,7 +325,11 @@ impl Registry {
     pub fn grant_is_active(&self, grant: GrantId) -> Result<bool> {
         self.conn
             .lock()
-            .query_row("SELECT revoked_at IS NULL FROM grants WHERE id = ?1", [grant.to_string()], |r| r.get::<_, bool>(0))
+            .query_row(
+                "SELECT revoked_at IS NULL FROM grants WHERE id = ?1",
+                [grant.to_string()],
+                |r| r.get::<_, bool>(0),
+            )
             .optional()
             .map(|r| r.unwrap_or(false))
             .map_err(db_err)
@@ -331,22 +360,32 @@ impl Registry {
     pub fn spend_token(&self, hash: &[u8; 32]) -> Result<bool> {
         self.conn
             .lock()
-            .execute("UPDATE tokens SET spent = 1 WHERE hash = ?1 AND spent = 0", [hash.as_slice()])
+            .execute(
+                "UPDATE tokens SET spent = 1 WHERE hash = ?1 AND spent = 0",
+                [hash.as_slice()],
+            )
             .map(|n| n == 1)
             .map_err(db_err)
     }
 
     pub fn delete_token(&self, hash: &[u8; 32]) -> Result<()> {
-        self.conn.lock().execute("DELETE FROM tokens WHERE hash = ?1", [hash.as_slice()]).map(drop).map_err(db_err)
+        self.conn
+            .lock()
+            .execute("DELETE FROM tokens WHERE hash = ?1", [hash.as_slice()])
+            .map(drop)
+            .map_err(db_err)
     }
 
     /// Every token still valid at `now` (loaded into memory at start); expired ones are deleted.
     pub fn live_tokens(&self, now: u64) -> Result<Vec<TokenRow>> {
         let conn = self.conn.lock();
-        conn.execute("DELETE FROM tokens WHERE expires_at <= ?1", [now as i64]).map_err(db_err)?;
-        conn.execute("DELETE FROM codes WHERE expires_at <= ?1", [now as i64]).map_err(db_err)?;
-        let mut stmt =
-            conn.prepare("SELECT hash, kind, user_id, grant_id, scopes, expires_at, spent FROM tokens").map_err(db_err)?;
+        conn.execute("DELETE FROM tokens WHERE expires_at <= ?1", [now as i64])
+            .map_err(db_err)?;
+        conn.execute("DELETE FROM codes WHERE expires_at <= ?1", [now as i64])
+            .map_err(db_err)?;
+        let mut stmt = conn
+            .prepare("SELECT hash, kind, user_id, grant_id, scopes, expires_at, spent FROM tokens")
+            .map_err(db_err)?;
         let rows = stmt
             .query_map([], |r| {
                 let hash: Vec<u8> = r.get(0)?;
@@ -406,7 +445,11 @@ impl Registry {
             )
             .optional()
             .map_err(db_err)?;
-        tx.execute("UPDATE codes SET spent = 1 WHERE hash = ?1", [hash.as_slice()]).map_err(db_err)?;
+        tx.execute(
+            "UPDATE codes SET spent = 1 WHERE hash = ?1",
+            [hash.as_slice()],
+        )
+        .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(row)
     }

@@ -106,7 +106,9 @@ impl TokenTable {
     }
 
     pub fn remove_grant(&self, grant: GrantId) {
-        self.by_hash.write().retain(|_, t| t.grant.as_ref().is_none_or(|g| g.grant_id != grant));
+        self.by_hash
+            .write()
+            .retain(|_, t| t.grant.as_ref().is_none_or(|g| g.grant_id != grant));
     }
 
     pub fn remove_expired(&self, now: u64) {

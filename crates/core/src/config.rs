@@ -16,13 +16,21 @@ pub struct KdfParams {
 impl Default for KdfParams {
     /// OWASP's recommended Argon2id floor: 19 MiB, 2 passes, 1 lane.
     fn default() -> Self {
-        KdfParams { m_cost: 19 * 1024, t_cost: 2, p_cost: 1 }
+        KdfParams {
+            m_cost: 19 * 1024,
+            t_cost: 2,
+            p_cost: 1,
+        }
     }
 }
 
 impl KdfParams {
     /// The cheapest cost argon2 accepts; for tests only, set through configuration.
-    pub const INSECURE_FOR_TESTS: KdfParams = KdfParams { m_cost: 8, t_cost: 1, p_cost: 1 };
+    pub const INSECURE_FOR_TESTS: KdfParams = KdfParams {
+        m_cost: 8,
+        t_cost: 1,
+        p_cost: 1,
+    };
 }
 
 /// Token and code lifetimes.

@@ -34,7 +34,9 @@ impl CollectionPattern {
     pub fn covers(&self, other: &CollectionPattern) -> bool {
         match (self, other) {
             (_, CollectionPattern::Exact(c)) => self.matches(c),
-            (CollectionPattern::Prefix(p), CollectionPattern::Prefix(q)) => q.starts_with(p.as_str()),
+            (CollectionPattern::Prefix(p), CollectionPattern::Prefix(q)) => {
+                q.starts_with(p.as_str())
+            }
             (CollectionPattern::Exact(_), CollectionPattern::Prefix(_)) => false,
         }
     }
@@ -82,7 +84,9 @@ impl Scope {
         fn which(p: &CollectionPattern) -> String {
             match p {
                 CollectionPattern::Exact(c) => format!("your \u{201c}{c}\u{201d} records"),
-                CollectionPattern::Prefix(p) if p.is_empty() => "all your records, in every collection".into(),
+                CollectionPattern::Prefix(p) if p.is_empty() => {
+                    "all your records, in every collection".into()
+                }
                 CollectionPattern::Prefix(p) => {
                     format!("your records in every collection whose name starts with \u{201c}{p}\u{201d}")
                 }
@@ -131,11 +135,17 @@ impl FromStr for Scope {
             return Err(bad());
         };
         let pattern = match pattern.strip_suffix('*') {
-            Some(prefix) if is_collection_prefix(prefix) => CollectionPattern::Prefix(prefix.to_owned()),
+            Some(prefix) if is_collection_prefix(prefix) => {
+                CollectionPattern::Prefix(prefix.to_owned())
+            }
             Some(_) => return Err(bad()),
             None => CollectionPattern::Exact(Collection::parse(pattern).map_err(|_| bad())?),
         };
-        Ok(if write { Scope::StorageWrite(pattern) } else { Scope::StorageRead(pattern) })
+        Ok(if write {
+            Scope::StorageWrite(pattern)
+        } else {
+            Scope::StorageRead(pattern)
+        })
     }
 }
 
@@ -186,7 +196,13 @@ impl ScopeSet {
     /// Keeps only the scopes of `self` that `allowed` covers (what the user left ticked, or what
     /// the app registered).
     pub fn restricted_to(&self, allowed: &ScopeSet) -> ScopeSet {
-        ScopeSet(self.0.iter().filter(|s| allowed.permits(s).is_some()).cloned().collect())
+        ScopeSet(
+            self.0
+                .iter()
+                .filter(|s| allowed.permits(s).is_some())
+                .cloned()
+                .collect(),
+        )
     }
 }
 
@@ -236,10 +252,28 @@ mod tests {
     #[test]
     fn refuses_owner_powers_and_malformed_scopes() {
         for s in [
-            "", "storage", "storage:read", "storage:read:", "storage:delete:notes", "storage:read:Notes",
-            "storage:read:no*tes", "storage:read:notes**", "storage:read:../x", "storage:read:a/b",
-            "audit", "audit:read", "backup", "grants", "account", "admin", "llm:*", "*", "LLM:CHAT",
-            "storage:read:notes ", " llm:chat", "storage:read:_x*",
+            "",
+            "storage",
+            "storage:read",
+            "storage:read:",
+            "storage:delete:notes",
+            "storage:read:Notes",
+            "storage:read:no*tes",
+            "storage:read:notes**",
+            "storage:read:../x",
+            "storage:read:a/b",
+            "audit",
+            "audit:read",
+            "backup",
+            "grants",
+            "account",
+            "admin",
+            "llm:*",
+            "*",
+            "LLM:CHAT",
+            "storage:read:notes ",
+            " llm:chat",
+            "storage:read:_x*",
         ] {
             assert!(s.parse::<Scope>().is_err(), "{s:?} parsed");
         }
@@ -251,7 +285,10 @@ mod tests {
         assert!(notes_any.covers(&Scope::storage_read(&c("notes"))));
         assert!(notes_any.covers(&Scope::storage_read(&c("notes.work"))));
         assert!(!notes_any.covers(&Scope::storage_read(&c("note"))));
-        assert!(!notes_any.covers(&Scope::storage_write(&c("notes"))), "read never grants write");
+        assert!(
+            !notes_any.covers(&Scope::storage_write(&c("notes"))),
+            "read never grants write"
+        );
         assert!(notes_any.covers(&"storage:read:notes.w*".parse().unwrap()));
         assert!(!notes_any.covers(&"storage:read:*".parse().unwrap()));
         let exact: Scope = "storage:read:notes".parse().unwrap();
@@ -274,7 +311,8 @@ mod tests {
 
     fn arb_pattern() -> impl Strategy<Value = CollectionPattern> {
         prop_oneof![
-            "[a-z0-9][a-z0-9._-]{0,20}".prop_map(|s| CollectionPattern::Exact(Collection::parse(&s).unwrap())),
+            "[a-z0-9][a-z0-9._-]{0,20}"
+                .prop_map(|s| CollectionPattern::Exact(Collection::parse(&s).unwrap())),
             "([a-z0-9][a-z0-9._-]{0,20})?".prop_map(CollectionPattern::Prefix),
         ]
     }

@@ -1,1 +1,215 @@
+//! The gateway: the only way into an instance. It authenticates every request, checks its scope,
+//! rate-limits it, audits it, and hands it to the caller's instance through control. It never
+//! opens a store itself.
 
+pub mod audit;
+pub mod auth;
+pub mod clock;
+pub mod error;
+pub mod metrics;
+pub mod oauth;
+pub mod openapi;
+pub mod ratelimit;
+pub mod routes;
+pub mod state;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::routing::{get, post, put};
+use axum::Router;
+use clock::Clock;
+use oauth::handlers as oauth_http;
+use routes::{accounts, apps, storage};
+use selfcloud_control::Control;
+use state::AppState;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+/// Settings of the HTTP face.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Public base URL (the OAuth issuer). Defaults to `http://<listen address>`.
+    pub public_url: Option<String>,
+    /// Entries the audit queue holds before requests wait for the writer.
+    pub audit_queue: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            public_url: None,
+            audit_queue: 65_536,
+        }
+    }
+}
+
+/// A running gateway: its address, and a handle to wait for its clean end.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    audit_task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the server has drained after `shutdown` was cancelled and the audit queue is
+    /// written.
+    pub async fn wait(self) -> std::io::Result<()> {
+        let served = self.task.await.map_err(std::io::Error::other)?;
+        drop(self.state); // the last audit sink goes with it, so the writer can finish
+        let _ = self.audit_task.await;
+        served
+    }
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Builds the router over a shared state.
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.limits.max_value_bytes + 64 * 1024;
+
+    // Routes that reach an instance: authenticated and audited.
+    let instance_api = Router::new()
+        .route("/v1/storage/{collection}", get(storage::list))
+        .route(
+            "/v1/storage/{collection}/{key}",
+            put(storage::put).get(storage::get).delete(storage::delete),
+        )
+        .route_layer(from_fn_with_state(state.clone(), auth::audited));
+
+    // Routes that need a token but are not instance data (the owner's and developer's APIs).
+    let authenticated = Router::new()
+        .route("/v1/me", get(accounts::me))
+        .route(
+            "/v1/sessions",
+            axum::routing::delete(accounts::delete_session),
+        )
+        .route("/v1/audit", get(accounts::audit))
+        .route("/v1/apps", post(apps::register))
+        .route("/v1/grants", get(apps::list_grants))
+        .route("/v1/grants/{id}", axum::routing::delete(apps::revoke_grant))
+        .merge(instance_api)
+        .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
+
+    let public = Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/metrics", get(metrics::endpoint))
+        .route("/openapi.json", get(openapi::document))
+        .route("/v1/accounts", post(accounts::create_account))
+        .route("/v1/sessions", post(accounts::create_session))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth_http::metadata),
+        )
+        .route(
+            "/oauth/authorize",
+            get(oauth_http::authorize_page).post(oauth_http::authorize_decision),
+        )
+        .route("/oauth/login", post(oauth_http::login))
+        .route("/oauth/token", post(oauth_http::token))
+        .route("/oauth/revoke", post(oauth_http::revoke));
+
+    public
+        .merge(authenticated)
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(axum::middleware::from_fn(security_headers))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            let id = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        })
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn security_headers(req: axum::extract::Request, next: Next) -> axum::response::Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// Binds nothing itself: serves on `listener` until `shutdown` is cancelled, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    control: Arc<Control>,
+    clock: Arc<dyn Clock>,
+    config: GatewayConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<Running> {
+    let addr = listener.local_addr()?;
+    let limits = control.config().limits;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let (audit, audit_task) = audit::AuditSink::start(
+        control.clone(),
+        metrics.clone(),
+        config.audit_queue,
+        limits.audit_retention,
+    );
+    let issuer = config
+        .public_url
+        .unwrap_or_else(|| format!("http://{addr}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let state = Arc::new(AppState {
+        rate: ratelimit::RateLimits::new(
+            limits.rate_per_token,
+            limits.rate_burst,
+            limits.rate_per_ip,
+        ),
+        secure_cookies: issuer.starts_with("https://"),
+        control,
+        clock,
+        limits,
+        metrics,
+        audit,
+        issuer,
+    });
+    spawn_sweeper(state.clone(), shutdown.clone());
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    Ok(Running {
+        addr,
+        state,
+        task,
+        audit_task,
+    })
+}
+
+/// Periodic housekeeping: expired tokens and idle rate-limit buckets leave memory.
+fn spawn_sweeper(state: Arc<AppState>, shutdown: CancellationToken) {
+    let weak = Arc::downgrade(&state);
+    drop(state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(state) = weak.upgrade() else { return };
+            state.control.sweep_tokens(state.clock.now());
+            state.rate.sweep();
+        }
+    });
+}

@@ -20,13 +20,21 @@ impl InprocInstance {
     /// Opens the instance living in `dir` (created by provisioning) with its data key.
     pub fn open(id: InstanceId, dir: &Path, key: &DataKey, options: StoreOptions) -> Result<Self> {
         let store = Store::open_sqlite(&dir.join(STORE_FILE), key, options)?;
-        Ok(InprocInstance { id, store: Arc::new(store) })
+        Ok(InprocInstance {
+            id,
+            store: Arc::new(store),
+        })
     }
 
     /// Runs a write on the blocking pool: writes wait for fsync and must not stall the runtime.
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Store) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store)).await.map_err(Error::internal)?
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(Error::internal)?
     }
 }
 
@@ -41,35 +49,65 @@ impl Instance for InprocInstance {
         self.store.get(collection, key)
     }
 
-    async fn put_record(&self, collection: &Collection, key: &RecordKey, value: Vec<u8>, cond: Precondition) -> Result<Rev> {
+    async fn put_record(
+        &self,
+        collection: &Collection,
+        key: &RecordKey,
+        value: Vec<u8>,
+        cond: Precondition,
+    ) -> Result<Rev> {
         let (c, k) = (collection.clone(), key.clone());
         self.blocking(move |s| s.put(&c, &k, &value, cond)).await
     }
 
-    async fn delete_record(&self, collection: &Collection, key: &RecordKey, cond: Precondition) -> Result<()> {
+    async fn delete_record(
+        &self,
+        collection: &Collection,
+        key: &RecordKey,
+        cond: Precondition,
+    ) -> Result<()> {
         let (c, k) = (collection.clone(), key.clone());
         self.blocking(move |s| s.delete(&c, &k, cond)).await
     }
 
-    async fn list_records(&self, collection: &Collection, prefix: &str, limit: usize, cursor: Option<&str>) -> Result<Page> {
+    async fn list_records(
+        &self,
+        collection: &Collection,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page> {
         self.store.list(collection, prefix, limit, cursor)
     }
 
     async fn storage_usage(&self) -> Result<StorageUsage> {
         let usage = self.store.usage()?;
-        Ok(StorageUsage { records: usage.records, bytes: usage.bytes, quota_bytes: self.store.quota_bytes() })
+        Ok(StorageUsage {
+            records: usage.records,
+            bytes: usage.bytes,
+            quota_bytes: self.store.quota_bytes(),
+        })
     }
 
     async fn append_audit(&self, entries: Vec<AuditEntry>, keep: u64) -> Result<()> {
-        let encoded = entries.iter().map(|e| serde_json::to_vec(e).map_err(Error::internal)).collect::<Result<Vec<_>>>()?;
-        self.blocking(move |s| s.append_log(&encoded, keep).map(drop)).await
+        let encoded = entries
+            .iter()
+            .map(|e| serde_json::to_vec(e).map_err(Error::internal))
+            .collect::<Result<Vec<_>>>()?;
+        self.blocking(move |s| s.append_log(&encoded, keep).map(drop))
+            .await
     }
 
     async fn read_audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRecord>> {
         self.store
             .read_log(before, limit)?
             .into_iter()
-            .map(|(seq, bytes)| Ok(AuditRecord { seq, entry: serde_json::from_slice(&bytes).map_err(Error::internal)? }))
+            .map(|(seq, bytes)| {
+                Ok(AuditRecord {
+                    seq,
+                    entry: serde_json::from_slice(&bytes).map_err(Error::internal)?,
+                })
+            })
             .collect()
     }
 }

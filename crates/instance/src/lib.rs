@@ -21,7 +21,11 @@ pub enum Actor {
     /// The instance's owner, with their session.
     Owner,
     /// A third-party app, through a grant.
-    App { client_id: String, name: String, grant_id: String },
+    App {
+        client_id: String,
+        name: String,
+        grant_id: String,
+    },
 }
 
 /// One line of the instance's access log.
@@ -60,9 +64,26 @@ pub trait Instance: Send + Sync + 'static {
     fn id(&self) -> InstanceId;
 
     async fn get_record(&self, collection: &Collection, key: &RecordKey) -> Result<Option<Record>>;
-    async fn put_record(&self, collection: &Collection, key: &RecordKey, value: Vec<u8>, cond: Precondition) -> Result<Rev>;
-    async fn delete_record(&self, collection: &Collection, key: &RecordKey, cond: Precondition) -> Result<()>;
-    async fn list_records(&self, collection: &Collection, prefix: &str, limit: usize, cursor: Option<&str>) -> Result<Page>;
+    async fn put_record(
+        &self,
+        collection: &Collection,
+        key: &RecordKey,
+        value: Vec<u8>,
+        cond: Precondition,
+    ) -> Result<Rev>;
+    async fn delete_record(
+        &self,
+        collection: &Collection,
+        key: &RecordKey,
+        cond: Precondition,
+    ) -> Result<()>;
+    async fn list_records(
+        &self,
+        collection: &Collection,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page>;
     async fn storage_usage(&self) -> Result<StorageUsage>;
 
     /// Appends entries to the access log; entries past `keep` newest are dropped.

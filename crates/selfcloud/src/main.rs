@@ -1,1 +1,19 @@
-fn main() {}
+//! The `selfcloud` binary: parses the command line and wires the crates together. No business
+//! logic lives here.
+
+mod bench;
+mod cli;
+mod up;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        cli::Command::Up(args) => runtime.block_on(up::run(args)),
+        cli::Command::Bench(args) => runtime.block_on(bench::run(args)),
+    }
+}

@@ -11,12 +11,26 @@ pub(crate) trait Engine: Send + Sync {
 
     /// Checks `cond` and the quota, assigns the next rev and writes, atomically and durably:
     /// once this returns `Ok` the write survives a crash.
-    fn put(&self, collection: &str, key: &str, cond: Precondition, size: u64, value: &[u8], quota: u64) -> Result<Rev>;
+    fn put(
+        &self,
+        collection: &str,
+        key: &str,
+        cond: Precondition,
+        size: u64,
+        value: &[u8],
+        quota: u64,
+    ) -> Result<Rev>;
 
     fn delete(&self, collection: &str, key: &str, cond: Precondition) -> Result<()>;
 
     /// Up to `limit` rows with `key` starting with `prefix` and greater than `after`, in key order.
-    fn list(&self, collection: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Rev, Sealed)>>;
+    fn list(
+        &self,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Rev, Sealed)>>;
 
     fn usage(&self) -> Result<Usage>;
 

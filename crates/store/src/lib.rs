@@ -72,7 +72,11 @@ pub struct Store {
 impl Store {
     /// Opens (creating and migrating as needed) the SQLite store at `path`.
     pub fn open_sqlite(path: &Path, key: &DataKey, options: StoreOptions) -> Result<Store> {
-        Ok(Store { engine: Box::new(sqlite::SqliteEngine::open(path)?), sealer: Sealer::new(key), options })
+        Ok(Store {
+            engine: Box::new(sqlite::SqliteEngine::open(path)?),
+            sealer: Sealer::new(key),
+            options,
+        })
     }
 
     pub fn get(&self, collection: &Collection, key: &RecordKey) -> Result<Option<Record>> {
@@ -80,37 +84,77 @@ impl Store {
             return Ok(None);
         };
         let value = self.sealer.open(&record_aad(collection, key), &sealed)?;
-        Ok(Some(Record { key: key.clone(), rev, value }))
+        Ok(Some(Record {
+            key: key.clone(),
+            rev,
+            value,
+        }))
     }
 
     /// Writes `value` (JSON bytes) and returns the new rev.
-    pub fn put(&self, collection: &Collection, key: &RecordKey, value: &[u8], cond: Precondition) -> Result<Rev> {
+    pub fn put(
+        &self,
+        collection: &Collection,
+        key: &RecordKey,
+        value: &[u8],
+        cond: Precondition,
+    ) -> Result<Rev> {
         let sealed = self.sealer.seal(&record_aad(collection, key), value)?;
         let size = (key.as_str().len() + value.len()) as u64;
-        self.engine.put(collection.as_str(), key.as_str(), cond, size, &sealed, self.options.quota_bytes)
+        self.engine.put(
+            collection.as_str(),
+            key.as_str(),
+            cond,
+            size,
+            &sealed,
+            self.options.quota_bytes,
+        )
     }
 
     /// Deletes a record; `not_found` if it does not exist.
-    pub fn delete(&self, collection: &Collection, key: &RecordKey, cond: Precondition) -> Result<()> {
+    pub fn delete(
+        &self,
+        collection: &Collection,
+        key: &RecordKey,
+        cond: Precondition,
+    ) -> Result<()> {
         self.engine.delete(collection.as_str(), key.as_str(), cond)
     }
 
     /// Records of `collection` whose key starts with `prefix`, in key order, after `cursor`.
-    pub fn list(&self, collection: &Collection, prefix: &str, limit: usize, cursor: Option<&str>) -> Result<Page> {
+    pub fn list(
+        &self,
+        collection: &Collection,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page> {
         validate_key_prefix(prefix)?;
         let after = cursor.map(decode_cursor).transpose()?;
         let limit = limit.max(1);
         // One extra row tells whether another page follows without a second query.
-        let mut rows = self.engine.list(collection.as_str(), prefix, after.as_ref().map(|k| k.as_str()), limit + 1)?;
+        let mut rows = self.engine.list(
+            collection.as_str(),
+            prefix,
+            after.as_ref().map(|k| k.as_str()),
+            limit + 1,
+        )?;
         let more = rows.len() > limit;
         rows.truncate(limit);
         let mut records = Vec::with_capacity(rows.len());
         for (key, rev, sealed) in rows {
-            let key = RecordKey::parse(&key).map_err(|_| Error::internal("stored key violates grammar"))?;
+            let key = RecordKey::parse(&key)
+                .map_err(|_| Error::internal("stored key violates grammar"))?;
             let value = self.sealer.open(&record_aad(collection, &key), &sealed)?;
             records.push(Record { key, rev, value });
         }
-        let cursor = if more { records.last().map(|r| URL_SAFE_NO_PAD.encode(r.key.as_str())) } else { None };
+        let cursor = if more {
+            records
+                .last()
+                .map(|r| URL_SAFE_NO_PAD.encode(r.key.as_str()))
+        } else {
+            None
+        };
         Ok(Page { records, cursor })
     }
 
@@ -125,7 +169,10 @@ impl Store {
     /// Appends entries to the instance's log (the audit log) in one transaction; returns the
     /// sequence number of the last. Entries past `keep` newest are pruned.
     pub fn append_log(&self, entries: &[Vec<u8>], keep: u64) -> Result<u64> {
-        let sealed = entries.iter().map(|e| self.sealer.seal(b"log", e)).collect::<Result<Vec<_>>>()?;
+        let sealed = entries
+            .iter()
+            .map(|e| self.sealer.seal(b"log", e))
+            .collect::<Result<Vec<_>>>()?;
         self.engine.append_log(&sealed, keep)
     }
 

@@ -42,10 +42,16 @@ impl SqliteEngine {
     pub fn open(path: &Path) -> Result<Self> {
         let mut writer = Connection::open(path).map_err(db_err)?;
         writer
-            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+            )
             .map_err(db_err)?;
         migrate(&mut writer)?;
-        Ok(SqliteEngine { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+        Ok(SqliteEngine {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -53,9 +59,13 @@ impl SqliteEngine {
         let conn = match conn {
             Some(c) => c,
             None => {
-                let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(db_err)?;
+                c.busy_timeout(std::time::Duration::from_secs(5))
                     .map_err(db_err)?;
-                c.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
                 c
             }
         };
@@ -69,14 +79,19 @@ impl SqliteEngine {
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
+    let version: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_err)?;
     if version > MIGRATIONS.len() {
-        return Err(Error::internal(format!("store schema {version} is newer than this binary knows")));
+        return Err(Error::internal(format!(
+            "store schema {version} is newer than this binary knows"
+        )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction().map_err(db_err)?;
         tx.execute_batch(sql).map_err(db_err)?;
-        tx.pragma_update(None, "user_version", i + 1).map_err(db_err)?;
+        tx.pragma_update(None, "user_version", i + 1)
+            .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
     }
     Ok(())
@@ -86,38 +101,65 @@ fn check(cond: Precondition, current: Option<Rev>) -> Result<()> {
     match (cond, current) {
         (Precondition::None, _) => Ok(()),
         (Precondition::IfMatch(want), Some(have)) if want == have => Ok(()),
-        (Precondition::IfMatch(_), _) => {
-            Err(Error::new(ErrorCode::PreconditionFailed, "the record's rev does not match If-Match"))
-        }
+        (Precondition::IfMatch(_), _) => Err(Error::new(
+            ErrorCode::PreconditionFailed,
+            "the record's rev does not match If-Match",
+        )),
         (Precondition::IfAbsent, None) => Ok(()),
-        (Precondition::IfAbsent, Some(_)) => Err(Error::new(ErrorCode::PreconditionFailed, "the record exists")),
+        (Precondition::IfAbsent, Some(_)) => Err(Error::new(
+            ErrorCode::PreconditionFailed,
+            "the record exists",
+        )),
     }
 }
 
 fn bump(tx: &rusqlite::Transaction, name: &str, delta: i64) -> rusqlite::Result<i64> {
-    tx.query_row("UPDATE counters SET value = value + ?2 WHERE name = ?1 RETURNING value", params![name, delta], |r| r.get(0))
+    tx.query_row(
+        "UPDATE counters SET value = value + ?2 WHERE name = ?1 RETURNING value",
+        params![name, delta],
+        |r| r.get(0),
+    )
 }
 
 impl Engine for SqliteEngine {
     fn get(&self, collection: &str, key: &str) -> Result<Option<(Rev, Sealed)>> {
         self.read(|c| {
             c.prepare_cached("SELECT rev, value FROM records WHERE collection = ?1 AND key = ?2")?
-                .query_row(params![collection, key], |r| Ok((r.get::<_, i64>(0)? as Rev, r.get(1)?)))
+                .query_row(params![collection, key], |r| {
+                    Ok((r.get::<_, i64>(0)? as Rev, r.get(1)?))
+                })
                 .optional()
         })
     }
 
-    fn put(&self, collection: &str, key: &str, cond: Precondition, size: u64, value: &[u8], quota: u64) -> Result<Rev> {
+    fn put(
+        &self,
+        collection: &str,
+        key: &str,
+        cond: Precondition,
+        size: u64,
+        value: &[u8],
+        quota: u64,
+    ) -> Result<Rev> {
         let mut conn = self.writer.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
         let current: Option<(i64, i64)> = tx
             .prepare_cached("SELECT rev, size FROM records WHERE collection = ?1 AND key = ?2")
-            .and_then(|mut s| s.query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .and_then(|mut s| {
+                s.query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .map_err(db_err)?;
         check(cond, current.map(|(rev, _)| rev as Rev))?;
         let old_size = current.map_or(0, |(_, s)| s);
         let delta = size as i64 - old_size;
-        let used: i64 = tx.query_row("SELECT value FROM counters WHERE name = 'bytes'", [], |r| r.get(0)).map_err(db_err)?;
+        let used: i64 = tx
+            .query_row("SELECT value FROM counters WHERE name = 'bytes'", [], |r| {
+                r.get(0)
+            })
+            .map_err(db_err)?;
         if delta > 0 && (used + delta) as u64 > quota {
             return Err(Error::new(
                 ErrorCode::QuotaExceeded,
@@ -141,22 +183,37 @@ impl Engine for SqliteEngine {
 
     fn delete(&self, collection: &str, key: &str, cond: Precondition) -> Result<()> {
         let mut conn = self.writer.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
         let current: Option<(i64, i64)> = tx
             .prepare_cached("SELECT rev, size FROM records WHERE collection = ?1 AND key = ?2")
-            .and_then(|mut s| s.query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .and_then(|mut s| {
+                s.query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .map_err(db_err)?;
         let Some((rev, size)) = current else {
             return Err(Error::not_found("no such record"));
         };
         check(cond, Some(rev as Rev))?;
-        tx.execute("DELETE FROM records WHERE collection = ?1 AND key = ?2", params![collection, key]).map_err(db_err)?;
+        tx.execute(
+            "DELETE FROM records WHERE collection = ?1 AND key = ?2",
+            params![collection, key],
+        )
+        .map_err(db_err)?;
         bump(&tx, "bytes", -size).map_err(db_err)?;
         bump(&tx, "records", -1).map_err(db_err)?;
         tx.commit().map_err(db_err)
     }
 
-    fn list(&self, collection: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Rev, Sealed)>> {
+    fn list(
+        &self,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Rev, Sealed)>> {
         // Every key byte sorts below 0x7f, so `prefix || 0x7f` bounds the keys with that prefix.
         let upper = format!("{prefix}\u{7f}");
         let lower = match after {
@@ -190,17 +247,25 @@ impl Engine for SqliteEngine {
 
     fn append_log(&self, entries: &[Sealed], keep: u64) -> Result<u64> {
         let mut conn = self.writer.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_err)?;
         let mut last = 0;
         {
-            let mut stmt = tx.prepare_cached("INSERT INTO log (value) VALUES (?1)").map_err(db_err)?;
+            let mut stmt = tx
+                .prepare_cached("INSERT INTO log (value) VALUES (?1)")
+                .map_err(db_err)?;
             for e in entries {
                 stmt.execute(params![e]).map_err(db_err)?;
                 last = tx.last_insert_rowid();
             }
         }
         if last as u64 > keep {
-            tx.execute("DELETE FROM log WHERE seq <= ?1", params![last - keep as i64]).map_err(db_err)?;
+            tx.execute(
+                "DELETE FROM log WHERE seq <= ?1",
+                params![last - keep as i64],
+            )
+            .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(last as u64)
@@ -209,8 +274,12 @@ impl Engine for SqliteEngine {
     fn read_log(&self, before: u64, limit: usize) -> Result<Vec<(u64, Sealed)>> {
         let before = before.min(i64::MAX as u64) as i64;
         self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT seq, value FROM log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")?;
-            let rows = stmt.query_map(params![before, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, value FROM log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![before, limit as i64], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })?;
             rows.collect()
         })
     }

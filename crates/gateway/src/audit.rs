@@ -1,0 +1,89 @@
+//! The audit pipeline. Requests enqueue entries and move on; one writer task batches them per
+//! instance and appends them to each instance's own log, off the request's path. Reading the log
+//! first flushes the queue, so an owner always sees their latest requests.
+
+use selfcloud_control::Control;
+use selfcloud_core::InstanceId;
+use selfcloud_instance::AuditEntry;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+
+enum Message {
+    Entry(InstanceId, AuditEntry),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Most entries written in one batch.
+const BATCH: usize = 4096;
+
+#[derive(Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<Message>,
+}
+
+impl AuditSink {
+    /// Starts the writer. It ends, after writing everything queued, once every sink is dropped.
+    pub fn start(
+        control: Arc<Control>,
+        metrics: Arc<Metrics>,
+        queue: usize,
+        keep: u64,
+    ) -> (AuditSink, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let task = tokio::spawn(writer(rx, control, metrics, keep));
+        (AuditSink { tx }, task)
+    }
+
+    /// Queues an entry. Waits only when the queue is full (back-pressure rather than loss).
+    pub async fn record(&self, instance: InstanceId, entry: AuditEntry) {
+        if self.tx.send(Message::Entry(instance, entry)).await.is_err() {
+            tracing::error!(instance = %instance, "audit writer has stopped; entry lost");
+        }
+    }
+
+    /// Returns once every entry queued before this call is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Message::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+async fn writer(
+    mut rx: mpsc::Receiver<Message>,
+    control: Arc<Control>,
+    metrics: Arc<Metrics>,
+    keep: u64,
+) {
+    let mut buf = Vec::with_capacity(BATCH);
+    loop {
+        if rx.recv_many(&mut buf, BATCH).await == 0 {
+            return; // every sender is gone and the queue is empty
+        }
+        let mut by_instance: HashMap<InstanceId, Vec<AuditEntry>> = HashMap::new();
+        let mut waiters = Vec::new();
+        for msg in buf.drain(..) {
+            match msg {
+                Message::Entry(id, e) => by_instance.entry(id).or_default().push(e),
+                Message::Flush(w) => waiters.push(w),
+            }
+        }
+        for (id, entries) in by_instance {
+            let result = match control.instance(id).await {
+                Ok(instance) => instance.append_audit(entries, keep).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                metrics.audit_write_failed();
+                tracing::error!(instance = %id, error = %e, detail = ?e.detail, "audit batch not written");
+            }
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The OAuth 2.1 authorization server's protocol: authorization code with PKCE (S256 only),
+//! refresh-token rotation, revocation. This module decides; `handlers` only moves HTTP in and out.
+//! Functions here take every input (time included) as arguments, so the tests beside them
+//! control everything.
+
+pub mod handlers;
+mod pages;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use selfcloud_control::App;
+use selfcloud_core::{AppId, Error, ScopeSet};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The parameters of an authorization request, as the client sent them (query or form).
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+pub struct AuthorizeParams {
+    pub response_type: Option<String>,
+    pub client_id: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub scope: Option<String>,
+    pub state: Option<String>,
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+}
+
+/// A request that passed every check.
+#[derive(Clone, Debug)]
+pub struct ValidAuthorize {
+    pub app: App,
+    pub redirect_uri: String,
+    pub scopes: ScopeSet,
+    pub state: Option<String>,
+    pub code_challenge: String,
+}
+
+/// Why a request was refused, and how the refusal must be delivered.
+#[derive(Debug)]
+pub enum AuthorizeError {
+    /// The client or redirect URI cannot be trusted: show the user an error, never redirect
+    /// (redirecting would make us an open redirector).
+    Show(Error),
+    /// The client is known and the redirect URI registered: report to the client (RFC 6749 4.1.2.1).
+    Redirect {
+        redirect_uri: String,
+        error: &'static str,
+        description: String,
+        state: Option<String>,
+    },
+}
+
+pub const MAX_STATE: usize = 512;
+
+/// Redirect URIs are absolute, without fragment; `https`, or `http` on a loopback host (RFC 8252
+/// native apps), or a private-use scheme with a dot in it (`com.example.app:/cb`).
+pub fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
+    let bad = |why: &str| Error::invalid(format!("redirect_uri {uri:?}: {why}"));
+    if uri.len() > 2048 {
+        return Err(bad("longer than 2048 bytes"));
+    }
+    let parsed = url::Url::parse(uri).map_err(|_| bad("not an absolute URL"))?;
+    if parsed.fragment().is_some() {
+        return Err(bad("must not have a fragment"));
+    }
+    if parsed.username() != "" || parsed.password().is_some() {
+        return Err(bad("must not carry credentials"));
+    }
+    match parsed.scheme() {
+        "https" if parsed.host().is_some() => Ok(()),
+        "http" => match parsed.host_str() {
+            Some("127.0.0.1") | Some("[::1]") | Some("localhost") => Ok(()),
+            _ => Err(bad("http is allowed only on a loopback host")),
+        },
+        "javascript" | "data" | "file" | "vbscript" | "blob" | "about" => {
+            Err(bad("scheme not allowed"))
+        }
+        scheme if scheme.contains('.') => Ok(()),
+        _ => Err(bad(
+            "use https, http on loopback, or a private-use scheme like com.example.app",
+        )),
+    }
+}
+
+/// Checks an authorization request against the registered app (`None`: no such client).
+pub fn check_authorize(
+    p: &AuthorizeParams,
+    app: Option<App>,
+) -> Result<ValidAuthorize, AuthorizeError> {
+    let show = |m: &str| AuthorizeError::Show(Error::invalid(m.to_owned()));
+    p.client_id
+        .as_deref()
+        .ok_or_else(|| show("client_id is missing"))?
+        .parse::<AppId>()
+        .map_err(|_| show("unknown client_id"))?;
+    let app = app.ok_or_else(|| show("unknown client_id"))?;
+    let redirect_uri = p
+        .redirect_uri
+        .clone()
+        .ok_or_else(|| show("redirect_uri is missing"))?;
+    // Exact string match against the registration: no prefix, no normalisation.
+    if !app.redirect_uris.contains(&redirect_uri) {
+        return Err(show("redirect_uri is not registered for this app"));
+    }
+    if p.state
+        .as_ref()
+        .is_some_and(|s| s.len() > MAX_STATE || s.chars().any(char::is_control))
+    {
+        return Err(show("state is too long or not printable"));
+    }
+    let fail = |error: &'static str, description: &str| AuthorizeError::Redirect {
+        redirect_uri: redirect_uri.clone(),
+        error,
+        description: description.to_owned(),
+        state: p.state.clone(),
+    };
+    if p.response_type.as_deref() != Some("code") {
+        return Err(fail(
+            "unsupported_response_type",
+            "only response_type=code is supported",
+        ));
+    }
+    if p.code_challenge_method.as_deref() != Some("S256") {
+        return Err(fail(
+            "invalid_request",
+            "PKCE with code_challenge_method=S256 is required",
+        ));
+    }
+    let code_challenge = p.code_challenge.clone().unwrap_or_default();
+    if code_challenge.len() != 43
+        || URL_SAFE_NO_PAD
+            .decode(&code_challenge)
+            .map_or(true, |d| d.len() != 32)
+    {
+        return Err(fail(
+            "invalid_request",
+            "code_challenge must be base64url(SHA-256(code_verifier))",
+        ));
+    }
+    let scopes = ScopeSet::parse(p.scope.as_deref().unwrap_or(""))
+        .map_err(|e| fail("invalid_scope", &e.message))?;
+    if scopes.is_empty() {
+        return Err(fail("invalid_scope", "ask for at least one scope"));
+    }
+    if !app.scopes.covers_all(&scopes) {
+        return Err(fail(
+            "invalid_scope",
+            "a scope asked for is outside the app's registration",
+        ));
+    }
+    Ok(ValidAuthorize {
+        app,
+        redirect_uri,
+        scopes,
+        state: p.state.clone(),
+        code_challenge,
+    })
+}
+
+/// RFC 7636: the verifier is 43 to 128 unreserved characters and hashes to the challenge.
+pub fn verify_pkce(verifier: &str, challenge: &str) -> bool {
+    let well_formed = (43..=128).contains(&verifier.len())
+        && verifier
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+    well_formed && URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) == challenge
+}
+
+/// `redirect_uri` with the given parameters added to its query.
+pub fn redirect_with(redirect_uri: &str, params: &[(&str, &str)]) -> String {
+    let mut url = url::Url::parse(redirect_uri).expect("registered redirect URIs are valid URLs");
+    url.query_pairs_mut().extend_pairs(params);
+    url.into()
+}
+
+/// The CSRF token of a browser session: derived from the session, so a page on another origin,
+/// which cannot read the session cookie, cannot forge it.
+pub fn csrf_token(session_hash: &[u8; 32]) -> String {
+    let mut h = Sha256::new();
+    h.update(b"selfcloud csrf v1\0");
+    h.update(session_hash);
+    hex_encode(&h.finalize())
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+//! Accounts, sessions, the caller's profile and their access log.
+
+use crate::auth::{Caller, SESSION_COOKIE};
+use crate::error::{ApiJson, ApiQuery, ApiResult};
+use crate::routes::ErrorBody;
+use crate::state::AppState;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use selfcloud_core::{Error, Scope};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct InstanceSummary {
+    pub id: String,
+    pub state: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AccountCreated {
+    pub user_id: String,
+    pub username: String,
+    pub instance: InstanceSummary,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SessionCreated {
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StorageSummary {
+    pub records: u64,
+    pub bytes: u64,
+    pub quota_bytes: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Me {
+    pub user_id: String,
+    pub username: String,
+    /// Present for the owner only (apps with `profile:read` see who, not what).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSummary>,
+}
+
+/// Create an account; its instance is provisioned before the answer.
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = Credentials,
+    responses((status = 201, body = AccountCreated), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn create_account(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> ApiResult<Response> {
+    s.rate.check_ip(peer.ip())?;
+    let account = s
+        .control
+        .sign_up(&body.username, &body.password, s.clock.now())
+        .await?;
+    let created = AccountCreated {
+        user_id: account.user_id.to_string(),
+        username: account.username,
+        instance: InstanceSummary {
+            id: account.instance_id.to_string(),
+            state: account.instance_state,
+        },
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// Log in: the owner's session token (also set as an HttpOnly cookie for the web pages).
+#[utoipa::path(post, path = "/v1/sessions", tag = "accounts", request_body = Credentials,
+    responses((status = 200, body = SessionCreated), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn create_session(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<Credentials>,
+) -> ApiResult<Response> {
+    s.rate.check_ip(peer.ip())?;
+    let user = s.control.log_in(&body.username, &body.password).await?;
+    let (token, expires_at) = s.control.create_session(&user, s.clock.now()).await?;
+    let cookie = session_cookie(&s, &token, expires_at.saturating_sub(s.clock.now()));
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(SessionCreated { token, expires_at }),
+    )
+        .into_response())
+}
+
+pub fn session_cookie(s: &AppState, token: &str, max_age: u64) -> String {
+    let secure = if s.secure_cookies { "; Secure" } else { "" };
+    format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+}
+
+/// Log out: ends the session that made this request.
+#[utoipa::path(delete, path = "/v1/sessions", tag = "accounts", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn delete_session(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
+    caller.require_owner()?;
+    s.control.revoke_token_by_hash(caller.token_hash).await?;
+    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
+}
+
+/// The caller's account, instance state and storage use.
+#[utoipa::path(get, path = "/v1/me", tag = "accounts", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn me(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<Me>> {
+    if !caller.is_owner() {
+        caller.require(&Scope::ProfileRead)?;
+    }
+    let profile = s.control.profile(caller.token.user_id).await?;
+    let mut me = Me {
+        user_id: profile.user_id.to_string(),
+        username: profile.username,
+        tier: None,
+        instance: None,
+        storage: None,
+    };
+    if caller.is_owner() {
+        let usage = s
+            .control
+            .instance(caller.token.instance_id)
+            .await?
+            .storage_usage()
+            .await?;
+        me.tier = Some(profile.tier);
+        me.instance = Some(InstanceSummary {
+            id: profile.instance_id.to_string(),
+            state: profile.instance_state,
+        });
+        me.storage = Some(StorageSummary {
+            records: usage.records,
+            bytes: usage.bytes,
+            quota_bytes: usage.quota_bytes,
+        });
+    }
+    Ok(Json(me))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct AuditQuery {
+    /// Entries older than this sequence number (from a previous page's `next_before`).
+    pub before: Option<u64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    #[schema(value_type = Vec<Object>)]
+    pub entries: Vec<selfcloud_instance::AuditRecord>,
+    pub next_before: Option<u64>,
+}
+
+/// The instance's access log, newest first (owner only).
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery), security(("bearer" = [])),
+    responses((status = 200, body = AuditPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn audit(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> ApiResult<Json<AuditPage>> {
+    caller.require_owner()?;
+    let limit = q.limit.unwrap_or(s.limits.list_default);
+    if limit == 0 || limit > s.limits.list_max {
+        return Err(Error::invalid(format!("limit must be 1..={}", s.limits.list_max)).into());
+    }
+    s.audit.flush().await;
+    let entries = s
+        .control
+        .instance(caller.token.instance_id)
+        .await?
+        .read_audit(q.before, limit)
+        .await?;
+    let next_before = if entries.len() == limit {
+        entries.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(Json(AuditPage {
+        entries,
+        next_before,
+    }))
+}

@@ -1,0 +1,137 @@
+//! App registration and the owner's view of their grants.
+
+use crate::auth::Caller;
+use crate::error::{ApiJson, ApiPath, ApiResult};
+use crate::oauth::validate_redirect_uri;
+use crate::routes::ErrorBody;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use selfcloud_control::NewApp;
+use selfcloud_core::{Error, GrantId, ScopeSet};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+pub const MAX_REDIRECT_URIS: usize = 10;
+pub const MAX_APP_NAME: usize = 100;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppRequest {
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    /// The most the app may ever ask for, e.g. `["storage:read:notes", "llm:chat"]`.
+    pub scopes: Vec<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AppCreated {
+    /// The OAuth `client_id`. Apps are public clients: they prove themselves with PKCE.
+    pub client_id: String,
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    pub scopes: Vec<String>,
+    pub created_at: u64,
+}
+
+/// Register a third-party app (the owner becomes its developer).
+#[utoipa::path(post, path = "/v1/apps", tag = "apps", request_body = AppRequest, security(("bearer" = [])),
+    responses((status = 201, body = AppCreated), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn register(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(req): ApiJson<AppRequest>,
+) -> ApiResult<Response> {
+    caller.require_owner()?;
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_APP_NAME || name.chars().any(char::is_control)
+    {
+        return Err(Error::invalid(format!(
+            "name must be 1 to {MAX_APP_NAME} printable characters"
+        ))
+        .into());
+    }
+    if req.redirect_uris.is_empty() || req.redirect_uris.len() > MAX_REDIRECT_URIS {
+        return Err(Error::invalid(format!("give 1 to {MAX_REDIRECT_URIS} redirect_uris")).into());
+    }
+    for uri in &req.redirect_uris {
+        validate_redirect_uri(uri)?;
+    }
+    let scopes = ScopeSet::parse(&req.scopes.join(" "))?;
+    if scopes.is_empty() || req.scopes.iter().any(|s| s.contains(' ')) {
+        return Err(Error::invalid("scopes must be a non-empty list of single scopes").into());
+    }
+    let app = NewApp {
+        name: name.to_owned(),
+        redirect_uris: req.redirect_uris,
+        scopes,
+    };
+    let app = s
+        .control
+        .register_app(caller.token.user_id, app, s.clock.now())
+        .await?;
+    let created = AppCreated {
+        client_id: app.client_id.to_string(),
+        name: app.name,
+        redirect_uris: app.redirect_uris,
+        scopes: app.scopes.iter().map(|s| s.to_string()).collect(),
+        created_at: app.created_at,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GrantView {
+    pub id: String,
+    pub client_id: String,
+    pub app_name: String,
+    pub scopes: Vec<String>,
+    pub created_at: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GrantList {
+    pub grants: Vec<GrantView>,
+}
+
+/// The apps holding access to the caller's instance (owner only).
+#[utoipa::path(get, path = "/v1/grants", tag = "grants", security(("bearer" = [])),
+    responses((status = 200, body = GrantList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_grants(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+) -> ApiResult<Json<GrantList>> {
+    caller.require_owner()?;
+    let grants = s.control.grants(caller.token.user_id).await?;
+    Ok(Json(GrantList {
+        grants: grants
+            .into_iter()
+            .map(|g| GrantView {
+                id: g.id.to_string(),
+                client_id: g.client_id.to_string(),
+                app_name: g.app_name,
+                scopes: g.scopes.iter().map(|s| s.to_string()).collect(),
+                created_at: g.created_at,
+            })
+            .collect(),
+    }))
+}
+
+/// Revoke a grant: its tokens stop working on the very next request (owner only).
+#[utoipa::path(delete, path = "/v1/grants/{id}", tag = "grants", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn revoke_grant(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.require_owner()?;
+    // A malformed id and another user's grant answer alike: nothing tells whether it exists.
+    let id: GrantId = id.parse().map_err(|_| Error::not_found("no such grant"))?;
+    s.control
+        .revoke_grant(caller.token.user_id, id, s.clock.now())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

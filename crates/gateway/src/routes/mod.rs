@@ -1,0 +1,22 @@
+//! The HTTP handlers, one module per area of the contract. Handlers are thin: parse into
+//! `core` types, check the caller, call control or the instance, shape the answer.
+
+pub mod accounts;
+pub mod apps;
+pub mod storage;
+
+use serde::Serialize;
+
+/// The JSON error body, for the OpenAPI document.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// One of: invalid_request, unauthenticated, forbidden, not_found, conflict,
+    /// precondition_failed, too_large, unsupported_media_type, rate_limited, quota_exceeded, internal.
+    pub code: String,
+    pub message: String,
+}

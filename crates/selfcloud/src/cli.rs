@@ -1,0 +1,131 @@
+//! Command-line flags. Every setting also reads an environment variable `SELFCLOUD_*`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use selfcloud_core::config::{KdfParams, Limits, TokenTtls};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "selfcloud",
+    version,
+    about = "A private cloud instance for every user, on one machine or many"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server: gateway, control plane and instances, in one process.
+    Up(UpArgs),
+    /// Measure sign-up latency and authorized read throughput beside bare floors.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SELFCLOUD_ADDR", default_value = "127.0.0.1:8420")]
+    pub addr: SocketAddr,
+    /// Directory holding the registry, keys and every instance.
+    #[arg(long, env = "SELFCLOUD_HOME", default_value = "./selfcloud-data")]
+    pub home: PathBuf,
+    /// Public base URL, used as the OAuth issuer (default: http://ADDR).
+    #[arg(long, env = "SELFCLOUD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Log format.
+    #[arg(long, env = "SELFCLOUD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Limits and costs, each with a safe default.
+#[derive(Args, Debug, Clone)]
+pub struct Settings {
+    /// Argon2id memory per password derivation, in KiB.
+    #[arg(long, env = "SELFCLOUD_KDF_MEMORY_KIB", default_value_t = KdfParams::default().m_cost)]
+    pub kdf_memory_kib: u32,
+    /// Argon2id passes.
+    #[arg(long, env = "SELFCLOUD_KDF_ITERATIONS", default_value_t = KdfParams::default().t_cost)]
+    pub kdf_iterations: u32,
+    /// Argon2id lanes.
+    #[arg(long, env = "SELFCLOUD_KDF_PARALLELISM", default_value_t = KdfParams::default().p_cost)]
+    pub kdf_parallelism: u32,
+    /// Largest record value, in bytes.
+    #[arg(long, env = "SELFCLOUD_MAX_VALUE_BYTES", default_value_t = Limits::default().max_value_bytes)]
+    pub max_value_bytes: usize,
+    /// Sustained requests per second allowed to one token.
+    #[arg(long, env = "SELFCLOUD_RATE_PER_TOKEN", default_value_t = Limits::default().rate_per_token)]
+    pub rate_per_token: u32,
+    /// Requests one token may burst above its rate.
+    #[arg(long, env = "SELFCLOUD_RATE_BURST", default_value_t = Limits::default().rate_burst)]
+    pub rate_burst: u32,
+    /// Sign-up, log-in and token requests per second from one client address.
+    #[arg(long, env = "SELFCLOUD_RATE_PER_IP", default_value_t = Limits::default().rate_per_ip)]
+    pub rate_per_ip: u32,
+    /// Storage quota of each new instance, in bytes.
+    #[arg(long, env = "SELFCLOUD_QUOTA_BYTES", default_value_t = Limits::default().quota_bytes)]
+    pub quota_bytes: u64,
+    /// Largest page a list may ask for.
+    #[arg(long, env = "SELFCLOUD_LIST_MAX", default_value_t = Limits::default().list_max)]
+    pub list_max: usize,
+    /// Audit entries kept per instance (older ones are pruned).
+    #[arg(long, env = "SELFCLOUD_AUDIT_RETENTION", default_value_t = Limits::default().audit_retention)]
+    pub audit_retention: u64,
+    /// Instances kept open at once (least recently used are closed).
+    #[arg(long, env = "SELFCLOUD_OPEN_INSTANCES", default_value_t = 1024)]
+    pub open_instances: usize,
+    /// Owner session lifetime, in seconds.
+    #[arg(long, env = "SELFCLOUD_SESSION_TTL", default_value_t = TokenTtls::default().session.as_secs())]
+    pub session_ttl: u64,
+    /// App access-token lifetime, in seconds.
+    #[arg(long, env = "SELFCLOUD_ACCESS_TTL", default_value_t = TokenTtls::default().access.as_secs())]
+    pub access_ttl: u64,
+    /// App refresh-token lifetime, in seconds.
+    #[arg(long, env = "SELFCLOUD_REFRESH_TTL", default_value_t = TokenTtls::default().refresh.as_secs())]
+    pub refresh_ttl: u64,
+    /// Authorization-code lifetime, in seconds.
+    #[arg(long, env = "SELFCLOUD_CODE_TTL", default_value_t = TokenTtls::default().code.as_secs())]
+    pub code_ttl: u64,
+}
+
+impl Settings {
+    pub fn control_config(&self, home: PathBuf) -> selfcloud_control::ControlConfig {
+        let defaults = Limits::default();
+        selfcloud_control::ControlConfig {
+            home,
+            kdf: KdfParams {
+                m_cost: self.kdf_memory_kib,
+                t_cost: self.kdf_iterations,
+                p_cost: self.kdf_parallelism,
+            },
+            limits: Limits {
+                max_value_bytes: self.max_value_bytes,
+                rate_per_token: self.rate_per_token,
+                rate_burst: self.rate_burst,
+                rate_per_ip: self.rate_per_ip,
+                list_default: defaults.list_default.min(self.list_max),
+                list_max: self.list_max,
+                quota_bytes: self.quota_bytes,
+                audit_retention: self.audit_retention,
+            },
+            ttls: TokenTtls {
+                session: Duration::from_secs(self.session_ttl),
+                access: Duration::from_secs(self.access_ttl),
+                refresh: Duration::from_secs(self.refresh_ttl),
+                code: Duration::from_secs(self.code_ttl),
+            },
+            open_instances: self.open_instances,
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `selfcloud up`: one process serving everything, until SIGTERM or Ctrl-C.
+
+use crate::cli::{LogFormat, UpArgs};
+use anyhow::Context;
+use selfcloud_gateway::clock::{Clock, SystemClock};
+use selfcloud_gateway::GatewayConfig;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let config = args.settings.control_config(args.home.clone());
+    let control = selfcloud_control::Control::open(config, clock.now())
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.message, e.detail.unwrap_or_default()))
+        .with_context(|| format!("opening home directory {}", args.home.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("listening on {}", args.addr))?;
+    let shutdown = CancellationToken::new();
+    let gateway = GatewayConfig {
+        public_url: args.public_url.clone(),
+        ..GatewayConfig::default()
+    };
+    let running =
+        selfcloud_gateway::serve(listener, control, clock, gateway, shutdown.clone()).await?;
+    tracing::info!(home = %args.home.display(), "selfcloud is up");
+    println!("selfcloud listening on {}", running.state.issuer);
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining requests and the audit queue");
+    shutdown.cancel();
+    running.wait().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
