@@ -137,9 +137,9 @@ impl Control {
         let revoked = self
             .blocking(move |r| r.revoke_grant(user, grant, now))
             .await?;
-        // Memory too, even when the row was already revoked: no token of the grant may live on.
-        self.tokens.remove_grant(grant);
         if revoked {
+            // Only once the grant is known to be this user's: never touch another's tokens.
+            self.tokens.remove_grant(grant);
             Ok(())
         } else {
             Err(Error::not_found("no such grant"))

@@ -313,11 +313,13 @@ impl Registry {
                 params![grant.to_string(), user.to_string(), now as i64],
             )
             .map_err(db_err)?;
-        tx.execute(
-            "DELETE FROM tokens WHERE grant_id = ?1",
-            [grant.to_string()],
-        )
-        .map_err(db_err)?;
+        if n == 1 {
+            tx.execute(
+                "DELETE FROM tokens WHERE grant_id = ?1",
+                [grant.to_string()],
+            )
+            .map_err(db_err)?;
+        }
         tx.commit().map_err(db_err)?;
         Ok(n == 1)
     }

@@ -92,10 +92,6 @@ api_extractor!(
     ApiQuery, Query, QueryRejection, parts
 );
 api_extractor!(
-    /// A JSON body; wrong type, bad JSON or too large are JSON errors.
-    ApiJson, axum::Json<T>, JsonRejection, body
-);
-api_extractor!(
     /// A form body (OAuth endpoints).
     ApiForm, axum::Form<T>, FormRejection, body
 );
@@ -124,4 +120,21 @@ pub async fn method_not_allowed() -> Response {
         "method not allowed on this endpoint",
     );
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(e.body())).into_response()
+}
+
+/// A JSON object body, deserialized into `T`. Only an object is accepted (serde would also take
+/// an array for a struct); wrong type, bad JSON or too large are JSON errors.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(object) =
+            axum::Json::<serde_json::Map<String, serde_json::Value>>::from_request(req, state)
+                .await
+                .map_err(|r: JsonRejection| rejection(r.status(), r.body_text()))?;
+        serde_json::from_value(serde_json::Value::Object(object))
+            .map(ApiJson)
+            .map_err(|e| ApiError(Error::invalid(format!("invalid body: {e}"))))
+    }
 }

@@ -1,1 +1,202 @@
+//! The protocol's decisions, with every input in the test's hands.
 
+use super::*;
+use selfcloud_core::UserId;
+
+fn app() -> App {
+    App {
+        client_id: AppId::random(),
+        owner_id: UserId::random(),
+        name: "Notes".into(),
+        redirect_uris: vec!["https://notes.example/cb".into()],
+        scopes: ScopeSet::parse("storage:read:notes* llm:chat").unwrap(),
+        created_at: 0,
+    }
+}
+
+fn request(app: &App) -> AuthorizeParams {
+    AuthorizeParams {
+        response_type: Some("code".into()),
+        client_id: Some(app.client_id.to_string()),
+        redirect_uri: Some("https://notes.example/cb".into()),
+        scope: Some("storage:read:notes llm:chat".into()),
+        state: Some("xyz".into()),
+        code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".into()),
+        code_challenge_method: Some("S256".into()),
+    }
+}
+
+#[test]
+fn a_well_formed_request_passes() {
+    let a = app();
+    let ok = check_authorize(&request(&a), Some(a.clone())).unwrap();
+    assert_eq!(ok.scopes.to_string(), "storage:read:notes llm:chat");
+    assert_eq!(ok.state.as_deref(), Some("xyz"));
+}
+
+#[test]
+fn untrusted_client_or_redirect_is_shown_never_redirected() {
+    let a = app();
+    for (tweak, with_app) in [
+        (
+            Box::new(|p: &mut AuthorizeParams| p.client_id = None)
+                as Box<dyn Fn(&mut AuthorizeParams)>,
+            true,
+        ),
+        (
+            Box::new(|p: &mut AuthorizeParams| p.client_id = Some("not-an-id".into())),
+            true,
+        ),
+        (Box::new(|_: &mut AuthorizeParams| {}), false),
+        (
+            Box::new(|p: &mut AuthorizeParams| p.redirect_uri = None),
+            true,
+        ),
+        (
+            Box::new(|p: &mut AuthorizeParams| {
+                p.redirect_uri = Some("https://notes.example/cb/".into())
+            }),
+            true,
+        ),
+        (
+            Box::new(|p: &mut AuthorizeParams| {
+                p.redirect_uri = Some("https://notes.example/cb?x=1".into())
+            }),
+            true,
+        ),
+        (
+            Box::new(|p: &mut AuthorizeParams| {
+                p.redirect_uri = Some("https://NOTES.example/cb".into())
+            }),
+            true,
+        ),
+        (
+            Box::new(|p: &mut AuthorizeParams| p.state = Some("a\nb".into())),
+            true,
+        ),
+    ] {
+        let mut p = request(&a);
+        tweak(&mut p);
+        let result = check_authorize(&p, with_app.then(|| a.clone()));
+        assert!(matches!(result, Err(AuthorizeError::Show(_))), "{p:?}");
+    }
+}
+
+#[test]
+fn pkce_cannot_be_downgraded_or_skipped() {
+    let a = app();
+    for (method, challenge) in [
+        (None, Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")),
+        (
+            Some("plain"),
+            Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
+        ),
+        (
+            Some("s256"),
+            Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
+        ),
+        (Some("S256"), None),
+        (Some("S256"), Some("too-short")),
+        (
+            Some("S256"),
+            Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-c!"),
+        ),
+    ] {
+        let mut p = request(&a);
+        p.code_challenge_method = method.map(str::to_owned);
+        p.code_challenge = challenge.map(str::to_owned);
+        match check_authorize(&p, Some(a.clone())) {
+            Err(AuthorizeError::Redirect { error, state, .. }) => {
+                assert_eq!(error, "invalid_request");
+                assert_eq!(state.as_deref(), Some("xyz"));
+            }
+            other => panic!("{method:?} {challenge:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn scopes_must_be_known_nonempty_and_registered() {
+    let a = app();
+    for scope in [
+        None,
+        Some(""),
+        Some("storage:read:photos"),
+        Some("storage:read:*"),
+        Some("audit"),
+        Some("llm:chat backup"),
+    ] {
+        let mut p = request(&a);
+        p.scope = scope.map(str::to_owned);
+        assert!(
+            matches!(
+                check_authorize(&p, Some(a.clone())),
+                Err(AuthorizeError::Redirect {
+                    error: "invalid_scope",
+                    ..
+                })
+            ),
+            "{scope:?}"
+        );
+    }
+}
+
+#[test]
+fn the_verifier_must_hash_to_the_challenge() {
+    // RFC 7636 appendix B.
+    let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    assert!(verify_pkce(
+        "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+        challenge
+    ));
+    assert!(!verify_pkce(
+        "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXj",
+        challenge
+    ));
+    assert!(!verify_pkce("", challenge));
+    // The challenge itself is not a verifier (a client echoing it back proves nothing).
+    assert!(!verify_pkce(challenge, challenge));
+    assert!(!verify_pkce(&"a".repeat(129), challenge));
+}
+
+#[test]
+fn redirect_uris_are_restricted() {
+    for ok in [
+        "https://notes.example/cb",
+        "http://127.0.0.1:8080/cb",
+        "http://localhost/cb",
+        "http://[::1]/cb",
+        "com.example.notes:/cb",
+    ] {
+        assert!(validate_redirect_uri(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "http://notes.example/cb",
+        "https://notes.example/cb#x",
+        "https://user:pw@notes.example/cb",
+        "javascript:alert(1)",
+        "data:text/html,hi",
+        "file:///etc/passwd",
+        "notes/cb",
+        "custom:/cb",
+        "",
+    ] {
+        assert!(validate_redirect_uri(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn redirects_keep_the_registered_query_and_add_ours() {
+    let to = redirect_with(
+        "https://notes.example/cb?tenant=1",
+        &[("code", "a b&c"), ("state", "s")],
+    );
+    assert_eq!(to, "https://notes.example/cb?tenant=1&code=a+b%26c&state=s");
+}
+
+#[test]
+fn csrf_tokens_differ_per_session() {
+    assert_ne!(csrf_token(&[1; 32]), csrf_token(&[2; 32]));
+    assert_eq!(csrf_token(&[1; 32]), csrf_token(&[1; 32]));
+    assert_eq!(csrf_token(&[1; 32]).len(), 64);
+}

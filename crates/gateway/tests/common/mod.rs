@@ -1,0 +1,243 @@
+//! A real server on a loopback port, with a clock the test can move, and helpers that talk HTTP
+//! to it the way users and apps do.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use reqwest::{Method, StatusCode};
+use selfcloud_control::{Control, ControlConfig};
+use selfcloud_core::config::{KdfParams, Limits};
+use selfcloud_gateway::clock::OffsetClock;
+use selfcloud_gateway::{GatewayConfig, Running};
+use selfcloud_sdk::{AppConfig, AuthorizationRequest, Client, TokenSet};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+pub struct Server {
+    pub base: String,
+    pub home: tempfile::TempDir,
+    pub clock: Arc<OffsetClock>,
+    pub control: Arc<Control>,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    running: Option<Running>,
+}
+
+pub fn test_config(home: &std::path::Path) -> ControlConfig {
+    let mut config = ControlConfig::new(home);
+    config.kdf = KdfParams::INSECURE_FOR_TESTS;
+    config.limits = Limits {
+        rate_per_ip: 10_000,
+        ..Limits::default()
+    };
+    config
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ControlConfig)) -> Server {
+        let home = tempfile::tempdir().unwrap();
+        let mut config = test_config(home.path());
+        tweak(&mut config);
+        let clock = Arc::new(OffsetClock::default());
+        let now = selfcloud_gateway::clock::Clock::now(clock.as_ref());
+        let control = Control::open(config, now).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shutdown = CancellationToken::new();
+        let running = selfcloud_gateway::serve(
+            listener,
+            control.clone(),
+            clock.clone(),
+            GatewayConfig::default(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let base = format!("http://{}", running.addr);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Server {
+            base,
+            home,
+            clock,
+            control,
+            http,
+            shutdown,
+            running: Some(running),
+        }
+    }
+
+    /// Stops cleanly (requests drained, audit written); the home directory is handed back.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown.cancel();
+        self.running.take().unwrap().wait().await.unwrap();
+        self.home
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends a request; returns status, headers and the body as JSON (Null if empty or not JSON).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn sign_up(&self, username: &str) -> Value {
+        let (status, _, body) = self
+            .call(
+                Method::POST,
+                "/v1/accounts",
+                None,
+                Some(json!({"username": username, "password": "correct horse battery"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+
+    pub async fn log_in(&self, username: &str) -> String {
+        let (status, _, body) = self
+            .call(
+                Method::POST,
+                "/v1/sessions",
+                None,
+                Some(json!({"username": username, "password": "correct horse battery"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// A new user with a session.
+    pub async fn user(&self, username: &str) -> String {
+        self.sign_up(username).await;
+        self.log_in(username).await
+    }
+
+    pub async fn register_app(&self, owner: &str, scopes: &[&str]) -> String {
+        let body = json!({"name": "Notes Deluxe", "redirect_uris": [REDIRECT], "scopes": scopes});
+        let (status, _, body) = self
+            .call(Method::POST, "/v1/apps", Some(owner), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["client_id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn app_config(&self, client_id: &str) -> AppConfig {
+        AppConfig {
+            base_url: self.base.parse().unwrap(),
+            client_id: client_id.into(),
+            redirect_uri: REDIRECT.into(),
+        }
+    }
+
+    /// The user (by their session) answers an authorization request; returns the redirect.
+    pub async fn decide(
+        &self,
+        session: &str,
+        req: &AuthorizationRequest,
+        decision: &str,
+    ) -> reqwest::Response {
+        let mut form = req.params();
+        form.push(("decision".into(), decision.into()));
+        self.http
+            .post(self.url("/oauth/authorize"))
+            .bearer_auth(session)
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Runs the whole flow with the SDK: the app asks, the user allows, the app gets tokens.
+    pub async fn authorize(
+        &self,
+        session: &str,
+        client_id: &str,
+        scopes: &[&str],
+    ) -> (Client, TokenSet) {
+        let config = self.app_config(client_id);
+        let req = AuthorizationRequest::new(&config, scopes);
+        let resp = self.decide(session, &req, "allow").await;
+        assert_eq!(resp.status(), StatusCode::FOUND);
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        let code = req.finish(&location).unwrap();
+        let client = Client::new(config);
+        let tokens = client.exchange_code(&req, &code).await.unwrap();
+        (client, tokens)
+    }
+
+    /// A user, an app registered by a developer, and that app's token for the user.
+    pub async fn app_token(&self, user_session: &str, scopes: &[&str]) -> (String, TokenSet) {
+        let dev = self.user(&format!("dev{}", rand_suffix())).await;
+        let client_id = self.register_app(&dev, scopes).await;
+        let (_, tokens) = self.authorize(user_session, &client_id, scopes).await;
+        (client_id, tokens)
+    }
+
+    pub fn error_code(body: &Value) -> &str {
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not a contract error: {body}"))
+    }
+}
+
+pub fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+/// Sends exactly these bytes as an HTTP/1.1 request (no client-side path normalisation) and
+/// returns the status and body.
+pub async fn raw_request(
+    base: &str,
+    request_line_path: &str,
+    method: &str,
+    token: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {request_line_path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
