@@ -16,21 +16,13 @@ pub struct KdfParams {
 impl Default for KdfParams {
     /// OWASP's recommended Argon2id floor: 19 MiB, 2 passes, 1 lane.
     fn default() -> Self {
-        KdfParams {
-            m_cost: 19 * 1024,
-            t_cost: 2,
-            p_cost: 1,
-        }
+        KdfParams { m_cost: 19 * 1024, t_cost: 2, p_cost: 1 }
     }
 }
 
 impl KdfParams {
     /// The cheapest cost argon2 accepts; for tests only, set through configuration.
-    pub const INSECURE_FOR_TESTS: KdfParams = KdfParams {
-        m_cost: 8,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    pub const INSECURE_FOR_TESTS: KdfParams = KdfParams { m_cost: 8, t_cost: 1, p_cost: 1 };
 }
 
 /// Token and code lifetimes.
@@ -58,17 +50,23 @@ impl Default for TokenTtls {
 pub struct Limits {
     /// Largest record value, in bytes.
     pub max_value_bytes: usize,
-    /// Requests per second allowed to one token (sustained).
+    /// Largest archive `POST /v1/import` accepts, in bytes (it is held in memory to be checked
+    /// whole before anything is written).
+    pub max_import_bytes: usize,
+    /// Requests per second allowed to one token (sustained), on the free tier.
     pub rate_per_token: u32,
-    /// Requests a token may burst above its rate.
+    /// Requests a token may burst above its rate, on the free tier.
     pub rate_burst: u32,
     /// Unauthenticated requests (sign-up, log-in, token) per second from one client address.
     pub rate_per_ip: u32,
     /// Default and maximum page size of a list.
     pub list_default: usize,
     pub list_max: usize,
-    /// Storage quota of a new instance, in bytes.
+    /// Storage quota of an instance on the free tier (every new account's), in bytes.
     pub quota_bytes: u64,
+    /// The paid tiers' quota and rates.
+    pub growth: TierLimits,
+    pub pro: TierLimits,
     /// Audit entries kept per instance; older ones are pruned.
     pub audit_retention: u64,
 }
@@ -77,13 +75,76 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_value_bytes: 1024 * 1024,
+            max_import_bytes: 256 * 1024 * 1024,
             rate_per_token: 200,
             rate_burst: 400,
             rate_per_ip: 20,
             list_default: 100,
             list_max: 1000,
             quota_bytes: 10_000_000_000,
+            growth: TierLimits { quota_bytes: 50_000_000_000, rate_per_token: 500, rate_burst: 1000 },
+            pro: TierLimits { quota_bytes: 200_000_000_000, rate_per_token: 2000, rate_burst: 4000 },
             audit_retention: 100_000,
         }
     }
+}
+
+impl Limits {
+    /// What an instance on `tier` may use.
+    pub fn tier(&self, tier: Tier) -> TierLimits {
+        match tier {
+            Tier::Free => TierLimits {
+                quota_bytes: self.quota_bytes,
+                rate_per_token: self.rate_per_token,
+                rate_burst: self.rate_burst,
+            },
+            Tier::Growth => self.growth,
+            Tier::Pro => self.pro,
+        }
+    }
+}
+
+/// A plan: how much an instance may store and how fast its tokens may call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Tier {
+    #[default]
+    Free,
+    Growth,
+    Pro,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Free, Tier::Growth, Tier::Pro];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Free => "free",
+            Tier::Growth => "growth",
+            Tier::Pro => "pro",
+        }
+    }
+}
+
+impl std::str::FromStr for Tier {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Tier::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| crate::Error::invalid("tier must be free, growth or pro"))
+    }
+}
+
+impl std::fmt::Display for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Quota and request rates of one tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierLimits {
+    pub quota_bytes: u64,
+    pub rate_per_token: u32,
+    pub rate_burst: u32,
 }

@@ -74,12 +74,7 @@ pub struct Error {
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error {
-            code,
-            message: message.into(),
-            retry_after: None,
-            detail: None,
-        }
+        Error { code, message: message.into(), retry_after: None, detail: None }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidRequest, message)
@@ -98,16 +93,10 @@ impl Error {
     }
     /// An internal failure: the detail goes to the log, the client sees a generic message.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        Error {
-            detail: Some(detail.to_string()),
-            ..Self::new(ErrorCode::Internal, "internal error")
-        }
+        Error { detail: Some(detail.to_string()), ..Self::new(ErrorCode::Internal, "internal error") }
     }
     pub fn rate_limited(retry_after: Duration) -> Self {
-        Error {
-            retry_after: Some(retry_after),
-            ..Self::new(ErrorCode::RateLimited, "too many requests")
-        }
+        Error { retry_after: Some(retry_after), ..Self::new(ErrorCode::RateLimited, "too many requests") }
     }
     pub fn status(&self) -> StatusCode {
         self.code.status()
@@ -126,16 +115,8 @@ mod tests {
     fn body_has_the_contract_shape() {
         let e = Error::conflict("username taken");
         assert_eq!(e.status(), StatusCode::CONFLICT);
-        assert_eq!(
-            e.body(),
-            serde_json::json!({"error":{"code":"conflict","message":"username taken"}})
-        );
-        assert_eq!(
-            Error::rate_limited(Duration::from_secs(1))
-                .status()
-                .as_u16(),
-            429
-        );
+        assert_eq!(e.body(), serde_json::json!({"error":{"code":"conflict","message":"username taken"}}));
+        assert_eq!(Error::rate_limited(Duration::from_secs(1)).status().as_u16(), 429);
         assert_eq!(ErrorCode::QuotaExceeded.status().as_u16(), 507);
     }
 }

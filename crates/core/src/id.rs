@@ -104,9 +104,7 @@ mod tests {
         // Another kind's prefix, uppercase hex, path tricks and wrong lengths are all refused.
         assert!(text.replace("ins_", "usr_").parse::<InstanceId>().is_err());
         assert!(text.to_uppercase().parse::<InstanceId>().is_err());
-        assert!("ins_../../../../etc/passwd0000000000"
-            .parse::<InstanceId>()
-            .is_err());
+        assert!("ins_../../../../etc/passwd0000000000".parse::<InstanceId>().is_err());
         assert!(format!("{text}0").parse::<InstanceId>().is_err());
         assert!("ins_".parse::<InstanceId>().is_err());
     }

@@ -29,17 +29,13 @@ fn is_key_byte(b: u8) -> bool {
 pub(crate) fn is_collection_prefix(s: &str) -> bool {
     s.len() <= MAX_COLLECTION_LEN
         && s.bytes().all(is_collection_byte)
-        && s.bytes()
-            .next()
-            .is_none_or(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes().next().is_none_or(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 impl Collection {
     pub fn parse(s: &str) -> Result<Self, Error> {
         if s.is_empty() || !is_collection_prefix(s) {
-            return Err(Error::invalid(
-                "collection must match [a-z0-9][a-z0-9._-]{0,63}",
-            ));
+            return Err(Error::invalid("collection must match [a-z0-9][a-z0-9._-]{0,63}"));
         }
         Ok(Collection(s.to_owned()))
     }
@@ -51,9 +47,7 @@ impl Collection {
 impl RecordKey {
     pub fn parse(s: &str) -> Result<Self, Error> {
         if s.is_empty() || s.len() > MAX_KEY_LEN || !s.bytes().all(is_key_byte) {
-            return Err(Error::invalid(
-                "key must be 1..512 bytes of [A-Za-z0-9._~:@-]",
-            ));
+            return Err(Error::invalid("key must be 1..512 bytes of [A-Za-z0-9._~:@-]"));
         }
         if s == "." || s == ".." {
             return Err(Error::invalid("key must not be '.' or '..'"));
@@ -68,9 +62,7 @@ impl RecordKey {
 /// A key prefix for listing: the key grammar, but empty is allowed and dots are not special.
 pub fn validate_key_prefix(s: &str) -> Result<(), Error> {
     if s.len() > MAX_KEY_LEN || !s.bytes().all(is_key_byte) {
-        return Err(Error::invalid(
-            "prefix must be up to 512 bytes of [A-Za-z0-9._~:@-]",
-        ));
+        return Err(Error::invalid("prefix must be up to 512 bytes of [A-Za-z0-9._~:@-]"));
     }
     Ok(())
 }
@@ -87,6 +79,25 @@ macro_rules! display_as_str {
 }
 display_as_str!(Collection, RecordKey);
 
+// Serde for the names instance runtimes exchange; deserializing checks the grammar again, so a
+// name from the other end of a socket is as trusted as one parsed here.
+macro_rules! serde_as_str {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                <$t>::parse(&s).map_err(|e| serde::de::Error::custom(e.message))
+            }
+        }
+    )*};
+}
+serde_as_str!(Collection, RecordKey);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,46 +107,17 @@ mod tests {
         for ok in ["notes", "a", "0x", "my.notes_v2-beta", &"a".repeat(64)] {
             assert!(Collection::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "Notes",
-            "_notes",
-            ".hidden",
-            "a/b",
-            "..",
-            "a\0b",
-            "no tes",
-            "é",
-            &"a".repeat(65),
-        ] {
+        for bad in ["", "Notes", "_notes", ".hidden", "a/b", "..", "a\0b", "no tes", "é", &"a".repeat(65)] {
             assert!(Collection::parse(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn keys_follow_the_grammar() {
-        for ok in [
-            "k",
-            "user@example.com",
-            "2026-11-25T10:00:00Z",
-            "a~b",
-            "...",
-            &"k".repeat(512),
-        ] {
+        for ok in ["k", "user@example.com", "2026-11-25T10:00:00Z", "a~b", "...", &"k".repeat(512)] {
             assert!(RecordKey::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "a\\b",
-            "%2F",
-            "a\0",
-            "a b",
-            "ключ",
-            &"k".repeat(513),
-        ] {
+        for bad in ["", ".", "..", "a/b", "a\\b", "%2F", "a\0", "a b", "ключ", &"k".repeat(513)] {
             assert!(RecordKey::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -34,9 +34,7 @@ impl CollectionPattern {
     pub fn covers(&self, other: &CollectionPattern) -> bool {
         match (self, other) {
             (_, CollectionPattern::Exact(c)) => self.matches(c),
-            (CollectionPattern::Prefix(p), CollectionPattern::Prefix(q)) => {
-                q.starts_with(p.as_str())
-            }
+            (CollectionPattern::Prefix(p), CollectionPattern::Prefix(q)) => q.starts_with(p.as_str()),
             (CollectionPattern::Exact(_), CollectionPattern::Prefix(_)) => false,
         }
     }
@@ -73,8 +71,9 @@ impl Scope {
     /// True when holding `self` grants everything `other` grants.
     pub fn covers(&self, other: &Scope) -> bool {
         match (self, other) {
-            (Scope::StorageRead(a), Scope::StorageRead(b))
-            | (Scope::StorageWrite(a), Scope::StorageWrite(b)) => a.covers(b),
+            (Scope::StorageRead(a), Scope::StorageRead(b)) | (Scope::StorageWrite(a), Scope::StorageWrite(b)) => {
+                a.covers(b)
+            }
             _ => self == other,
         }
     }
@@ -84,9 +83,7 @@ impl Scope {
         fn which(p: &CollectionPattern) -> String {
             match p {
                 CollectionPattern::Exact(c) => format!("your \u{201c}{c}\u{201d} records"),
-                CollectionPattern::Prefix(p) if p.is_empty() => {
-                    "all your records, in every collection".into()
-                }
+                CollectionPattern::Prefix(p) if p.is_empty() => "all your records, in every collection".into(),
                 CollectionPattern::Prefix(p) => {
                     format!("your records in every collection whose name starts with \u{201c}{p}\u{201d}")
                 }
@@ -135,17 +132,11 @@ impl FromStr for Scope {
             return Err(bad());
         };
         let pattern = match pattern.strip_suffix('*') {
-            Some(prefix) if is_collection_prefix(prefix) => {
-                CollectionPattern::Prefix(prefix.to_owned())
-            }
+            Some(prefix) if is_collection_prefix(prefix) => CollectionPattern::Prefix(prefix.to_owned()),
             Some(_) => return Err(bad()),
             None => CollectionPattern::Exact(Collection::parse(pattern).map_err(|_| bad())?),
         };
-        Ok(if write {
-            Scope::StorageWrite(pattern)
-        } else {
-            Scope::StorageRead(pattern)
-        })
+        Ok(if write { Scope::StorageWrite(pattern) } else { Scope::StorageRead(pattern) })
     }
 }
 
@@ -196,13 +187,7 @@ impl ScopeSet {
     /// Keeps only the scopes of `self` that `allowed` covers (what the user left ticked, or what
     /// the app registered).
     pub fn restricted_to(&self, allowed: &ScopeSet) -> ScopeSet {
-        ScopeSet(
-            self.0
-                .iter()
-                .filter(|s| allowed.permits(s).is_some())
-                .cloned()
-                .collect(),
-        )
+        ScopeSet(self.0.iter().filter(|s| allowed.permits(s).is_some()).cloned().collect())
     }
 }
 
@@ -285,10 +270,7 @@ mod tests {
         assert!(notes_any.covers(&Scope::storage_read(&c("notes"))));
         assert!(notes_any.covers(&Scope::storage_read(&c("notes.work"))));
         assert!(!notes_any.covers(&Scope::storage_read(&c("note"))));
-        assert!(
-            !notes_any.covers(&Scope::storage_write(&c("notes"))),
-            "read never grants write"
-        );
+        assert!(!notes_any.covers(&Scope::storage_write(&c("notes"))), "read never grants write");
         assert!(notes_any.covers(&"storage:read:notes.w*".parse().unwrap()));
         assert!(!notes_any.covers(&"storage:read:*".parse().unwrap()));
         let exact: Scope = "storage:read:notes".parse().unwrap();
@@ -311,8 +293,7 @@ mod tests {
 
     fn arb_pattern() -> impl Strategy<Value = CollectionPattern> {
         prop_oneof![
-            "[a-z0-9][a-z0-9._-]{0,20}"
-                .prop_map(|s| CollectionPattern::Exact(Collection::parse(&s).unwrap())),
+            "[a-z0-9][a-z0-9._-]{0,20}".prop_map(|s| CollectionPattern::Exact(Collection::parse(&s).unwrap())),
             "([a-z0-9][a-z0-9._-]{0,20})?".prop_map(CollectionPattern::Prefix),
         ]
     }

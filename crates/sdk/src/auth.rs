@@ -29,9 +29,7 @@ impl AppConfig {
         url.set_query(None);
         url.set_fragment(None);
         url.path_segments_mut()
-            .map_err(|()| {
-                Error::InvalidInput(format!("base URL {} is not an http(s) URL", self.base_url))
-            })?
+            .map_err(|()| Error::InvalidInput(format!("base URL {} is not an http(s) URL", self.base_url)))?
             .pop_if_empty()
             .extend(segments);
         Ok(url)
@@ -40,8 +38,7 @@ impl AppConfig {
     /// `path` (which may carry a query) resolved under `base_url`, keeping any path prefix.
     pub(crate) fn resolve(&self, path: &str) -> Result<Url> {
         let base = self.endpoint(&[""])?;
-        base.join(path.trim_start_matches('/'))
-            .map_err(|e| Error::InvalidInput(format!("path {path:?}: {e}")))
+        base.join(path.trim_start_matches('/')).map_err(|e| Error::InvalidInput(format!("path {path:?}: {e}")))
     }
 }
 
@@ -121,10 +118,7 @@ impl AuthorizationRequest {
     /// # Panics
     /// When `base_url` cannot have a path (not an `http(s)` URL).
     pub fn url(&self) -> Url {
-        let mut url = self
-            .config
-            .endpoint(&["oauth", "authorize"])
-            .expect("base_url must be an http(s) URL");
+        let mut url = self.config.endpoint(&["oauth", "authorize"]).expect("base_url must be an http(s) URL");
         url.query_pairs_mut().extend_pairs(self.params());
         url
     }
@@ -135,34 +129,23 @@ impl AuthorizationRequest {
     /// whose `state` is missing or not ours, before looking at anything else: an unchecked
     /// redirect could carry an attacker's code. An OAuth `error` becomes [`Error::Denied`].
     pub fn finish(&self, redirect_location: &str) -> Result<String> {
-        let got = Url::parse(redirect_location).map_err(|e| {
-            Error::Protocol(format!("redirect {redirect_location:?} is not a URL: {e}"))
-        })?;
+        let got = Url::parse(redirect_location)
+            .map_err(|e| Error::Protocol(format!("redirect {redirect_location:?} is not a URL: {e}")))?;
         let want = Url::parse(&self.config.redirect_uri)
             .map_err(|e| Error::InvalidInput(format!("redirect_uri is not a URL: {e}")))?;
         if got[..Position::AfterPath] != want[..Position::AfterPath] {
-            return Err(Error::Protocol(format!(
-                "redirected to {got}, not to the redirect URI"
-            )));
+            return Err(Error::Protocol(format!("redirected to {got}, not to the redirect URI")));
         }
-        let param = |name: &str| {
-            got.query_pairs()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
-        };
+        let param = |name: &str| got.query_pairs().find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
         if param("state").as_deref() != Some(self.state.as_str()) {
-            return Err(Error::Protocol(
-                "redirect state does not match the request".into(),
-            ));
+            return Err(Error::Protocol("redirect state does not match the request".into()));
         }
         if let Some(error) = param("error") {
             return Err(Error::Denied(error));
         }
         match param("code") {
             Some(code) if !code.is_empty() => Ok(code),
-            _ => Err(Error::Protocol(
-                "redirect carries neither code nor error".into(),
-            )),
+            _ => Err(Error::Protocol("redirect carries neither code nor error".into())),
         }
     }
 }
@@ -205,10 +188,7 @@ mod tests {
     fn verifier_is_valid_and_fresh() {
         let (a, b) = (request(), request());
         assert_eq!(a.code_verifier().len(), 43);
-        assert!(a
-            .code_verifier()
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"-._~".contains(&c)));
+        assert!(a.code_verifier().bytes().all(|c| c.is_ascii_alphanumeric() || b"-._~".contains(&c)));
         assert_eq!(a.code_challenge(), code_challenge(a.code_verifier()));
         assert_ne!(a.code_verifier(), b.code_verifier());
         assert_ne!(a.state(), b.state());
@@ -243,14 +223,8 @@ mod tests {
     #[test]
     fn finish_refuses_a_wrong_or_missing_state() {
         let req = request();
-        for location in [
-            "http://127.0.0.1:9000/cb?code=abc&state=forged",
-            "http://127.0.0.1:9000/cb?code=abc",
-        ] {
-            assert!(
-                matches!(req.finish(location), Err(Error::Protocol(_))),
-                "{location}"
-            );
+        for location in ["http://127.0.0.1:9000/cb?code=abc&state=forged", "http://127.0.0.1:9000/cb?code=abc"] {
+            assert!(matches!(req.finish(location), Err(Error::Protocol(_))), "{location}");
         }
     }
 
@@ -264,24 +238,15 @@ mod tests {
             "https://127.0.0.1:9000/cb",
         ] {
             let location = format!("{target}?code=abc&state={}", req.state());
-            assert!(
-                matches!(req.finish(&location), Err(Error::Protocol(_))),
-                "{location}"
-            );
+            assert!(matches!(req.finish(&location), Err(Error::Protocol(_))), "{location}");
         }
-        assert!(matches!(
-            req.finish("/cb?code=abc"),
-            Err(Error::Protocol(_))
-        ));
+        assert!(matches!(req.finish("/cb?code=abc"), Err(Error::Protocol(_))));
     }
 
     #[test]
     fn finish_maps_an_oauth_error_to_denied() {
         let req = request();
-        let location = format!(
-            "http://127.0.0.1:9000/cb?error=access_denied&state={}",
-            req.state()
-        );
+        let location = format!("http://127.0.0.1:9000/cb?error=access_denied&state={}", req.state());
         assert!(matches!(req.finish(&location), Err(Error::Denied(e)) if e == "access_denied"));
         let forged = "http://127.0.0.1:9000/cb?error=access_denied&state=forged";
         assert!(matches!(req.finish(forged), Err(Error::Protocol(_))));

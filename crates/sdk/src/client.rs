@@ -55,9 +55,7 @@ pub struct Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Client").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
@@ -69,12 +67,7 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("reqwest client without TLS always builds");
-        Client {
-            config,
-            http,
-            tokens: Mutex::new(None),
-            refresh_gate: tokio::sync::Mutex::new(()),
-        }
+        Client { config, http, tokens: Mutex::new(None), refresh_gate: tokio::sync::Mutex::new(()) }
     }
 
     /// A client resuming a grant whose tokens were saved earlier.
@@ -90,10 +83,7 @@ impl Client {
 
     /// The tokens held now; save them after calls, since a refresh replaces them.
     pub fn tokens(&self) -> Option<TokenSet> {
-        self.tokens
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.tokens.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn set_tokens(&self, tokens: Option<TokenSet>) {
@@ -102,11 +92,7 @@ impl Client {
 
     /// Redeems the code from [`AuthorizationRequest::finish`] with that request's verifier,
     /// and holds the tokens it answers.
-    pub async fn exchange_code(
-        &self,
-        request: &AuthorizationRequest,
-        code: &str,
-    ) -> Result<TokenSet> {
+    pub async fn exchange_code(&self, request: &AuthorizationRequest, code: &str) -> Result<TokenSet> {
         let form = [
             ("grant_type", "authorization_code"),
             ("code", code),
@@ -128,43 +114,24 @@ impl Client {
     /// The refresh itself; the caller holds `refresh_gate`.
     async fn refresh_locked(&self) -> Result<TokenSet> {
         let current = self.tokens().ok_or(Error::NoToken("refresh"))?;
-        let refresh_token = current
-            .refresh_token
-            .as_deref()
-            .ok_or(Error::NoToken("refresh"))?;
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-            ("client_id", &self.config.client_id),
-        ];
-        let tokens = self
-            .token_request(&form, current.refresh_token.as_deref(), &current.scope)
-            .await?;
+        let refresh_token = current.refresh_token.as_deref().ok_or(Error::NoToken("refresh"))?;
+        let form =
+            [("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", &self.config.client_id)];
+        let tokens = self.token_request(&form, current.refresh_token.as_deref(), &current.scope).await?;
         self.set_tokens(Some(tokens.clone()));
         Ok(tokens)
     }
 
     /// POSTs `form` to the token endpoint; what the answer leaves out is kept from before (RFC 6749 §5.1, §6).
-    async fn token_request(
-        &self,
-        form: &[(&str, &str)],
-        refresh_token: Option<&str>,
-        scope: &str,
-    ) -> Result<TokenSet> {
+    async fn token_request(&self, form: &[(&str, &str)], refresh_token: Option<&str>, scope: &str) -> Result<TokenSet> {
         let url = self.config.endpoint(&["oauth", "token"])?;
-        let answer: TokenAnswer =
-            read_json(check(self.http.post(url).form(form).send().await?).await?).await?;
+        let answer: TokenAnswer = read_json(check(self.http.post(url).form(form).send().await?).await?).await?;
         if !answer.token_type.eq_ignore_ascii_case("bearer") {
-            return Err(Error::Protocol(format!(
-                "token type {:?}, not Bearer",
-                answer.token_type
-            )));
+            return Err(Error::Protocol(format!("token type {:?}, not Bearer", answer.token_type)));
         }
         Ok(TokenSet {
             access_token: answer.access_token,
-            refresh_token: answer
-                .refresh_token
-                .or_else(|| refresh_token.map(str::to_owned)),
+            refresh_token: answer.refresh_token.or_else(|| refresh_token.map(str::to_owned)),
             expires_in: answer.expires_in,
             scope: answer.scope.unwrap_or_else(|| scope.to_owned()),
         })
@@ -177,8 +144,7 @@ impl Client {
         let Some(tokens) = self.tokens() else {
             return Ok(());
         };
-        self.revoke_one(&tokens.access_token, "access_token")
-            .await?;
+        self.revoke_one(&tokens.access_token, "access_token").await?;
         if let Some(refresh_token) = &tokens.refresh_token {
             self.revoke_one(refresh_token, "refresh_token").await?;
         }
@@ -188,11 +154,7 @@ impl Client {
 
     async fn revoke_one(&self, token: &str, hint: &str) -> Result<()> {
         let url = self.config.endpoint(&["oauth", "revoke"])?;
-        let form = [
-            ("token", token),
-            ("token_type_hint", hint),
-            ("client_id", &self.config.client_id),
-        ];
+        let form = [("token", token), ("token_type_hint", hint), ("client_id", &self.config.client_id)];
         check(self.http.post(url).form(&form).send().await?).await?;
         Ok(())
     }
@@ -228,8 +190,7 @@ impl Client {
         if bytes.is_empty() {
             return Ok(serde_json::Value::Null);
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Protocol(format!("answer is not JSON: {e}")))
+        serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("answer is not JSON: {e}")))
     }
 
     /// Sends the request `build` makes with the access token, and answers the response as is.
@@ -238,10 +199,7 @@ impl Client {
     /// are short-lived, so an expired one is routine. If another call refreshed meanwhile, its
     /// token is used instead of refreshing twice. If the server refuses the refresh, the
     /// original 401 is answered, so a dead grant reads the same with or without a refresh token.
-    pub(crate) async fn send_authed(
-        &self,
-        build: impl Fn(&reqwest::Client) -> RequestBuilder,
-    ) -> Result<Response> {
+    pub(crate) async fn send_authed(&self, build: impl Fn(&reqwest::Client) -> RequestBuilder) -> Result<Response> {
         let token = self.tokens().ok_or(Error::NoToken("access"))?.access_token;
         let response = build(&self.http).bearer_auth(&token).send().await?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -260,10 +218,7 @@ impl Client {
         let _gate = self.refresh_gate.lock().await;
         match self.tokens() {
             Some(current) if current.access_token != rejected => Ok(Some(current.access_token)),
-            Some(TokenSet {
-                refresh_token: Some(_),
-                ..
-            }) => Ok(Some(self.refresh_locked().await?.access_token)),
+            Some(TokenSet { refresh_token: Some(_), .. }) => Ok(Some(self.refresh_locked().await?.access_token)),
             _ => Ok(None),
         }
     }
@@ -275,11 +230,8 @@ pub(crate) async fn check(response: Response) -> Result<Response> {
     if status.is_success() {
         return Ok(response);
     }
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
+    let retry_after =
+        response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
     let body = response.text().await.unwrap_or_default();
     Err(Error::from_answer(status.as_u16(), retry_after, &body))
 }
@@ -288,8 +240,7 @@ pub(crate) async fn check(response: Response) -> Result<Response> {
 pub(crate) async fn read_json<T: DeserializeOwned>(response: Response) -> Result<T> {
     let url = response.url().clone();
     let bytes = response.bytes().await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::Protocol(format!("unexpected answer from {url}: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("unexpected answer from {url}: {e}")))
 }
 
 #[cfg(test)]
@@ -299,11 +250,7 @@ mod tests {
     use serde_json::json;
 
     fn config(base: url::Url) -> AppConfig {
-        AppConfig {
-            base_url: base,
-            client_id: "notes-app".into(),
-            redirect_uri: "http://127.0.0.1:9000/cb".into(),
-        }
+        AppConfig { base_url: base, client_id: "notes-app".into(), redirect_uri: "http://127.0.0.1:9000/cb".into() }
     }
 
     fn tokens(access: &str, refresh: &str) -> TokenSet {
@@ -316,18 +263,12 @@ mod tests {
     }
 
     fn form(seen: &Seen) -> Vec<(String, String)> {
-        url::form_urlencoded::parse(seen.body.as_bytes())
-            .into_owned()
-            .collect()
+        url::form_urlencoded::parse(seen.body.as_bytes()).into_owned().collect()
     }
 
     fn token_answer(access: &str, refresh: &str) -> String {
         let body = json!({"access_token": access, "token_type": "Bearer", "expires_in": 900, "refresh_token": refresh, "scope": "profile:read"});
-        response(
-            200,
-            &[("content-type", "application/json")],
-            &body.to_string(),
-        )
+        response(200, &[("content-type", "application/json")], &body.to_string())
     }
 
     #[tokio::test]
@@ -340,14 +281,8 @@ mod tests {
         assert_eq!(client.tokens(), Some(got));
 
         let seen = seen.recv().unwrap();
-        assert_eq!(
-            (seen.method.as_str(), seen.target.as_str()),
-            ("POST", "/oauth/token")
-        );
-        assert_eq!(
-            seen.header("content-type"),
-            Some("application/x-www-form-urlencoded")
-        );
+        assert_eq!((seen.method.as_str(), seen.target.as_str()), ("POST", "/oauth/token"));
+        assert_eq!(seen.header("content-type"), Some("application/x-www-form-urlencoded"));
         let pairs = |k, v: &str| (String::from(k), v.to_owned());
         assert_eq!(
             form(&seen),
@@ -379,14 +314,7 @@ mod tests {
         let (base, _seen) = serve(vec![response(200, &[], &body.to_string())]);
         let client = Client::with_tokens(config(base), tokens("a1", "r1"));
         let got = client.refresh().await.unwrap();
-        assert_eq!(
-            got,
-            TokenSet {
-                access_token: "a2".into(),
-                expires_in: 60,
-                ..tokens("", "r1")
-            }
-        );
+        assert_eq!(got, TokenSet { access_token: "a2".into(), expires_in: 60, ..tokens("", "r1") });
     }
 
     #[tokio::test]
@@ -406,19 +334,13 @@ mod tests {
         assert_eq!(client.tokens(), None);
         let seen: Vec<_> = seen.try_iter().collect();
         assert_eq!(seen.len(), 2);
-        for (seen, (token, hint)) in seen
-            .iter()
-            .zip([("a1", "access_token"), ("r1", "refresh_token")])
-        {
+        for (seen, (token, hint)) in seen.iter().zip([("a1", "access_token"), ("r1", "refresh_token")]) {
             assert_eq!(seen.target, "/oauth/revoke");
             let form = form(seen);
             assert!(form.contains(&("token".into(), token.into())));
             assert!(form.contains(&("token_type_hint".into(), hint.into())));
         }
-        assert!(matches!(
-            client.get_json("/v1/me").await,
-            Err(Error::NoToken("access"))
-        ));
+        assert!(matches!(client.get_json("/v1/me").await, Err(Error::NoToken("access"))));
     }
 
     #[tokio::test]
@@ -430,54 +352,34 @@ mod tests {
             response(200, &[], r#"{"user":"ann"}"#),
         ]);
         let client = Client::with_tokens(config(base), tokens("a1", "r1"));
-        assert_eq!(
-            client.get_json("/v1/me").await.unwrap(),
-            json!({"user": "ann"})
-        );
+        assert_eq!(client.get_json("/v1/me").await.unwrap(), json!({"user": "ann"}));
         assert_eq!(client.tokens(), Some(tokens("a2", "r2")));
         let seen: Vec<_> = seen.try_iter().collect();
         assert_eq!(seen[0].header("authorization"), Some("Bearer a1"));
         assert_eq!(seen[1].target, "/oauth/token");
-        assert_eq!(
-            (seen[2].target.as_str(), seen[2].header("authorization")),
-            ("/v1/me", Some("Bearer a2"))
-        );
+        assert_eq!((seen[2].target.as_str(), seen[2].header("authorization")), ("/v1/me", Some("Bearer a2")));
     }
 
     #[tokio::test]
     async fn a_refused_refresh_answers_the_original_401() {
         let (base, _seen) = serve(vec![
-            response(
-                401,
-                &[],
-                r#"{"error":{"code":"unauthenticated","message":"revoked"}}"#,
-            ),
+            response(401, &[], r#"{"error":{"code":"unauthenticated","message":"revoked"}}"#),
             response(400, &[], r#"{"error":"invalid_grant"}"#),
         ]);
         let client = Client::with_tokens(config(base), tokens("a1", "r1"));
         let err = client.get_json("/v1/me").await.unwrap_err();
-        assert_eq!(
-            (err.status(), err.code()),
-            (Some(401), Some("unauthenticated"))
-        );
+        assert_eq!((err.status(), err.code()), (Some(401), Some("unauthenticated")));
     }
 
     #[tokio::test]
     async fn send_json_posts_json_and_reads_an_empty_answer_as_null() {
         let (base, seen) = serve(vec![response(204, &[], "")]);
         let client = Client::with_tokens(config(base), tokens("a1", "r1"));
-        let got = client
-            .send_json(Method::POST, "v1/things?x=1", Some(&json!({"a": 1})))
-            .await
-            .unwrap();
+        let got = client.send_json(Method::POST, "v1/things?x=1", Some(&json!({"a": 1}))).await.unwrap();
         assert_eq!(got, serde_json::Value::Null);
         let seen = seen.recv().unwrap();
         assert_eq!(
-            (
-                seen.method.as_str(),
-                seen.target.as_str(),
-                seen.body.as_str()
-            ),
+            (seen.method.as_str(), seen.target.as_str(), seen.body.as_str()),
             ("POST", "/v1/things?x=1", r#"{"a":1}"#)
         );
     }

@@ -58,13 +58,8 @@ impl Error {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Body {
-            Contract {
-                error: Detail,
-            },
-            OAuth {
-                error: String,
-                error_description: Option<String>,
-            },
+            Contract { error: Detail },
+            OAuth { error: String, error_description: Option<String> },
         }
         #[derive(Deserialize)]
         struct Detail {
@@ -75,18 +70,10 @@ impl Error {
 
         let (code, message) = match serde_json::from_str(body) {
             Ok(Body::Contract { error }) => (error.code, error.message),
-            Ok(Body::OAuth {
-                error,
-                error_description,
-            }) => (error, error_description.unwrap_or_default()),
+            Ok(Body::OAuth { error, error_description }) => (error, error_description.unwrap_or_default()),
             Err(_) => ("unknown".to_owned(), body.chars().take(500).collect()),
         };
-        Error::Api {
-            status,
-            code,
-            message,
-            retry_after,
-        }
+        Error::Api { status, code, message, retry_after }
     }
 }
 
@@ -97,13 +84,7 @@ mod tests {
     #[test]
     fn maps_the_contract_body() {
         let body = r#"{"error":{"code":"rate_limited","message":"too many requests"}}"#;
-        let Error::Api {
-            status,
-            code,
-            message,
-            retry_after,
-        } = Error::from_answer(429, Some(3), body)
-        else {
+        let Error::Api { status, code, message, retry_after } = Error::from_answer(429, Some(3), body) else {
             panic!("not an Api error");
         };
         assert_eq!(
@@ -114,11 +95,7 @@ mod tests {
 
     #[test]
     fn maps_an_oauth_body() {
-        let e = Error::from_answer(
-            400,
-            None,
-            r#"{"error":"invalid_grant","error_description":"code used"}"#,
-        );
+        let e = Error::from_answer(400, None, r#"{"error":"invalid_grant","error_description":"code used"}"#);
         assert_eq!(e.code(), Some("invalid_grant"));
         assert_eq!(e.status(), Some(400));
         assert!(e.to_string().contains("code used"));

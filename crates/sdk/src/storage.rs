@@ -42,12 +42,7 @@ impl<'a> Storage<'a> {
     }
 
     /// Writes `value` under `key`, whatever is there; answers the new revision.
-    pub async fn put<T: Serialize + ?Sized>(
-        &self,
-        collection: &str,
-        key: &str,
-        value: &T,
-    ) -> Result<String> {
+    pub async fn put<T: Serialize + ?Sized>(&self, collection: &str, key: &str, value: &T) -> Result<String> {
         self.write(collection, key, value, None).await
     }
 
@@ -61,19 +56,12 @@ impl<'a> Storage<'a> {
         rev: &str,
     ) -> Result<String> {
         let tag = format!("\"{rev}\"");
-        self.write(collection, key, value, Some((IF_MATCH, tag)))
-            .await
+        self.write(collection, key, value, Some((IF_MATCH, tag))).await
     }
 
     /// Writes only if there is no record under `key` yet (else `precondition_failed`, 412).
-    pub async fn put_if_absent<T: Serialize + ?Sized>(
-        &self,
-        collection: &str,
-        key: &str,
-        value: &T,
-    ) -> Result<String> {
-        self.write(collection, key, value, Some((IF_NONE_MATCH, "*".into())))
-            .await
+    pub async fn put_if_absent<T: Serialize + ?Sized>(&self, collection: &str, key: &str, value: &T) -> Result<String> {
+        self.write(collection, key, value, Some((IF_NONE_MATCH, "*".into()))).await
     }
 
     async fn write<T: Serialize + ?Sized>(
@@ -101,10 +89,7 @@ impl<'a> Storage<'a> {
     /// The record under `key`, or `None` when there is none.
     pub async fn get(&self, collection: &str, key: &str) -> Result<Option<Record>> {
         let url = self.url(collection, Some(key))?;
-        let response = self
-            .client
-            .send_authed(|http| http.get(url.clone()))
-            .await?;
+        let response = self.client.send_authed(|http| http.get(url.clone())).await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -113,30 +98,16 @@ impl<'a> Storage<'a> {
             .headers()
             .get(ETAG)
             .and_then(|v| v.to_str().ok())
-            .map(|tag| {
-                tag.trim()
-                    .trim_start_matches("W/")
-                    .trim_matches('"')
-                    .to_owned()
-            })
+            .map(|tag| tag.trim().trim_start_matches("W/").trim_matches('"').to_owned())
             .ok_or_else(|| Error::Protocol("record answered without an ETag".into()))?;
         let value = read_json(response).await?;
-        Ok(Some(Record {
-            key: key.to_owned(),
-            rev,
-            value,
-        }))
+        Ok(Some(Record { key: key.to_owned(), rev, value }))
     }
 
     /// Deletes the record under `key`.
     pub async fn delete(&self, collection: &str, key: &str) -> Result<()> {
         let url = self.url(collection, Some(key))?;
-        check(
-            self.client
-                .send_authed(|http| http.delete(url.clone()))
-                .await?,
-        )
-        .await?;
+        check(self.client.send_authed(|http| http.delete(url.clone())).await?).await?;
         Ok(())
     }
 
@@ -151,35 +122,21 @@ impl<'a> Storage<'a> {
     ) -> Result<Page> {
         let mut url = self.url(collection, None)?;
         let limit = limit.map(|n| n.to_string());
-        let query: Vec<(&str, &str)> = [
-            ("prefix", prefix),
-            ("limit", limit.as_deref()),
-            ("cursor", cursor),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, v?)))
-        .collect();
+        let query: Vec<(&str, &str)> = [("prefix", prefix), ("limit", limit.as_deref()), ("cursor", cursor)]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
-        read_json(
-            check(
-                self.client
-                    .send_authed(|http| http.get(url.clone()))
-                    .await?,
-            )
-            .await?,
-        )
-        .await
+        read_json(check(self.client.send_authed(|http| http.get(url.clone())).await?).await?).await
     }
 
     /// `/v1/storage/{collection}[/{key}]`, refusing the names a URL cannot carry as one segment.
     fn url(&self, collection: &str, key: Option<&str>) -> Result<Url> {
         for (what, name) in [("collection", Some(collection)), ("key", key)] {
             if let Some(name @ ("" | "." | "..")) = name {
-                return Err(Error::InvalidInput(format!(
-                    "{what} {name:?} cannot be a path segment"
-                )));
+                return Err(Error::InvalidInput(format!("{what} {name:?} cannot be a path segment")));
             }
         }
         let mut segments = vec!["v1", "storage", collection];
@@ -195,17 +152,8 @@ mod tests {
     use serde_json::json;
 
     fn client(base: url::Url) -> Client {
-        let config = AppConfig {
-            base_url: base,
-            client_id: "app".into(),
-            redirect_uri: "http://127.0.0.1/cb".into(),
-        };
-        let tokens = TokenSet {
-            access_token: "a1".into(),
-            refresh_token: None,
-            expires_in: 900,
-            scope: String::new(),
-        };
+        let config = AppConfig { base_url: base, client_id: "app".into(), redirect_uri: "http://127.0.0.1/cb".into() };
+        let tokens = TokenSet { access_token: "a1".into(), refresh_token: None, expires_in: 900, scope: String::new() };
         Client::with_tokens(config, tokens)
     }
 
@@ -218,139 +166,64 @@ mod tests {
         ]);
         let client = client(base);
         let value = json!({"text": "hi"});
-        assert_eq!(
-            client
-                .storage()
-                .put("notes", "k:1@x", &value)
-                .await
-                .unwrap(),
-            "r1"
-        );
-        assert_eq!(
-            client
-                .storage()
-                .put_if_match("notes", "k:1@x", &value, "r1")
-                .await
-                .unwrap(),
-            "r2"
-        );
-        assert_eq!(
-            client
-                .storage()
-                .put_if_absent("notes", "new", &value)
-                .await
-                .unwrap(),
-            "r3"
-        );
+        assert_eq!(client.storage().put("notes", "k:1@x", &value).await.unwrap(), "r1");
+        assert_eq!(client.storage().put_if_match("notes", "k:1@x", &value, "r1").await.unwrap(), "r2");
+        assert_eq!(client.storage().put_if_absent("notes", "new", &value).await.unwrap(), "r3");
 
         let seen: Vec<_> = seen.try_iter().collect();
-        assert_eq!(
-            (seen[0].method.as_str(), seen[0].target.as_str()),
-            ("PUT", "/v1/storage/notes/k:1@x")
-        );
+        assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("PUT", "/v1/storage/notes/k:1@x"));
         assert_eq!(seen[0].header("authorization"), Some("Bearer a1"));
         assert_eq!(seen[0].header("content-type"), Some("application/json"));
         assert_eq!(seen[0].header("if-match"), None);
-        assert_eq!(
-            serde_json::from_str::<serde_json::Value>(&seen[0].body).unwrap(),
-            value
-        );
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&seen[0].body).unwrap(), value);
         assert_eq!(seen[1].header("if-match"), Some("\"r1\""));
-        assert_eq!(
-            (seen[2].header("if-none-match"), seen[2].header("if-match")),
-            (Some("*"), None)
-        );
+        assert_eq!((seen[2].header("if-none-match"), seen[2].header("if-match")), (Some("*"), None));
     }
 
     #[tokio::test]
     async fn get_reads_the_rev_from_the_etag_and_a_404_as_none() {
         let (base, seen) = serve(vec![
             response(200, &[("etag", "\"r7\"")], r#"{"text":"hi"}"#),
-            response(
-                404,
-                &[],
-                r#"{"error":{"code":"not_found","message":"no such record"}}"#,
-            ),
+            response(404, &[], r#"{"error":{"code":"not_found","message":"no such record"}}"#),
         ]);
         let client = client(base);
         let record = client.storage().get("notes", "a b").await.unwrap();
-        assert_eq!(
-            record,
-            Some(Record {
-                key: "a b".into(),
-                rev: "r7".into(),
-                value: json!({"text": "hi"})
-            })
-        );
+        assert_eq!(record, Some(Record { key: "a b".into(), rev: "r7".into(), value: json!({"text": "hi"}) }));
         assert_eq!(client.storage().get("notes", "gone").await.unwrap(), None);
         assert_eq!(seen.recv().unwrap().target, "/v1/storage/notes/a%20b");
     }
 
     #[tokio::test]
     async fn a_401_without_a_refresh_token_is_answered_as_is() {
-        let (base, seen) = serve(vec![response(
-            401,
-            &[],
-            r#"{"error":{"code":"unauthenticated","message":"expired"}}"#,
-        )]);
+        let (base, seen) =
+            serve(vec![response(401, &[], r#"{"error":{"code":"unauthenticated","message":"expired"}}"#)]);
         let err = client(base).storage().get("notes", "a").await.unwrap_err();
-        assert_eq!(
-            (err.status(), err.code()),
-            (Some(401), Some("unauthenticated"))
-        );
+        assert_eq!((err.status(), err.code()), (Some(401), Some("unauthenticated")));
         assert_eq!(seen.try_iter().count(), 1);
     }
 
     #[tokio::test]
     async fn list_sends_only_the_given_params() {
         let page = json!({"records": [{"key": "a", "rev": "r1", "value": 1}], "cursor": "c2"});
-        let (base, seen) = serve(vec![
-            response(200, &[], &page.to_string()),
-            response(200, &[], r#"{"records":[],"cursor":null}"#),
-        ]);
+        let (base, seen) =
+            serve(vec![response(200, &[], &page.to_string()), response(200, &[], r#"{"records":[],"cursor":null}"#)]);
         let client = client(base);
-        let got = client
-            .storage()
-            .list("notes", Some("a"), Some(10), Some("c1"))
-            .await
-            .unwrap();
+        let got = client.storage().list("notes", Some("a"), Some(10), Some("c1")).await.unwrap();
         let want = Page {
-            records: vec![Record {
-                key: "a".into(),
-                rev: "r1".into(),
-                value: json!(1),
-            }],
+            records: vec![Record { key: "a".into(), rev: "r1".into(), value: json!(1) }],
             cursor: Some("c2".into()),
         };
         assert_eq!(got, want);
-        assert_eq!(
-            client
-                .storage()
-                .list("notes", None, None, None)
-                .await
-                .unwrap()
-                .cursor,
-            None
-        );
+        assert_eq!(client.storage().list("notes", None, None, None).await.unwrap().cursor, None);
         let seen: Vec<_> = seen.try_iter().map(|s| s.target).collect();
-        assert_eq!(
-            seen,
-            [
-                "/v1/storage/notes?prefix=a&limit=10&cursor=c1",
-                "/v1/storage/notes"
-            ]
-        );
+        assert_eq!(seen, ["/v1/storage/notes?prefix=a&limit=10&cursor=c1", "/v1/storage/notes"]);
     }
 
     #[tokio::test]
     async fn delete_and_errors() {
         let (base, seen) = serve(vec![
             response(204, &[], ""),
-            response(
-                429,
-                &[("retry-after", "7")],
-                r#"{"error":{"code":"rate_limited","message":"slow down"}}"#,
-            ),
+            response(429, &[("retry-after", "7")], r#"{"error":{"code":"rate_limited","message":"slow down"}}"#),
         ]);
         let client = client(base);
         client.storage().delete("notes", "a").await.unwrap();
@@ -361,13 +234,7 @@ mod tests {
         );
         // Names a URL would drop or merge are refused before sending.
         for key in ["", ".", ".."] {
-            assert!(
-                matches!(
-                    client.storage().get("notes", key).await,
-                    Err(Error::InvalidInput(_))
-                ),
-                "{key:?}"
-            );
+            assert!(matches!(client.storage().get("notes", key).await, Err(Error::InvalidInput(_))), "{key:?}");
         }
     }
 }

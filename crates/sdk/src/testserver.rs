@@ -16,19 +16,13 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
 /// A response: status, extra headers, body.
 pub fn response(status: u16, headers: &[(&str, &str)], body: &str) -> String {
-    let mut out = format!(
-        "HTTP/1.1 {status} X\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
+    let mut out = format!("HTTP/1.1 {status} X\r\nconnection: close\r\ncontent-length: {}\r\n", body.len());
     for (name, value) in headers {
         out.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -39,9 +33,7 @@ pub fn response(status: u16, headers: &[(&str, &str)], body: &str) -> String {
 /// once a call returns, every request it made is in the receiver.
 pub fn serve(responses: Vec<String>) -> (url::Url, Receiver<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}/", listener.local_addr().unwrap())
-        .parse()
-        .unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap()).parse().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for canned in responses {
@@ -50,10 +42,7 @@ pub fn serve(responses: Vec<String>) -> (url::Url, Receiver<Seen>) {
             let mut line = String::new();
             reader.read_line(&mut line).unwrap();
             let mut parts = line.split_whitespace();
-            let (method, target) = (
-                parts.next().unwrap().to_owned(),
-                parts.next().unwrap().to_owned(),
-            );
+            let (method, target) = (parts.next().unwrap().to_owned(), parts.next().unwrap().to_owned());
             let mut headers = Vec::new();
             loop {
                 line.clear();
@@ -63,22 +52,11 @@ pub fn serve(responses: Vec<String>) -> (url::Url, Receiver<Seen>) {
                 };
                 headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
             }
-            let length = headers
-                .iter()
-                .find(|(n, _)| n == "content-length")
-                .map_or(0, |(_, v)| v.parse().unwrap());
+            let length = headers.iter().find(|(n, _)| n == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
             let mut body = vec![0; length];
             reader.read_exact(&mut body).unwrap();
             let body = String::from_utf8(body).unwrap();
-            if tx
-                .send(Seen {
-                    method,
-                    target,
-                    headers,
-                    body,
-                })
-                .is_err()
-            {
+            if tx.send(Seen { method, target, headers, body }).is_err() {
                 return;
             }
             stream.write_all(canned.as_bytes()).unwrap();
