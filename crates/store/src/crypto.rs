@@ -40,16 +40,7 @@ impl Sealer {
     /// `nonce || ciphertext+tag`.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let ct = self
-            .0
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .map_err(|_| Error::internal("seal failed"))?;
+        let ct = self.0.encrypt(&nonce, Payload { msg: plaintext, aad }).map_err(|_| Error::internal("seal failed"))?;
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
@@ -63,8 +54,6 @@ impl Sealer {
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         self.0
             .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
-            .map_err(|_| {
-                Error::internal("stored value failed authentication (tampered or wrong key)")
-            })
+            .map_err(|_| Error::internal("stored value failed authentication (tampered or wrong key)"))
     }
 }

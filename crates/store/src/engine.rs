@@ -2,24 +2,37 @@
 //! plaintext and never parses it.
 
 use crate::{Precondition, Rev, Usage};
-use selfcloud_core::Result;
+use selfcloud_core::{Error, ErrorCode, Result};
 
 pub(crate) type Sealed = Vec<u8>;
+
+/// `(collection, key, rev, sealed value)` from a whole-store scan.
+pub(crate) type ScanRow = (String, String, Rev, Sealed);
+
+/// One record of a bulk import, sealed by the facade.
+pub(crate) struct ImportRow {
+    pub collection: String,
+    pub key: String,
+    /// Bytes counted against the quota (key and plaintext value).
+    pub size: u64,
+    pub sealed: Sealed,
+}
+
+/// The check every engine applies before an import, inside its write lock.
+pub(crate) fn check_import(records: i64, used: i64, rows: &[ImportRow], quota: u64) -> Result<()> {
+    if records != 0 {
+        return Err(Error::conflict("the instance already holds records; import needs an empty one"));
+    }
+    let total: u64 = rows.iter().map(|r| r.size).sum();
+    check_quota(total.min(i64::MAX as u64) as i64, used, quota)
+}
 
 pub(crate) trait Engine: Send + Sync {
     fn get(&self, collection: &str, key: &str) -> Result<Option<(Rev, Sealed)>>;
 
     /// Checks `cond` and the quota, assigns the next rev and writes, atomically and durably:
     /// once this returns `Ok` the write survives a crash.
-    fn put(
-        &self,
-        collection: &str,
-        key: &str,
-        cond: Precondition,
-        size: u64,
-        value: &[u8],
-        quota: u64,
-    ) -> Result<Rev>;
+    fn put(&self, collection: &str, key: &str, cond: Precondition, size: u64, value: &[u8], quota: u64) -> Result<Rev>;
 
     fn delete(&self, collection: &str, key: &str, cond: Precondition) -> Result<()>;
 
@@ -32,9 +45,45 @@ pub(crate) trait Engine: Send + Sync {
         limit: usize,
     ) -> Result<Vec<(String, Rev, Sealed)>>;
 
+    /// Up to `limit` rows of every collection, in (collection, key) order, strictly after
+    /// `after`; stops early once the sealed values reach `max_bytes` (always at least one row).
+    fn scan(&self, after: Option<(&str, &str)>, limit: usize, max_bytes: usize) -> Result<Vec<ScanRow>>;
+
+    /// Writes `rows` (distinct, in (collection, key) order) into an empty store, each with the
+    /// next rev, in one atomic and durable write. `conflict` if the store holds any record,
+    /// `quota_exceeded` if their sizes pass `quota`; either way nothing is written.
+    fn import(&self, rows: &[ImportRow], quota: u64) -> Result<()>;
+
     fn usage(&self) -> Result<Usage>;
 
     fn append_log(&self, entries: &[Sealed], keep: u64) -> Result<u64>;
 
     fn read_log(&self, before: u64, limit: usize) -> Result<Vec<(u64, Sealed)>>;
+
+    /// The engine's own integrity check, then a full scan whose totals must match the counters.
+    fn verify(&self) -> Result<Usage>;
+}
+
+/// The precondition check every engine applies inside its write transaction.
+pub(crate) fn check(cond: Precondition, current: Option<Rev>) -> Result<()> {
+    match (cond, current) {
+        (Precondition::None, _) => Ok(()),
+        (Precondition::IfMatch(want), Some(have)) if want == have => Ok(()),
+        (Precondition::IfMatch(_), _) => {
+            Err(Error::new(ErrorCode::PreconditionFailed, "the record's rev does not match If-Match"))
+        }
+        (Precondition::IfAbsent, None) => Ok(()),
+        (Precondition::IfAbsent, Some(_)) => Err(Error::new(ErrorCode::PreconditionFailed, "the record exists")),
+    }
+}
+
+/// The quota rule: growth past the quota is refused; shrinking is always allowed.
+pub(crate) fn check_quota(delta: i64, used: i64, quota: u64) -> Result<()> {
+    if delta > 0 && (used + delta) as u64 > quota {
+        return Err(Error::new(
+            ErrorCode::QuotaExceeded,
+            format!("this write needs {delta} more bytes; {used} of {quota} are used"),
+        ));
+    }
+    Ok(())
 }

@@ -3,10 +3,12 @@
 //!
 //! The facade owns what every engine must do the same way (validation has happened in `core`
 //! types already; here: encryption, cursors, limits); engines own bytes on disk and atomicity
-//! (precondition, quota and write in one transaction). SQLite is the engine today.
+//! (precondition, quota and write in one transaction). SQLite is the default engine; RocksDB is
+//! the other, chosen per instance when it is created.
 
 mod crypto;
 mod engine;
+mod rocks;
 mod sqlite;
 
 pub use crypto::DataKey;
@@ -47,11 +49,86 @@ pub struct Page {
     pub cursor: Option<String>,
 }
 
+/// One record of a whole-store scan, with its collection beside it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScannedRecord {
+    pub collection: Collection,
+    pub key: RecordKey,
+    pub rev: Rev,
+    pub value: Vec<u8>,
+}
+
+/// A page of a whole-store scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScanPage {
+    pub records: Vec<ScannedRecord>,
+    /// Opaque; pass back to get the next page. `None` when this page is the last.
+    pub cursor: Option<String>,
+}
+
+/// One record to bulk-import; it gets a new rev.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImportRecord {
+    pub collection: Collection,
+    pub key: RecordKey,
+    /// The JSON value, stored as given.
+    pub value: Vec<u8>,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
     pub records: u64,
     /// Bytes of keys and values as stored by the user (before encryption overhead).
     pub bytes: u64,
+}
+
+/// Which engine holds an instance's records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum EngineKind {
+    #[default]
+    Sqlite,
+    Rocksdb,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 2] = [EngineKind::Sqlite, EngineKind::Rocksdb];
+
+    /// The engine's file (SQLite) or directory (RocksDB) inside an instance directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            EngineKind::Sqlite => "store.db",
+            EngineKind::Rocksdb => "store.rocksdb",
+        }
+    }
+
+    /// The engine of an existing store in `dir`, told by what is on disk.
+    pub fn detect(dir: &Path) -> Option<EngineKind> {
+        EngineKind::ALL.into_iter().find(|k| dir.join(k.file_name()).exists())
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Sqlite => "sqlite",
+            EngineKind::Rocksdb => "rocksdb",
+        }
+    }
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sqlite" => Ok(EngineKind::Sqlite),
+            "rocksdb" => Ok(EngineKind::Rocksdb),
+            _ => Err(Error::invalid("store engine must be sqlite or rocksdb")),
+        }
+    }
+}
+
+impl std::fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Settings fixed when a store is opened.
@@ -66,17 +143,24 @@ pub struct StoreOptions {
 pub struct Store {
     engine: Box<dyn Engine>,
     sealer: Sealer,
-    options: StoreOptions,
+    /// Bytes this store may hold; changes when the instance's tier does.
+    quota_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
-    /// Opens (creating and migrating as needed) the SQLite store at `path`.
-    pub fn open_sqlite(path: &Path, key: &DataKey, options: StoreOptions) -> Result<Store> {
-        Ok(Store {
-            engine: Box::new(sqlite::SqliteEngine::open(path)?),
-            sealer: Sealer::new(key),
-            options,
-        })
+    /// Opens (creating and migrating as needed) the store of `kind` inside the directory `dir`.
+    pub fn open(kind: EngineKind, dir: &Path, key: &DataKey, options: StoreOptions) -> Result<Store> {
+        let path = dir.join(kind.file_name());
+        let engine: Box<dyn Engine> = match kind {
+            EngineKind::Sqlite => Box::new(sqlite::SqliteEngine::open(&path)?),
+            EngineKind::Rocksdb => Box::new(rocks::RocksEngine::open(&path)?),
+        };
+        Ok(Store { engine, sealer: Sealer::new(key), quota_bytes: options.quota_bytes.into() })
+    }
+
+    /// Checks the engine's integrity and that the usage counters agree with a full scan.
+    pub fn verify(&self) -> Result<Usage> {
+        self.engine.verify()
     }
 
     pub fn get(&self, collection: &Collection, key: &RecordKey) -> Result<Option<Record>> {
@@ -84,78 +168,90 @@ impl Store {
             return Ok(None);
         };
         let value = self.sealer.open(&record_aad(collection, key), &sealed)?;
-        Ok(Some(Record {
-            key: key.clone(),
-            rev,
-            value,
-        }))
+        Ok(Some(Record { key: key.clone(), rev, value }))
     }
 
     /// Writes `value` (JSON bytes) and returns the new rev.
-    pub fn put(
-        &self,
-        collection: &Collection,
-        key: &RecordKey,
-        value: &[u8],
-        cond: Precondition,
-    ) -> Result<Rev> {
+    pub fn put(&self, collection: &Collection, key: &RecordKey, value: &[u8], cond: Precondition) -> Result<Rev> {
         let sealed = self.sealer.seal(&record_aad(collection, key), value)?;
         let size = (key.as_str().len() + value.len()) as u64;
-        self.engine.put(
-            collection.as_str(),
-            key.as_str(),
-            cond,
-            size,
-            &sealed,
-            self.options.quota_bytes,
-        )
+        self.engine.put(collection.as_str(), key.as_str(), cond, size, &sealed, self.quota_bytes())
     }
 
     /// Deletes a record; `not_found` if it does not exist.
-    pub fn delete(
-        &self,
-        collection: &Collection,
-        key: &RecordKey,
-        cond: Precondition,
-    ) -> Result<()> {
+    pub fn delete(&self, collection: &Collection, key: &RecordKey, cond: Precondition) -> Result<()> {
         self.engine.delete(collection.as_str(), key.as_str(), cond)
     }
 
     /// Records of `collection` whose key starts with `prefix`, in key order, after `cursor`.
-    pub fn list(
-        &self,
-        collection: &Collection,
-        prefix: &str,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<Page> {
+    pub fn list(&self, collection: &Collection, prefix: &str, limit: usize, cursor: Option<&str>) -> Result<Page> {
         validate_key_prefix(prefix)?;
         let after = cursor.map(decode_cursor).transpose()?;
         let limit = limit.max(1);
         // One extra row tells whether another page follows without a second query.
-        let mut rows = self.engine.list(
-            collection.as_str(),
-            prefix,
-            after.as_ref().map(|k| k.as_str()),
-            limit + 1,
-        )?;
+        let mut rows = self.engine.list(collection.as_str(), prefix, after.as_ref().map(|k| k.as_str()), limit + 1)?;
         let more = rows.len() > limit;
         rows.truncate(limit);
         let mut records = Vec::with_capacity(rows.len());
         for (key, rev, sealed) in rows {
-            let key = RecordKey::parse(&key)
-                .map_err(|_| Error::internal("stored key violates grammar"))?;
+            let key = RecordKey::parse(&key).map_err(|_| Error::internal("stored key violates grammar"))?;
             let value = self.sealer.open(&record_aad(collection, &key), &sealed)?;
             records.push(Record { key, rev, value });
         }
-        let cursor = if more {
-            records
-                .last()
-                .map(|r| URL_SAFE_NO_PAD.encode(r.key.as_str()))
-        } else {
-            None
-        };
+        let cursor = if more { records.last().map(|r| URL_SAFE_NO_PAD.encode(r.key.as_str())) } else { None };
         Ok(Page { records, cursor })
+    }
+
+    /// Every record of every collection in (collection, key) order, after `cursor`: up to
+    /// `limit` records, fewer once their values reach `max_bytes` (always at least one). Each
+    /// page is read on its own: records written during a scan may or may not appear, but none
+    /// appears twice.
+    pub fn scan(&self, cursor: Option<&str>, limit: usize, max_bytes: usize) -> Result<ScanPage> {
+        let after = cursor.map(decode_scan_cursor).transpose()?;
+        let limit = limit.max(1);
+        let after = after.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+        // One extra row tells whether another page follows without a second query; a page cut
+        // short by `max_bytes` cannot tell, so it hands out a cursor (the next page may be empty).
+        let mut rows = self.engine.scan(after, limit + 1, max_bytes)?;
+        let full = rows.len() > limit || rows.iter().map(|r| r.3.len()).sum::<usize>() >= max_bytes;
+        rows.truncate(limit);
+        let mut records = Vec::with_capacity(rows.len());
+        for (collection, key, rev, sealed) in rows {
+            let bad = || Error::internal("stored name violates grammar");
+            let collection = Collection::parse(&collection).map_err(|_| bad())?;
+            let key = RecordKey::parse(&key).map_err(|_| bad())?;
+            let value = self.sealer.open(&record_aad(&collection, &key), &sealed)?;
+            records.push(ScannedRecord { collection, key, rev, value });
+        }
+        let cursor = match records.last() {
+            Some(r) if full => Some(URL_SAFE_NO_PAD.encode(format!("{}/{}", r.collection, r.key))),
+            _ => None,
+        };
+        Ok(ScanPage { records, cursor })
+    }
+
+    /// Writes `records` into this store, which must hold none (`conflict` otherwise), in one
+    /// atomic and durable write: all of them or, on any error (`quota_exceeded` among them),
+    /// none. Records get new revs; keys and values are stored as given. They must be in
+    /// (collection, key) order without duplicates. Returns the usage afterwards.
+    pub fn import(&self, records: Vec<ImportRecord>) -> Result<Usage> {
+        if records.windows(2).any(|w| (&w[0].collection, &w[0].key) >= (&w[1].collection, &w[1].key)) {
+            return Err(Error::invalid("imported records must be in (collection, key) order, each once"));
+        }
+        // Consumed one by one, so plaintext is dropped as its sealed copy is made.
+        let rows = records
+            .into_iter()
+            .map(|r| {
+                Ok(engine::ImportRow {
+                    sealed: self.sealer.seal(&record_aad(&r.collection, &r.key), &r.value)?,
+                    size: (r.key.as_str().len() + r.value.len()) as u64,
+                    collection: r.collection.as_str().to_owned(),
+                    key: r.key.as_str().to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.engine.import(&rows, self.quota_bytes())?;
+        self.engine.usage()
     }
 
     pub fn usage(&self) -> Result<Usage> {
@@ -163,16 +259,18 @@ impl Store {
     }
 
     pub fn quota_bytes(&self) -> u64 {
-        self.options.quota_bytes
+        self.quota_bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Applies a new quota (a tier change); existing data stays even if it is now over.
+    pub fn set_quota_bytes(&self, quota: u64) {
+        self.quota_bytes.store(quota, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Appends entries to the instance's log (the audit log) in one transaction; returns the
     /// sequence number of the last. Entries past `keep` newest are pruned.
     pub fn append_log(&self, entries: &[Vec<u8>], keep: u64) -> Result<u64> {
-        let sealed = entries
-            .iter()
-            .map(|e| self.sealer.seal(b"log", e))
-            .collect::<Result<Vec<_>>>()?;
+        let sealed = entries.iter().map(|e| self.sealer.seal(b"log", e)).collect::<Result<Vec<_>>>()?;
         self.engine.append_log(&sealed, keep)
     }
 
@@ -195,6 +293,15 @@ fn record_aad(collection: &Collection, key: &RecordKey) -> Vec<u8> {
     aad.push(0);
     aad.extend_from_slice(key.as_str().as_bytes());
     aad
+}
+
+/// A scan cursor: the last record's `collection/key` (neither grammar has `/`).
+fn decode_scan_cursor(cursor: &str) -> Result<(Collection, RecordKey)> {
+    let bad = || Error::invalid("malformed cursor");
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| bad())?;
+    let (collection, key) = text.split_once('/').ok_or_else(bad)?;
+    Ok((Collection::parse(collection).map_err(|_| bad())?, RecordKey::parse(key).map_err(|_| bad())?))
 }
 
 fn decode_cursor(cursor: &str) -> Result<RecordKey> {

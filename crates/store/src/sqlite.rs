@@ -2,11 +2,11 @@
 //! acknowledged write survives a crash or power loss. One writer connection behind a lock (the
 //! per-instance write lock) and a small pool of reader connections that read in parallel.
 
-use crate::engine::{Engine, Sealed};
+use crate::engine::{check, check_import, check_quota, Engine, ImportRow, ScanRow, Sealed};
 use crate::{Precondition, Rev, Usage};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
-use selfcloud_core::{Error, ErrorCode, Result};
+use selfcloud_core::{Error, Result};
 use std::path::{Path, PathBuf};
 
 /// Schema versions, applied in order on open (`PRAGMA user_version` records how far a file is).
@@ -42,16 +42,10 @@ impl SqliteEngine {
     pub fn open(path: &Path) -> Result<Self> {
         let mut writer = Connection::open(path).map_err(db_err)?;
         writer
-            .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
-            )
+            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
             .map_err(db_err)?;
         migrate(&mut writer)?;
-        Ok(SqliteEngine {
-            path: path.to_owned(),
-            writer: Mutex::new(writer),
-            readers: Mutex::new(Vec::new()),
-        })
+        Ok(SqliteEngine { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -64,8 +58,7 @@ impl SqliteEngine {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(db_err)?;
-                c.busy_timeout(std::time::Duration::from_secs(5))
-                    .map_err(db_err)?;
+                c.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
                 c
             }
         };
@@ -79,93 +72,47 @@ impl SqliteEngine {
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: usize = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(db_err)?;
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
     if version > MIGRATIONS.len() {
-        return Err(Error::internal(format!(
-            "store schema {version} is newer than this binary knows"
-        )));
+        return Err(Error::internal(format!("store schema {version} is newer than this binary knows")));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction().map_err(db_err)?;
         tx.execute_batch(sql).map_err(db_err)?;
-        tx.pragma_update(None, "user_version", i + 1)
-            .map_err(db_err)?;
+        tx.pragma_update(None, "user_version", i + 1).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
     }
     Ok(())
 }
 
-fn check(cond: Precondition, current: Option<Rev>) -> Result<()> {
-    match (cond, current) {
-        (Precondition::None, _) => Ok(()),
-        (Precondition::IfMatch(want), Some(have)) if want == have => Ok(()),
-        (Precondition::IfMatch(_), _) => Err(Error::new(
-            ErrorCode::PreconditionFailed,
-            "the record's rev does not match If-Match",
-        )),
-        (Precondition::IfAbsent, None) => Ok(()),
-        (Precondition::IfAbsent, Some(_)) => Err(Error::new(
-            ErrorCode::PreconditionFailed,
-            "the record exists",
-        )),
-    }
-}
-
 fn bump(tx: &rusqlite::Transaction, name: &str, delta: i64) -> rusqlite::Result<i64> {
-    tx.query_row(
-        "UPDATE counters SET value = value + ?2 WHERE name = ?1 RETURNING value",
-        params![name, delta],
-        |r| r.get(0),
-    )
+    tx.query_row("UPDATE counters SET value = value + ?2 WHERE name = ?1 RETURNING value", params![name, delta], |r| {
+        r.get(0)
+    })
 }
 
 impl Engine for SqliteEngine {
     fn get(&self, collection: &str, key: &str) -> Result<Option<(Rev, Sealed)>> {
         self.read(|c| {
             c.prepare_cached("SELECT rev, value FROM records WHERE collection = ?1 AND key = ?2")?
-                .query_row(params![collection, key], |r| {
-                    Ok((r.get::<_, i64>(0)? as Rev, r.get(1)?))
-                })
+                .query_row(params![collection, key], |r| Ok((r.get::<_, i64>(0)? as Rev, r.get(1)?)))
                 .optional()
         })
     }
 
-    fn put(
-        &self,
-        collection: &str,
-        key: &str,
-        cond: Precondition,
-        size: u64,
-        value: &[u8],
-        quota: u64,
-    ) -> Result<Rev> {
+    fn put(&self, collection: &str, key: &str, cond: Precondition, size: u64, value: &[u8], quota: u64) -> Result<Rev> {
         let mut conn = self.writer.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
         let current: Option<(i64, i64)> = tx
             .prepare_cached("SELECT rev, size FROM records WHERE collection = ?1 AND key = ?2")
-            .and_then(|mut s| {
-                s.query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-            })
+            .and_then(|mut s| s.query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(db_err)?;
         check(cond, current.map(|(rev, _)| rev as Rev))?;
         let old_size = current.map_or(0, |(_, s)| s);
         let delta = size as i64 - old_size;
-        let used: i64 = tx
-            .query_row("SELECT value FROM counters WHERE name = 'bytes'", [], |r| {
-                r.get(0)
-            })
-            .map_err(db_err)?;
-        if delta > 0 && (used + delta) as u64 > quota {
-            return Err(Error::new(
-                ErrorCode::QuotaExceeded,
-                format!("this write needs {delta} more bytes; {used} of {quota} are used"),
-            ));
-        }
+        let used: i64 =
+            tx.query_row("SELECT value FROM counters WHERE name = 'bytes'", [], |r| r.get(0)).map_err(db_err)?;
+        check_quota(delta, used, quota)?;
         let rev = bump(&tx, "rev", 1).map_err(db_err)?;
         tx.prepare_cached(
             "INSERT INTO records (collection, key, rev, size, value) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -183,25 +130,17 @@ impl Engine for SqliteEngine {
 
     fn delete(&self, collection: &str, key: &str, cond: Precondition) -> Result<()> {
         let mut conn = self.writer.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
         let current: Option<(i64, i64)> = tx
             .prepare_cached("SELECT rev, size FROM records WHERE collection = ?1 AND key = ?2")
-            .and_then(|mut s| {
-                s.query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-            })
+            .and_then(|mut s| s.query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(db_err)?;
         let Some((rev, size)) = current else {
             return Err(Error::not_found("no such record"));
         };
         check(cond, Some(rev as Rev))?;
-        tx.execute(
-            "DELETE FROM records WHERE collection = ?1 AND key = ?2",
-            params![collection, key],
-        )
-        .map_err(db_err)?;
+        tx.execute("DELETE FROM records WHERE collection = ?1 AND key = ?2", params![collection, key])
+            .map_err(db_err)?;
         bump(&tx, "bytes", -size).map_err(db_err)?;
         bump(&tx, "records", -1).map_err(db_err)?;
         tx.commit().map_err(db_err)
@@ -235,6 +174,56 @@ impl Engine for SqliteEngine {
         })
     }
 
+    fn scan(&self, after: Option<(&str, &str)>, limit: usize, max_bytes: usize) -> Result<Vec<ScanRow>> {
+        // Every collection is non-empty, so ("", "") sorts before every record. The row-value
+        // comparison is a range on the primary key: each page is one seek.
+        let (collection, key) = after.unwrap_or(("", ""));
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT collection, key, rev, value FROM records WHERE (collection, key) > (?1, ?2)
+                 ORDER BY collection, key LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(params![collection, key, limit as i64])?;
+            let (mut out, mut bytes) = (Vec::new(), 0);
+            while let Some(r) = rows.next()? {
+                let value: Sealed = r.get(3)?;
+                bytes += value.len();
+                out.push((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as Rev, value));
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn import(&self, rows: &[ImportRow], quota: u64) -> Result<()> {
+        let mut conn = self.writer.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+        let (records, used): (i64, i64) = tx
+            .query_row(
+                "SELECT (SELECT value FROM counters WHERE name = 'records'), (SELECT value FROM counters WHERE name = 'bytes')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db_err)?;
+        check_import(records, used, rows, quota)?;
+        let count = rows.len() as i64;
+        let mut rev = bump(&tx, "rev", count).map_err(db_err)? - count;
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT INTO records (collection, key, rev, size, value) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(db_err)?;
+            for row in rows {
+                rev += 1;
+                stmt.execute(params![row.collection, row.key, rev, row.size as i64, row.sealed]).map_err(db_err)?;
+            }
+        }
+        bump(&tx, "bytes", rows.iter().map(|r| r.size as i64).sum()).map_err(db_err)?;
+        bump(&tx, "records", count).map_err(db_err)?;
+        tx.commit().map_err(db_err)
+    }
+
     fn usage(&self) -> Result<Usage> {
         self.read(|c| {
             c.query_row(
@@ -247,39 +236,47 @@ impl Engine for SqliteEngine {
 
     fn append_log(&self, entries: &[Sealed], keep: u64) -> Result<u64> {
         let mut conn = self.writer.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db_err)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
         let mut last = 0;
         {
-            let mut stmt = tx
-                .prepare_cached("INSERT INTO log (value) VALUES (?1)")
-                .map_err(db_err)?;
+            let mut stmt = tx.prepare_cached("INSERT INTO log (value) VALUES (?1)").map_err(db_err)?;
             for e in entries {
                 stmt.execute(params![e]).map_err(db_err)?;
                 last = tx.last_insert_rowid();
             }
         }
         if last as u64 > keep {
-            tx.execute(
-                "DELETE FROM log WHERE seq <= ?1",
-                params![last - keep as i64],
-            )
-            .map_err(db_err)?;
+            tx.execute("DELETE FROM log WHERE seq <= ?1", params![last - keep as i64]).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(last as u64)
     }
 
+    fn verify(&self) -> Result<Usage> {
+        let conn = self.writer.lock();
+        let report: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db_err)?;
+        if report != "ok" {
+            return Err(Error::internal(format!("sqlite integrity_check: {report}")));
+        }
+        let scanned = conn
+            .query_row("SELECT count(*), coalesce(sum(size), 0) FROM records", [], |r| {
+                Ok(Usage { records: r.get::<_, i64>(0)? as u64, bytes: r.get::<_, i64>(1)? as u64 })
+            })
+            .map_err(db_err)?;
+        drop(conn);
+        let counted = self.usage()?;
+        if counted != scanned {
+            return Err(Error::internal(format!("counters {counted:?} disagree with a scan {scanned:?}")));
+        }
+        Ok(scanned)
+    }
+
     fn read_log(&self, before: u64, limit: usize) -> Result<Vec<(u64, Sealed)>> {
         let before = before.min(i64::MAX as u64) as i64;
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT seq, value FROM log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![before, limit as i64], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
-            })?;
+            let mut stmt = c.prepare_cached("SELECT seq, value FROM log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")?;
+            let rows =
+                stmt.query_map(params![before, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
             rows.collect()
         })
     }
