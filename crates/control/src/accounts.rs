@@ -1,7 +1,8 @@
 //! Sign-up (which provisions the instance), log-in, sessions and token checks.
 
 use crate::keys::{random_salt, PasswordKeys};
-use crate::registry::{TokenRow, UserRow};
+use crate::recovery::RecoveryCode;
+use crate::registry::{TokenRow, UserRow, DELETED};
 use crate::tokens::{hash_token, new_token, GrantRef, TokenInfo, TokenKind};
 use crate::Control;
 use selfcloud_core::{Error, InstanceId, Result, ScopeSet, UserId};
@@ -16,6 +17,8 @@ pub struct Account {
     pub username: String,
     pub instance_id: InstanceId,
     pub instance_state: String,
+    /// Shown to the user once, at sign-up; only a key derived from it is kept.
+    pub recovery_code: String,
 }
 
 /// What `/v1/me` shows of the account itself.
@@ -35,26 +38,20 @@ pub const MAX_PASSWORD: usize = 1024;
 /// Usernames: 3 to 32 of `[a-z0-9_.-]`, starting with a letter or digit.
 pub fn validate_username(name: &str) -> Result<()> {
     let ok = (3..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
+        && name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'))
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(
-            "username must be 3 to 32 of [a-z0-9_.-], starting with a letter or digit",
-        ))
+        Err(Error::invalid("username must be 3 to 32 of [a-z0-9_.-], starting with a letter or digit"))
     }
 }
 
-fn validate_password(password: &str) -> Result<()> {
+pub(crate) fn validate_password(password: &str) -> Result<()> {
     if (MIN_PASSWORD..=MAX_PASSWORD).contains(&password.len()) {
         Ok(())
     } else {
-        Err(Error::invalid(format!(
-            "password must be {MIN_PASSWORD} to {MAX_PASSWORD} bytes"
-        )))
+        Err(Error::invalid(format!("password must be {MIN_PASSWORD} to {MAX_PASSWORD} bytes")))
     }
 }
 
@@ -62,12 +59,7 @@ impl Control {
     /// Creates the account and provisions its instance before returning: directory, data key
     /// (wrapped twice), store, and the registry rows, in that order, so a crash part-way leaves
     /// at worst an unreferenced directory and never a user without an instance.
-    pub async fn sign_up(
-        self: &Arc<Self>,
-        username: &str,
-        password: &str,
-        now: u64,
-    ) -> Result<Account> {
+    pub async fn sign_up(self: &Arc<Self>, username: &str, password: &str, now: u64) -> Result<Account> {
         validate_username(username)?;
         validate_password(password)?;
         let (this, username, password) = (self.clone(), username.to_owned(), password.to_owned());
@@ -78,6 +70,7 @@ impl Control {
             }
             let salt = random_salt();
             let keys = PasswordKeys::derive(&password, &salt, this.config.kdf)?;
+            let recovery_code = RecoveryCode::generate();
             let user = UserRow {
                 id: UserId::random(),
                 username,
@@ -89,7 +82,7 @@ impl Control {
                 state: "ready".into(),
                 created_at: now,
             };
-            this.provision_dir(user.instance_id, &keys, &salt)?;
+            this.provision_dir(user.instance_id, &keys, &salt, &recovery_code)?;
             if let Err(e) = this.registry.insert_user(&user) {
                 this.discard_dir(user.instance_id);
                 return Err(e);
@@ -101,6 +94,7 @@ impl Control {
                 username: user.username,
                 instance_id: user.instance_id,
                 instance_state: user.state,
+                recovery_code: recovery_code.display(),
             })
         })
         .await
@@ -119,7 +113,7 @@ impl Control {
             };
             let keys = PasswordKeys::derive(&password, &salt, kdf)?;
             match user {
-                Some(u) if keys.verifies(&u.verifier_hash) => Ok(u),
+                Some(u) if u.state != DELETED && keys.verifies(&u.verifier_hash) => Ok(u),
                 _ => Err(Error::unauthenticated("wrong username or password")),
             }
         })
@@ -128,10 +122,7 @@ impl Control {
     }
 
     pub async fn profile(&self, user: UserId) -> Result<Profile> {
-        let u = self
-            .blocking(move |r| r.user_by_id(user))
-            .await?
-            .ok_or_else(|| Error::not_found("no such user"))?;
+        let u = self.blocking(move |r| r.user_by_id(user)).await?.ok_or_else(|| Error::not_found("no such user"))?;
         Ok(Profile {
             user_id: u.id,
             username: u.username,
@@ -169,35 +160,16 @@ impl Control {
             expires_at,
             spent: false,
         })?;
-        let info = TokenInfo {
-            kind,
-            user_id,
-            instance_id,
-            grant,
-            scopes,
-            expires_at,
-            spent: AtomicBool::new(false),
-        };
+        let info = TokenInfo { kind, user_id, instance_id, grant, scopes, expires_at, spent: AtomicBool::new(false) };
         self.tokens.insert(hash, info);
         Ok((token, expires_at))
     }
 
     /// Starts an owner session for a user who just proved their password.
-    pub async fn create_session(
-        self: &Arc<Self>,
-        user: &UserRow,
-        now: u64,
-    ) -> Result<(String, u64)> {
+    pub async fn create_session(self: &Arc<Self>, user: &UserRow, now: u64) -> Result<(String, u64)> {
         let (this, id, instance) = (self.clone(), user.id, user.instance_id);
         tokio::task::spawn_blocking(move || {
-            this.issue_token(
-                TokenKind::Session,
-                id,
-                instance,
-                None,
-                ScopeSet::default(),
-                now,
-            )
+            this.issue_token(TokenKind::Session, id, instance, None, ScopeSet::default(), now)
         })
         .await
         .map_err(Error::internal)?
@@ -226,7 +198,7 @@ impl Control {
             let Some(kind) = TokenKind::parse(&row.kind) else {
                 continue;
             };
-            let Some(user) = self.registry.user_by_id(row.user_id)? else {
+            let Some(user) = self.registry.user_by_id(row.user_id)?.filter(|u| u.state != DELETED) else {
                 continue;
             };
             let grant = match row.grant_id {
@@ -235,16 +207,8 @@ impl Control {
                     let grant = match grants.entry(gid) {
                         Entry::Occupied(e) => e.into_mut(),
                         Entry::Vacant(e) => {
-                            let g = self
-                                .registry
-                                .active_grants_of(user.id)?
-                                .into_iter()
-                                .find(|g| g.id == gid);
-                            e.insert(g.map(|g| GrantRef {
-                                grant_id: g.id,
-                                client_id: g.app_id,
-                                app_name: g.app_name,
-                            }))
+                            let g = self.registry.active_grants_of(user.id)?.into_iter().find(|g| g.id == gid);
+                            e.insert(g.map(|g| GrantRef { grant_id: g.id, client_id: g.app_id, app_name: g.app_name }))
                         }
                     };
                     match grant.clone() {
@@ -283,16 +247,7 @@ mod tests {
         for ok in ["ada", "ada.lovelace", "user_1", "0xdead", &"a".repeat(32)] {
             assert!(validate_username(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "ab",
-            "Ada",
-            "-ada",
-            ".ada",
-            "ada/../x",
-            "ada\0",
-            "ad a",
-            &"a".repeat(33),
-        ] {
+        for bad in ["ab", "Ada", "-ada", ".ada", "ada/../x", "ada\0", "ad a", &"a".repeat(33)] {
             assert!(validate_username(bad).is_err(), "{bad:?}");
         }
     }

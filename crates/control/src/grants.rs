@@ -79,22 +79,14 @@ impl Control {
             scopes: app.scopes,
             created_at: now,
         };
-        self.blocking(move |r| r.insert_app(&row).map(|_| row.into()))
-            .await
+        self.blocking(move |r| r.insert_app(&row).map(|_| row.into())).await
     }
 
     pub async fn app(&self, id: AppId) -> Result<Option<App>> {
-        self.blocking(move |r| r.app(id).map(|a| a.map(App::from)))
-            .await
+        self.blocking(move |r| r.app(id).map(|a| a.map(App::from))).await
     }
 
-    pub async fn create_grant(
-        &self,
-        user: UserId,
-        app: &App,
-        scopes: ScopeSet,
-        now: u64,
-    ) -> Result<Grant> {
+    pub async fn create_grant(&self, user: UserId, app: &App, scopes: ScopeSet, now: u64) -> Result<Grant> {
         let row = GrantRow {
             id: GrantId::random(),
             user_id: user,
@@ -134,9 +126,7 @@ impl Control {
     /// Revokes one of `user`'s grants and every token issued under it; the very next request
     /// with one of them fails. `not_found` if the grant is not theirs or already revoked.
     pub async fn revoke_grant(&self, user: UserId, grant: GrantId, now: u64) -> Result<()> {
-        let revoked = self
-            .blocking(move |r| r.revoke_grant(user, grant, now))
-            .await?;
+        let revoked = self.blocking(move |r| r.revoke_grant(user, grant, now)).await?;
         if revoked {
             // Only once the grant is known to be this user's: never touch another's tokens.
             self.tokens.remove_grant(grant);
@@ -147,12 +137,7 @@ impl Control {
     }
 
     /// Revokes a grant on the protocol's behalf (a replayed code or refresh token).
-    pub async fn revoke_grant_for_replay(
-        &self,
-        user: UserId,
-        grant: GrantId,
-        now: u64,
-    ) -> Result<()> {
+    pub async fn revoke_grant_for_replay(&self, user: UserId, grant: GrantId, now: u64) -> Result<()> {
         tracing::warn!(grant = %grant, "replayed credential: revoking the grant and its tokens");
         match self.revoke_grant(user, grant, now).await {
             Err(e) if e.code == selfcloud_core::ErrorCode::NotFound => Ok(()),
@@ -205,26 +190,11 @@ impl Control {
     ) -> Result<(String, String, u64)> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let u = this
-                .registry
-                .user_by_id(user)?
-                .ok_or_else(|| Error::unauthenticated("the user no longer exists"))?;
-            let (access, expires) = this.issue_token(
-                TokenKind::Access,
-                user,
-                u.instance_id,
-                Some(grant.clone()),
-                scopes.clone(),
-                now,
-            )?;
-            let (refresh, _) = this.issue_token(
-                TokenKind::Refresh,
-                user,
-                u.instance_id,
-                Some(grant),
-                scopes,
-                now,
-            )?;
+            let u =
+                this.registry.user_by_id(user)?.ok_or_else(|| Error::unauthenticated("the user no longer exists"))?;
+            let (access, expires) =
+                this.issue_token(TokenKind::Access, user, u.instance_id, Some(grant.clone()), scopes.clone(), now)?;
+            let (refresh, _) = this.issue_token(TokenKind::Refresh, user, u.instance_id, Some(grant), scopes, now)?;
             Ok((access, refresh, expires))
         })
         .await

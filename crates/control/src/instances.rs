@@ -1,6 +1,7 @@
 //! Instance directories, provisioning and the bounded set of open instances.
 
 use crate::keys::{self, InstanceKeyFile, NodeKey, PasswordKeys};
+use crate::recovery::RecoveryCode;
 use crate::Control;
 use selfcloud_core::{Error, InstanceId, Result};
 use selfcloud_instance::{DataKey, InprocInstance, Instance};
@@ -10,15 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const INSTANCES_DIR: &str = "instances";
-const KEY_FILE: &str = "keys.json";
+pub(crate) const KEY_FILE: &str = "keys.json";
 const NODE_KEY_FILE: &str = "node.key";
 
 /// Where an instance lives: `<home>/instances/<2 hex>/<id>/`. The id is a parsed [`InstanceId`]
 /// (fixed prefix and 32 lowercase hex digits), so no user input ever reaches this path.
 pub fn instance_dir(home: &Path, id: InstanceId) -> PathBuf {
-    home.join(INSTANCES_DIR)
-        .join(id.shard())
-        .join(id.to_string())
+    home.join(INSTANCES_DIR).join(id.shard()).join(id.to_string())
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
@@ -35,22 +34,17 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut f = options.open(&tmp).map_err(|e| io_err("create", &tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| io_err("write", &tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io_err("write", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io_err("rename", path, e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("sync", dir, e))
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("sync", dir, e))
 }
 
 pub(crate) fn load_or_create_node_key(home: &Path) -> Result<NodeKey> {
     let path = home.join(NODE_KEY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {
-            let bytes: [u8; 32] = bytes
-                .try_into()
-                .map_err(|_| Error::internal(format!("{} is not 32 bytes", path.display())))?;
+            let bytes: [u8; 32] =
+                bytes.try_into().map_err(|_| Error::internal(format!("{} is not 32 bytes", path.display())))?;
             Ok(NodeKey::from_bytes(bytes))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -63,10 +57,8 @@ pub(crate) fn load_or_create_node_key(home: &Path) -> Result<NodeKey> {
 }
 
 impl Control {
-    fn store_options(&self) -> StoreOptions {
-        StoreOptions {
-            quota_bytes: self.config.limits.quota_bytes,
-        }
+    fn store_options(&self, id: InstanceId) -> StoreOptions {
+        StoreOptions { quota_bytes: self.config.limits.tier(self.tier_of(id)).quota_bytes }
     }
 
     /// Creates the instance's directory, data key and store. Blocking: call from the blocking pool.
@@ -75,6 +67,7 @@ impl Control {
         id: InstanceId,
         password: &PasswordKeys,
         salt: &[u8],
+        recovery: &RecoveryCode,
     ) -> Result<Arc<dyn Instance>> {
         let dir = instance_dir(&self.config.home, id);
         std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
@@ -84,26 +77,22 @@ impl Control {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| io_err("chmod", &dir, e))?;
         }
-        let data_key = DataKey::generate();
+        // Every account starts on the free tier; an operator moves it.
+        self.remember_tier(id, selfcloud_core::config::Tier::Free);
+        let (data_key, recovery_salt) = (DataKey::generate(), keys::random_salt());
         let file = InstanceKeyFile {
-            version: 1,
-            sealed: keys::wrap(
-                &self.node_key.instance_seal_key(id),
-                keys::SEAL_PURPOSE,
-                &data_key,
-            )?,
+            version: keys::KEY_FILE_VERSION,
+            sealed: keys::wrap(&self.node_key.instance_seal_key(id), keys::SEAL_PURPOSE, &data_key)?,
             password_wrapped: keys::wrap(password.kek(), keys::PASSWORD_PURPOSE, &data_key)?,
             kdf: self.config.kdf,
             salt: salt.to_vec(),
+            recovery_wrapped: keys::wrap(&recovery.derive(&recovery_salt), keys::RECOVERY_PURPOSE, &data_key)?,
+            recovery_salt: recovery_salt.to_vec(),
         };
         let json = serde_json_vec(&file)?;
         write_durably(&dir.join(KEY_FILE), &json)?;
-        let instance: Arc<dyn Instance> = Arc::new(InprocInstance::open(
-            id,
-            &dir,
-            &data_key,
-            self.store_options(),
-        )?);
+        let instance: Arc<dyn Instance> =
+            Arc::new(InprocInstance::create(id, &dir, &data_key, self.config.store_engine, self.store_options(id))?);
         self.open.lock().put(id, instance.clone());
         Ok(instance)
     }
@@ -127,24 +116,18 @@ impl Control {
         if let Some(i) = self.open.lock().get(&id) {
             return Ok(i.clone());
         }
-        let (home, seal, options) = (
-            self.config.home.clone(),
-            self.node_key.instance_seal_key(id),
-            self.store_options(),
-        );
+        let (home, seal, options) =
+            (self.config.home.clone(), self.node_key.instance_seal_key(id), self.store_options(id));
+        let registry = self.registry.clone();
         let instance: Arc<dyn Instance> = tokio::task::spawn_blocking(move || -> Result<_> {
+            // A deleted instance's key is shredded, but never rely on that alone.
+            if registry.instance_deleted(id)? {
+                return Err(Error::not_found("instance not found"));
+            }
             let dir = instance_dir(&home, id);
-            let path = dir.join(KEY_FILE);
-            let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Error::not_found("instance not found"),
-                _ => io_err("read", &path, e),
-            })?;
-            let file: InstanceKeyFile = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+            let file = InstanceKeyFile::read(&dir.join(KEY_FILE))?;
             let data_key = keys::unwrap(&seal, keys::SEAL_PURPOSE, &file.sealed)?;
-            Ok(Arc::new(InprocInstance::open(
-                id, &dir, &data_key, options,
-            )?))
+            Ok(Arc::new(InprocInstance::open(id, &dir, &data_key, options)?))
         })
         .await
         .map_err(Error::internal)??;
@@ -191,10 +174,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
     }
 }

@@ -38,10 +38,7 @@ impl PasswordKeys {
             .map_err(|e| Error::internal(format!("kdf: {e}")))?;
         let mut kek = Zeroizing::new([0u8; 32]);
         kek.copy_from_slice(&out[32..]);
-        Ok(PasswordKeys {
-            verifier_hash: Sha256::digest(&out[..32]).into(),
-            kek,
-        })
+        Ok(PasswordKeys { verifier_hash: Sha256::digest(&out[..32]).into(), kek })
     }
 
     pub fn verifier_hash(&self) -> [u8; 32] {
@@ -84,13 +81,7 @@ pub fn wrap(kek: &[u8; 32], purpose: &str, key: &DataKey) -> Result<WrappedKey> 
     let aead = XChaCha20Poly1305::new(kek.into());
     let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
     let ct = aead
-        .encrypt(
-            &nonce,
-            Payload {
-                msg: key.as_bytes(),
-                aad: purpose.as_bytes(),
-            },
-        )
+        .encrypt(&nonce, Payload { msg: key.as_bytes(), aad: purpose.as_bytes() })
         .map_err(|_| Error::internal("key wrap failed"))?;
     Ok(WrappedKey([nonce.as_slice(), &ct].concat()))
 }
@@ -102,14 +93,8 @@ pub fn unwrap(kek: &[u8; 32], purpose: &str, wrapped: &WrappedKey) -> Result<Dat
     }
     let aead = XChaCha20Poly1305::new(kek.into());
     let plain = Zeroizing::new(
-        aead.decrypt(
-            XNonce::from_slice(&bytes[..24]),
-            Payload {
-                msg: &bytes[24..],
-                aad: purpose.as_bytes(),
-            },
-        )
-        .map_err(|_| Error::internal("key unwrap failed"))?,
+        aead.decrypt(XNonce::from_slice(&bytes[..24]), Payload { msg: &bytes[24..], aad: purpose.as_bytes() })
+            .map_err(|_| Error::internal("key unwrap failed"))?,
     );
     let mut key = [0u8; 32];
     key.copy_from_slice(&plain);
@@ -136,8 +121,7 @@ impl NodeKey {
     pub fn instance_seal_key(&self, id: InstanceId) -> Zeroizing<[u8; 32]> {
         let hk = Hkdf::<Sha256>::new(Some(b"selfcloud instance seal v1"), self.0.as_ref());
         let mut out = Zeroizing::new([0u8; 32]);
-        hk.expand(id.as_bytes(), out.as_mut())
-            .expect("32 bytes is a valid HKDF length");
+        hk.expand(id.as_bytes(), out.as_mut()).expect("32 bytes is a valid HKDF length");
         out
     }
 }
@@ -153,10 +137,38 @@ pub struct InstanceKeyFile {
     pub kdf: KdfParams,
     #[serde(with = "hex_bytes")]
     pub salt: Vec<u8>,
+    /// Wrapped by the key derived from the account's recovery code, with that derivation's salt.
+    pub recovery_wrapped: WrappedKey,
+    #[serde(with = "hex_bytes")]
+    pub recovery_salt: Vec<u8>,
+}
+
+/// The key file version written now; a newer one is refused rather than misread.
+pub const KEY_FILE_VERSION: u32 = 1;
+
+impl InstanceKeyFile {
+    /// Reads and parses a key file; `not_found` if there is none (a deleted instance's).
+    pub fn read(path: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::not_found("instance not found"),
+            _ => Error::internal(format!("read {}: {e}", path.display())),
+        })?;
+        let file: InstanceKeyFile =
+            serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+        if file.version > KEY_FILE_VERSION {
+            return Err(Error::internal(format!(
+                "{} is version {}, newer than this binary",
+                path.display(),
+                file.version
+            )));
+        }
+        Ok(file)
+    }
 }
 
 pub const SEAL_PURPOSE: &str = "selfcloud data key, sealed";
 pub const PASSWORD_PURPOSE: &str = "selfcloud data key, password";
+pub const RECOVERY_PURPOSE: &str = "selfcloud data key, recovery code";
 
 #[cfg(test)]
 mod tests {
@@ -165,29 +177,18 @@ mod tests {
     #[test]
     fn one_derivation_verifies_and_wraps() {
         let salt = random_salt();
-        let keys =
-            PasswordKeys::derive("correct horse", &salt, KdfParams::INSECURE_FOR_TESTS).unwrap();
-        let again =
-            PasswordKeys::derive("correct horse", &salt, KdfParams::INSECURE_FOR_TESTS).unwrap();
-        let wrong =
-            PasswordKeys::derive("correct horsf", &salt, KdfParams::INSECURE_FOR_TESTS).unwrap();
+        let keys = PasswordKeys::derive("correct horse", &salt, KdfParams::INSECURE_FOR_TESTS).unwrap();
+        let again = PasswordKeys::derive("correct horse", &salt, KdfParams::INSECURE_FOR_TESTS).unwrap();
+        let wrong = PasswordKeys::derive("correct horsf", &salt, KdfParams::INSECURE_FOR_TESTS).unwrap();
         assert!(again.verifies(&keys.verifier_hash()));
         assert!(!wrong.verifies(&keys.verifier_hash()));
         assert_ne!(keys.verifier_hash().as_slice(), keys.kek().as_slice());
 
         let data = DataKey::generate();
         let wrapped = wrap(keys.kek(), PASSWORD_PURPOSE, &data).unwrap();
-        assert_eq!(
-            unwrap(again.kek(), PASSWORD_PURPOSE, &wrapped)
-                .unwrap()
-                .as_bytes(),
-            data.as_bytes()
-        );
+        assert_eq!(unwrap(again.kek(), PASSWORD_PURPOSE, &wrapped).unwrap().as_bytes(), data.as_bytes());
         assert!(unwrap(wrong.kek(), PASSWORD_PURPOSE, &wrapped).is_err());
-        assert!(
-            unwrap(keys.kek(), SEAL_PURPOSE, &wrapped).is_err(),
-            "purpose is bound"
-        );
+        assert!(unwrap(keys.kek(), SEAL_PURPOSE, &wrapped).is_err(), "purpose is bound");
     }
 
     #[test]
@@ -196,9 +197,6 @@ mod tests {
         let (a, b) = (InstanceId::random(), InstanceId::random());
         assert_ne!(*node.instance_seal_key(a), *node.instance_seal_key(b));
         assert_eq!(*node.instance_seal_key(a), *node.instance_seal_key(a));
-        assert_ne!(
-            *node.instance_seal_key(a),
-            *NodeKey::generate().instance_seal_key(a)
-        );
+        assert_ne!(*node.instance_seal_key(a), *NodeKey::generate().instance_seal_key(a));
     }
 }

@@ -9,14 +9,22 @@ mod accounts;
 mod grants;
 mod instances;
 pub mod keys;
+mod lifecycle;
+mod recovery;
 mod registry;
+mod tiers;
 pub mod tokens;
+mod verify;
 
 pub use accounts::{Account, Profile};
 pub use grants::{App, CodeGrant, Grant, NewApp, NewCode};
 pub use instances::{instance_dir, INSTANCES_DIR};
+pub use lifecycle::Recovered;
+pub use recovery::RecoveryCode;
 pub use registry::UserRow;
+pub use tiers::{InstanceInfo, OPERATOR_TOKEN_FILE};
 pub use tokens::{GrantRef, TokenInfo, TokenKind};
+pub use verify::{HomeReport, InstanceCheck};
 
 use keys::NodeKey;
 use lru::LruCache;
@@ -24,7 +32,7 @@ use parking_lot::Mutex;
 use registry::Registry;
 use selfcloud_core::config::{KdfParams, Limits, TokenTtls};
 use selfcloud_core::{Error, InstanceId, Result};
-use selfcloud_instance::Instance;
+use selfcloud_instance::{EngineKind, Instance};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -40,6 +48,8 @@ pub struct ControlConfig {
     pub ttls: TokenTtls,
     /// Instances kept open at once; the least recently used is closed past this.
     pub open_instances: usize,
+    /// The store engine of instances provisioned from now on (existing ones keep theirs).
+    pub store_engine: EngineKind,
 }
 
 impl ControlConfig {
@@ -50,6 +60,7 @@ impl ControlConfig {
             limits: Limits::default(),
             ttls: TokenTtls::default(),
             open_instances: 1024,
+            store_engine: EngineKind::default(),
         }
     }
 }
@@ -62,7 +73,13 @@ pub struct Control {
     open: Mutex<LruCache<InstanceId, Arc<dyn Instance>>>,
     /// Serialises opening instances so one instance is never opened twice at once.
     opening: tokio::sync::Mutex<()>,
+    /// Users with a password change, recovery or deletion under way: one at a time per user.
+    account_changes: Mutex<std::collections::HashSet<selfcloud_core::UserId>>,
     provisioned: AtomicU64,
+    /// Every instance's tier, for the rate limit on each request and the quota on open.
+    tiers: parking_lot::RwLock<std::collections::HashMap<InstanceId, selfcloud_core::config::Tier>>,
+    /// The operator's bearer token for `/v1/admin` (hash only).
+    operator_token_hash: [u8; 32],
 }
 
 impl Control {
@@ -75,6 +92,8 @@ impl Control {
         let node_key = instances::load_or_create_node_key(home)?;
         let registry = Arc::new(Registry::open(&home.join("control.db"))?);
         let capacity = NonZeroUsize::new(config.open_instances.max(1)).expect("max(1) is non-zero");
+        let tiers = parking_lot::RwLock::new(registry.instance_tiers()?);
+        let operator_token_hash = tiers::load_or_create_operator_token(home)?;
         let control = Control {
             open: Mutex::new(LruCache::new(capacity)),
             provisioned: AtomicU64::new(registry.instance_count()?),
@@ -83,6 +102,9 @@ impl Control {
             node_key,
             tokens: TokenTable::default(),
             opening: tokio::sync::Mutex::new(()),
+            account_changes: Mutex::default(),
+            tiers,
+            operator_token_hash,
         };
         control.load_tokens(now)?;
         Ok(Arc::new(control))
@@ -98,13 +120,8 @@ impl Control {
     }
 
     /// Runs registry work on the blocking pool (registry writes wait for fsync).
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Registry) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Registry) -> Result<T> + Send + 'static) -> Result<T> {
         let registry = self.registry.clone();
-        tokio::task::spawn_blocking(move || f(&registry))
-            .await
-            .map_err(Error::internal)?
+        tokio::task::spawn_blocking(move || f(&registry)).await.map_err(Error::internal)?
     }
 }

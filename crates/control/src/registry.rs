@@ -7,7 +7,11 @@ use selfcloud_core::config::KdfParams;
 use selfcloud_core::{AppId, Error, GrantId, InstanceId, Result, ScopeSet, UserId};
 use std::path::Path;
 
-const MIGRATIONS: &[&str] = &["
+mod lifecycle;
+pub use lifecycle::DELETED;
+
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE users (
         id            TEXT PRIMARY KEY,
         username      TEXT NOT NULL UNIQUE,
@@ -59,7 +63,13 @@ const MIGRATIONS: &[&str] = &["
         expires_at     INTEGER NOT NULL,
         spent          INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
-"];
+",
+    "
+    -- Account deletion: the instance row becomes a tombstone (state 'deleted').
+    ALTER TABLE instances ADD COLUMN deleted_at INTEGER;
+    CREATE INDEX tokens_by_user ON tokens(user_id);
+",
+];
 
 #[derive(Clone, Debug)]
 pub struct UserRow {
@@ -125,42 +135,33 @@ pub(crate) fn db_err(e: rusqlite::Error) -> Error {
 }
 
 fn parse<T: std::str::FromStr<Err = Error>>(s: String) -> rusqlite::Result<T> {
-    s.parse().map_err(|e: Error| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
+    s.parse().map_err(|e: Error| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 impl Registry {
     pub fn open(path: &Path) -> Result<Self> {
         let mut conn = Connection::open(path).map_err(db_err)?;
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;")
-            .map_err(db_err)?;
-        let version: usize = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(db_err)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(db_err)?;
+        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
         if version > MIGRATIONS.len() {
             return Err(Error::internal("registry schema is newer than this binary"));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             let tx = conn.transaction().map_err(db_err)?;
             tx.execute_batch(sql).map_err(db_err)?;
-            tx.pragma_update(None, "user_version", i + 1)
-                .map_err(db_err)?;
+            tx.pragma_update(None, "user_version", i + 1).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
-        Ok(Registry {
-            conn: Mutex::new(conn),
-        })
+        Ok(Registry { conn: Mutex::new(conn) })
     }
 
     pub fn username_taken(&self, username: &str) -> Result<bool> {
         self.conn
             .lock()
-            .query_row(
-                "SELECT 1 FROM users WHERE username = ?1",
-                [username],
-                |_| Ok(()),
-            )
+            .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
             .optional()
             .map(|r| r.is_some())
             .map_err(db_err)
@@ -187,7 +188,8 @@ impl Registry {
         tx.commit().map_err(db_err)
     }
 
-    const USER_SELECT: &'static str = "SELECT u.id, u.username, u.kdf, u.salt, u.verifier_hash, i.id, i.tier, i.state, u.created_at
+    const USER_SELECT: &'static str =
+        "SELECT u.id, u.username, u.kdf, u.salt, u.verifier_hash, i.id, i.tier, i.state, u.created_at
          FROM users u JOIN instances i ON i.user_id = u.id";
 
     fn user_where(&self, clause: &str, arg: &str) -> Result<Option<UserRow>> {
@@ -230,6 +232,63 @@ impl Registry {
             .map_err(db_err)
     }
 
+    /// Every instance's tier (loaded into memory at start).
+    pub fn instance_tiers(&self) -> Result<std::collections::HashMap<InstanceId, selfcloud_core::config::Tier>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare("SELECT id, tier FROM instances").map_err(db_err)?;
+        let rows =
+            stmt.query_map([], |r| Ok((parse::<InstanceId>(r.get(0)?)?, r.get::<_, String>(1)?))).map_err(db_err)?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (id, tier) = row.map_err(db_err)?;
+            out.insert(id, tier.parse().unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    /// False when there is no such instance.
+    pub fn set_instance_tier(&self, id: InstanceId, tier: &str) -> Result<bool> {
+        self.conn
+            .lock()
+            .execute("UPDATE instances SET tier = ?2 WHERE id = ?1", params![id.to_string(), tier])
+            .map(|n| n == 1)
+            .map_err(db_err)
+    }
+
+    /// `(id, username, tier, state, created_at)` of every instance, oldest first.
+    #[allow(clippy::type_complexity)]
+    pub fn instances(&self) -> Result<Vec<(InstanceId, String, String, String, u64)>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT i.id, u.username, i.tier, i.state, i.created_at FROM instances i JOIN users u ON u.id = i.user_id
+                 ORDER BY i.created_at, i.id",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((parse(r.get(0)?)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, i64>(4)? as u64)))
+            .map_err(db_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db_err)
+    }
+
+    /// Every live instance id in the registry, in id order (for `selfcloud verify`); deleted
+    /// instances have no directory left to check.
+    pub fn instance_ids(&self) -> Result<Vec<InstanceId>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare("SELECT id FROM instances WHERE state != 'deleted' ORDER BY id").map_err(db_err)?;
+        let ids = stmt.query_map([], |r| parse(r.get(0)?)).map_err(db_err)?;
+        ids.collect::<rusqlite::Result<_>>().map_err(db_err)
+    }
+
+    /// SQLite's own check of the registry file: `Ok` or what it found wrong.
+    pub fn integrity_check(&self) -> Result<()> {
+        let report: String = self.conn.lock().query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db_err)?;
+        if report != "ok" {
+            return Err(Error::internal(format!("registry integrity_check: {report}")));
+        }
+        Ok(())
+    }
+
     pub fn insert_app(&self, a: &AppRow) -> Result<()> {
         let uris = a.redirect_uris.join("\n");
         self.conn
@@ -245,20 +304,14 @@ impl Registry {
     pub fn app(&self, id: AppId) -> Result<Option<AppRow>> {
         self.conn
             .lock()
-            .prepare_cached(
-                "SELECT owner_id, name, redirect_uris, scopes, created_at FROM apps WHERE id = ?1",
-            )
+            .prepare_cached("SELECT owner_id, name, redirect_uris, scopes, created_at FROM apps WHERE id = ?1")
             .and_then(|mut s| {
                 s.query_row([id.to_string()], |r| {
                     Ok(AppRow {
                         id,
                         owner_id: parse(r.get(0)?)?,
                         name: r.get(1)?,
-                        redirect_uris: r
-                            .get::<_, String>(2)?
-                            .split('\n')
-                            .map(str::to_owned)
-                            .collect(),
+                        redirect_uris: r.get::<_, String>(2)?.split('\n').map(str::to_owned).collect(),
                         scopes: ScopeSet::parse(&r.get::<_, String>(3)?).unwrap_or_default(),
                         created_at: r.get::<_, i64>(4)? as u64,
                     })
@@ -273,7 +326,13 @@ impl Registry {
             .lock()
             .execute(
                 "INSERT INTO grants (id, user_id, app_id, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![g.id.to_string(), g.user_id.to_string(), g.app_id.to_string(), g.scopes.to_string(), g.created_at as i64],
+                params![
+                    g.id.to_string(),
+                    g.user_id.to_string(),
+                    g.app_id.to_string(),
+                    g.scopes.to_string(),
+                    g.created_at as i64
+                ],
             )
             .map(drop)
             .map_err(db_err)
@@ -314,11 +373,7 @@ impl Registry {
             )
             .map_err(db_err)?;
         if n == 1 {
-            tx.execute(
-                "DELETE FROM tokens WHERE grant_id = ?1",
-                [grant.to_string()],
-            )
-            .map_err(db_err)?;
+            tx.execute("DELETE FROM tokens WHERE grant_id = ?1", [grant.to_string()]).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(n == 1)
@@ -327,11 +382,9 @@ impl Registry {
     pub fn grant_is_active(&self, grant: GrantId) -> Result<bool> {
         self.conn
             .lock()
-            .query_row(
-                "SELECT revoked_at IS NULL FROM grants WHERE id = ?1",
-                [grant.to_string()],
-                |r| r.get::<_, bool>(0),
-            )
+            .query_row("SELECT revoked_at IS NULL FROM grants WHERE id = ?1", [grant.to_string()], |r| {
+                r.get::<_, bool>(0)
+            })
             .optional()
             .map(|r| r.unwrap_or(false))
             .map_err(db_err)
@@ -362,29 +415,20 @@ impl Registry {
     pub fn spend_token(&self, hash: &[u8; 32]) -> Result<bool> {
         self.conn
             .lock()
-            .execute(
-                "UPDATE tokens SET spent = 1 WHERE hash = ?1 AND spent = 0",
-                [hash.as_slice()],
-            )
+            .execute("UPDATE tokens SET spent = 1 WHERE hash = ?1 AND spent = 0", [hash.as_slice()])
             .map(|n| n == 1)
             .map_err(db_err)
     }
 
     pub fn delete_token(&self, hash: &[u8; 32]) -> Result<()> {
-        self.conn
-            .lock()
-            .execute("DELETE FROM tokens WHERE hash = ?1", [hash.as_slice()])
-            .map(drop)
-            .map_err(db_err)
+        self.conn.lock().execute("DELETE FROM tokens WHERE hash = ?1", [hash.as_slice()]).map(drop).map_err(db_err)
     }
 
     /// Every token still valid at `now` (loaded into memory at start); expired ones are deleted.
     pub fn live_tokens(&self, now: u64) -> Result<Vec<TokenRow>> {
         let conn = self.conn.lock();
-        conn.execute("DELETE FROM tokens WHERE expires_at <= ?1", [now as i64])
-            .map_err(db_err)?;
-        conn.execute("DELETE FROM codes WHERE expires_at <= ?1", [now as i64])
-            .map_err(db_err)?;
+        conn.execute("DELETE FROM tokens WHERE expires_at <= ?1", [now as i64]).map_err(db_err)?;
+        conn.execute("DELETE FROM codes WHERE expires_at <= ?1", [now as i64]).map_err(db_err)?;
         let mut stmt = conn
             .prepare("SELECT hash, kind, user_id, grant_id, scopes, expires_at, spent FROM tokens")
             .map_err(db_err)?;
@@ -447,11 +491,7 @@ impl Registry {
             )
             .optional()
             .map_err(db_err)?;
-        tx.execute(
-            "UPDATE codes SET spent = 1 WHERE hash = ?1",
-            [hash.as_slice()],
-        )
-        .map_err(db_err)?;
+        tx.execute("UPDATE codes SET spent = 1 WHERE hash = ?1", [hash.as_slice()]).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(row)
     }

@@ -90,11 +90,29 @@ pub(crate) fn new_token(kind: TokenKind) -> String {
 #[derive(Default)]
 pub(crate) struct TokenTable {
     by_hash: RwLock<HashMap<TokenHash, Arc<TokenInfo>>>,
+    /// Users deleted since start: a token issued for one by a request that raced the deletion
+    /// is never admitted. Read and written under `by_hash`'s write lock.
+    deleted_users: parking_lot::Mutex<std::collections::HashSet<UserId>>,
 }
 
 impl TokenTable {
     pub fn insert(&self, hash: TokenHash, info: TokenInfo) {
-        self.by_hash.write().insert(hash, Arc::new(info));
+        let mut by_hash = self.by_hash.write();
+        if !self.deleted_users.lock().contains(&info.user_id) {
+            by_hash.insert(hash, Arc::new(info));
+        }
+    }
+
+    /// Drops every owner session of `user` (their password changed); app tokens stay.
+    pub fn remove_sessions_of(&self, user: UserId) {
+        self.by_hash.write().retain(|_, t| !(t.user_id == user && t.kind == TokenKind::Session));
+    }
+
+    /// Drops every token of a deleted user and refuses any later one.
+    pub fn remove_user(&self, user: UserId) {
+        let mut by_hash = self.by_hash.write();
+        self.deleted_users.lock().insert(user);
+        by_hash.retain(|_, t| t.user_id != user);
     }
 
     pub fn get(&self, hash: &TokenHash) -> Option<Arc<TokenInfo>> {
@@ -106,9 +124,7 @@ impl TokenTable {
     }
 
     pub fn remove_grant(&self, grant: GrantId) {
-        self.by_hash
-            .write()
-            .retain(|_, t| t.grant.as_ref().is_none_or(|g| g.grant_id != grant));
+        self.by_hash.write().retain(|_, t| t.grant.as_ref().is_none_or(|g| g.grant_id != grant));
     }
 
     pub fn remove_expired(&self, now: u64) {

@@ -5,10 +5,13 @@
 //!
 //! An instance knows nothing of other instances: it is opened on its own directory with its own key.
 
+pub mod archive;
 mod inproc;
 
 pub use inproc::InprocInstance;
-pub use selfcloud_store::{DataKey, Page, Precondition, Record, Rev, Usage};
+pub use selfcloud_store::{
+    DataKey, EngineKind, ImportRecord, Page, Precondition, Record, Rev, ScanPage, ScannedRecord, Usage,
+};
 
 use async_trait::async_trait;
 use selfcloud_core::{Collection, InstanceId, RecordKey, Result};
@@ -21,11 +24,7 @@ pub enum Actor {
     /// The instance's owner, with their session.
     Owner,
     /// A third-party app, through a grant.
-    App {
-        client_id: String,
-        name: String,
-        grant_id: String,
-    },
+    App { client_id: String, name: String, grant_id: String },
 }
 
 /// One line of the instance's access log.
@@ -58,6 +57,15 @@ pub struct StorageUsage {
     pub quota_bytes: u64,
 }
 
+/// What an integrity check of an instance's store found (it passed: failures are errors).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntegrityReport {
+    /// The store engine, as `EngineKind::as_str` names it.
+    pub engine: String,
+    pub records: u64,
+    pub bytes: u64,
+}
+
 /// Everything the gateway (through control) can ask of one user's instance.
 #[async_trait]
 pub trait Instance: Send + Sync + 'static {
@@ -71,12 +79,7 @@ pub trait Instance: Send + Sync + 'static {
         value: Vec<u8>,
         cond: Precondition,
     ) -> Result<Rev>;
-    async fn delete_record(
-        &self,
-        collection: &Collection,
-        key: &RecordKey,
-        cond: Precondition,
-    ) -> Result<()>;
+    async fn delete_record(&self, collection: &Collection, key: &RecordKey, cond: Precondition) -> Result<()>;
     async fn list_records(
         &self,
         collection: &Collection,
@@ -85,6 +88,21 @@ pub trait Instance: Send + Sync + 'static {
         cursor: Option<&str>,
     ) -> Result<Page>;
     async fn storage_usage(&self) -> Result<StorageUsage>;
+
+    /// Every record of every collection, in (collection, key) order, after `cursor`: up to
+    /// `limit` records, fewer once their values reach `max_bytes` (a page always has one). Pages
+    /// are read one by one, not from one snapshot; no record appears twice.
+    async fn export_records(&self, cursor: Option<&str>, limit: usize, max_bytes: usize) -> Result<ScanPage>;
+    /// Writes `records` (in (collection, key) order, each once) into this instance, which must
+    /// hold no record (`conflict`), in one atomic and durable write: all or, on any error
+    /// (`quota_exceeded` among them), nothing. Records get new revs; keys and values are kept
+    /// exactly. Returns the usage afterwards.
+    async fn import_records(&self, records: Vec<ImportRecord>) -> Result<StorageUsage>;
+    /// Runs the store's own integrity check and compares its counters with a full scan; an
+    /// error says what is wrong. Reads every record: for `selfcloud verify`, not the hot path.
+    async fn verify(&self) -> Result<IntegrityReport>;
+    /// Applies a new storage quota (the instance's tier changed).
+    async fn set_quota(&self, quota_bytes: u64) -> Result<()>;
 
     /// Appends entries to the access log; entries past `keep` newest are dropped.
     async fn append_audit(&self, entries: Vec<AuditEntry>, keep: u64) -> Result<()>;

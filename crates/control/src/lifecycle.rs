@@ -1,0 +1,293 @@
+//! The account after sign-up: changing the password, recovering it with the recovery code, and
+//! deleting the account. A new password re-wraps the same data key, so no instance data is
+//! rewritten; deletion destroys the key first, which makes whatever is left on disk unreadable.
+
+use crate::accounts::validate_password;
+use crate::instances::{instance_dir, write_durably, KEY_FILE};
+use crate::keys::{self, random_salt, InstanceKeyFile, PasswordKeys};
+use crate::recovery::RecoveryCode;
+use crate::registry::{UserRow, DELETED};
+use crate::tokens::TokenKind;
+use crate::Control;
+use rand::RngCore;
+use selfcloud_core::{Error, InstanceId, Result, ScopeSet, UserId};
+use selfcloud_instance::DataKey;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// What a recovery hands back: a session and the next recovery code (the one used is spent).
+#[derive(Clone, Debug)]
+pub struct Recovered {
+    pub token: String,
+    pub expires_at: u64,
+    pub recovery_code: String,
+}
+
+/// The one answer to every failed recovery, so it tells nothing about what was wrong.
+const RECOVERY_FAILED: &str = "wrong username or recovery code";
+
+fn wrong_password() -> Error {
+    Error::unauthenticated("wrong password")
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::internal(format!("{what} {}: {e}", path.display()))
+}
+
+/// Marks one user's account as being changed; dropped, it lets the next change in.
+struct AccountChange {
+    control: Arc<Control>,
+    user: UserId,
+}
+
+impl Drop for AccountChange {
+    fn drop(&mut self) {
+        self.control.account_changes.lock().remove(&self.user);
+    }
+}
+
+/// Overwrites a file with random bytes, flushes them to disk, then unlinks it, so the wraps of a
+/// data key do not linger in freed blocks (as far as the file system writes in place). A file
+/// already gone is done: a deletion interrupted by a crash can be run again.
+fn shred(path: &Path) -> Result<()> {
+    let mut f = match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("open", path, e)),
+    };
+    let len = f.metadata().map_err(|e| io_err("stat", path, e))?.len();
+    let mut noise = vec![0u8; usize::try_from(len).unwrap_or(0).max(1)];
+    rand::rngs::OsRng.fill_bytes(&mut noise);
+    f.write_all(&noise).and_then(|_| f.sync_all()).map_err(|e| io_err("overwrite", path, e))?;
+    drop(f);
+    std::fs::remove_file(path).map_err(|e| io_err("unlink", path, e))?;
+    let dir = path.parent().expect("files live in a directory");
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("sync", dir, e))
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    // A request that held the instance open may still be finishing a write in it: try again.
+    let mut attempt = 0;
+    loop {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(_) if attempt < 3 => attempt += 1,
+            Err(e) => return Err(io_err("remove", dir, e)),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+impl Control {
+    fn begin_account_change(self: &Arc<Self>, user: UserId) -> Result<AccountChange> {
+        if !self.account_changes.lock().insert(user) {
+            return Err(Error::conflict("another change to this account is under way"));
+        }
+        Ok(AccountChange { control: self.clone(), user })
+    }
+
+    fn key_file_path(&self, id: InstanceId) -> PathBuf {
+        instance_dir(&self.config.home, id).join(KEY_FILE)
+    }
+
+    fn read_key_file(&self, id: InstanceId) -> Result<InstanceKeyFile> {
+        InstanceKeyFile::read(&self.key_file_path(id))
+    }
+
+    /// The user, if `password` is theirs. Blocking (one KDF).
+    fn check_password(&self, user: UserId, password: &str) -> Result<(UserRow, PasswordKeys)> {
+        let u = self.registry.user_by_id(user)?.filter(|u| u.state != DELETED).ok_or_else(wrong_password)?;
+        let keys = PasswordKeys::derive(password, &u.salt, u.kdf)?;
+        if keys.verifies(&u.verifier_hash) {
+            Ok((u, keys))
+        } else {
+            Err(wrong_password())
+        }
+    }
+
+    /// Changes the owner's password: the old one must verify and unwrap the data key (proving the
+    /// whole key chain, not only the verifier); the key is re-wrapped under the new one. Every
+    /// owner session ends; the new one is returned. App grants and their tokens stay valid.
+    pub async fn change_password(
+        self: &Arc<Self>,
+        user: UserId,
+        old: &str,
+        new: &str,
+        now: u64,
+    ) -> Result<(String, u64)> {
+        validate_password(new)?;
+        let change = self.begin_account_change(user)?;
+        let (old, new) = (Zeroizing::new(old.to_owned()), Zeroizing::new(new.to_owned()));
+        tokio::task::spawn_blocking(move || {
+            let this = &change.control;
+            let (u, keys) = this.check_password(user, &old)?;
+            let mut file = this.read_key_file(u.instance_id)?;
+            let data_key = if file.salt == u.salt {
+                keys::unwrap(keys.kek(), keys::PASSWORD_PURPOSE, &file.password_wrapped)?
+            } else {
+                // An earlier change stopped between its registry and key-file writes: the password
+                // just verified is not the one the file's wrap is under. The sealed wrap stands in.
+                tracing::warn!(instance = %u.instance_id, "key file behind the registry; re-wrapping from the sealed key");
+                keys::unwrap(&this.node_key.instance_seal_key(u.instance_id), keys::SEAL_PURPOSE, &file.sealed)?
+            };
+            this.set_password(&u, &mut file, &data_key, &new, None, now)
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+
+    /// Sets a new password with the recovery code instead of the old password. The code is spent:
+    /// a new one is returned. Every failure answers the same `unauthenticated`.
+    pub async fn recover(self: &Arc<Self>, username: &str, code: &str, new: &str, now: u64) -> Result<Recovered> {
+        validate_password(new)?;
+        let failed = || Error::unauthenticated(RECOVERY_FAILED);
+        let code = RecoveryCode::parse(code).ok_or_else(failed)?;
+        let (this, username, new) = (self.clone(), username.to_owned(), Zeroizing::new(new.to_owned()));
+        tokio::task::spawn_blocking(move || {
+            let u = this.registry.user_by_name(&username)?.filter(|u| u.state != DELETED).ok_or_else(failed)?;
+            let _change = this.begin_account_change(u.id)?;
+            let mut file = this.read_key_file(u.instance_id)?;
+            let kek = code.derive(&file.recovery_salt);
+            let data_key = keys::unwrap(&kek, keys::RECOVERY_PURPOSE, &file.recovery_wrapped).map_err(|_| failed())?;
+            let next = RecoveryCode::generate();
+            let (token, expires_at) = this.set_password(&u, &mut file, &data_key, &new, Some(&next), now)?;
+            tracing::info!(user = %u.id, "password reset with the recovery code");
+            Ok(Recovered { token, expires_at, recovery_code: next.display() })
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+
+    /// Re-wraps `data_key` under a new password (and, given one, a new recovery code), stores the
+    /// new verifier, ends every owner session and starts one. Blocking.
+    ///
+    /// The registry is written before the key file. A crash between the two leaves the new
+    /// password logging in over a key file still wrapped for the old one (the next change
+    /// re-wraps it from the sealed key) and, in a recovery, the old code still valid: a code is
+    /// only spent once its successor is on disk.
+    fn set_password(
+        &self,
+        u: &UserRow,
+        file: &mut InstanceKeyFile,
+        data_key: &DataKey,
+        new: &str,
+        recovery: Option<&RecoveryCode>,
+        now: u64,
+    ) -> Result<(String, u64)> {
+        let (salt, kdf) = (random_salt(), self.config.kdf);
+        let keys = PasswordKeys::derive(new, &salt, kdf)?;
+        file.password_wrapped = keys::wrap(keys.kek(), keys::PASSWORD_PURPOSE, data_key)?;
+        (file.salt, file.kdf) = (salt.to_vec(), kdf);
+        if let Some(code) = recovery {
+            let recovery_salt = random_salt();
+            file.recovery_wrapped = keys::wrap(&code.derive(&recovery_salt), keys::RECOVERY_PURPOSE, data_key)?;
+            file.recovery_salt = recovery_salt.to_vec();
+        }
+        file.version = keys::KEY_FILE_VERSION;
+        self.registry.set_password(u.id, &kdf, &salt, &keys.verifier_hash())?;
+        self.tokens.remove_sessions_of(u.id);
+        let json = serde_json::to_vec_pretty(file).map_err(Error::internal)?;
+        write_durably(&self.key_file_path(u.instance_id), &json)?;
+        self.issue_token(TokenKind::Session, u.id, u.instance_id, None, ScopeSet::default(), now)
+    }
+
+    /// Deletes the account: with the password verified, the data key is shredded first, then the
+    /// instance is closed and its directory removed, then the registry keeps a tombstone (see
+    /// `Registry::tombstone`) and every token of the user stops working. Each step tolerates
+    /// having been done already, so a deletion cut short by a crash can simply be asked again.
+    pub async fn delete_account(self: &Arc<Self>, user: UserId, password: &str, now: u64) -> Result<()> {
+        let _change = self.begin_account_change(user)?;
+        let (this, password) = (self.clone(), Zeroizing::new(password.to_owned()));
+        let u = tokio::task::spawn_blocking(move || this.check_password(user, &password).map(|(u, _)| u))
+            .await
+            .map_err(Error::internal)??;
+        let (id, dir) = (u.instance_id, instance_dir(&self.config.home, u.instance_id));
+        {
+            // Under the opening lock no open of this instance is half-way, and any later one
+            // finds no key to open it with.
+            let _opening = self.opening.lock().await;
+            let key_file = dir.join(KEY_FILE);
+            tokio::task::spawn_blocking(move || shred(&key_file).and_then(|_| shred(&key_file.with_extension("tmp"))))
+                .await
+                .map_err(Error::internal)??;
+            self.open.lock().pop(&id);
+        }
+        tokio::task::spawn_blocking(move || remove_dir(&dir)).await.map_err(Error::internal)??;
+        self.blocking(move |r| r.tombstone(user, now)).await?;
+        self.tokens.remove_user(user);
+        tracing::info!(user = %user, instance = %id, "account deleted");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ControlConfig;
+    use selfcloud_core::config::KdfParams;
+
+    async fn control() -> (tempfile::TempDir, Arc<Control>) {
+        let home = tempfile::tempdir().unwrap();
+        let mut config = ControlConfig::new(home.path());
+        config.kdf = KdfParams::INSECURE_FOR_TESTS;
+        let control = Control::open(config, 1_000).unwrap();
+        (home, control)
+    }
+
+    #[tokio::test]
+    async fn the_recovery_code_alone_unwraps_the_sealed_data_key() {
+        let (_home, c) = control().await;
+        let account = c.sign_up("ada", "correct horse battery", 1_000).await.unwrap();
+        let id = account.instance_id;
+        let file = c.read_key_file(id).unwrap();
+        assert_eq!(file.version, keys::KEY_FILE_VERSION);
+        let sealed = keys::unwrap(&c.node_key.instance_seal_key(id), keys::SEAL_PURPOSE, &file.sealed).unwrap();
+        let unwrap_with = |file: &InstanceKeyFile, code: &str| {
+            let kek = RecoveryCode::parse(code).unwrap().derive(&file.recovery_salt);
+            keys::unwrap(&kek, keys::RECOVERY_PURPOSE, &file.recovery_wrapped)
+        };
+        let recovered = unwrap_with(&file, &account.recovery_code).unwrap();
+        assert_eq!(recovered.as_bytes(), sealed.as_bytes());
+        assert_ne!(file.recovery_salt, file.salt, "the code has its own salt");
+
+        // A recovery re-wraps the same key under a new code; the old code opens nothing now.
+        let r = c.recover("ada", &account.recovery_code.to_lowercase(), "a new password", 1_001).await.unwrap();
+        let file = c.read_key_file(id).unwrap();
+        assert_eq!(unwrap_with(&file, &r.recovery_code).unwrap().as_bytes(), sealed.as_bytes());
+        assert!(unwrap_with(&file, &account.recovery_code).is_err());
+        let again = c.recover("ada", &account.recovery_code, "another password", 1_002).await.unwrap_err();
+        assert_eq!(again.message, RECOVERY_FAILED);
+    }
+
+    #[tokio::test]
+    async fn a_password_change_rewraps_the_same_key_without_touching_the_seal() {
+        let (_home, c) = control().await;
+        let account = c.sign_up("ada", "correct horse battery", 1_000).await.unwrap();
+        let before = c.read_key_file(account.instance_id).unwrap();
+        c.change_password(account.user_id, "correct horse battery", "a new password", 1_001).await.unwrap();
+        let after = c.read_key_file(account.instance_id).unwrap();
+        assert_eq!(after.sealed, before.sealed);
+        assert_ne!(after.salt, before.salt);
+        let keys = PasswordKeys::derive("a new password", &after.salt, after.kdf).unwrap();
+        let seal = c.node_key.instance_seal_key(account.instance_id);
+        assert_eq!(
+            keys::unwrap(keys.kek(), keys::PASSWORD_PURPOSE, &after.password_wrapped).unwrap().as_bytes(),
+            keys::unwrap(&seal, keys::SEAL_PURPOSE, &after.sealed).unwrap().as_bytes()
+        );
+        assert!(c.log_in("ada", "correct horse battery").await.is_err());
+        assert!(c.log_in("ada", "a new password").await.is_ok());
+    }
+
+    #[test]
+    fn shredding_overwrites_then_unlinks_and_tolerates_absence() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        std::fs::write(&path, b"secret").unwrap();
+        shred(&path).unwrap();
+        assert!(!path.exists());
+        shred(&path).unwrap();
+    }
+}
