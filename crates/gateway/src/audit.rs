@@ -53,12 +53,7 @@ impl AuditSink {
     }
 }
 
-async fn writer(
-    mut rx: mpsc::Receiver<Message>,
-    control: Arc<Control>,
-    metrics: Arc<Metrics>,
-    keep: u64,
-) {
+async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, metrics: Arc<Metrics>, keep: u64) {
     let mut buf = Vec::with_capacity(BATCH);
     loop {
         if rx.recv_many(&mut buf, BATCH).await == 0 {

@@ -39,14 +39,9 @@ pub struct ScopeUsed(pub String);
 
 /// The credential a request carries, if any: `Authorization: Bearer` first, then the cookie.
 pub fn credential(headers: &HeaderMap) -> Option<(String, Via)> {
-    if let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| (token.trim().to_owned(), Via::Bearer));
+        return scheme.eq_ignore_ascii_case("bearer").then(|| (token.trim().to_owned(), Via::Bearer));
     }
     headers
         .get_all(header::COOKIE)
@@ -60,8 +55,7 @@ pub fn credential(headers: &HeaderMap) -> Option<(String, Via)> {
 
 /// Resolves a credential to a live caller. Refresh tokens are not API credentials.
 pub fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, Error> {
-    let (token, via) =
-        credential(headers).ok_or_else(|| Error::unauthenticated("missing bearer token"))?;
+    let (token, via) = credential(headers).ok_or_else(|| Error::unauthenticated("missing bearer token"))?;
     let info = state
         .control
         .authenticate(&token, state.clock.now())
@@ -71,11 +65,7 @@ pub fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, Error> {
     if via == Via::Cookie && info.kind != TokenKind::Session {
         return Err(Error::unauthenticated("invalid session cookie"));
     }
-    Ok(Caller {
-        token: info,
-        token_hash: hash_token(&token),
-        via,
-    })
+    Ok(Caller { token: info, token_hash: hash_token(&token), via })
 }
 
 impl Caller {
@@ -99,9 +89,7 @@ impl Caller {
         }
         match self.token.scopes.permits(needed) {
             Some(held) => Ok(ScopeUsed(held.to_string())),
-            None => Err(Error::forbidden(format!(
-                "this token does not carry the scope {needed}"
-            ))),
+            None => Err(Error::forbidden(format!("this token does not carry the scope {needed}"))),
         }
     }
 
@@ -129,16 +117,12 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 }
 
 /// Middleware for every authenticated route: authenticate, rate-limit per token.
-pub async fn authenticate(
-    State(state): State<Arc<AppState>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let caller = match resolve(&state, req.headers()) {
         Ok(c) => c,
         Err(e) => return ApiError(e).into_response(),
     };
-    if let Err(e) = state.rate.check_token(&caller.token_hash) {
+    if let Err(e) = state.rate.check_token(&caller.token_hash, state.control.tier_of(caller.token.instance_id)) {
         return ApiError(e).into_response();
     }
     req.extensions_mut().insert(caller);
@@ -153,11 +137,7 @@ pub async fn audited(State(state): State<Arc<AppState>>, req: Request, next: Nex
     };
     let method = req.method().as_str().to_owned();
     let path = req.uri().path().to_owned();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let resp = next.run(req).await;
     let entry = AuditEntry {
         at_ms: state.clock.now_ms(),

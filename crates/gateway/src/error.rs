@@ -1,8 +1,6 @@
 //! The contract's JSON error as an axum response, and extractors whose rejections use it.
 
-use axum::extract::rejection::{
-    BytesRejection, FormRejection, JsonRejection, PathRejection, QueryRejection,
-};
+use axum::extract::rejection::{BytesRejection, FormRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -30,8 +28,7 @@ impl IntoResponse for ApiError {
         let mut resp = (e.status(), axum::Json(e.body())).into_response();
         if let Some(after) = e.retry_after {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         resp
     }
@@ -115,10 +112,7 @@ pub async fn not_found() -> ApiError {
 }
 
 pub async fn method_not_allowed() -> Response {
-    let e = Error::new(
-        ErrorCode::InvalidRequest,
-        "method not allowed on this endpoint",
-    );
+    let e = Error::new(ErrorCode::InvalidRequest, "method not allowed on this endpoint");
     (StatusCode::METHOD_NOT_ALLOWED, axum::Json(e.body())).into_response()
 }
 
@@ -129,10 +123,9 @@ pub struct ApiJson<T>(pub T);
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let axum::Json(object) =
-            axum::Json::<serde_json::Map<String, serde_json::Value>>::from_request(req, state)
-                .await
-                .map_err(|r: JsonRejection| rejection(r.status(), r.body_text()))?;
+        let axum::Json(object) = axum::Json::<serde_json::Map<String, serde_json::Value>>::from_request(req, state)
+            .await
+            .map_err(|r: JsonRejection| rejection(r.status(), r.body_text()))?;
         serde_json::from_value(serde_json::Value::Object(object))
             .map(ApiJson)
             .map_err(|e| ApiError(Error::invalid(format!("invalid body: {e}"))))

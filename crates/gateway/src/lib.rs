@@ -20,7 +20,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use clock::Clock;
 use oauth::handlers as oauth_http;
-use routes::{accounts, apps, storage};
+use routes::{accounts, admin, apps, portability, storage};
 use selfcloud_control::Control;
 use state::AppState;
 use std::net::SocketAddr;
@@ -42,10 +42,7 @@ pub struct GatewayConfig {
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig {
-            public_url: None,
-            audit_queue: 65_536,
-        }
+        GatewayConfig { public_url: None, audit_queue: 65_536 }
     }
 }
 
@@ -77,19 +74,17 @@ pub fn router(state: Arc<AppState>) -> Router {
     // Routes that reach an instance: authenticated and audited.
     let instance_api = Router::new()
         .route("/v1/storage/{collection}", get(storage::list))
-        .route(
-            "/v1/storage/{collection}/{key}",
-            put(storage::put).get(storage::get).delete(storage::delete),
-        )
+        .route("/v1/storage/{collection}/{key}", put(storage::put).get(storage::get).delete(storage::delete))
+        .route("/v1/export", get(portability::export))
+        .route("/v1/import", post(portability::import).layer(DefaultBodyLimit::max(state.limits.max_import_bytes)))
         .route_layer(from_fn_with_state(state.clone(), auth::audited));
 
     // Routes that need a token but are not instance data (the owner's and developer's APIs).
     let authenticated = Router::new()
         .route("/v1/me", get(accounts::me))
-        .route(
-            "/v1/sessions",
-            axum::routing::delete(accounts::delete_session),
-        )
+        .route("/v1/accounts/me", axum::routing::delete(accounts::delete_account))
+        .route("/v1/accounts/me/password", put(accounts::change_password))
+        .route("/v1/sessions", axum::routing::delete(accounts::delete_session))
         .route("/v1/audit", get(accounts::audit))
         .route("/v1/apps", post(apps::register))
         .route("/v1/grants", get(apps::list_grants))
@@ -97,50 +92,48 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(instance_api)
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
 
+    let operator = Router::new()
+        .route("/v1/admin/instances", get(admin::list_instances))
+        .route("/v1/admin/instances/{id}/tier", put(admin::set_tier))
+        .route_layer(from_fn_with_state(state.clone(), admin::operator_only));
+
     let public = Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/metrics", get(metrics::endpoint))
         .route("/openapi.json", get(openapi::document))
         .route("/v1/accounts", post(accounts::create_account))
         .route("/v1/sessions", post(accounts::create_session))
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(oauth_http::metadata),
-        )
-        .route(
-            "/oauth/authorize",
-            get(oauth_http::authorize_page).post(oauth_http::authorize_decision),
-        )
+        .route("/v1/accounts/recover", post(accounts::recover))
+        .route("/.well-known/oauth-authorization-server", get(oauth_http::metadata))
+        .route("/oauth/authorize", get(oauth_http::authorize_page).post(oauth_http::authorize_decision))
         .route("/oauth/login", post(oauth_http::login))
         .route("/oauth/token", post(oauth_http::token))
         .route("/oauth/revoke", post(oauth_http::revoke));
 
     public
         .merge(authenticated)
+        .merge(operator)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(from_fn_with_state(state.clone(), metrics::track))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
-            let id = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        })
-        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    let id = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                })
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
         .with_state(state)
 }
 
 async fn security_headers(req: axum::extract::Request, next: Next) -> axum::response::Response {
     let mut resp = next.run(req).await;
-    resp.headers_mut().insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    resp.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     resp
 }
 
@@ -155,23 +148,11 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     let limits = control.config().limits;
     let metrics = Arc::new(metrics::Metrics::new());
-    let (audit, audit_task) = audit::AuditSink::start(
-        control.clone(),
-        metrics.clone(),
-        config.audit_queue,
-        limits.audit_retention,
-    );
-    let issuer = config
-        .public_url
-        .unwrap_or_else(|| format!("http://{addr}"))
-        .trim_end_matches('/')
-        .to_owned();
+    let (audit, audit_task) =
+        audit::AuditSink::start(control.clone(), metrics.clone(), config.audit_queue, limits.audit_retention);
+    let issuer = config.public_url.unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_owned();
     let state = Arc::new(AppState {
-        rate: ratelimit::RateLimits::new(
-            limits.rate_per_token,
-            limits.rate_burst,
-            limits.rate_per_ip,
-        ),
+        rate: ratelimit::RateLimits::new(&limits),
         secure_cookies: issuer.starts_with("https://"),
         control,
         clock,
@@ -183,17 +164,9 @@ pub async fn serve(
     spawn_sweeper(state.clone(), shutdown.clone());
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop = shutdown.clone();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
-    Ok(Running {
-        addr,
-        state,
-        task,
-        audit_task,
-    })
+    let task =
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
+    Ok(Running { addr, state, task, audit_task })
 }
 
 /// Periodic housekeeping: expired tokens and idle rate-limit buckets leave memory.

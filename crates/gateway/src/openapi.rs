@@ -1,16 +1,19 @@
 //! The OpenAPI document, generated from the handlers' annotations and served at `/openapi.json`.
 
-use crate::routes::{accounts, apps, storage};
+use crate::routes::{accounts, admin, apps, portability, storage};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "selfcloud", description = "A private cloud instance per user: accounts, scoped app access (OAuth 2.1 + PKCE), storage and audit. OAuth endpoints are described by /.well-known/oauth-authorization-server."),
+    info(title = "selfcloud", description = "A private cloud instance per user: accounts, scoped app access (OAuth 2.1 + PKCE), storage, audit, export and import. OAuth endpoints are described by /.well-known/oauth-authorization-server."),
     paths(
         accounts::create_account, accounts::create_session, accounts::delete_session, accounts::me, accounts::audit,
+        accounts::change_password, accounts::recover, accounts::delete_account,
+        portability::export, portability::import,
         apps::register, apps::list_grants, apps::revoke_grant,
         storage::put, storage::get, storage::delete, storage::list,
+        admin::list_instances, admin::set_tier,
     ),
     modifiers(&BearerAuth)
 )]

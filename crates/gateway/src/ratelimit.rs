@@ -2,12 +2,14 @@
 
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
+use selfcloud_core::config::{Limits, Tier};
 use selfcloud_core::Error;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 
 pub struct RateLimits {
-    per_token: DefaultKeyedRateLimiter<[u8; 32]>,
+    /// One keyed limiter per tier, in `Tier::ALL` order.
+    per_token: Vec<DefaultKeyedRateLimiter<[u8; 32]>>,
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
 }
@@ -19,16 +21,25 @@ fn quota(per_second: u32, burst: u32) -> Quota {
 }
 
 impl RateLimits {
-    pub fn new(per_token: u32, burst: u32, per_ip: u32) -> Self {
+    pub fn new(limits: &Limits) -> Self {
+        let per_token = Tier::ALL
+            .iter()
+            .map(|t| {
+                let l = limits.tier(*t);
+                DefaultKeyedRateLimiter::keyed(quota(l.rate_per_token, l.rate_burst))
+            })
+            .collect();
         RateLimits {
-            per_token: DefaultKeyedRateLimiter::keyed(quota(per_token, burst)),
-            per_ip: DefaultKeyedRateLimiter::keyed(quota(per_ip, per_ip.saturating_mul(2))),
+            per_token,
+            per_ip: DefaultKeyedRateLimiter::keyed(quota(limits.rate_per_ip, limits.rate_per_ip.saturating_mul(2))),
             clock: DefaultClock::default(),
         }
     }
 
-    pub fn check_token(&self, token_hash: &[u8; 32]) -> Result<(), Error> {
-        self.per_token
+    /// One request of a token on an instance of `tier`.
+    pub fn check_token(&self, token_hash: &[u8; 32], tier: Tier) -> Result<(), Error> {
+        let index = Tier::ALL.iter().position(|t| *t == tier).expect("every tier is in Tier::ALL");
+        self.per_token[index]
             .check_key(token_hash)
             .map_err(|not_until| Error::rate_limited(not_until.wait_time_from(self.clock.now())))
     }
@@ -36,14 +47,12 @@ impl RateLimits {
     /// For requests that carry no token yet (sign-up, log-in, token exchange): slows password
     /// guessing and sign-up floods from one address.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), Error> {
-        self.per_ip
-            .check_key(&ip)
-            .map_err(|not_until| Error::rate_limited(not_until.wait_time_from(self.clock.now())))
+        self.per_ip.check_key(&ip).map_err(|not_until| Error::rate_limited(not_until.wait_time_from(self.clock.now())))
     }
 
     /// Forgets keys whose buckets are full again, so memory follows active clients only.
     pub fn sweep(&self) {
-        self.per_token.retain_recent();
+        self.per_token.iter().for_each(|l| l.retain_recent());
         self.per_ip.retain_recent();
     }
 }

@@ -12,8 +12,7 @@ async fn sign_up_provisions_the_instance_before_answering() {
     let body = s.sign_up("ada").await;
     assert_eq!(body["username"], "ada");
     assert_eq!(body["instance"]["state"], "ready");
-    let instance: selfcloud_core::InstanceId =
-        body["instance"]["id"].as_str().unwrap().parse().unwrap();
+    let instance: selfcloud_core::InstanceId = body["instance"]["id"].as_str().unwrap().parse().unwrap();
     let user_id = body["user_id"].as_str().unwrap();
     assert!(user_id.starts_with("usr_"));
 
@@ -21,13 +20,8 @@ async fn sign_up_provisions_the_instance_before_answering() {
     let dir = selfcloud_control::instance_dir(s.home.path(), instance);
     assert!(dir.starts_with(s.home.path().join("instances").join(instance.shard())));
     assert!(dir.join("store.db").is_file() && dir.join("keys.json").is_file());
-    let keys: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("keys.json")).unwrap()).unwrap();
-    assert!(
-        keys["sealed"].is_string()
-            && keys["password_wrapped"].is_string()
-            && keys["kdf"]["m_cost"].is_number()
-    );
+    let keys: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("keys.json")).unwrap()).unwrap();
+    assert!(keys["sealed"].is_string() && keys["password_wrapped"].is_string() && keys["kdf"]["m_cost"].is_number());
     assert_ne!(keys["sealed"], keys["password_wrapped"]);
     // The password itself is nowhere on disk.
     for file in [s.home.path().join("control.db"), dir.join("keys.json")] {
@@ -39,10 +33,7 @@ async fn sign_up_provisions_the_instance_before_answering() {
     let (st, _, me) = s.call(Method::GET, "/v1/me", Some(&t), None).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(me["user_id"], user_id);
-    assert_eq!(
-        me["instance"],
-        json!({"id": instance.to_string(), "state": "ready"})
-    );
+    assert_eq!(me["instance"], json!({"id": instance.to_string(), "state": "ready"}));
     assert_eq!(me["tier"], "free");
     assert_eq!(me["storage"]["records"], 0);
 
@@ -57,17 +48,9 @@ async fn sign_up_and_log_in_refuse_bad_input_clearly() {
     let s = Server::start().await;
     s.sign_up("ada").await;
     let (st, _, err) = s
-        .call(
-            Method::POST,
-            "/v1/accounts",
-            None,
-            Some(json!({"username": "ada", "password": "another password"})),
-        )
+        .call(Method::POST, "/v1/accounts", None, Some(json!({"username": "ada", "password": "another password"})))
         .await;
-    assert_eq!(
-        (st, Server::error_code(&err)),
-        (StatusCode::CONFLICT, "conflict")
-    );
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::CONFLICT, "conflict"));
     for body in [
         json!({"username": "a", "password": "long enough"}),
         json!({"username": "Ada", "password": "long enough"}),
@@ -77,59 +60,24 @@ async fn sign_up_and_log_in_refuse_bad_input_clearly() {
         json!({"username": "ada2", "password": "long enough", "admin": true}),
         json!(["ada2", "long enough"]),
     ] {
-        let (st, _, err) = s
-            .call(Method::POST, "/v1/accounts", None, Some(body.clone()))
-            .await;
-        assert_eq!(
-            (st, Server::error_code(&err)),
-            (StatusCode::BAD_REQUEST, "invalid_request"),
-            "{body}"
-        );
+        let (st, _, err) = s.call(Method::POST, "/v1/accounts", None, Some(body.clone())).await;
+        assert_eq!((st, Server::error_code(&err)), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");
     }
-    let resp = s
-        .http
-        .post(s.url("/v1/accounts"))
-        .header("content-type", "application/json")
-        .body("{")
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        s.http.post(s.url("/v1/accounts")).header("content-type", "application/json").body("{").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
-    let resp = s
-        .http
-        .post(s.url("/v1/accounts"))
-        .body("username=ada")
-        .send()
-        .await
-        .unwrap();
+    let resp = s.http.post(s.url("/v1/accounts")).body("username=ada").send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(
-        s.control.instances_provisioned(),
-        1,
-        "no refused sign-up left an instance"
-    );
+    assert_eq!(s.control.instances_provisioned(), 1, "no refused sign-up left an instance");
 
     // Wrong password and unknown user answer alike.
     let (st1, _, e1) = s
-        .call(
-            Method::POST,
-            "/v1/sessions",
-            None,
-            Some(json!({"username": "ada", "password": "wrong password"})),
-        )
+        .call(Method::POST, "/v1/sessions", None, Some(json!({"username": "ada", "password": "wrong password"})))
         .await;
     let (st2, _, e2) = s
-        .call(
-            Method::POST,
-            "/v1/sessions",
-            None,
-            Some(json!({"username": "nobody", "password": "wrong password"})),
-        )
+        .call(Method::POST, "/v1/sessions", None, Some(json!({"username": "nobody", "password": "wrong password"})))
         .await;
-    assert_eq!(
-        (st1, st2),
-        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
-    );
+    assert_eq!((st1, st2), (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED));
     assert_eq!(e1, e2);
 }
 
@@ -146,18 +94,10 @@ async fn log_in_sets_an_http_only_session_cookie() {
         .unwrap();
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(
-        cookie.starts_with("selfcloud_session=scs_")
-            && cookie.contains("HttpOnly")
-            && cookie.contains("SameSite=Lax"),
+        cookie.starts_with("selfcloud_session=scs_") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
         "{cookie}"
     );
     let session = cookie.split(';').next().unwrap().to_owned();
-    let me = s
-        .http
-        .get(s.url("/v1/me"))
-        .header("cookie", session)
-        .send()
-        .await
-        .unwrap();
+    let me = s.http.get(s.url("/v1/me")).header("cookie", session).send().await.unwrap();
     assert_eq!(me.status(), StatusCode::OK);
 }

@@ -11,104 +11,41 @@ use serde_json::{json, Value};
 async fn an_app_gets_consent_and_scoped_access_with_the_sdk() {
     let s = Server::start().await;
     let dev = s.user("developer").await;
-    let client_id = s
-        .register_app(
-            &dev,
-            &["storage:read:notes*", "storage:write:notes", "profile:read"],
-        )
-        .await;
+    let client_id = s.register_app(&dev, &["storage:read:notes*", "storage:write:notes", "profile:read"]).await;
     let ada = s.user("ada").await;
-    s.call(
-        Method::PUT,
-        "/v1/storage/private/diary",
-        Some(&ada),
-        Some(json!("not for apps")),
-    )
-    .await;
+    s.call(Method::PUT, "/v1/storage/private/diary", Some(&ada), Some(json!("not for apps"))).await;
 
     // The consent page names the app and each scope in plain words, and cannot be framed.
     let config = s.app_config(&client_id);
     let req = AuthorizationRequest::new(&config, &["storage:read:notes*", "storage:write:notes"]);
-    let page = s
-        .http
-        .get(req.url())
-        .bearer_auth(&ada)
-        .send()
-        .await
-        .unwrap();
+    let page = s.http.get(req.url()).bearer_auth(&ada).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     assert_eq!(page.headers()["x-frame-options"], "DENY");
-    assert!(page.headers()["content-security-policy"]
-        .to_str()
-        .unwrap()
-        .contains("frame-ancestors 'none'"));
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
     let html = page.text().await.unwrap();
     assert!(html.contains("Notes Deluxe"), "{html}");
-    assert!(
-        html.contains("Read your records in every collection whose name starts with"),
-        "{html}"
-    );
-    assert!(
-        html.contains("Create, change and delete your \u{201c}notes\u{201d} records"),
-        "{html}"
-    );
+    assert!(html.contains("Read your records in every collection whose name starts with"), "{html}");
+    assert!(html.contains("Create, change and delete your \u{201c}notes\u{201d} records"), "{html}");
 
     // The user allows; the app exchanges the code and works within its scopes only.
     let resp = s.decide(&ada, &req, "allow").await;
     assert_eq!(resp.status(), StatusCode::FOUND);
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    assert!(
-        location.starts_with(REDIRECT) && location.contains("iss="),
-        "{location}"
-    );
+    assert!(location.starts_with(REDIRECT) && location.contains("iss="), "{location}");
     let code = req.finish(&location).unwrap();
     let app = Client::new(config.clone());
     let tokens = app.exchange_code(&req, &code).await.unwrap();
     assert_eq!(tokens.scope, "storage:read:notes* storage:write:notes");
-    let rev = app
-        .storage()
-        .put("notes", "n1", &json!({"t": "from the app"}))
-        .await
-        .unwrap();
+    let rev = app.storage().put("notes", "n1", &json!({"t": "from the app"})).await.unwrap();
     let rec = app.storage().get("notes", "n1").await.unwrap().unwrap();
     assert_eq!((rec.rev, rec.value), (rev, json!({"t": "from the app"})));
-    assert_eq!(
-        app.storage()
-            .list("notes", None, None, None)
-            .await
-            .unwrap()
-            .records
-            .len(),
-        1
-    );
+    assert_eq!(app.storage().list("notes", None, None, None).await.unwrap().records.len(), 1);
     // Outside the grant: another collection, writing where only reading was granted, profile.
-    assert_eq!(
-        app.storage()
-            .get("private", "diary")
-            .await
-            .unwrap_err()
-            .status(),
-        Some(403)
-    );
-    assert_eq!(
-        app.storage()
-            .put("notes.work", "x", &json!(1))
-            .await
-            .unwrap_err()
-            .status(),
-        Some(403)
-    );
-    assert_eq!(
-        app.get_json("/v1/me").await.unwrap_err().status(),
-        Some(403)
-    );
+    assert_eq!(app.storage().get("private", "diary").await.unwrap_err().status(), Some(403));
+    assert_eq!(app.storage().put("notes.work", "x", &json!(1)).await.unwrap_err().status(), Some(403));
+    assert_eq!(app.get_json("/v1/me").await.unwrap_err().status(), Some(403));
     // The owner sees the app's write in their own instance.
-    assert_eq!(
-        s.call(Method::GET, "/v1/storage/notes/n1", Some(&ada), None)
-            .await
-            .2,
-        json!({"t": "from the app"})
-    );
+    assert_eq!(s.call(Method::GET, "/v1/storage/notes/n1", Some(&ada), None).await.2, json!({"t": "from the app"}));
 
     // The user lists the grant, then revokes it: the very next request fails, and so does refresh.
     let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
@@ -116,39 +53,21 @@ async fn an_app_gets_consent_and_scoped_access_with_the_sdk() {
     assert_eq!(grant["app_name"], "Notes Deluxe");
     assert_eq!(grant["client_id"], client_id.as_str());
     let grant_id = grant["id"].as_str().unwrap();
-    let (st, _, _) = s
-        .call(
-            Method::DELETE,
-            &format!("/v1/grants/{grant_id}"),
-            Some(&ada),
-            None,
-        )
-        .await;
+    let (st, _, _) = s.call(Method::DELETE, &format!("/v1/grants/{grant_id}"), Some(&ada), None).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let stale = Client::with_tokens(config.clone(), tokens.clone());
     let err = stale.storage().get("notes", "n1").await.unwrap_err();
-    assert_eq!(
-        (err.status(), err.code()),
-        (Some(401), Some("unauthenticated"))
-    );
-    let refresh_err = Client::with_tokens(config, tokens)
-        .refresh()
-        .await
-        .unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(401), Some("unauthenticated")));
+    let refresh_err = Client::with_tokens(config, tokens).refresh().await.unwrap_err();
     assert_eq!(refresh_err.code(), Some("invalid_grant"));
-    assert_eq!(
-        s.call(Method::GET, "/v1/grants", Some(&ada), None).await.2,
-        json!({"grants": []})
-    );
+    assert_eq!(s.call(Method::GET, "/v1/grants", Some(&ada), None).await.2, json!({"grants": []}));
 }
 
 #[tokio::test]
 async fn the_user_can_untick_scopes_and_deny() {
     let s = Server::start().await;
     let dev = s.user("developer").await;
-    let client_id = s
-        .register_app(&dev, &["storage:read:notes", "storage:write:notes"])
-        .await;
+    let client_id = s.register_app(&dev, &["storage:read:notes", "storage:write:notes"]).await;
     let ada = s.user("ada").await;
     let config = s.app_config(&client_id);
 
@@ -156,50 +75,20 @@ async fn the_user_can_untick_scopes_and_deny() {
     let mut form = req.params();
     form.push(("decision".into(), "allow".into()));
     form.push(("grant_scope".into(), "storage:read:notes".into()));
-    let resp = s
-        .http
-        .post(s.url("/oauth/authorize"))
-        .bearer_auth(&ada)
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    let code = req
-        .finish(resp.headers()["location"].to_str().unwrap())
-        .unwrap();
+    let resp = s.http.post(s.url("/oauth/authorize")).bearer_auth(&ada).form(&form).send().await.unwrap();
+    let code = req.finish(resp.headers()["location"].to_str().unwrap()).unwrap();
     let app = Client::new(config.clone());
-    assert_eq!(
-        app.exchange_code(&req, &code).await.unwrap().scope,
-        "storage:read:notes"
-    );
-    assert_eq!(
-        app.storage()
-            .put("notes", "x", &json!(1))
-            .await
-            .unwrap_err()
-            .status(),
-        Some(403)
-    );
+    assert_eq!(app.exchange_code(&req, &code).await.unwrap().scope, "storage:read:notes");
+    assert_eq!(app.storage().put("notes", "x", &json!(1)).await.unwrap_err().status(), Some(403));
 
     let req = AuthorizationRequest::new(&config, &["storage:read:notes"]);
     let resp = s.decide(&ada, &req, "deny").await;
-    let err = req
-        .finish(resp.headers()["location"].to_str().unwrap())
-        .unwrap_err();
-    assert!(
-        matches!(err, selfcloud_sdk::Error::Denied(ref e) if e == "access_denied"),
-        "{err:?}"
-    );
+    let err = req.finish(resp.headers()["location"].to_str().unwrap()).unwrap_err();
+    assert!(matches!(err, selfcloud_sdk::Error::Denied(ref e) if e == "access_denied"), "{err:?}");
 }
 
 async fn token_form(s: &Server, form: &[(&str, &str)]) -> (StatusCode, Value) {
-    let resp = s
-        .http
-        .post(s.url("/oauth/token"))
-        .form(form)
-        .send()
-        .await
-        .unwrap();
+    let resp = s.http.post(s.url("/oauth/token")).form(form).send().await.unwrap();
     let status = resp.status();
     assert_eq!(resp.headers()["cache-control"], "no-store");
     (status, resp.json().await.unwrap())
@@ -219,122 +108,67 @@ async fn codes_work_once_expire_and_need_the_right_verifier() {
         async move {
             let mut form = req;
             form.push(("decision".into(), "allow".into()));
-            let resp = s
-                .http
-                .post(s.url("/oauth/authorize"))
-                .bearer_auth(&ada)
-                .form(&form)
-                .send()
-                .await
-                .unwrap();
+            let resp = s.http.post(s.url("/oauth/authorize")).bearer_auth(&ada).form(&form).send().await.unwrap();
             let loc = resp.headers()["location"].to_str().unwrap().to_owned();
-            url::Url::parse(&loc)
-                .unwrap()
-                .query_pairs()
-                .find(|(k, _)| k == "code")
-                .unwrap()
-                .1
-                .into_owned()
+            url::Url::parse(&loc).unwrap().query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned()
         }
     };
     let req = AuthorizationRequest::new(&config, &["storage:read:notes"]);
     let verifier = req.code_verifier().to_owned();
-    let exchange =
-        |code: String, verifier: Option<String>, client: String, redirect: &'static str| {
-            let s = &s;
-            async move {
-                let mut form = vec![
-                    ("grant_type", "authorization_code".to_owned()),
-                    ("code", code),
-                    ("client_id", client),
-                    ("redirect_uri", redirect.to_owned()),
-                ];
-                if let Some(v) = verifier {
-                    form.push(("code_verifier", v));
-                }
-                let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                token_form(s, &form).await
+    let exchange = |code: String, verifier: Option<String>, client: String, redirect: &'static str| {
+        let s = &s;
+        async move {
+            let mut form = vec![
+                ("grant_type", "authorization_code".to_owned()),
+                ("code", code),
+                ("client_id", client),
+                ("redirect_uri", redirect.to_owned()),
+            ];
+            if let Some(v) = verifier {
+                form.push(("code_verifier", v));
             }
-        };
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            token_form(s, &form).await
+        }
+    };
 
     // PKCE downgrade: no verifier at all is refused, as is a wrong one.
     let code = new_code(&req).await;
     let (st, body) = exchange(code.clone(), None, client_id.clone(), REDIRECT).await;
-    assert_eq!(
-        (st, body["error"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_request"))
-    );
+    assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
     // The failed attempt spent the code: it never works again, even with the right verifier.
     let (_, body) = exchange(code, Some(verifier.clone()), client_id.clone(), REDIRECT).await;
     assert_eq!(body["error"], "invalid_grant");
 
     let code = new_code(&req).await;
     let wrong = "x".repeat(43);
-    assert_eq!(
-        exchange(code, Some(wrong), client_id.clone(), REDIRECT)
-            .await
-            .1["error"],
-        "invalid_grant"
-    );
+    assert_eq!(exchange(code, Some(wrong), client_id.clone(), REDIRECT).await.1["error"], "invalid_grant");
     // Another client, another redirect URI: refused.
     let code = new_code(&req).await;
     assert_eq!(
-        exchange(code, Some(verifier.clone()), other_client.clone(), REDIRECT)
-            .await
-            .1["error"],
+        exchange(code, Some(verifier.clone()), other_client.clone(), REDIRECT).await.1["error"],
         "invalid_grant"
     );
     let code = new_code(&req).await;
     assert_eq!(
-        exchange(
-            code,
-            Some(verifier.clone()),
-            client_id.clone(),
-            "http://127.0.0.1:9/other"
-        )
-        .await
-        .1["error"],
+        exchange(code, Some(verifier.clone()), client_id.clone(), "http://127.0.0.1:9/other").await.1["error"],
         "invalid_grant"
     );
     // Expired: codes live 60 s.
     let code = new_code(&req).await;
     s.clock.advance(61);
-    assert_eq!(
-        exchange(code, Some(verifier.clone()), client_id.clone(), REDIRECT)
-            .await
-            .1["error"],
-        "invalid_grant"
-    );
+    assert_eq!(exchange(code, Some(verifier.clone()), client_id.clone(), REDIRECT).await.1["error"], "invalid_grant");
 
     // A good code works once; replaying it revokes what it issued.
     let code = new_code(&req).await;
-    let (st, tokens) = exchange(
-        code.clone(),
-        Some(verifier.clone()),
-        client_id.clone(),
-        REDIRECT,
-    )
-    .await;
+    let (st, tokens) = exchange(code.clone(), Some(verifier.clone()), client_id.clone(), REDIRECT).await;
     assert_eq!(st, StatusCode::OK, "{tokens}");
     assert_eq!(tokens["token_type"], "Bearer");
     let access = tokens["access_token"].as_str().unwrap();
-    assert_eq!(
-        s.call(Method::GET, "/v1/storage/notes", Some(access), None)
-            .await
-            .0,
-        StatusCode::OK
-    );
+    assert_eq!(s.call(Method::GET, "/v1/storage/notes", Some(access), None).await.0, StatusCode::OK);
     let (st, body) = exchange(code, Some(verifier), client_id, REDIRECT).await;
-    assert_eq!(
-        (st, body["error"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
-    );
-    assert_eq!(
-        s.call(Method::GET, "/v1/storage/notes", Some(access), None)
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")));
+    assert_eq!(s.call(Method::GET, "/v1/storage/notes", Some(access), None).await.0, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -347,21 +181,10 @@ async fn refresh_tokens_rotate_and_a_replay_revokes_the_grant() {
     let second = app.refresh().await.unwrap();
     assert_ne!(second.refresh_token, first.refresh_token);
     assert_ne!(second.access_token, first.access_token);
-    assert_eq!(
-        app.storage()
-            .list("notes", None, None, None)
-            .await
-            .unwrap()
-            .records
-            .len(),
-        0
-    );
+    assert_eq!(app.storage().list("notes", None, None, None).await.unwrap().records.len(), 0);
 
     // The old refresh token again: a thief or a bug. Everything of the grant stops working.
-    let replay = Client::with_tokens(config.clone(), first)
-        .refresh()
-        .await
-        .unwrap_err();
+    let replay = Client::with_tokens(config.clone(), first).refresh().await.unwrap_err();
     assert_eq!(replay.code(), Some("invalid_grant"));
     let err = Client::with_tokens(config.clone(), second.clone())
         .storage()
@@ -399,15 +222,9 @@ async fn bad_authorization_requests_never_redirect_to_unregistered_places() {
     let req = AuthorizationRequest::new(&config, &["storage:read:notes"]);
     let with = |name: &str, value: &str| {
         let mut url = req.url();
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .filter(|(k, _)| k != name)
-            .collect();
-        url.query_pairs_mut()
-            .clear()
-            .extend_pairs(pairs)
-            .append_pair(name, value);
+        let pairs: Vec<(String, String)> =
+            url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).filter(|(k, _)| k != name).collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs).append_pair(name, value);
         url
     };
     // Unknown client or unregistered redirect URI (also a prefix or an extended one): an error
@@ -419,13 +236,7 @@ async fn bad_authorization_requests_never_redirect_to_unregistered_places() {
         with("redirect_uri", "http://127.0.0.1:9/callback/../evil"),
         with("redirect_uri", "http://127.0.0.1:9/callbackx"),
     ] {
-        let resp = s
-            .http
-            .get(url.clone())
-            .bearer_auth(&ada)
-            .send()
-            .await
-            .unwrap();
+        let resp = s.http.get(url.clone()).bearer_auth(&ada).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{url}");
         assert!(resp.headers().get("location").is_none());
     }
@@ -437,45 +248,23 @@ async fn bad_authorization_requests_never_redirect_to_unregistered_places() {
         (with("scope", "storage:read:other"), "invalid_scope"),
         (with("scope", "audit"), "invalid_scope"),
     ] {
-        let resp = s
-            .http
-            .get(url.clone())
-            .bearer_auth(&ada)
-            .send()
-            .await
-            .unwrap();
+        let resp = s.http.get(url.clone()).bearer_auth(&ada).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::FOUND, "{url}");
         let loc = resp.headers()["location"].to_str().unwrap();
         assert!(loc.starts_with(REDIRECT), "{loc}");
-        let q: Vec<(String, String)> = url::Url::parse(loc)
-            .unwrap()
-            .query_pairs()
-            .into_owned()
-            .collect();
+        let q: Vec<(String, String)> = url::Url::parse(loc).unwrap().query_pairs().into_owned().collect();
         assert!(q.contains(&("error".into(), error.into())), "{loc}");
         assert!(q.contains(&("state".into(), req.state().into())), "{loc}");
     }
     // Deciding without any session is refused.
     let mut form = req.params();
     form.push(("decision".into(), "allow".into()));
-    let resp = s
-        .http
-        .post(s.url("/oauth/authorize"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let resp = s.http.post(s.url("/oauth/authorize")).form(&form).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // An app token is not a session: it cannot consent on the user's behalf.
     let (_, tokens) = s.app_token(&ada, &["storage:read:notes"]).await;
-    let resp = s
-        .http
-        .post(s.url("/oauth/authorize"))
-        .bearer_auth(&tokens.access_token)
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        s.http.post(s.url("/oauth/authorize")).bearer_auth(&tokens.access_token).form(&form).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -485,116 +274,51 @@ async fn the_browser_flow_logs_in_with_a_cookie_and_checks_csrf() {
     let dev = s.user("developer").await;
     let client_id = s.register_app(&dev, &["storage:read:notes"]).await;
     s.sign_up("ada").await;
-    let browser = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let browser =
+        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let req = AuthorizationRequest::new(&s.app_config(&client_id), &["storage:read:notes"]);
 
     // No session: a log-in form that carries the request along.
-    let html = browser
-        .get(req.url())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        html.contains("action=\"/oauth/login\"") && html.contains(req.code_challenge()),
-        "{html}"
-    );
+    let html = browser.get(req.url()).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("action=\"/oauth/login\"") && html.contains(req.code_challenge()), "{html}");
     let mut login = req.params();
     login.push(("username".into(), "ada".into()));
     login.push(("password".into(), "wrong password".into()));
-    let resp = browser
-        .post(s.url("/oauth/login"))
-        .form(&login)
-        .send()
-        .await
-        .unwrap();
+    let resp = browser.post(s.url("/oauth/login")).form(&login).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     login.pop();
     login.push(("password".into(), "correct horse battery".into()));
-    let resp = browser
-        .post(s.url("/oauth/login"))
-        .form(&login)
-        .send()
-        .await
-        .unwrap();
+    let resp = browser.post(s.url("/oauth/login")).form(&login).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let back = resp.headers()["location"].to_str().unwrap().to_owned();
     assert!(back.starts_with("/oauth/authorize?"), "{back}");
 
     // With the cookie: the consent page, whose form carries a CSRF token.
-    let html = browser
-        .get(s.url(&back))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = html
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
+    let html = browser.get(s.url(&back)).send().await.unwrap().text().await.unwrap();
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
     let mut form = req.params();
     form.push(("decision".into(), "allow".into()));
     // A cross-site form post rides on the cookie but cannot know the token: refused.
-    let resp = browser
-        .post(s.url("/oauth/authorize"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let resp = browser.post(s.url("/oauth/authorize")).form(&form).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     form.push(("csrf".into(), "0".repeat(64)));
     assert_eq!(
-        browser
-            .post(s.url("/oauth/authorize"))
-            .form(&form)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        browser.post(s.url("/oauth/authorize")).form(&form).send().await.unwrap().status(),
         StatusCode::FORBIDDEN
     );
     form.pop();
     form.push(("csrf".into(), csrf));
-    let resp = browser
-        .post(s.url("/oauth/authorize"))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let resp = browser.post(s.url("/oauth/authorize")).form(&form).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::FOUND);
-    let code = req
-        .finish(resp.headers()["location"].to_str().unwrap())
-        .unwrap();
-    Client::new(s.app_config(&client_id))
-        .exchange_code(&req, &code)
-        .await
-        .unwrap();
+    let code = req.finish(resp.headers()["location"].to_str().unwrap()).unwrap();
+    Client::new(s.app_config(&client_id)).exchange_code(&req, &code).await.unwrap();
 }
 
 #[tokio::test]
 async fn revocation_endpoint_and_metadata() {
     let s = Server::start().await;
-    let meta: Value = s
-        .http
-        .get(s.url("/.well-known/oauth-authorization-server"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value =
+        s.http.get(s.url("/.well-known/oauth-authorization-server")).send().await.unwrap().json().await.unwrap();
     assert_eq!(meta["issuer"], s.base.as_str());
     assert_eq!(meta["code_challenge_methods_supported"], json!(["S256"]));
     assert_eq!(meta["token_endpoint"], format!("{}/oauth/token", s.base));
@@ -615,32 +339,16 @@ async fn revocation_endpoint_and_metadata() {
     let resp = s
         .http
         .post(s.url("/oauth/revoke"))
-        .form(&[
-            ("token", access.as_str()),
-            ("client_id", "app_00000000000000000000000000000000"),
-        ])
+        .form(&[("token", access.as_str()), ("client_id", "app_00000000000000000000000000000000")])
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(
-        s.call(Method::GET, "/v1/storage/notes", Some(&access), None)
-            .await
-            .0,
-        StatusCode::OK
-    );
+    assert_eq!(s.call(Method::GET, "/v1/storage/notes", Some(&access), None).await.0, StatusCode::OK);
     let app = Client::with_tokens(s.app_config(&client_id), tokens);
     app.revoke().await.unwrap();
-    assert_eq!(
-        s.call(Method::GET, "/v1/storage/notes", Some(&access), None)
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        s.call(Method::GET, "/v1/grants", Some(&ada), None).await.2,
-        json!({"grants": []})
-    );
+    assert_eq!(s.call(Method::GET, "/v1/storage/notes", Some(&access), None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(s.call(Method::GET, "/v1/grants", Some(&ada), None).await.2, json!({"grants": []}));
 }
 
 #[tokio::test]
@@ -657,20 +365,9 @@ async fn app_registration_validates_its_input() {
         json!({"name": "", "redirect_uris": ["https://a.example/cb"], "scopes": ["llm:chat"]}),
         json!({"name": "x", "redirect_uris": ["https://a.example/cb"]}),
     ] {
-        let (st, _, err) = s
-            .call(Method::POST, "/v1/apps", Some(&dev), Some(body.clone()))
-            .await;
-        assert_eq!(
-            (st, Server::error_code(&err)),
-            (StatusCode::BAD_REQUEST, "invalid_request"),
-            "{body}"
-        );
+        let (st, _, err) = s.call(Method::POST, "/v1/apps", Some(&dev), Some(body.clone())).await;
+        assert_eq!((st, Server::error_code(&err)), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");
     }
     let ok = json!({"name": "x", "redirect_uris": ["https://a.example/cb", "com.example.app:/cb", "http://[::1]:8080/cb"], "scopes": ["llm:chat"]});
-    assert_eq!(
-        s.call(Method::POST, "/v1/apps", Some(&dev), Some(ok))
-            .await
-            .0,
-        StatusCode::CREATED
-    );
+    assert_eq!(s.call(Method::POST, "/v1/apps", Some(&dev), Some(ok)).await.0, StatusCode::CREATED);
 }

@@ -11,21 +11,12 @@ use serde_json::{json, Value};
 async fn records_round_trip_with_revs_and_preconditions() {
     let s = Server::start().await;
     let t = s.user("ada").await;
-    let (st, h, body) = s
-        .call(
-            Method::PUT,
-            "/v1/storage/notes/first",
-            Some(&t),
-            Some(json!({"text": "hi"})),
-        )
-        .await;
+    let (st, h, body) = s.call(Method::PUT, "/v1/storage/notes/first", Some(&t), Some(json!({"text": "hi"}))).await;
     assert_eq!(st, StatusCode::OK);
     let rev1 = body["rev"].as_str().unwrap().to_owned();
     assert_eq!(h["etag"], format!("\"{rev1}\"").as_str());
 
-    let (st, h, body) = s
-        .call(Method::GET, "/v1/storage/notes/first", Some(&t), None)
-        .await;
+    let (st, h, body) = s.call(Method::GET, "/v1/storage/notes/first", Some(&t), None).await;
     assert_eq!((st, body), (StatusCode::OK, json!({"text": "hi"})));
     assert_eq!(h["etag"], format!("\"{rev1}\"").as_str());
     assert_eq!(h["content-type"], "application/json");
@@ -55,12 +46,7 @@ async fn records_round_trip_with_revs_and_preconditions() {
     let (st, body) = put_if(rev1.clone(), json!({"text": "lost update"})).await;
     assert_eq!(st, StatusCode::PRECONDITION_FAILED);
     assert_eq!(Server::error_code(&body), "precondition_failed");
-    assert_eq!(
-        s.call(Method::GET, "/v1/storage/notes/first", Some(&t), None)
-            .await
-            .2,
-        json!({"text": "v2"})
-    );
+    assert_eq!(s.call(Method::GET, "/v1/storage/notes/first", Some(&t), None).await.2, json!({"text": "v2"}));
 
     // Create-only.
     let resp = s
@@ -75,23 +61,11 @@ async fn records_round_trip_with_revs_and_preconditions() {
     assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
 
     // Delete, then 404 on read and on a second delete.
-    let (st, _, _) = s
-        .call(Method::DELETE, "/v1/storage/notes/first", Some(&t), None)
-        .await;
+    let (st, _, _) = s.call(Method::DELETE, "/v1/storage/notes/first", Some(&t), None).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    let (st, _, body) = s
-        .call(Method::GET, "/v1/storage/notes/first", Some(&t), None)
-        .await;
-    assert_eq!(
-        (st, Server::error_code(&body)),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
-    assert_eq!(
-        s.call(Method::DELETE, "/v1/storage/notes/first", Some(&t), None)
-            .await
-            .0,
-        StatusCode::NOT_FOUND
-    );
+    let (st, _, body) = s.call(Method::GET, "/v1/storage/notes/first", Some(&t), None).await;
+    assert_eq!((st, Server::error_code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!(s.call(Method::DELETE, "/v1/storage/notes/first", Some(&t), None).await.0, StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -99,76 +73,28 @@ async fn list_pages_in_key_order_with_prefix() {
     let s = Server::start().await;
     let t = s.user("ada").await;
     for i in [3, 1, 4, 0, 2] {
-        s.call(
-            Method::PUT,
-            &format!("/v1/storage/log/day-{i}"),
-            Some(&t),
-            Some(json!({"i": i})),
-        )
-        .await;
+        s.call(Method::PUT, &format!("/v1/storage/log/day-{i}"), Some(&t), Some(json!({"i": i}))).await;
     }
-    s.call(
-        Method::PUT,
-        "/v1/storage/log/other",
-        Some(&t),
-        Some(json!(null)),
-    )
-    .await;
-    let (st, _, page) = s
-        .call(
-            Method::GET,
-            "/v1/storage/log?prefix=day-&limit=2",
-            Some(&t),
-            None,
-        )
-        .await;
+    s.call(Method::PUT, "/v1/storage/log/other", Some(&t), Some(json!(null))).await;
+    let (st, _, page) = s.call(Method::GET, "/v1/storage/log?prefix=day-&limit=2", Some(&t), None).await;
     assert_eq!(st, StatusCode::OK);
     let keys = |p: &Value| {
-        p["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["key"].as_str().unwrap().to_owned())
-            .collect::<Vec<_>>()
+        p["records"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
     };
     assert_eq!(keys(&page), ["day-0", "day-1"]);
     assert_eq!(page["records"][1]["value"], json!({"i": 1}));
     let mut all = keys(&page);
     let mut cursor = page["cursor"].as_str().map(str::to_owned);
     while let Some(c) = cursor {
-        let (_, _, next) = s
-            .call(
-                Method::GET,
-                &format!("/v1/storage/log?prefix=day-&limit=2&cursor={c}"),
-                Some(&t),
-                None,
-            )
-            .await;
+        let (_, _, next) =
+            s.call(Method::GET, &format!("/v1/storage/log?prefix=day-&limit=2&cursor={c}"), Some(&t), None).await;
         all.extend(keys(&next));
         cursor = next["cursor"].as_str().map(str::to_owned);
     }
     assert_eq!(all, ["day-0", "day-1", "day-2", "day-3", "day-4"]);
-    for bad in [
-        "limit=0",
-        "limit=100000",
-        "limit=x",
-        "cursor=%%%",
-        "prefix=a%2Fb",
-        "bogus=1",
-    ] {
-        let (st, _, body) = s
-            .call(
-                Method::GET,
-                &format!("/v1/storage/log?{bad}"),
-                Some(&t),
-                None,
-            )
-            .await;
-        assert_eq!(
-            (st, Server::error_code(&body)),
-            (StatusCode::BAD_REQUEST, "invalid_request"),
-            "{bad}"
-        );
+    for bad in ["limit=0", "limit=100000", "limit=x", "cursor=%%%", "prefix=a%2Fb", "bogus=1"] {
+        let (st, _, body) = s.call(Method::GET, &format!("/v1/storage/log?{bad}"), Some(&t), None).await;
+        assert_eq!((st, Server::error_code(&body)), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}");
     }
 }
 
@@ -193,27 +119,10 @@ async fn bad_names_bodies_and_sizes_are_refused_and_write_nothing() {
         assert!(body.contains("\"invalid_request\""), "{path}: {body}");
     }
     let long_key = "k".repeat(513);
-    let (st, _, body) = s
-        .call(
-            Method::PUT,
-            &format!("/v1/storage/notes/{long_key}"),
-            Some(&t),
-            Some(json!(1)),
-        )
-        .await;
-    assert_eq!(
-        (st, Server::error_code(&body)),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
+    let (st, _, body) = s.call(Method::PUT, &format!("/v1/storage/notes/{long_key}"), Some(&t), Some(json!(1))).await;
+    assert_eq!((st, Server::error_code(&body)), (StatusCode::BAD_REQUEST, "invalid_request"));
     let long_collection = "c".repeat(65);
-    let (st, _, _) = s
-        .call(
-            Method::PUT,
-            &format!("/v1/storage/{long_collection}/k"),
-            Some(&t),
-            Some(json!(1)),
-        )
-        .await;
+    let (st, _, _) = s.call(Method::PUT, &format!("/v1/storage/{long_collection}/k"), Some(&t), Some(json!(1))).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     // A dot-segment path that normalises elsewhere matches no route here.
     let (status, body) = raw_request(&s.base, "/v1/storage/notes/../../v1/me", "GET", &t).await;
@@ -221,12 +130,7 @@ async fn bad_names_bodies_and_sizes_are_refused_and_write_nothing() {
 
     // Not JSON, not declared as JSON, too large.
     let send = |body: Vec<u8>, ctype: &'static str| {
-        let req = s
-            .http
-            .put(s.url("/v1/storage/notes/k"))
-            .bearer_auth(&t)
-            .header("content-type", ctype)
-            .body(body);
+        let req = s.http.put(s.url("/v1/storage/notes/k")).bearer_auth(&t).header("content-type", ctype).body(body);
         async move {
             let resp = req.send().await.unwrap();
             let status = resp.status();
@@ -234,27 +138,15 @@ async fn bad_names_bodies_and_sizes_are_refused_and_write_nothing() {
         }
     };
     let (st, body) = send(b"{not json".to_vec(), "application/json").await;
-    assert_eq!(
-        (st, Server::error_code(&body)),
-        (StatusCode::BAD_REQUEST, "invalid_request")
-    );
+    assert_eq!((st, Server::error_code(&body)), (StatusCode::BAD_REQUEST, "invalid_request"));
     let (st, body) = send(b"\"text\"".to_vec(), "text/plain").await;
-    assert_eq!(
-        (st, Server::error_code(&body)),
-        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-    );
+    assert_eq!((st, Server::error_code(&body)), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
     let big = serde_json::to_vec(&json!({"x": "y".repeat(2000)})).unwrap();
     let (st, body) = send(big, "application/json").await;
-    assert_eq!(
-        (st, Server::error_code(&body)),
-        (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
-    );
+    assert_eq!((st, Server::error_code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
     let huge = serde_json::to_vec(&json!({"x": "y".repeat(200_000)})).unwrap();
     let (st, body) = send(huge, "application/json").await;
-    assert_eq!(
-        (st, Server::error_code(&body)),
-        (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
-    );
+    assert_eq!((st, Server::error_code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
     let bad_if_match = s
         .http
         .put(s.url("/v1/storage/notes/k"))
@@ -269,9 +161,7 @@ async fn bad_names_bodies_and_sizes_are_refused_and_write_nothing() {
     // Nothing above was written.
     let (_, _, me) = s.call(Method::GET, "/v1/me", Some(&t), None).await;
     assert_eq!(me["storage"]["records"], 0, "{me}");
-    let (_, _, page) = s
-        .call(Method::GET, "/v1/storage/notes", Some(&t), None)
-        .await;
+    let (_, _, page) = s.call(Method::GET, "/v1/storage/notes", Some(&t), None).await;
     assert_eq!(page["records"], json!([]));
 }
 
@@ -279,38 +169,13 @@ async fn bad_names_bodies_and_sizes_are_refused_and_write_nothing() {
 async fn quota_answers_507_and_writes_nothing() {
     let s = Server::start_with(|c| c.limits.quota_bytes = 200).await;
     let t = s.user("ada").await;
-    let (st, _, _) = s
-        .call(
-            Method::PUT,
-            "/v1/storage/n/a",
-            Some(&t),
-            Some(json!("x".repeat(100))),
-        )
-        .await;
+    let (st, _, _) = s.call(Method::PUT, "/v1/storage/n/a", Some(&t), Some(json!("x".repeat(100)))).await;
     assert_eq!(st, StatusCode::OK);
-    let (st, _, body) = s
-        .call(
-            Method::PUT,
-            "/v1/storage/n/b",
-            Some(&t),
-            Some(json!("x".repeat(100))),
-        )
-        .await;
-    assert_eq!(
-        (st, Server::error_code(&body)),
-        (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded")
-    );
-    assert_eq!(
-        s.call(Method::GET, "/v1/storage/n/b", Some(&t), None)
-            .await
-            .0,
-        StatusCode::NOT_FOUND
-    );
+    let (st, _, body) = s.call(Method::PUT, "/v1/storage/n/b", Some(&t), Some(json!("x".repeat(100)))).await;
+    assert_eq!((st, Server::error_code(&body)), (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"));
+    assert_eq!(s.call(Method::GET, "/v1/storage/n/b", Some(&t), None).await.0, StatusCode::NOT_FOUND);
     let (_, _, me) = s.call(Method::GET, "/v1/me", Some(&t), None).await;
-    assert_eq!(
-        me["storage"],
-        json!({"records": 1, "bytes": 103, "quota_bytes": 200})
-    );
+    assert_eq!(me["storage"], json!({"records": 1, "bytes": 103, "quota_bytes": 200}));
 }
 
 #[tokio::test]
@@ -318,16 +183,9 @@ async fn values_never_reach_disk_in_clear_text() {
     let s = Server::start().await;
     let t = s.user("ada").await;
     let secret = "my-diary-entry-7c1f9e-should-be-sealed";
-    s.call(
-        Method::PUT,
-        "/v1/storage/diary/today",
-        Some(&t),
-        Some(json!({"entry": secret})),
-    )
-    .await;
+    s.call(Method::PUT, "/v1/storage/diary/today", Some(&t), Some(json!({"entry": secret}))).await;
     // An audited path is also sensitive: the log is sealed too.
-    s.call(Method::GET, "/v1/storage/diary/today", Some(&t), None)
-        .await;
+    s.call(Method::GET, "/v1/storage/diary/today", Some(&t), None).await;
     s.call(Method::GET, "/v1/audit", Some(&t), None).await;
     let home_dir = s.stop().await;
     let home = home_dir.path().to_owned();
@@ -346,16 +204,9 @@ async fn values_never_reach_disk_in_clear_text() {
                     "plaintext in {}",
                     path.display()
                 );
-                assert!(
-                    !bytes.windows(13).any(|w| w == b"diary/today\"}"),
-                    "{}",
-                    path.display()
-                );
+                assert!(!bytes.windows(13).any(|w| w == b"diary/today\"}"), "{}", path.display());
             }
         }
     }
-    assert!(
-        files >= 4,
-        "registry, node key, key file and store were written"
-    );
+    assert!(files >= 4, "registry, node key, key file and store were written");
 }

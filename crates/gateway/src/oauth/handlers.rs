@@ -5,8 +5,7 @@
 //! because that is what every OAuth client library parses; everything else uses the contract's.
 
 use super::{
-    check_authorize, csrf_token, pages, redirect_with, verify_pkce, AuthorizeError,
-    AuthorizeParams, ValidAuthorize,
+    check_authorize, csrf_token, pages, redirect_with, verify_pkce, AuthorizeError, AuthorizeParams, ValidAuthorize,
 };
 use crate::auth::{credential, resolve, Caller, Via};
 use crate::error::ApiError;
@@ -37,10 +36,7 @@ fn params_as_pairs(p: &AuthorizeParams) -> Vec<(&'static str, String)> {
         ("code_challenge", &p.code_challenge),
         ("code_challenge_method", &p.code_challenge_method),
     ];
-    fields
-        .into_iter()
-        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
-        .collect()
+    fields.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k, v))).collect()
 }
 
 fn borrowed<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
@@ -50,26 +46,13 @@ fn borrowed<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> 
 /// Validates the request against the registered app; refusals become a page or a redirect.
 async fn validate(s: &AppState, p: &AuthorizeParams) -> Result<ValidAuthorize, Response> {
     let app = match p.client_id.as_deref().and_then(|c| c.parse::<AppId>().ok()) {
-        Some(id) => s
-            .control
-            .app(id)
-            .await
-            .map_err(|e| ApiError(e).into_response())?,
+        Some(id) => s.control.app(id).await.map_err(|e| ApiError(e).into_response())?,
         None => None,
     };
     check_authorize(p, app).map_err(|e| match e {
         AuthorizeError::Show(e) => pages::error(&e.message),
-        AuthorizeError::Redirect {
-            redirect_uri,
-            error,
-            description,
-            state,
-        } => {
-            let mut q = vec![
-                ("error", error),
-                ("error_description", description.as_str()),
-                ("iss", s.issuer.as_str()),
-            ];
+        AuthorizeError::Redirect { redirect_uri, error, description, state } => {
+            let mut q = vec![("error", error), ("error_description", description.as_str()), ("iss", s.issuer.as_str())];
             if let Some(state) = state.as_deref() {
                 q.push(("state", state));
             }
@@ -102,12 +85,7 @@ pub async fn authorize_page(
         Ok(p) => p.username,
         Err(e) => return ApiError(e).into_response(),
     };
-    pages::consent(
-        &req,
-        &username,
-        &borrowed(&pairs),
-        &csrf_token(&caller.token_hash),
-    )
+    pages::consent(&req, &username, &borrowed(&pairs), &csrf_token(&caller.token_hash))
 }
 
 /// `POST /oauth/authorize`: the user's decision. Repeated `grant_scope` fields (the ticked boxes)
@@ -117,12 +95,7 @@ pub async fn authorize_decision(
     headers: HeaderMap,
     Form(fields): Form<Vec<(String, String)>>,
 ) -> Response {
-    let field = |name: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
+    let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let p = AuthorizeParams {
         response_type: field("response_type"),
         client_id: field("client_id"),
@@ -137,18 +110,10 @@ pub async fn authorize_decision(
         Err(resp) => return resp,
     };
     let Some(caller) = session(&s, &headers) else {
-        return ApiError(selfcloud_core::Error::unauthenticated(
-            "log in to decide on this request",
-        ))
-        .into_response();
+        return ApiError(selfcloud_core::Error::unauthenticated("log in to decide on this request")).into_response();
     };
-    if caller.via == Via::Cookie
-        && field("csrf").as_deref() != Some(csrf_token(&caller.token_hash).as_str())
-    {
-        return ApiError(selfcloud_core::Error::forbidden(
-            "the form's CSRF token is missing or wrong",
-        ))
-        .into_response();
+    if caller.via == Via::Cookie && field("csrf").as_deref() != Some(csrf_token(&caller.token_hash).as_str()) {
+        return ApiError(selfcloud_core::Error::forbidden("the form's CSRF token is missing or wrong")).into_response();
     }
     let mut answer = vec![("iss", s.issuer.clone())];
     if let Some(state) = &req.state {
@@ -161,18 +126,9 @@ pub async fn authorize_decision(
             answer.push(("error", "access_denied".into()));
             return found(&redirect_with(&req.redirect_uri, &borrowed(&answer)));
         }
-        _ => {
-            return ApiError(selfcloud_core::Error::invalid(
-                "decision must be allow or deny",
-            ))
-            .into_response()
-        }
+        _ => return ApiError(selfcloud_core::Error::invalid("decision must be allow or deny")).into_response(),
     }
-    let ticked: Vec<&str> = fields
-        .iter()
-        .filter(|(k, _)| k == "grant_scope")
-        .map(|(_, v)| v.as_str())
-        .collect();
+    let ticked: Vec<&str> = fields.iter().filter(|(k, _)| k == "grant_scope").map(|(_, v)| v.as_str()).collect();
     let scopes = if ticked.is_empty() {
         req.scopes.clone()
     } else {
@@ -227,9 +183,7 @@ pub async fn login(
     let pairs = params_as_pairs(&form.request);
     let user = match s.control.log_in(&form.username, &form.password).await {
         Ok(u) => u,
-        Err(e) if e.code == selfcloud_core::ErrorCode::Unauthenticated => {
-            return pages::login(&borrowed(&pairs), true)
-        }
+        Err(e) if e.code == selfcloud_core::ErrorCode::Unauthenticated => return pages::login(&borrowed(&pairs), true),
         Err(e) => return ApiError(e).into_response(),
     };
     let (token, expires) = match s.control.create_session(&user, s.clock.now()).await {
@@ -238,12 +192,8 @@ pub async fn login(
     };
     // Back to our own authorize endpoint only: the target is built here, never taken from input.
     let query = serde_urlencoded::to_string(&form.request).unwrap_or_default();
-    let cookie = session_cookie(&s, &token, expires.saturating_sub(s.clock.now()));
-    (
-        [(header::SET_COOKIE, cookie)],
-        Redirect::to(&format!("/oauth/authorize?{query}")),
-    )
-        .into_response()
+    let cookie = session_cookie(&s, &token, expires);
+    ([(header::SET_COOKIE, cookie)], Redirect::to(&format!("/oauth/authorize?{query}"))).into_response()
 }
 
 /// An error of the token and revoke endpoints, in RFC 6749's shape.
@@ -255,11 +205,7 @@ struct OAuthError {
 
 impl OAuthError {
     fn new(error: &'static str, description: impl Into<String>) -> Self {
-        OAuthError {
-            status: StatusCode::BAD_REQUEST,
-            error,
-            description: description.into(),
-        }
+        OAuthError { status: StatusCode::BAD_REQUEST, error, description: description.into() }
     }
     fn grant(description: impl Into<String>) -> Self {
         Self::new("invalid_grant", description)
@@ -269,12 +215,7 @@ impl OAuthError {
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": self.error, "error_description": self.description});
-        (
-            self.status,
-            [(header::CACHE_CONTROL, "no-store")],
-            Json(body),
-        )
-            .into_response()
+        (self.status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
     }
 }
 
@@ -284,16 +225,8 @@ impl From<selfcloud_core::Error> for OAuthError {
             tracing::error!(detail = %d, "token endpoint failed");
         }
         let status = e.status();
-        let error = if status.is_server_error() {
-            "server_error"
-        } else {
-            "invalid_request"
-        };
-        OAuthError {
-            status,
-            error,
-            description: e.message,
-        }
+        let error = if status.is_server_error() { "server_error" } else { "invalid_request" };
+        OAuthError { status, error, description: e.message }
     }
 }
 
@@ -326,44 +259,24 @@ pub async fn token(
         match f.grant_type.as_deref() {
             Some("authorization_code") => exchange_code(&s, client_id, &f).await,
             Some("refresh_token") => refresh(&s, client_id, &f).await,
-            Some(_) => Err(OAuthError::new(
-                "unsupported_grant_type",
-                "use authorization_code or refresh_token",
-            )),
+            Some(_) => Err(OAuthError::new("unsupported_grant_type", "use authorization_code or refresh_token")),
             None => Err(OAuthError::new("invalid_request", "grant_type is required")),
         }
     }
     .await;
     match result {
-        Ok(body) => (
-            [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-            Json(body),
-        )
-            .into_response(),
+        Ok(body) => ([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(body)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn exchange_code(
-    s: &AppState,
-    client_id: AppId,
-    f: &TokenForm,
-) -> Result<serde_json::Value, OAuthError> {
+async fn exchange_code(s: &AppState, client_id: AppId, f: &TokenForm) -> Result<serde_json::Value, OAuthError> {
     let now = s.clock.now();
-    let code = f
-        .code
-        .as_deref()
-        .ok_or_else(|| OAuthError::new("invalid_request", "code is required"))?;
-    let grant = s
-        .control
-        .redeem_code(code)
-        .await?
-        .ok_or_else(|| OAuthError::grant("unknown code"))?;
+    let code = f.code.as_deref().ok_or_else(|| OAuthError::new("invalid_request", "code is required"))?;
+    let grant = s.control.redeem_code(code).await?.ok_or_else(|| OAuthError::grant("unknown code"))?;
     if grant.replayed {
         // A code used twice may have been stolen: everything issued from it is revoked (RFC 6749 4.1.2).
-        s.control
-            .revoke_grant_for_replay(grant.user_id, grant.grant_id, now)
-            .await?;
+        s.control.revoke_grant_for_replay(grant.user_id, grant.grant_id, now).await?;
         return Err(OAuthError::grant("code already used; the grant is revoked"));
     }
     if grant.expires_at <= now {
@@ -373,25 +286,15 @@ async fn exchange_code(
         return Err(OAuthError::grant("code was issued to another client"));
     }
     if f.redirect_uri.as_deref() != Some(grant.redirect_uri.as_str()) {
-        return Err(OAuthError::grant(
-            "redirect_uri does not match the authorization request",
-        ));
+        return Err(OAuthError::grant("redirect_uri does not match the authorization request"));
     }
     // No verifier is never accepted: a code issued with a challenge cannot be downgraded.
-    let verifier = f
-        .code_verifier
-        .as_deref()
-        .ok_or_else(|| OAuthError::new("invalid_request", "code_verifier is required"))?;
+    let verifier =
+        f.code_verifier.as_deref().ok_or_else(|| OAuthError::new("invalid_request", "code_verifier is required"))?;
     if !verify_pkce(verifier, &grant.code_challenge) {
-        return Err(OAuthError::grant(
-            "code_verifier does not match code_challenge",
-        ));
+        return Err(OAuthError::grant("code_verifier does not match code_challenge"));
     }
-    let app = s
-        .control
-        .app(client_id)
-        .await?
-        .ok_or_else(|| OAuthError::new("invalid_client", "unknown client_id"))?;
+    let app = s.control.app(client_id).await?.ok_or_else(|| OAuthError::new("invalid_client", "unknown client_id"))?;
     if !s.control.grant_is_active(grant.grant_id).await? {
         return Err(OAuthError::grant("the grant was revoked"));
     }
@@ -403,57 +306,34 @@ async fn exchange_code(
         .find(|g| g.id == grant.grant_id)
         .map(|g| g.scopes)
         .ok_or_else(|| OAuthError::grant("the grant was revoked"))?;
-    let grant_ref = GrantRef {
-        grant_id: grant.grant_id,
-        client_id,
-        app_name: app.name,
-    };
+    let grant_ref = GrantRef { grant_id: grant.grant_id, client_id, app_name: app.name };
     issue(s, grant.user_id, grant_ref, scopes).await
 }
 
-async fn refresh(
-    s: &AppState,
-    client_id: AppId,
-    f: &TokenForm,
-) -> Result<serde_json::Value, OAuthError> {
+async fn refresh(s: &AppState, client_id: AppId, f: &TokenForm) -> Result<serde_json::Value, OAuthError> {
     let now = s.clock.now();
-    let presented = f
-        .refresh_token
-        .as_deref()
-        .ok_or_else(|| OAuthError::new("invalid_request", "refresh_token is required"))?;
+    let presented =
+        f.refresh_token.as_deref().ok_or_else(|| OAuthError::new("invalid_request", "refresh_token is required"))?;
     let info = s
         .control
         .refresh_token(presented, now)
         .ok_or_else(|| OAuthError::grant("unknown, expired or revoked refresh token"))?;
-    let grant = info
-        .grant
-        .clone()
-        .ok_or_else(|| OAuthError::grant("not an app token"))?;
+    let grant = info.grant.clone().ok_or_else(|| OAuthError::grant("not an app token"))?;
     if grant.client_id != client_id {
-        return Err(OAuthError::grant(
-            "refresh token was issued to another client",
-        ));
+        return Err(OAuthError::grant("refresh token was issued to another client"));
     }
     // Rotation: each refresh token works once. A second use means two parties hold it, so the
     // whole grant is revoked (OAuth 2.1 section 4.3.1).
     if info.is_spent() || !s.control.spend_refresh(presented).await? {
-        s.control
-            .revoke_grant_for_replay(info.user_id, grant.grant_id, now)
-            .await?;
-        return Err(OAuthError::grant(
-            "refresh token already used; the grant is revoked",
-        ));
+        s.control.revoke_grant_for_replay(info.user_id, grant.grant_id, now).await?;
+        return Err(OAuthError::grant("refresh token already used; the grant is revoked"));
     }
     let scopes = match f.scope.as_deref() {
         None => info.scopes.clone(),
         Some(asked) => {
-            let asked =
-                ScopeSet::parse(asked).map_err(|e| OAuthError::new("invalid_scope", e.message))?;
+            let asked = ScopeSet::parse(asked).map_err(|e| OAuthError::new("invalid_scope", e.message))?;
             if !info.scopes.covers_all(&asked) {
-                return Err(OAuthError::new(
-                    "invalid_scope",
-                    "a refresh cannot widen the grant",
-                ));
+                return Err(OAuthError::new("invalid_scope", "a refresh cannot widen the grant"));
             }
             asked
         }
@@ -495,15 +375,10 @@ pub async fn revoke(
 ) -> Response {
     let result: Result<(), OAuthError> = async {
         let Form(f) = form.map_err(|e| OAuthError::new("invalid_request", e.body_text()))?;
-        let token = f
-            .token
-            .ok_or_else(|| OAuthError::new("invalid_request", "token is required"))?;
+        let token = f.token.ok_or_else(|| OAuthError::new("invalid_request", "token is required"))?;
         let client: Option<AppId> = f.client_id.as_deref().and_then(|c| c.parse().ok());
         let now = s.clock.now();
-        let info = s
-            .control
-            .refresh_token(&token, now)
-            .or_else(|| s.control.authenticate(&token, now));
+        let info = s.control.refresh_token(&token, now).or_else(|| s.control.authenticate(&token, now));
         let Some(info) = info else { return Ok(()) };
         let Some(grant) = info.grant.clone() else {
             return Ok(()); // owner sessions end through DELETE /v1/sessions
@@ -512,9 +387,7 @@ pub async fn revoke(
             return Ok(()); // not this client's token: nothing to do, nothing to tell
         }
         if info.kind == TokenKind::Refresh {
-            s.control
-                .revoke_grant_for_replay(info.user_id, grant.grant_id, now)
-                .await?;
+            s.control.revoke_grant_for_replay(info.user_id, grant.grant_id, now).await?;
         } else {
             s.control.revoke_token(&token).await?;
         }

@@ -42,12 +42,7 @@ pub enum AuthorizeError {
     /// (redirecting would make us an open redirector).
     Show(Error),
     /// The client is known and the redirect URI registered: report to the client (RFC 6749 4.1.2.1).
-    Redirect {
-        redirect_uri: String,
-        error: &'static str,
-        description: String,
-        state: Option<String>,
-    },
+    Redirect { redirect_uri: String, error: &'static str, description: String, state: Option<String> },
 }
 
 pub const MAX_STATE: usize = 512;
@@ -72,21 +67,14 @@ pub fn validate_redirect_uri(uri: &str) -> Result<(), Error> {
             Some("127.0.0.1") | Some("[::1]") | Some("localhost") => Ok(()),
             _ => Err(bad("http is allowed only on a loopback host")),
         },
-        "javascript" | "data" | "file" | "vbscript" | "blob" | "about" => {
-            Err(bad("scheme not allowed"))
-        }
+        "javascript" | "data" | "file" | "vbscript" | "blob" | "about" => Err(bad("scheme not allowed")),
         scheme if scheme.contains('.') => Ok(()),
-        _ => Err(bad(
-            "use https, http on loopback, or a private-use scheme like com.example.app",
-        )),
+        _ => Err(bad("use https, http on loopback, or a private-use scheme like com.example.app")),
     }
 }
 
 /// Checks an authorization request against the registered app (`None`: no such client).
-pub fn check_authorize(
-    p: &AuthorizeParams,
-    app: Option<App>,
-) -> Result<ValidAuthorize, AuthorizeError> {
+pub fn check_authorize(p: &AuthorizeParams, app: Option<App>) -> Result<ValidAuthorize, AuthorizeError> {
     let show = |m: &str| AuthorizeError::Show(Error::invalid(m.to_owned()));
     p.client_id
         .as_deref()
@@ -94,18 +82,12 @@ pub fn check_authorize(
         .parse::<AppId>()
         .map_err(|_| show("unknown client_id"))?;
     let app = app.ok_or_else(|| show("unknown client_id"))?;
-    let redirect_uri = p
-        .redirect_uri
-        .clone()
-        .ok_or_else(|| show("redirect_uri is missing"))?;
+    let redirect_uri = p.redirect_uri.clone().ok_or_else(|| show("redirect_uri is missing"))?;
     // Exact string match against the registration: no prefix, no normalisation.
     if !app.redirect_uris.contains(&redirect_uri) {
         return Err(show("redirect_uri is not registered for this app"));
     }
-    if p.state
-        .as_ref()
-        .is_some_and(|s| s.len() > MAX_STATE || s.chars().any(char::is_control))
-    {
+    if p.state.as_ref().is_some_and(|s| s.len() > MAX_STATE || s.chars().any(char::is_control)) {
         return Err(show("state is too long or not printable"));
     }
     let fail = |error: &'static str, description: &str| AuthorizeError::Redirect {
@@ -115,54 +97,29 @@ pub fn check_authorize(
         state: p.state.clone(),
     };
     if p.response_type.as_deref() != Some("code") {
-        return Err(fail(
-            "unsupported_response_type",
-            "only response_type=code is supported",
-        ));
+        return Err(fail("unsupported_response_type", "only response_type=code is supported"));
     }
     if p.code_challenge_method.as_deref() != Some("S256") {
-        return Err(fail(
-            "invalid_request",
-            "PKCE with code_challenge_method=S256 is required",
-        ));
+        return Err(fail("invalid_request", "PKCE with code_challenge_method=S256 is required"));
     }
     let code_challenge = p.code_challenge.clone().unwrap_or_default();
-    if code_challenge.len() != 43
-        || URL_SAFE_NO_PAD
-            .decode(&code_challenge)
-            .map_or(true, |d| d.len() != 32)
-    {
-        return Err(fail(
-            "invalid_request",
-            "code_challenge must be base64url(SHA-256(code_verifier))",
-        ));
+    if code_challenge.len() != 43 || URL_SAFE_NO_PAD.decode(&code_challenge).map_or(true, |d| d.len() != 32) {
+        return Err(fail("invalid_request", "code_challenge must be base64url(SHA-256(code_verifier))"));
     }
-    let scopes = ScopeSet::parse(p.scope.as_deref().unwrap_or(""))
-        .map_err(|e| fail("invalid_scope", &e.message))?;
+    let scopes = ScopeSet::parse(p.scope.as_deref().unwrap_or("")).map_err(|e| fail("invalid_scope", &e.message))?;
     if scopes.is_empty() {
         return Err(fail("invalid_scope", "ask for at least one scope"));
     }
     if !app.scopes.covers_all(&scopes) {
-        return Err(fail(
-            "invalid_scope",
-            "a scope asked for is outside the app's registration",
-        ));
+        return Err(fail("invalid_scope", "a scope asked for is outside the app's registration"));
     }
-    Ok(ValidAuthorize {
-        app,
-        redirect_uri,
-        scopes,
-        state: p.state.clone(),
-        code_challenge,
-    })
+    Ok(ValidAuthorize { app, redirect_uri, scopes, state: p.state.clone(), code_challenge })
 }
 
 /// RFC 7636: the verifier is 43 to 128 unreserved characters and hashes to the challenge.
 pub fn verify_pkce(verifier: &str, challenge: &str) -> bool {
     let well_formed = (43..=128).contains(&verifier.len())
-        && verifier
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        && verifier.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
     well_formed && URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) == challenge
 }
 

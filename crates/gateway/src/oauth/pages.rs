@@ -33,12 +33,11 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+        ),
     );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
@@ -46,13 +45,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
 fn hidden(pairs: &[(&str, &str)]) -> String {
     pairs
         .iter()
-        .map(|(name, value)| {
-            format!(
-                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
-                escape(name),
-                escape(value)
-            )
-        })
+        .map(|(name, value)| format!("<input type=\"hidden\" name=\"{}\" value=\"{}\">", escape(name), escape(value)))
         .collect()
 }
 
@@ -60,20 +53,13 @@ pub fn error(message: &str) -> Response {
     page(
         StatusCode::BAD_REQUEST,
         "Cannot authorize",
-        &format!(
-            "<h1>This app's request cannot go on</h1><p class=\"error\">{}</p>",
-            escape(message)
-        ),
+        &format!("<h1>This app's request cannot go on</h1><p class=\"error\">{}</p>", escape(message)),
     )
 }
 
 /// Asks the user to log in, then comes back to the same authorization request.
 pub fn login(request: &[(&str, &str)], failed: bool) -> Response {
-    let note = if failed {
-        "<p class=\"error\">Wrong username or password.</p>"
-    } else {
-        ""
-    };
+    let note = if failed { "<p class=\"error\">Wrong username or password.</p>" } else { "" };
     let body = format!(
         "<h1>Log in to selfcloud</h1><p>An app wants access to your instance. Log in to review its request.</p>{note}\
          <form method=\"post\" action=\"/oauth/login\">{hidden}\
@@ -82,24 +68,11 @@ pub fn login(request: &[(&str, &str)], failed: bool) -> Response {
          <button type=\"submit\">Log in</button></form>",
         hidden = hidden(request)
     );
-    page(
-        if failed {
-            StatusCode::UNAUTHORIZED
-        } else {
-            StatusCode::OK
-        },
-        "Log in",
-        &body,
-    )
+    page(if failed { StatusCode::UNAUTHORIZED } else { StatusCode::OK }, "Log in", &body)
 }
 
 /// Names the app and each scope in plain words; each scope can be unticked.
-pub fn consent(
-    req: &ValidAuthorize,
-    username: &str,
-    request: &[(&str, &str)],
-    csrf: &str,
-) -> Response {
+pub fn consent(req: &ValidAuthorize, username: &str, request: &[(&str, &str)], csrf: &str) -> Response {
     let scopes: String = req
         .scopes
         .iter()
@@ -111,10 +84,8 @@ pub fn consent(
             )
         })
         .collect();
-    let host = url::Url::parse(&req.redirect_uri)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        .unwrap_or_default();
+    let host =
+        url::Url::parse(&req.redirect_uri).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
     let body = format!(
         "<h1>Allow <q>{app}</q> to use your instance?</h1>\
          <p>Logged in as <strong>{user}</strong>. <q>{app}</q> asks to:</p>\
@@ -136,9 +107,6 @@ mod tests {
 
     #[test]
     fn escapes_markup() {
-        assert_eq!(
-            escape("<script>\"x\"&'y'</script>"),
-            "&lt;script&gt;&quot;x&quot;&amp;&#39;y&#39;&lt;/script&gt;"
-        );
+        assert_eq!(escape("<script>\"x\"&'y'</script>"), "&lt;script&gt;&quot;x&quot;&amp;&#39;y&#39;&lt;/script&gt;");
     }
 }

@@ -38,42 +38,14 @@ fn a_well_formed_request_passes() {
 fn untrusted_client_or_redirect_is_shown_never_redirected() {
     let a = app();
     for (tweak, with_app) in [
-        (
-            Box::new(|p: &mut AuthorizeParams| p.client_id = None)
-                as Box<dyn Fn(&mut AuthorizeParams)>,
-            true,
-        ),
-        (
-            Box::new(|p: &mut AuthorizeParams| p.client_id = Some("not-an-id".into())),
-            true,
-        ),
+        (Box::new(|p: &mut AuthorizeParams| p.client_id = None) as Box<dyn Fn(&mut AuthorizeParams)>, true),
+        (Box::new(|p: &mut AuthorizeParams| p.client_id = Some("not-an-id".into())), true),
         (Box::new(|_: &mut AuthorizeParams| {}), false),
-        (
-            Box::new(|p: &mut AuthorizeParams| p.redirect_uri = None),
-            true,
-        ),
-        (
-            Box::new(|p: &mut AuthorizeParams| {
-                p.redirect_uri = Some("https://notes.example/cb/".into())
-            }),
-            true,
-        ),
-        (
-            Box::new(|p: &mut AuthorizeParams| {
-                p.redirect_uri = Some("https://notes.example/cb?x=1".into())
-            }),
-            true,
-        ),
-        (
-            Box::new(|p: &mut AuthorizeParams| {
-                p.redirect_uri = Some("https://NOTES.example/cb".into())
-            }),
-            true,
-        ),
-        (
-            Box::new(|p: &mut AuthorizeParams| p.state = Some("a\nb".into())),
-            true,
-        ),
+        (Box::new(|p: &mut AuthorizeParams| p.redirect_uri = None), true),
+        (Box::new(|p: &mut AuthorizeParams| p.redirect_uri = Some("https://notes.example/cb/".into())), true),
+        (Box::new(|p: &mut AuthorizeParams| p.redirect_uri = Some("https://notes.example/cb?x=1".into())), true),
+        (Box::new(|p: &mut AuthorizeParams| p.redirect_uri = Some("https://NOTES.example/cb".into())), true),
+        (Box::new(|p: &mut AuthorizeParams| p.state = Some("a\nb".into())), true),
     ] {
         let mut p = request(&a);
         tweak(&mut p);
@@ -87,20 +59,11 @@ fn pkce_cannot_be_downgraded_or_skipped() {
     let a = app();
     for (method, challenge) in [
         (None, Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")),
-        (
-            Some("plain"),
-            Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
-        ),
-        (
-            Some("s256"),
-            Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"),
-        ),
+        (Some("plain"), Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")),
+        (Some("s256"), Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM")),
         (Some("S256"), None),
         (Some("S256"), Some("too-short")),
-        (
-            Some("S256"),
-            Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-c!"),
-        ),
+        (Some("S256"), Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-c!")),
     ] {
         let mut p = request(&a);
         p.code_challenge_method = method.map(str::to_owned);
@@ -118,23 +81,15 @@ fn pkce_cannot_be_downgraded_or_skipped() {
 #[test]
 fn scopes_must_be_known_nonempty_and_registered() {
     let a = app();
-    for scope in [
-        None,
-        Some(""),
-        Some("storage:read:photos"),
-        Some("storage:read:*"),
-        Some("audit"),
-        Some("llm:chat backup"),
-    ] {
+    for scope in
+        [None, Some(""), Some("storage:read:photos"), Some("storage:read:*"), Some("audit"), Some("llm:chat backup")]
+    {
         let mut p = request(&a);
         p.scope = scope.map(str::to_owned);
         assert!(
             matches!(
                 check_authorize(&p, Some(a.clone())),
-                Err(AuthorizeError::Redirect {
-                    error: "invalid_scope",
-                    ..
-                })
+                Err(AuthorizeError::Redirect { error: "invalid_scope", .. })
             ),
             "{scope:?}"
         );
@@ -145,14 +100,8 @@ fn scopes_must_be_known_nonempty_and_registered() {
 fn the_verifier_must_hash_to_the_challenge() {
     // RFC 7636 appendix B.
     let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-    assert!(verify_pkce(
-        "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
-        challenge
-    ));
-    assert!(!verify_pkce(
-        "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXj",
-        challenge
-    ));
+    assert!(verify_pkce("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk", challenge));
+    assert!(!verify_pkce("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXj", challenge));
     assert!(!verify_pkce("", challenge));
     // The challenge itself is not a verifier (a client echoing it back proves nothing).
     assert!(!verify_pkce(challenge, challenge));
@@ -187,10 +136,7 @@ fn redirect_uris_are_restricted() {
 
 #[test]
 fn redirects_keep_the_registered_query_and_add_ours() {
-    let to = redirect_with(
-        "https://notes.example/cb?tenant=1",
-        &[("code", "a b&c"), ("state", "s")],
-    );
+    let to = redirect_with("https://notes.example/cb?tenant=1", &[("code", "a b&c"), ("state", "s")]);
     assert_eq!(to, "https://notes.example/cb?tenant=1&code=a+b%26c&state=s");
 }
 

@@ -31,6 +31,8 @@ pub struct AccountCreated {
     pub user_id: String,
     pub username: String,
     pub instance: InstanceSummary,
+    /// Shown this once: it alone can reset the password without losing the instance's data.
+    pub recovery_code: String,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -69,17 +71,12 @@ pub async fn create_account(
     ApiJson(body): ApiJson<Credentials>,
 ) -> ApiResult<Response> {
     s.rate.check_ip(peer.ip())?;
-    let account = s
-        .control
-        .sign_up(&body.username, &body.password, s.clock.now())
-        .await?;
+    let account = s.control.sign_up(&body.username, &body.password, s.clock.now()).await?;
     let created = AccountCreated {
         user_id: account.user_id.to_string(),
         username: account.username,
-        instance: InstanceSummary {
-            id: account.instance_id.to_string(),
-            state: account.instance_state,
-        },
+        instance: InstanceSummary { id: account.instance_id.to_string(), state: account.instance_state },
+        recovery_code: account.recovery_code,
     };
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
@@ -95,15 +92,13 @@ pub async fn create_session(
     s.rate.check_ip(peer.ip())?;
     let user = s.control.log_in(&body.username, &body.password).await?;
     let (token, expires_at) = s.control.create_session(&user, s.clock.now()).await?;
-    let cookie = session_cookie(&s, &token, expires_at.saturating_sub(s.clock.now()));
-    Ok((
-        [(header::SET_COOKIE, cookie)],
-        Json(SessionCreated { token, expires_at }),
-    )
-        .into_response())
+    let cookie = session_cookie(&s, &token, expires_at);
+    Ok(([(header::SET_COOKIE, cookie)], Json(SessionCreated { token, expires_at })).into_response())
 }
 
-pub fn session_cookie(s: &AppState, token: &str, max_age: u64) -> String {
+/// The `Set-Cookie` value carrying a session that expires at `expires_at` (Unix seconds).
+pub fn session_cookie(s: &AppState, token: &str, expires_at: u64) -> String {
+    let max_age = expires_at.saturating_sub(s.clock.now());
     let secure = if s.secure_cookies { "; Secure" } else { "" };
     format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
 }
@@ -114,8 +109,89 @@ pub fn session_cookie(s: &AppState, token: &str, max_age: u64) -> String {
 pub async fn delete_session(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     caller.require_owner()?;
     s.control.revoke_token_by_hash(caller.token_hash).await?;
-    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear)]).into_response())
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear_cookie())]).into_response())
+}
+
+fn clear_cookie() -> String {
+    format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    /// The current password.
+    pub password: String,
+    pub new_password: String,
+}
+
+/// Change the password: the data key is re-wrapped (no record is rewritten), every owner
+/// session ends, and a new one is returned. App grants stay.
+#[utoipa::path(put, path = "/v1/accounts/me/password", tag = "accounts", request_body = PasswordChange, security(("bearer" = [])),
+    responses((status = 200, body = SessionCreated), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn change_password(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<PasswordChange>,
+) -> ApiResult<Response> {
+    caller.require_owner()?;
+    let (token, expires_at) =
+        s.control.change_password(caller.token.user_id, &body.password, &body.new_password, s.clock.now()).await?;
+    let cookie = session_cookie(&s, &token, expires_at);
+    Ok(([(header::SET_COOKIE, cookie)], Json(SessionCreated { token, expires_at })).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Recovery {
+    pub username: String,
+    /// The code shown at sign-up (or at the last recovery); dashes, spaces and case do not matter.
+    pub recovery_code: String,
+    pub new_password: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Recovered {
+    pub token: String,
+    pub expires_at: u64,
+    /// The next recovery code: the one just used is spent.
+    pub recovery_code: String,
+}
+
+/// Set a new password with the recovery code; the data stays readable. Every owner session ends.
+#[utoipa::path(post, path = "/v1/accounts/recover", tag = "accounts", request_body = Recovery,
+    responses((status = 200, body = Recovered), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub async fn recover(
+    State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<Recovery>,
+) -> ApiResult<Response> {
+    s.rate.check_ip(peer.ip())?;
+    let r = s.control.recover(&body.username, &body.recovery_code, &body.new_password, s.clock.now()).await?;
+    let cookie = session_cookie(&s, &r.token, r.expires_at);
+    let answer = Recovered { token: r.token, expires_at: r.expires_at, recovery_code: r.recovery_code };
+    Ok(([(header::SET_COOKIE, cookie)], Json(answer)).into_response())
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountDeletion {
+    /// The password again: deletion cannot be undone.
+    pub password: String,
+}
+
+/// Delete the account: the instance's data key is shredded first, then its files; every token of
+/// the account stops working. The username stays reserved.
+#[utoipa::path(delete, path = "/v1/accounts/me", tag = "accounts", request_body = AccountDeletion, security(("bearer" = [])),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn delete_account(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<AccountDeletion>,
+) -> ApiResult<Response> {
+    caller.require_owner()?;
+    s.control.delete_account(caller.token.user_id, &body.password, s.clock.now()).await?;
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear_cookie())]).into_response())
 }
 
 /// The caller's account, instance state and storage use.
@@ -134,22 +210,11 @@ pub async fn me(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Jso
         storage: None,
     };
     if caller.is_owner() {
-        let usage = s
-            .control
-            .instance(caller.token.instance_id)
-            .await?
-            .storage_usage()
-            .await?;
+        let usage = s.control.instance(caller.token.instance_id).await?.storage_usage().await?;
         me.tier = Some(profile.tier);
-        me.instance = Some(InstanceSummary {
-            id: profile.instance_id.to_string(),
-            state: profile.instance_state,
-        });
-        me.storage = Some(StorageSummary {
-            records: usage.records,
-            bytes: usage.bytes,
-            quota_bytes: usage.quota_bytes,
-        });
+        me.instance = Some(InstanceSummary { id: profile.instance_id.to_string(), state: profile.instance_state });
+        me.storage =
+            Some(StorageSummary { records: usage.records, bytes: usage.bytes, quota_bytes: usage.quota_bytes });
     }
     Ok(Json(me))
 }
@@ -183,19 +248,7 @@ pub async fn audit(
         return Err(Error::invalid(format!("limit must be 1..={}", s.limits.list_max)).into());
     }
     s.audit.flush().await;
-    let entries = s
-        .control
-        .instance(caller.token.instance_id)
-        .await?
-        .read_audit(q.before, limit)
-        .await?;
-    let next_before = if entries.len() == limit {
-        entries.last().map(|e| e.seq)
-    } else {
-        None
-    };
-    Ok(Json(AuditPage {
-        entries,
-        next_before,
-    }))
+    let entries = s.control.instance(caller.token.instance_id).await?.read_audit(q.before, limit).await?;
+    let next_before = if entries.len() == limit { entries.last().map(|e| e.seq) } else { None };
+    Ok(Json(AuditPage { entries, next_before }))
 }

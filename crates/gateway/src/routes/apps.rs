@@ -46,12 +46,8 @@ pub async fn register(
 ) -> ApiResult<Response> {
     caller.require_owner()?;
     let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_APP_NAME || name.chars().any(char::is_control)
-    {
-        return Err(Error::invalid(format!(
-            "name must be 1 to {MAX_APP_NAME} printable characters"
-        ))
-        .into());
+    if name.is_empty() || name.chars().count() > MAX_APP_NAME || name.chars().any(char::is_control) {
+        return Err(Error::invalid(format!("name must be 1 to {MAX_APP_NAME} printable characters")).into());
     }
     if req.redirect_uris.is_empty() || req.redirect_uris.len() > MAX_REDIRECT_URIS {
         return Err(Error::invalid(format!("give 1 to {MAX_REDIRECT_URIS} redirect_uris")).into());
@@ -63,15 +59,8 @@ pub async fn register(
     if scopes.is_empty() || req.scopes.iter().any(|s| s.contains(' ')) {
         return Err(Error::invalid("scopes must be a non-empty list of single scopes").into());
     }
-    let app = NewApp {
-        name: name.to_owned(),
-        redirect_uris: req.redirect_uris,
-        scopes,
-    };
-    let app = s
-        .control
-        .register_app(caller.token.user_id, app, s.clock.now())
-        .await?;
+    let app = NewApp { name: name.to_owned(), redirect_uris: req.redirect_uris, scopes };
+    let app = s.control.register_app(caller.token.user_id, app, s.clock.now()).await?;
     let created = AppCreated {
         client_id: app.client_id.to_string(),
         name: app.name,
@@ -99,10 +88,7 @@ pub struct GrantList {
 /// The apps holding access to the caller's instance (owner only).
 #[utoipa::path(get, path = "/v1/grants", tag = "grants", security(("bearer" = [])),
     responses((status = 200, body = GrantList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn list_grants(
-    State(s): State<Arc<AppState>>,
-    caller: Caller,
-) -> ApiResult<Json<GrantList>> {
+pub async fn list_grants(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<GrantList>> {
     caller.require_owner()?;
     let grants = s.control.grants(caller.token.user_id).await?;
     Ok(Json(GrantList {
@@ -130,8 +116,6 @@ pub async fn revoke_grant(
     caller.require_owner()?;
     // A malformed id and another user's grant answer alike: nothing tells whether it exists.
     let id: GrantId = id.parse().map_err(|_| Error::not_found("no such grant"))?;
-    s.control
-        .revoke_grant(caller.token.user_id, id, s.clock.now())
-        .await?;
+    s.control.revoke_grant(caller.token.user_id, id, s.clock.now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

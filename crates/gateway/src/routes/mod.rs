@@ -2,7 +2,9 @@
 //! `core` types, check the caller, call control or the instance, shape the answer.
 
 pub mod accounts;
+pub mod admin;
 pub mod apps;
+pub mod portability;
 pub mod storage;
 
 use serde::Serialize;

@@ -27,10 +27,7 @@ fn etag(rev: Rev) -> HeaderValue {
 /// `If-Match: "17"` or `If-None-Match: *`.
 fn precondition(headers: &HeaderMap) -> Result<Precondition, Error> {
     if let Some(v) = headers.get(header::IF_MATCH) {
-        let text = v
-            .to_str()
-            .map_err(|_| Error::invalid("If-Match is not text"))?
-            .trim();
+        let text = v.to_str().map_err(|_| Error::invalid("If-Match is not text"))?.trim();
         let rev = text.trim_start_matches("W/").trim_matches('"');
         return rev
             .parse()
@@ -83,26 +80,16 @@ pub async fn put(
         .into());
     }
     if body.len() > s.limits.max_value_bytes {
-        return Err(Error::new(
-            ErrorCode::TooLarge,
-            format!("values are at most {} bytes", s.limits.max_value_bytes),
-        )
-        .into());
+        return Err(
+            Error::new(ErrorCode::TooLarge, format!("values are at most {} bytes", s.limits.max_value_bytes)).into()
+        );
     }
     serde_json::from_slice::<serde::de::IgnoredAny>(&body)
         .map_err(|e| Error::invalid(format!("body is not valid JSON: {e}")))?;
     let cond = precondition(&headers)?;
     let instance = s.control.instance(caller.token.instance_id).await?;
-    let rev = instance
-        .put_record(&collection, &key, body.to_vec(), cond)
-        .await?;
-    let resp = (
-        [(header::ETAG, etag(rev))],
-        Json(PutAnswer {
-            rev: rev.to_string(),
-        }),
-    )
-        .into_response();
+    let rev = instance.put_record(&collection, &key, body.to_vec(), cond).await?;
+    let resp = ([(header::ETAG, etag(rev))], Json(PutAnswer { rev: rev.to_string() })).into_response();
     Ok(with_scope(resp, used))
 }
 
@@ -119,19 +106,10 @@ pub async fn get(
     let used = caller.require(&Scope::storage_read(&collection))?;
     let instance = s.control.instance(caller.token.instance_id).await?;
     let Some(record) = instance.get_record(&collection, &key).await? else {
-        return Ok(with_scope(
-            ApiError(Error::not_found("no such record")).into_response(),
-            used,
-        ));
+        return Ok(with_scope(ApiError(Error::not_found("no such record")).into_response(), used));
     };
     let resp = (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-            (header::ETAG, etag(record.rev)),
-        ],
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json")), (header::ETAG, etag(record.rev))],
         record.value,
     )
         .into_response();
@@ -201,33 +179,16 @@ pub async fn list(
         return Err(Error::invalid(format!("limit must be 1..={}", s.limits.list_max)).into());
     }
     let instance = s.control.instance(caller.token.instance_id).await?;
-    let page = instance
-        .list_records(
-            &collection,
-            q.prefix.as_deref().unwrap_or(""),
-            limit,
-            q.cursor.as_deref(),
-        )
-        .await?;
+    let page =
+        instance.list_records(&collection, q.prefix.as_deref().unwrap_or(""), limit, q.cursor.as_deref()).await?;
     let records = page
         .records
         .into_iter()
         .map(|r| {
-            let value = RawValue::from_string(String::from_utf8(r.value).map_err(Error::internal)?)
-                .map_err(Error::internal)?;
-            Ok(ListedRecord {
-                key: r.key.to_string(),
-                rev: r.rev.to_string(),
-                value,
-            })
+            let value =
+                RawValue::from_string(String::from_utf8(r.value).map_err(Error::internal)?).map_err(Error::internal)?;
+            Ok(ListedRecord { key: r.key.to_string(), rev: r.rev.to_string(), value })
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    Ok(with_scope(
-        Json(ListAnswer {
-            records,
-            cursor: page.cursor,
-        })
-        .into_response(),
-        used,
-    ))
+    Ok(with_scope(Json(ListAnswer { records, cursor: page.cursor }).into_response(), used))
 }

@@ -27,10 +27,7 @@ pub struct Server {
 pub fn test_config(home: &std::path::Path) -> ControlConfig {
     let mut config = ControlConfig::new(home);
     config.kdf = KdfParams::INSECURE_FOR_TESTS;
-    config.limits = Limits {
-        rate_per_ip: 10_000,
-        ..Limits::default()
-    };
+    config.limits = Limits { rate_per_ip: 10_000, ..Limits::default() };
     config
 }
 
@@ -58,19 +55,8 @@ impl Server {
         .await
         .unwrap();
         let base = format!("http://{}", running.addr);
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        Server {
-            base,
-            home,
-            clock,
-            control,
-            http,
-            shutdown,
-            running: Some(running),
-        }
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        Server { base, home, clock, control, http, shutdown, running: Some(running) }
     }
 
     /// Stops cleanly (requests drained, audit written); the home directory is handed back.
@@ -102,11 +88,7 @@ impl Server {
         let resp = req.send().await.unwrap();
         let (status, headers) = (resp.status(), resp.headers().clone());
         let text = resp.text().await.unwrap();
-        (
-            status,
-            headers,
-            serde_json::from_str(&text).unwrap_or(Value::Null),
-        )
+        (status, headers, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     pub async fn sign_up(&self, username: &str) -> Value {
@@ -143,46 +125,24 @@ impl Server {
 
     pub async fn register_app(&self, owner: &str, scopes: &[&str]) -> String {
         let body = json!({"name": "Notes Deluxe", "redirect_uris": [REDIRECT], "scopes": scopes});
-        let (status, _, body) = self
-            .call(Method::POST, "/v1/apps", Some(owner), Some(body))
-            .await;
+        let (status, _, body) = self.call(Method::POST, "/v1/apps", Some(owner), Some(body)).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["client_id"].as_str().unwrap().to_owned()
     }
 
     pub fn app_config(&self, client_id: &str) -> AppConfig {
-        AppConfig {
-            base_url: self.base.parse().unwrap(),
-            client_id: client_id.into(),
-            redirect_uri: REDIRECT.into(),
-        }
+        AppConfig { base_url: self.base.parse().unwrap(), client_id: client_id.into(), redirect_uri: REDIRECT.into() }
     }
 
     /// The user (by their session) answers an authorization request; returns the redirect.
-    pub async fn decide(
-        &self,
-        session: &str,
-        req: &AuthorizationRequest,
-        decision: &str,
-    ) -> reqwest::Response {
+    pub async fn decide(&self, session: &str, req: &AuthorizationRequest, decision: &str) -> reqwest::Response {
         let mut form = req.params();
         form.push(("decision".into(), decision.into()));
-        self.http
-            .post(self.url("/oauth/authorize"))
-            .bearer_auth(session)
-            .form(&form)
-            .send()
-            .await
-            .unwrap()
+        self.http.post(self.url("/oauth/authorize")).bearer_auth(session).form(&form).send().await.unwrap()
     }
 
     /// Runs the whole flow with the SDK: the app asks, the user allows, the app gets tokens.
-    pub async fn authorize(
-        &self,
-        session: &str,
-        client_id: &str,
-        scopes: &[&str],
-    ) -> (Client, TokenSet) {
+    pub async fn authorize(&self, session: &str, client_id: &str, scopes: &[&str]) -> (Client, TokenSet) {
         let config = self.app_config(client_id);
         let req = AuthorizationRequest::new(&config, scopes);
         let resp = self.decide(session, &req, "allow").await;
@@ -203,9 +163,7 @@ impl Server {
     }
 
     pub fn error_code(body: &Value) -> &str {
-        body["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not a contract error: {body}"))
+        body["error"]["code"].as_str().unwrap_or_else(|| panic!("not a contract error: {body}"))
     }
 }
 
@@ -217,12 +175,7 @@ pub fn rand_suffix() -> String {
 
 /// Sends exactly these bytes as an HTTP/1.1 request (no client-side path normalisation) and
 /// returns the status and body.
-pub async fn raw_request(
-    base: &str,
-    request_line_path: &str,
-    method: &str,
-    token: &str,
-) -> (u16, String) {
+pub async fn raw_request(base: &str, request_line_path: &str, method: &str, token: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -233,11 +186,7 @@ pub async fn raw_request(
     let mut out = Vec::new();
     stream.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
 }
