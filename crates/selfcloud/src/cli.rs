@@ -1,17 +1,13 @@
 //! Command-line flags. Every setting also reads an environment variable `SELFCLOUD_*`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use selfcloud_core::config::{KdfParams, Limits, TokenTtls};
+use selfcloud_core::config::{KdfParams, Limits, TierLimits, TokenTtls};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "selfcloud",
-    version,
-    about = "A private cloud instance for every user, on one machine or many"
-)]
+#[command(name = "selfcloud", version, about = "A private cloud instance for every user, on one machine or many")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -21,8 +17,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the server: gateway, control plane and instances, in one process.
     Up(UpArgs),
-    /// Measure sign-up latency and authorized read throughput beside bare floors.
+    /// Measure sign-up latency and authorized read throughput beside bare floors; `bench store`
+    /// compares the record store with the bare engines; `bench crash` SIGKILLs a server mid-write
+    /// and checks that no acknowledged write was lost.
     Bench(crate::bench::BenchArgs),
+    /// Check the registry and every instance's store of a stopped server; non-zero exit on failure.
+    Verify(crate::verify::VerifyArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +64,9 @@ pub struct Settings {
     /// Largest record value, in bytes.
     #[arg(long, env = "SELFCLOUD_MAX_VALUE_BYTES", default_value_t = Limits::default().max_value_bytes)]
     pub max_value_bytes: usize,
+    /// Largest archive an import accepts, in bytes (held in memory while it is checked).
+    #[arg(long, env = "SELFCLOUD_MAX_IMPORT_BYTES", default_value_t = Limits::default().max_import_bytes)]
+    pub max_import_bytes: usize,
     /// Sustained requests per second allowed to one token.
     #[arg(long, env = "SELFCLOUD_RATE_PER_TOKEN", default_value_t = Limits::default().rate_per_token)]
     pub rate_per_token: u32,
@@ -73,15 +76,30 @@ pub struct Settings {
     /// Sign-up, log-in and token requests per second from one client address.
     #[arg(long, env = "SELFCLOUD_RATE_PER_IP", default_value_t = Limits::default().rate_per_ip)]
     pub rate_per_ip: u32,
-    /// Storage quota of each new instance, in bytes.
+    /// Storage quota of a free-tier instance (every new account's), in bytes.
     #[arg(long, env = "SELFCLOUD_QUOTA_BYTES", default_value_t = Limits::default().quota_bytes)]
     pub quota_bytes: u64,
+    /// Storage quota of a growth-tier instance, in bytes.
+    #[arg(long, env = "SELFCLOUD_GROWTH_QUOTA_BYTES", default_value_t = Limits::default().growth.quota_bytes)]
+    pub growth_quota_bytes: u64,
+    /// Requests per second per token on the growth tier.
+    #[arg(long, env = "SELFCLOUD_GROWTH_RATE_PER_TOKEN", default_value_t = Limits::default().growth.rate_per_token)]
+    pub growth_rate_per_token: u32,
+    /// Storage quota of a pro-tier instance, in bytes.
+    #[arg(long, env = "SELFCLOUD_PRO_QUOTA_BYTES", default_value_t = Limits::default().pro.quota_bytes)]
+    pub pro_quota_bytes: u64,
+    /// Requests per second per token on the pro tier.
+    #[arg(long, env = "SELFCLOUD_PRO_RATE_PER_TOKEN", default_value_t = Limits::default().pro.rate_per_token)]
+    pub pro_rate_per_token: u32,
     /// Largest page a list may ask for.
     #[arg(long, env = "SELFCLOUD_LIST_MAX", default_value_t = Limits::default().list_max)]
     pub list_max: usize,
     /// Audit entries kept per instance (older ones are pruned).
     #[arg(long, env = "SELFCLOUD_AUDIT_RETENTION", default_value_t = Limits::default().audit_retention)]
     pub audit_retention: u64,
+    /// Store engine for new instances: sqlite or rocksdb (existing instances keep theirs).
+    #[arg(long = "store", env = "SELFCLOUD_STORE", default_value = "sqlite")]
+    pub store_engine: selfcloud_store::EngineKind,
     /// Instances kept open at once (least recently used are closed).
     #[arg(long, env = "SELFCLOUD_OPEN_INSTANCES", default_value_t = 1024)]
     pub open_instances: usize,
@@ -104,19 +122,27 @@ impl Settings {
         let defaults = Limits::default();
         selfcloud_control::ControlConfig {
             home,
-            kdf: KdfParams {
-                m_cost: self.kdf_memory_kib,
-                t_cost: self.kdf_iterations,
-                p_cost: self.kdf_parallelism,
-            },
+            kdf: KdfParams { m_cost: self.kdf_memory_kib, t_cost: self.kdf_iterations, p_cost: self.kdf_parallelism },
             limits: Limits {
                 max_value_bytes: self.max_value_bytes,
+                max_import_bytes: self.max_import_bytes,
                 rate_per_token: self.rate_per_token,
                 rate_burst: self.rate_burst,
                 rate_per_ip: self.rate_per_ip,
                 list_default: defaults.list_default.min(self.list_max),
                 list_max: self.list_max,
                 quota_bytes: self.quota_bytes,
+                // Paid tiers burst to twice their rate, as the free tier's default does.
+                growth: TierLimits {
+                    quota_bytes: self.growth_quota_bytes,
+                    rate_per_token: self.growth_rate_per_token,
+                    rate_burst: self.growth_rate_per_token.saturating_mul(2),
+                },
+                pro: TierLimits {
+                    quota_bytes: self.pro_quota_bytes,
+                    rate_per_token: self.pro_rate_per_token,
+                    rate_burst: self.pro_rate_per_token.saturating_mul(2),
+                },
                 audit_retention: self.audit_retention,
             },
             ttls: TokenTtls {
@@ -126,6 +152,7 @@ impl Settings {
                 code: Duration::from_secs(self.code_ttl),
             },
             open_instances: self.open_instances,
+            store_engine: self.store_engine,
         }
     }
 }

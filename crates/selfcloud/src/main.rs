@@ -4,16 +4,16 @@
 mod bench;
 mod cli;
 mod up;
+mod verify;
 
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         cli::Command::Up(args) => runtime.block_on(up::run(args)),
         cli::Command::Bench(args) => runtime.block_on(bench::run(args)),
+        cli::Command::Verify(args) => runtime.block_on(verify::run(args)),
     }
 }

@@ -25,17 +25,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let control = selfcloud_control::Control::open(config, clock.now())
         .map_err(|e| anyhow::anyhow!("{}: {}", e.message, e.detail.unwrap_or_default()))
         .with_context(|| format!("opening home directory {}", args.home.display()))?;
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("listening on {}", args.addr))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("listening on {}", args.addr))?;
     let shutdown = CancellationToken::new();
-    let gateway = GatewayConfig {
-        public_url: args.public_url.clone(),
-        ..GatewayConfig::default()
-    };
-    let running =
-        selfcloud_gateway::serve(listener, control, clock, gateway, shutdown.clone()).await?;
-    tracing::info!(home = %args.home.display(), "selfcloud is up");
+    let gateway = GatewayConfig { public_url: args.public_url.clone(), ..GatewayConfig::default() };
+    let running = selfcloud_gateway::serve(listener, control, clock, gateway, shutdown.clone()).await?;
+    tracing::info!(
+        home = %args.home.display(),
+        operator_token = %args.home.join(selfcloud_control::OPERATOR_TOKEN_FILE).display(),
+        "selfcloud is up"
+    );
     println!("selfcloud listening on {}", running.state.issuer);
 
     wait_for_signal().await;

@@ -13,15 +13,7 @@ struct Up {
 
 fn start(home: &std::path::Path) -> Up {
     let mut child = Command::new(env!("CARGO_BIN_EXE_selfcloud"))
-        .args([
-            "up",
-            "--addr",
-            "127.0.0.1:0",
-            "--kdf-memory-kib",
-            "8",
-            "--kdf-iterations",
-            "1",
-        ])
+        .args(["up", "--addr", "127.0.0.1:0", "--kdf-memory-kib", "8", "--kdf-iterations", "1"])
         .env("SELFCLOUD_HOME", home)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -29,9 +21,7 @@ fn start(home: &std::path::Path) -> Up {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let base = line
         .trim()
         .strip_prefix("selfcloud listening on ")
@@ -41,10 +31,7 @@ fn start(home: &std::path::Path) -> Up {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
     assert!(status.success());
 }
 
@@ -60,14 +47,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
-    http.post(url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    http.post(url).json(&body).send().await.unwrap().json().await.unwrap()
 }
 
 #[tokio::test]
@@ -76,39 +56,16 @@ async fn up_serves_stops_cleanly_and_keeps_acknowledged_writes() {
     let http = reqwest::Client::new();
     let mut up = start(home.path());
     assert!(up.base.starts_with("http://127.0.0.1:"));
-    let health: Value = http
-        .get(format!("{}/healthz", up.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = http.get(format!("{}/healthz", up.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");
-    post(
-        &http,
-        format!("{}/v1/accounts", up.base),
-        json!({"username": "ada", "password": "correct horse"}),
-    )
-    .await;
-    let session = post(
-        &http,
-        format!("{}/v1/sessions", up.base),
-        json!({"username": "ada", "password": "correct horse"}),
-    )
-    .await;
+    post(&http, format!("{}/v1/accounts", up.base), json!({"username": "ada", "password": "correct horse"})).await;
+    let session =
+        post(&http, format!("{}/v1/sessions", up.base), json!({"username": "ada", "password": "correct horse"})).await;
     let token = session["token"].as_str().unwrap().to_owned();
     let put = |base: &str, key: &str| {
-        http.put(format!("{base}/v1/storage/notes/{key}"))
-            .bearer_auth(&token)
-            .json(&json!({"k": key}))
-            .send()
+        http.put(format!("{base}/v1/storage/notes/{key}")).bearer_auth(&token).json(&json!({"k": key})).send()
     };
-    assert!(put(&up.base, "before-term")
-        .await
-        .unwrap()
-        .status()
-        .is_success());
+    assert!(put(&up.base, "before-term").await.unwrap().status().is_success());
 
     // SIGTERM: drains and exits 0, saying so in its log.
     signal(&up.child, "-TERM");
@@ -121,26 +78,10 @@ async fn up_serves_stops_cleanly_and_keeps_acknowledged_writes() {
     // Restart on the same home: the session and the record are still there. Then SIGKILL right
     // after an acknowledged write: that write survives too.
     let mut up = start(home.path());
-    let get = |base: &str, key: &str| {
-        http.get(format!("{base}/v1/storage/notes/{key}"))
-            .bearer_auth(&token)
-            .send()
-    };
-    assert_eq!(
-        get(&up.base, "before-term")
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap(),
-        json!({"k": "before-term"})
-    );
+    let get = |base: &str, key: &str| http.get(format!("{base}/v1/storage/notes/{key}")).bearer_auth(&token).send();
+    assert_eq!(get(&up.base, "before-term").await.unwrap().json::<Value>().await.unwrap(), json!({"k": "before-term"}));
     for i in 0..20 {
-        assert!(put(&up.base, &format!("before-kill-{i}"))
-            .await
-            .unwrap()
-            .status()
-            .is_success());
+        assert!(put(&up.base, &format!("before-kill-{i}")).await.unwrap().status().is_success());
     }
     signal(&up.child, "-KILL");
     wait_exit(&mut up.child, Duration::from_secs(10));
@@ -158,10 +99,7 @@ async fn up_serves_stops_cleanly_and_keeps_acknowledged_writes() {
 
 #[test]
 fn help_names_every_limit() {
-    let out = Command::new(env!("CARGO_BIN_EXE_selfcloud"))
-        .args(["up", "--help"])
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_selfcloud")).args(["up", "--help"]).output().unwrap();
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
         "--addr",
@@ -173,6 +111,12 @@ fn help_names_every_limit() {
         "--rate-burst",
         "--rate-per-ip",
         "--quota-bytes",
+        "--growth-quota-bytes",
+        "--pro-quota-bytes",
+        "--growth-rate-per-token",
+        "--pro-rate-per-token",
+        "--max-import-bytes",
+        "--store",
         "--list-max",
         "--audit-retention",
         "--session-ttl",

@@ -1,0 +1,271 @@
+//! `selfcloud bench store`: the record store's API beside the bare engine under it.
+//!
+//! Per engine, on the same data (N records of 1 KiB in one collection): random point reads,
+//! random overwrites (durable on both sides: SQLite WAL with `synchronous=FULL`, RocksDB synced
+//! batches) and lists of 100 records, each through `selfcloud_store::Store` (validation,
+//! encryption, counters, quota) and through plain rusqlite / rocksdb with plaintext values. The
+//! two sides take turns for several rounds and each figure is the median, so drift on a shared
+//! machine falls on both alike.
+
+use super::load::Rng;
+use super::{record_key, record_value};
+use anyhow::ensure;
+use rusqlite::{params, Connection, OptionalExtension};
+use selfcloud_core::{Collection, RecordKey};
+use selfcloud_store::{DataKey, EngineKind, Precondition, Store, StoreOptions};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreBenchArgs {
+    /// Records of 1 KiB written before measuring.
+    #[arg(long, default_value_t = 10_000)]
+    pub records: usize,
+    /// Measured seconds of each phase, per side and round.
+    #[arg(long, default_value_t = 2)]
+    pub seconds: u64,
+    /// Rounds in which the two sides take turns; each figure is the median.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Only this engine (default: both).
+    #[arg(long = "store")]
+    pub store: Option<EngineKind>,
+}
+
+const COLLECTION: &str = "bench";
+/// Keys are `k00000`…: a four-character prefix `kXYZ` matches exactly 100 records.
+const LIST_LEN: usize = 100;
+
+/// One side of the comparison: the same three operations.
+trait Side {
+    fn get(&mut self, key: &str) -> anyhow::Result<usize>;
+    fn put(&mut self, key: &str, value: &[u8]) -> anyhow::Result<()>;
+    /// Records whose key starts with `prefix`, at most `LIST_LEN`; returns how many.
+    fn list(&mut self, prefix: &str) -> anyhow::Result<usize>;
+}
+
+struct Ours(Store);
+
+impl Side for Ours {
+    fn get(&mut self, key: &str) -> anyhow::Result<usize> {
+        let record = self.0.get(&Collection::parse(COLLECTION)?, &RecordKey::parse(key)?)?;
+        Ok(record.map_or(0, |r| r.value.len()))
+    }
+    fn put(&mut self, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        self.0.put(&Collection::parse(COLLECTION)?, &RecordKey::parse(key)?, value, Precondition::None)?;
+        Ok(())
+    }
+    fn list(&mut self, prefix: &str) -> anyhow::Result<usize> {
+        Ok(self.0.list(&Collection::parse(COLLECTION)?, prefix, LIST_LEN, None)?.records.len())
+    }
+}
+
+/// rusqlite alone: the same table shape, plaintext values, the same durability.
+struct BareSqlite(Connection);
+
+impl BareSqlite {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS records (collection TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                 PRIMARY KEY (collection, key)) WITHOUT ROWID;",
+        )?;
+        Ok(BareSqlite(conn))
+    }
+}
+
+impl Side for BareSqlite {
+    fn get(&mut self, key: &str) -> anyhow::Result<usize> {
+        let mut stmt = self.0.prepare_cached("SELECT value FROM records WHERE collection = ?1 AND key = ?2")?;
+        let value: Option<Vec<u8>> = stmt.query_row(params![COLLECTION, key], |r| r.get(0)).optional()?;
+        Ok(value.map_or(0, |v| v.len()))
+    }
+    fn put(&mut self, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO records (collection, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![COLLECTION, key, value])?;
+        Ok(())
+    }
+    fn list(&mut self, prefix: &str) -> anyhow::Result<usize> {
+        let mut stmt = self.0.prepare_cached(
+            "SELECT key, value FROM records WHERE collection = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4",
+        )?;
+        let upper = format!("{prefix}\u{7f}");
+        let rows = stmt.query_map(params![COLLECTION, prefix, upper, LIST_LEN as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        Ok(rows.count())
+    }
+}
+
+/// rocksdb alone: `collection\0key` -> plaintext value, synced writes.
+struct BareRocks(rocksdb::DB);
+
+impl BareRocks {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
+        Ok(BareRocks(rocksdb::DB::open(&opts, path)?))
+    }
+    fn key(key: &str) -> Vec<u8> {
+        [COLLECTION.as_bytes(), b"\0", key.as_bytes()].concat()
+    }
+}
+
+impl Side for BareRocks {
+    fn get(&mut self, key: &str) -> anyhow::Result<usize> {
+        Ok(self.0.get_pinned(Self::key(key))?.map_or(0, |v| v.len()))
+    }
+    fn put(&mut self, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.0.put_opt(Self::key(key), value, &opts)?)
+    }
+    fn list(&mut self, prefix: &str) -> anyhow::Result<usize> {
+        let (lower, mut upper) = (Self::key(prefix), Self::key(prefix));
+        upper.push(0x7f);
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(upper);
+        let mut n = 0;
+        for item in self.0.iterator_opt(rocksdb::IteratorMode::From(&lower, rocksdb::Direction::Forward), opts) {
+            let (_k, v) = item?;
+            std::hint::black_box(v.len());
+            n += 1;
+            if n == LIST_LEN {
+                break;
+            }
+        }
+        Ok(n)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Read,
+    Write,
+    List,
+}
+
+impl Op {
+    const ALL: [Op; 3] = [Op::Read, Op::Write, Op::List];
+    fn name(self) -> &'static str {
+        match self {
+            Op::Read => "random 1 KiB reads",
+            Op::Write => "random 1 KiB overwrites",
+            Op::List => "lists of 100",
+        }
+    }
+}
+
+/// Operations per second of `op` on `side` for `duration`, checking every answer.
+fn measure(side: &mut dyn Side, op: Op, keys: &[String], value: &[u8], duration: Duration) -> anyhow::Result<f64> {
+    let mut rng = Rng(0x5EED);
+    let (start, mut n) = (Instant::now(), 0u64);
+    while start.elapsed() < duration {
+        // A batch between clock reads keeps the clock out of the figure.
+        for _ in 0..16 {
+            match op {
+                Op::Read => {
+                    let len = side.get(&keys[rng.below(keys.len())])?;
+                    ensure!(len == value.len(), "a read returned {len} bytes");
+                }
+                Op::Write => side.put(&keys[rng.below(keys.len())], value)?,
+                Op::List => {
+                    // `k` and the first three of five digits: the 100 keys of one group.
+                    let prefix = &keys[rng.below(keys.len() / LIST_LEN) * LIST_LEN][..4];
+                    let got = side.list(prefix)?;
+                    ensure!(got == LIST_LEN, "a list of {prefix} returned {got} records");
+                }
+            }
+            n += 1;
+        }
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+struct EngineFigures {
+    engine: EngineKind,
+    /// (op, ours per second, bare per second)
+    rows: Vec<(Op, f64, f64)>,
+}
+
+fn bench_engine(engine: EngineKind, args: &StoreBenchArgs, dir: &Path) -> anyhow::Result<EngineFigures> {
+    let keys: Vec<String> = (0..args.records).map(record_key).collect();
+    let value = record_value();
+    let ours_dir = dir.join(format!("ours-{engine}"));
+    std::fs::create_dir_all(&ours_dir)?;
+    let store = Store::open(engine, &ours_dir, &DataKey::generate(), StoreOptions { quota_bytes: u64::MAX })?;
+    let mut ours = Ours(store);
+    let mut bare: Box<dyn Side> = match engine {
+        EngineKind::Sqlite => Box::new(BareSqlite::open(&dir.join("bare.db"))?),
+        EngineKind::Rocksdb => Box::new(BareRocks::open(&dir.join("bare.rocksdb"))?),
+    };
+    super::progress(format_args!("store {engine}: writing {} records to each side", keys.len()));
+    for key in &keys {
+        ours.put(key, &value)?;
+        bare.put(key, &value)?;
+    }
+    let duration = Duration::from_secs(args.seconds);
+    let mut rows = Vec::new();
+    for op in Op::ALL {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..args.rounds {
+            // Alternate who goes first, so neither always gets the warmer cache.
+            if round % 2 == 0 {
+                a.push(measure(&mut ours, op, &keys, &value, duration)?);
+                b.push(measure(bare.as_mut(), op, &keys, &value, duration)?);
+            } else {
+                b.push(measure(bare.as_mut(), op, &keys, &value, duration)?);
+                a.push(measure(&mut ours, op, &keys, &value, duration)?);
+            }
+        }
+        let (ours_rate, bare_rate) = (median(a), median(b));
+        super::progress(format_args!("store {engine}: {}: {ours_rate:.0}/s ours, {bare_rate:.0}/s bare", op.name()));
+        rows.push((op, ours_rate, bare_rate));
+    }
+    Ok(EngineFigures { engine, rows })
+}
+
+pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
+    ensure!((LIST_LEN * 10..100_000).contains(&args.records), "--records must be 1000 to 99900");
+    ensure!(args.records.is_multiple_of(LIST_LEN), "--records must be a multiple of {LIST_LEN}");
+    ensure!(args.seconds >= 1 && args.rounds >= 1, "--seconds and --rounds must be at least 1");
+    let dir = tempfile::Builder::new().prefix("selfcloud-bench-store-").tempdir()?;
+    let engines = match args.store {
+        Some(e) => vec![e],
+        None => EngineKind::ALL.to_vec(),
+    };
+    let figures =
+        engines.into_iter().map(|e| bench_engine(e, &args, dir.path())).collect::<anyhow::Result<Vec<_>>>()?;
+
+    println!();
+    println!(
+        "store API beside the bare engine: {} records of 1 KiB, median of {} rounds of {} s, one thread",
+        args.records, args.rounds, args.seconds
+    );
+    println!("{:<8} {:<24} {:>12} {:>12} {:>7}", "engine", "operation", "ours/s", "bare/s", "ratio");
+    let mut json = Vec::new();
+    for f in &figures {
+        for (op, ours, bare) in &f.rows {
+            println!("{:<8} {:<24} {:>12.0} {:>12.0} {:>6.2}x", f.engine.as_str(), op.name(), ours, bare, ours / bare);
+            json.push(serde_json::json!({"engine": f.engine.as_str(), "op": op.name(), "ours_per_s": ours, "bare_per_s": bare, "ratio": ours / bare}));
+        }
+    }
+    let reads_met = figures.iter().all(|f| f.rows.iter().any(|(op, o, b)| *op == Op::Read && o / b >= 0.7));
+    println!(
+        "target: reads through the store API >= 0.7x the bare engine: {}",
+        if reads_met { "met" } else { "MISSED" }
+    );
+    println!("{}", serde_json::json!({"store_bench": json}));
+    Ok(())
+}
