@@ -99,7 +99,7 @@ impl Control {
 
     /// Removes a directory left by a provisioning that did not complete.
     pub(crate) fn discard_dir(&self, id: InstanceId) {
-        self.open.lock().pop(&id);
+        self.open.lock().remove(id);
         let dir = instance_dir(&self.config.home, id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(instance = %id, error = %e, "could not remove an abandoned instance directory");
@@ -109,12 +109,12 @@ impl Control {
     /// The instance's handle, opening it if it is not open. The caller has already established,
     /// from a token, that this is the instance it may reach.
     pub async fn instance(&self, id: InstanceId) -> Result<Arc<dyn Instance>> {
-        if let Some(i) = self.open.lock().get(&id) {
-            return Ok(i.clone());
+        if let Some(i) = self.open.lock().get(id) {
+            return Ok(i);
         }
         let _guard = self.opening.lock().await;
-        if let Some(i) = self.open.lock().get(&id) {
-            return Ok(i.clone());
+        if let Some(i) = self.open.lock().get(id) {
+            return Ok(i);
         }
         let (home, seal, options) =
             (self.config.home.clone(), self.node_key.instance_seal_key(id), self.store_options(id));

@@ -1,7 +1,7 @@
 //! The control plane: who the users are, which instance is theirs, which apps they granted what,
 //! and the lifecycle of instances (provision, open, keep a bounded set open).
 //!
-//! Control reads no instance contents: it hands the gateway an [`Instance`] handle and the
+//! Control reads no instance contents: it hands the gateway an [`Instance`](selfcloud_instance::Instance) handle and the
 //! gateway talks to that. Every method that depends on time takes `now` (Unix seconds) so tests
 //! control the clock.
 
@@ -10,6 +10,7 @@ mod grants;
 mod instances;
 pub mod keys;
 mod lifecycle;
+mod open_set;
 mod recovery;
 mod registry;
 mod tiers;
@@ -27,13 +28,11 @@ pub use tokens::{GrantRef, TokenInfo, TokenKind};
 pub use verify::{HomeReport, InstanceCheck};
 
 use keys::NodeKey;
-use lru::LruCache;
 use parking_lot::Mutex;
 use registry::Registry;
 use selfcloud_core::config::{KdfParams, Limits, TokenTtls};
 use selfcloud_core::{Error, InstanceId, Result};
-use selfcloud_instance::{EngineKind, Instance};
-use std::num::NonZeroUsize;
+use selfcloud_instance::EngineKind;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -70,7 +69,7 @@ pub struct Control {
     registry: Arc<Registry>,
     node_key: NodeKey,
     tokens: TokenTable,
-    open: Mutex<LruCache<InstanceId, Arc<dyn Instance>>>,
+    open: Mutex<open_set::OpenSet>,
     /// Serialises opening instances so one instance is never opened twice at once.
     opening: tokio::sync::Mutex<()>,
     /// Users with a password change, recovery or deletion under way: one at a time per user.
@@ -91,11 +90,10 @@ impl Control {
             .map_err(|e| Error::internal(format!("create {home:?}: {e}")))?;
         let node_key = instances::load_or_create_node_key(home)?;
         let registry = Arc::new(Registry::open(&home.join("control.db"))?);
-        let capacity = NonZeroUsize::new(config.open_instances.max(1)).expect("max(1) is non-zero");
         let tiers = parking_lot::RwLock::new(registry.instance_tiers()?);
         let operator_token_hash = tiers::load_or_create_operator_token(home)?;
         let control = Control {
-            open: Mutex::new(LruCache::new(capacity)),
+            open: Mutex::new(open_set::OpenSet::new(config.open_instances)),
             provisioned: AtomicU64::new(registry.instance_count()?),
             config,
             registry,

@@ -213,7 +213,7 @@ impl Control {
             tokio::task::spawn_blocking(move || shred(&key_file).and_then(|_| shred(&key_file.with_extension("tmp"))))
                 .await
                 .map_err(Error::internal)??;
-            self.open.lock().pop(&id);
+            self.open.lock().remove(id);
         }
         tokio::task::spawn_blocking(move || remove_dir(&dir)).await.map_err(Error::internal)??;
         self.blocking(move |r| r.tombstone(user, now)).await?;

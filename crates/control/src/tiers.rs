@@ -59,7 +59,7 @@ impl Control {
             return Err(Error::not_found("no such instance"));
         }
         self.remember_tier(id, tier);
-        let open = self.open.lock().peek(&id).cloned();
+        let open = self.open.lock().peek(id);
         if let Some(instance) = open {
             instance.set_quota(self.config.limits.tier(tier).quota_bytes).await?;
         }
@@ -79,7 +79,7 @@ impl Control {
                 tier: tier.parse().unwrap_or_default(),
                 state,
                 created_at,
-                open: open.contains(&id),
+                open: open.peek(id).is_some(),
             })
             .collect())
     }

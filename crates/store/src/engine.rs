@@ -87,3 +87,11 @@ pub(crate) fn check_quota(delta: i64, used: i64, quota: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// The last step of every engine's `verify`: the usage counters must equal a full scan's totals.
+pub(crate) fn agree(counted: Usage, scanned: Usage) -> Result<Usage> {
+    if counted != scanned {
+        return Err(Error::internal(format!("counters {counted:?} disagree with a scan {scanned:?}")));
+    }
+    Ok(scanned)
+}

@@ -7,7 +7,7 @@
 //! `c\0<name>`              -> counter (i64 BE): `rev`, `records`, `bytes`
 //! `l\0<seq u64 BE>`        -> sealed log entry
 
-use crate::engine::{check, check_import, check_quota, Engine, ImportRow, ScanRow, Sealed};
+use crate::engine::{agree, check, check_import, check_quota, Engine, ImportRow, ScanRow, Sealed};
 use crate::{Precondition, Rev, Usage};
 use parking_lot::Mutex;
 use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
@@ -113,9 +113,7 @@ impl RocksEngine {
         opts.set_sync(true);
         self.db.write_opt(batch, &opts).map_err(db_err)
     }
-}
 
-impl RocksEngine {
     fn scan_totals(&self) -> Result<Usage> {
         let (mut records, mut bytes) = (0u64, 0u64);
         for item in self.db.iterator(IteratorMode::From(b"r\0", Direction::Forward)) {
@@ -287,11 +285,7 @@ impl Engine for RocksEngine {
         // Opening replayed the WAL and checked what it read; a full scan reads every block
         // (checksums verified) and must agree with the counters.
         let scanned = self.scan_totals()?;
-        let counted = self.usage()?;
-        if counted != scanned {
-            return Err(Error::internal(format!("counters {counted:?} disagree with a scan {scanned:?}")));
-        }
-        Ok(scanned)
+        agree(self.usage()?, scanned)
     }
 
     fn read_log(&self, before: u64, limit: usize) -> Result<Vec<(u64, Sealed)>> {

@@ -2,7 +2,7 @@
 //! acknowledged write survives a crash or power loss. One writer connection behind a lock (the
 //! per-instance write lock) and a small pool of reader connections that read in parallel.
 
-use crate::engine::{check, check_import, check_quota, Engine, ImportRow, ScanRow, Sealed};
+use crate::engine::{agree, check, check_import, check_quota, Engine, ImportRow, ScanRow, Sealed};
 use crate::{Precondition, Rev, Usage};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -264,11 +264,7 @@ impl Engine for SqliteEngine {
             })
             .map_err(db_err)?;
         drop(conn);
-        let counted = self.usage()?;
-        if counted != scanned {
-            return Err(Error::internal(format!("counters {counted:?} disagree with a scan {scanned:?}")));
-        }
-        Ok(scanned)
+        agree(self.usage()?, scanned)
     }
 
     fn read_log(&self, before: u64, limit: usize) -> Result<Vec<(u64, Sealed)>> {
