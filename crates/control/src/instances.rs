@@ -61,14 +61,9 @@ impl Control {
         StoreOptions { quota_bytes: self.config.limits.tier(self.tier_of(id)).quota_bytes }
     }
 
-    /// Creates the instance's directory, data key and store. Blocking: call from the blocking pool.
-    pub(crate) fn provision_dir(
-        &self,
-        id: InstanceId,
-        password: &PasswordKeys,
-        salt: &[u8],
-        recovery: &RecoveryCode,
-    ) -> Result<Arc<dyn Instance>> {
+    /// Creates the instance's directory, data key and store: all that does not depend on the
+    /// password, so sign-up runs it beside the password's KDF. Blocking.
+    pub(crate) fn create_instance(&self, id: InstanceId) -> Result<(DataKey, Arc<dyn Instance>)> {
         let dir = instance_dir(&self.config.home, id);
         std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
         #[cfg(unix)]
@@ -79,27 +74,38 @@ impl Control {
         }
         // Every account starts on the free tier; an operator moves it.
         self.remember_tier(id, selfcloud_core::config::Tier::Free);
-        let (data_key, recovery_salt) = (DataKey::generate(), keys::random_salt());
+        let data_key = DataKey::generate();
+        let instance: Arc<dyn Instance> =
+            Arc::new(InprocInstance::create(id, &dir, &data_key, self.config.store_engine, self.store_options(id))?);
+        Ok((data_key, instance))
+    }
+
+    /// Writes the instance's key file: its data key wrapped by the node's sealing key, by the
+    /// password's key and by the recovery code's. Blocking.
+    pub(crate) fn write_key_file(
+        &self,
+        id: InstanceId,
+        data_key: &DataKey,
+        password: &PasswordKeys,
+        salt: &[u8],
+        recovery: &RecoveryCode,
+    ) -> Result<()> {
+        let recovery_salt = keys::random_salt();
         let file = InstanceKeyFile {
             version: keys::KEY_FILE_VERSION,
-            sealed: keys::wrap(&self.node_key.instance_seal_key(id), keys::SEAL_PURPOSE, &data_key)?,
-            password_wrapped: keys::wrap(password.kek(), keys::PASSWORD_PURPOSE, &data_key)?,
+            sealed: keys::wrap(&self.node_key.instance_seal_key(id), keys::SEAL_PURPOSE, data_key)?,
+            password_wrapped: keys::wrap(password.kek(), keys::PASSWORD_PURPOSE, data_key)?,
             kdf: self.config.kdf,
             salt: salt.to_vec(),
-            recovery_wrapped: keys::wrap(&recovery.derive(&recovery_salt), keys::RECOVERY_PURPOSE, &data_key)?,
+            recovery_wrapped: keys::wrap(&recovery.derive(&recovery_salt), keys::RECOVERY_PURPOSE, data_key)?,
             recovery_salt: recovery_salt.to_vec(),
         };
         let json = serde_json_vec(&file)?;
-        write_durably(&dir.join(KEY_FILE), &json)?;
-        let instance: Arc<dyn Instance> =
-            Arc::new(InprocInstance::create(id, &dir, &data_key, self.config.store_engine, self.store_options(id))?);
-        self.open.lock().put(id, instance.clone());
-        Ok(instance)
+        write_durably(&instance_dir(&self.config.home, id).join(KEY_FILE), &json)
     }
 
     /// Removes a directory left by a provisioning that did not complete.
     pub(crate) fn discard_dir(&self, id: InstanceId) {
-        self.open.lock().remove(id);
         let dir = instance_dir(&self.config.home, id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(instance = %id, error = %e, "could not remove an abandoned instance directory");

@@ -18,6 +18,11 @@ enum Message {
 
 /// Most entries written in one batch.
 const BATCH: usize = 4096;
+/// After the first entry of a batch, the writer waits this long for more. Requests then never
+/// wake it one by one (under load it sleeps through thousands of sends), and each batch is one
+/// commit per instance. An entry reaches disk within about this much time; reading the log
+/// flushes first, so an owner never sees it late.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[derive(Clone)]
 pub struct AuditSink {
@@ -58,6 +63,16 @@ async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, metrics:
     loop {
         if rx.recv_many(&mut buf, BATCH).await == 0 {
             return; // every sender is gone and the queue is empty
+        }
+        let flush_asked = buf.iter().any(|m| matches!(m, Message::Flush(_)));
+        if !flush_asked && buf.len() < BATCH {
+            tokio::time::sleep(LINGER).await;
+            while buf.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(m) => buf.push(m),
+                    Err(_) => break,
+                }
+            }
         }
         let mut by_instance: HashMap<InstanceId, Vec<AuditEntry>> = HashMap::new();
         let mut waiters = Vec::new();

@@ -20,12 +20,13 @@ fn instance_dir(s: &Server, signed_up: &Value) -> std::path::PathBuf {
     selfcloud_control::instance_dir(s.home.path(), signed_up["instance"]["id"].as_str().unwrap().parse().unwrap())
 }
 
-/// A digest of every file of the instance's store, to show it was not rewritten.
+/// A digest of the instance's record store (the database and its WAL; not the shared-memory
+/// index, where readers take their marks), to show it was not rewritten.
 fn store_digest(dir: &std::path::Path) -> Vec<u8> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("store."))
+        .filter(|p| p.file_name().unwrap().to_str().is_some_and(|n| n.starts_with("store.") && !n.ends_with("-shm")))
         .collect();
     names.sort();
     let mut h = Sha256::new();

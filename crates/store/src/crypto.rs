@@ -1,5 +1,6 @@
 //! Encryption at rest: XChaCha20-Poly1305 under the instance's data key, a fresh random nonce per
-//! value (192-bit nonces make random ones safe for any realistic number of writes).
+//! value (192-bit nonces make random ones safe for any realistic number of writes). Nonces come
+//! from the thread's CSPRNG (ChaCha, seeded and reseeded from the OS), not a syscall per value.
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -39,7 +40,7 @@ impl Sealer {
 
     /// `nonce || ciphertext+tag`.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut rand::thread_rng());
         let ct = self.0.encrypt(&nonce, Payload { msg: plaintext, aad }).map_err(|_| Error::internal("seal failed"))?;
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);

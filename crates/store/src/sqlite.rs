@@ -1,6 +1,16 @@
 //! The SQLite engine: one database file per instance, WAL with `synchronous=FULL` so an
 //! acknowledged write survives a crash or power loss. One writer connection behind a lock (the
 //! per-instance write lock) and a small pool of reader connections that read in parallel.
+//!
+//! Records live in a rowid table with a unique index on (collection, key), not in a `WITHOUT
+//! ROWID` table: an index b-tree keeps at most ~1000 bytes of a row on its page, so 1 KiB values
+//! would each spill to an overflow page, which SQLite reads past its cache with a syscall.
+//!
+//! The log (the audit log) is a second file, `log.db`, with its own connection. Appends come
+//! all the time, and every commit to a file makes its readers drop their page caches; apart,
+//! they leave the record readers' caches warm. Log commits do not fsync (`synchronous=NORMAL`):
+//! they survive a crash of the process, as the queue in front of them does not. The file is
+//! created by the first append, so sign-up creates one database, not two.
 
 use crate::engine::{agree, check, check_import, check_quota, Engine, ImportRow, ScanRow, Sealed};
 use crate::{Precondition, Rev, Usage};
@@ -9,21 +19,31 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use selfcloud_core::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// Schema versions, applied in order on open (`PRAGMA user_version` records how far a file is).
+/// Schema versions of `store.db`, applied in order on open (`PRAGMA user_version` records how
+/// far a file is).
 const MIGRATIONS: &[&str] = &[
-    // 1: records, counters and the log.
+    // 1: records and counters.
     "CREATE TABLE records (
+         id         INTEGER PRIMARY KEY,
          collection TEXT NOT NULL,
          key        TEXT NOT NULL,
          rev        INTEGER NOT NULL,
          size       INTEGER NOT NULL,
          value      BLOB NOT NULL,
-         PRIMARY KEY (collection, key)
-     ) WITHOUT ROWID;
+         UNIQUE (collection, key)
+     );
      CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-     INSERT INTO counters VALUES ('rev', 0), ('records', 0), ('bytes', 0);
-     CREATE TABLE log (seq INTEGER PRIMARY KEY, value BLOB NOT NULL);",
+     INSERT INTO counters VALUES ('rev', 0), ('records', 0), ('bytes', 0);",
 ];
+
+/// Schema versions of `log.db`.
+const LOG_MIGRATIONS: &[&str] = &[
+    // 1: the log.
+    "CREATE TABLE log (seq INTEGER PRIMARY KEY, value BLOB NOT NULL);",
+];
+
+/// The log's file, beside the store's.
+pub(crate) const LOG_FILE: &str = "log.db";
 
 /// Reader connections kept open; more are opened under load and closed after.
 const READERS_KEPT: usize = 4;
@@ -32,6 +52,9 @@ pub(crate) struct SqliteEngine {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    log_path: PathBuf,
+    /// The log's one connection (appends, the owner's reads, checks), once the log exists.
+    log: Mutex<Option<Connection>>,
 }
 
 fn db_err(e: rusqlite::Error) -> Error {
@@ -40,12 +63,27 @@ fn db_err(e: rusqlite::Error) -> Error {
 
 impl SqliteEngine {
     pub fn open(path: &Path) -> Result<Self> {
-        let mut writer = Connection::open(path).map_err(db_err)?;
-        writer
-            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;")
-            .map_err(db_err)?;
-        migrate(&mut writer)?;
-        Ok(SqliteEngine { path: path.to_owned(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+        let writer = open_migrated(path, "FULL", MIGRATIONS)?;
+        Ok(SqliteEngine {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            log_path: path.with_file_name(LOG_FILE),
+            log: Mutex::new(None),
+        })
+    }
+
+    /// Runs `f` on the log's connection, opening the log first (creating it if `create`);
+    /// `None` if there is no log and `create` is false.
+    fn with_log<T>(&self, create: bool, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<Option<T>> {
+        let mut slot = self.log.lock();
+        if slot.is_none() {
+            if !create && !self.log_path.exists() {
+                return Ok(None);
+            }
+            *slot = Some(open_migrated(&self.log_path, "NORMAL", LOG_MIGRATIONS)?);
+        }
+        f(slot.as_mut().expect("opened just above")).map(Some)
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -71,12 +109,23 @@ impl SqliteEngine {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
+/// Opens (creating) a database file in WAL mode with the given `synchronous` level, migrated.
+fn open_migrated(path: &Path, synchronous: &str, migrations: &[&str]) -> Result<Connection> {
+    let mut conn = Connection::open(path).map_err(db_err)?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=5000;"
+    ))
+    .map_err(db_err)?;
+    migrate(&mut conn, migrations)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<()> {
     let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
-    if version > MIGRATIONS.len() {
+    if version > migrations.len() {
         return Err(Error::internal(format!("store schema {version} is newer than this binary knows")));
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+    for (i, sql) in migrations.iter().enumerate().skip(version) {
         let tx = conn.transaction().map_err(db_err)?;
         tx.execute_batch(sql).map_err(db_err)?;
         tx.pragma_update(None, "user_version", i + 1).map_err(db_err)?;
@@ -235,29 +284,29 @@ impl Engine for SqliteEngine {
     }
 
     fn append_log(&self, entries: &[Sealed], keep: u64) -> Result<u64> {
-        let mut conn = self.writer.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
-        let mut last = 0;
-        {
-            let mut stmt = tx.prepare_cached("INSERT INTO log (value) VALUES (?1)").map_err(db_err)?;
-            for e in entries {
-                stmt.execute(params![e]).map_err(db_err)?;
-                last = tx.last_insert_rowid();
+        let appended = self.with_log(true, |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
+            let mut last = 0;
+            {
+                let mut stmt = tx.prepare_cached("INSERT INTO log (value) VALUES (?1)").map_err(db_err)?;
+                for e in entries {
+                    stmt.execute(params![e]).map_err(db_err)?;
+                    last = tx.last_insert_rowid();
+                }
             }
-        }
-        if last as u64 > keep {
-            tx.execute("DELETE FROM log WHERE seq <= ?1", params![last - keep as i64]).map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)?;
-        Ok(last as u64)
+            if last as u64 > keep {
+                tx.execute("DELETE FROM log WHERE seq <= ?1", params![last - keep as i64]).map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(last as u64)
+        })?;
+        Ok(appended.unwrap_or(0))
     }
 
     fn verify(&self) -> Result<Usage> {
+        self.with_log(false, |log| integrity_check(log, LOG_FILE))?;
         let conn = self.writer.lock();
-        let report: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db_err)?;
-        if report != "ok" {
-            return Err(Error::internal(format!("sqlite integrity_check: {report}")));
-        }
+        integrity_check(&conn, crate::EngineKind::Sqlite.file_name())?;
         let scanned = conn
             .query_row("SELECT count(*), coalesce(sum(size), 0) FROM records", [], |r| {
                 Ok(Usage { records: r.get::<_, i64>(0)? as u64, bytes: r.get::<_, i64>(1)? as u64 })
@@ -269,11 +318,23 @@ impl Engine for SqliteEngine {
 
     fn read_log(&self, before: u64, limit: usize) -> Result<Vec<(u64, Sealed)>> {
         let before = before.min(i64::MAX as u64) as i64;
-        self.read(|c| {
-            let mut stmt = c.prepare_cached("SELECT seq, value FROM log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")?;
-            let rows =
-                stmt.query_map(params![before, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?;
-            rows.collect()
-        })
+        let rows = self.with_log(false, |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, value FROM log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map(params![before, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+                .map_err(db_err)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(db_err)
+        })?;
+        Ok(rows.unwrap_or_default())
     }
+}
+
+fn integrity_check(conn: &Connection, file: &str) -> Result<()> {
+    let report: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(db_err)?;
+    if report != "ok" {
+        return Err(Error::internal(format!("sqlite integrity_check of {file}: {report}")));
+    }
+    Ok(())
 }

@@ -143,12 +143,20 @@ fn quota_refuses_growth_and_writes_nothing(kind: EngineKind) {
 
 fn log_appends_reads_newest_first_and_prunes(kind: EngineKind) {
     let f = fixture(kind, u64::MAX);
+    assert_eq!(f.store.read_log(None, 10).unwrap(), vec![], "a new store's log is empty");
+    f.store.verify().unwrap();
     let entries: Vec<Vec<u8>> = (0..5).map(|i| format!("e{i}").into_bytes()).collect();
     assert_eq!(f.store.append_log(&entries, 3).unwrap(), 5);
     let read = f.store.read_log(None, 10).unwrap();
     assert_eq!(read.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [5, 4, 3]);
     assert_eq!(read[0].1, b"e4");
     assert_eq!(f.store.read_log(Some(4), 1).unwrap(), vec![(3, b"e2".to_vec())]);
+    // The log outlives a reopen, and keeps counting.
+    drop(f.store);
+    let s = reopen(kind, f.dir.path(), &f.key);
+    assert_eq!(s.append_log(&[b"e5".to_vec()], 3).unwrap(), 6);
+    assert_eq!(s.read_log(None, 10).unwrap().iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [6, 5, 4]);
+    s.verify().unwrap();
 }
 
 fn reopening_keeps_data_and_schema(kind: EngineKind) {
