@@ -12,6 +12,8 @@ mod rocks;
 mod sqlite;
 
 pub use crypto::DataKey;
+/// RocksDB's options as every instance opens it (for side-by-side measurements of the bare engine).
+pub use rocks::options as rocksdb_options;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;

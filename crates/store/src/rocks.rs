@@ -14,6 +14,19 @@ use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOp
 use selfcloud_core::{Error, Result};
 use std::path::Path;
 
+/// The options every instance's database is opened with.
+pub fn options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    // Values are sealed (random-looking) before they get here: compression would not help.
+    opts.set_compression_type(rocksdb::DBCompressionType::None);
+    // Many small instances per node: keep each one's memtable and file handles modest.
+    opts.set_write_buffer_size(4 << 20);
+    opts.set_max_open_files(64);
+    opts.set_keep_log_file_num(2);
+    opts
+}
+
 pub(crate) struct RocksEngine {
     db: DB,
     /// The write lock, holding the counters as last written.
@@ -77,15 +90,7 @@ fn decode(value: &[u8]) -> Result<(Rev, u64, &[u8])> {
 
 impl RocksEngine {
     pub fn open(path: &Path) -> Result<Self> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        // Values are sealed (random-looking) before they get here: compression would not help.
-        opts.set_compression_type(rocksdb::DBCompressionType::None);
-        // Many small instances per node: keep each one's memtable and file handles modest.
-        opts.set_write_buffer_size(4 << 20);
-        opts.set_max_open_files(64);
-        opts.set_keep_log_file_num(2);
-        let db = DB::open(&opts, path).map_err(db_err)?;
+        let db = DB::open(&options(), path).map_err(db_err)?;
         let mut counters = Counters::default();
         let read = |name: &[u8]| -> Result<i64> {
             Ok(db.get(name).map_err(db_err)?.map(|v| be_u64(&v)).transpose()?.unwrap_or(0) as i64)
