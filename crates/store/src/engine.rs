@@ -9,6 +9,14 @@ pub(crate) type Sealed = Vec<u8>;
 /// `(collection, key, rev, sealed value)` from a whole-store scan.
 pub(crate) type ScanRow = (String, String, Rev, Sealed);
 
+/// One stored batch of log entries.
+pub(crate) struct LogBatch {
+    /// The number of its last entry.
+    pub last: u64,
+    pub count: u64,
+    pub sealed: Sealed,
+}
+
 /// One record of a bulk import, sealed by the facade.
 pub(crate) struct ImportRow {
     pub collection: String,
@@ -56,9 +64,14 @@ pub(crate) trait Engine: Send + Sync {
 
     fn usage(&self) -> Result<Usage>;
 
-    fn append_log(&self, entries: &[Sealed], keep: u64) -> Result<u64>;
+    /// Appends one batch of `count` entries, numbered on from the last entry, as the bytes
+    /// `seal(first number)` returns; then drops the batches whose entries are all older than the
+    /// `keep` (at least 1) newest. Atomic. Returns the number of the batch's last entry.
+    fn append_log(&self, count: u64, keep: u64, seal: &dyn Fn(u64) -> Result<Sealed>) -> Result<u64>;
 
-    fn read_log(&self, before: u64, limit: usize) -> Result<Vec<(u64, Sealed)>>;
+    /// The batches holding entries numbered below `before`, newest first, stopping once they hold
+    /// `limit` such entries.
+    fn read_log(&self, before: u64, limit: usize) -> Result<Vec<LogBatch>>;
 
     /// The engine's own integrity check, then a full scan whose totals must match the counters.
     fn verify(&self) -> Result<Usage>;

@@ -8,6 +8,7 @@
 
 mod crypto;
 mod engine;
+mod log;
 mod rocks;
 mod sqlite;
 
@@ -269,20 +270,33 @@ impl Store {
         self.quota_bytes.store(quota, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Appends entries to the instance's log (the audit log) in one transaction; returns the
-    /// sequence number of the last. Entries past `keep` newest are pruned.
+    /// Appends entries to the instance's log (the audit log) as one batch, in one transaction;
+    /// returns the sequence number of the last (0 if there were none). Batches whose entries
+    /// are all older than the `keep` newest are pruned, so at least `keep` entries stay.
     pub fn append_log(&self, entries: &[Vec<u8>], keep: u64) -> Result<u64> {
-        let sealed = entries.iter().map(|e| self.sealer.seal(b"log", e)).collect::<Result<Vec<_>>>()?;
-        self.engine.append_log(&sealed, keep)
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let (packed, count) = (log::pack(entries), entries.len() as u64);
+        self.engine.append_log(count, keep.max(1), &|first| self.sealer.seal(&log::aad(first, count), &packed))
     }
 
     /// Up to `limit` log entries with a sequence number below `before` (all if `None`), newest first.
     pub fn read_log(&self, before: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
-        self.engine
-            .read_log(before.unwrap_or(u64::MAX), limit)?
-            .into_iter()
-            .map(|(seq, sealed)| Ok((seq, self.sealer.open(b"log", &sealed)?)))
-            .collect()
+        let before = before.unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for batch in self.engine.read_log(before, limit)? {
+            let first = batch.last + 1 - batch.count;
+            let opened = self.sealer.open(&log::aad(first, batch.count), &batch.sealed)?;
+            let entries = log::unpack(&opened, batch.count)?;
+            for (i, entry) in entries.into_iter().enumerate().rev() {
+                let seq = first + i as u64;
+                if seq < before && out.len() < limit {
+                    out.push((seq, entry));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -5,9 +5,10 @@
 //! Key layout (collection and key grammars exclude NUL, so NUL separators keep order by key):
 //! `r\0<collection>\0<key>` -> rev (u64 BE) | size (u64 BE) | sealed value
 //! `c\0<name>`              -> counter (i64 BE): `rev`, `records`, `bytes`
-//! `l\0<seq u64 BE>`        -> sealed log entry
+//! `l\0<seq u64 BE>`        -> a log batch ending at entry `seq`: count (u64 BE) | sealed
 
-use crate::engine::{agree, check, check_import, check_quota, Engine, ImportRow, ScanRow, Sealed};
+use crate::engine::{agree, check, check_import, check_quota, Engine, ImportRow, LogBatch, ScanRow, Sealed};
+use crate::log::entries_before;
 use crate::{Precondition, Rev, Usage};
 use parking_lot::Mutex;
 use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
@@ -270,14 +271,16 @@ impl Engine for RocksEngine {
         Ok(Usage { records: c.records as u64, bytes: c.bytes as u64 })
     }
 
-    fn append_log(&self, entries: &[Sealed], keep: u64) -> Result<u64> {
+    fn append_log(&self, count: u64, keep: u64, seal: &dyn Fn(u64) -> Result<Sealed>) -> Result<u64> {
         let mut counters = self.writer.lock();
         let mut next = *counters;
+        let sealed = seal(next.log_seq + 1)?;
+        next.log_seq += count;
+        let mut value = Vec::with_capacity(8 + sealed.len());
+        value.extend_from_slice(&count.to_be_bytes());
+        value.extend_from_slice(&sealed);
         let mut batch = WriteBatch::default();
-        for e in entries {
-            next.log_seq += 1;
-            batch.put(log_key(next.log_seq), e);
-        }
+        batch.put(log_key(next.log_seq), value);
         if next.log_seq > keep {
             batch.delete_range(log_key(0), log_key(next.log_seq - keep + 1));
         }
@@ -293,20 +296,40 @@ impl Engine for RocksEngine {
         agree(self.usage()?, scanned)
     }
 
-    fn read_log(&self, before: u64, limit: usize) -> Result<Vec<(u64, Sealed)>> {
-        let mut opts = ReadOptions::default();
-        opts.set_iterate_lower_bound(log_key(0).to_vec());
-        let start = log_key(before.saturating_sub(1));
+    fn read_log(&self, before: u64, limit: usize) -> Result<Vec<LogBatch>> {
+        let bounded = || {
+            let mut opts = ReadOptions::default();
+            opts.set_iterate_lower_bound(log_key(0).to_vec());
+            opts.set_iterate_upper_bound(b"l\x01".to_vec());
+            opts
+        };
+        let parse = |k: &[u8], v: &[u8]| -> Result<LogBatch> {
+            Ok(LogBatch { last: be_u64(&k[2..])?, count: be_u64(v)?, sealed: v[8..].to_vec() })
+        };
         let mut out = Vec::new();
+        // The one batch that may straddle `before`: the first ending at or after it.
+        if let Some(item) =
+            self.db.iterator_opt(IteratorMode::From(&log_key(before), Direction::Forward), bounded()).next()
+        {
+            let (k, v) = item.map_err(db_err)?;
+            let batch = parse(&k, &v)?;
+            if entries_before(batch.last, batch.count, before) > 0 {
+                out.push(batch);
+            }
+        }
+        let mut held: u64 = out.iter().map(|b| entries_before(b.last, b.count, before)).sum();
         if before == 0 {
             return Ok(out);
         }
-        for item in self.db.iterator_opt(IteratorMode::From(&start, Direction::Reverse), opts) {
-            if out.len() == limit {
+        // Then the batches ending before it, newest first.
+        for item in self.db.iterator_opt(IteratorMode::From(&log_key(before - 1), Direction::Reverse), bounded()) {
+            if held >= limit as u64 {
                 break;
             }
             let (k, v) = item.map_err(db_err)?;
-            out.push((be_u64(&k[2..])?, v.to_vec()));
+            let batch = parse(&k, &v)?;
+            held += batch.count;
+            out.push(batch);
         }
         Ok(out)
     }

@@ -12,7 +12,8 @@
 //! they survive a crash of the process, as the queue in front of them does not. The file is
 //! created by the first append, so sign-up creates one database, not two.
 
-use crate::engine::{agree, check, check_import, check_quota, Engine, ImportRow, ScanRow, Sealed};
+use crate::engine::{agree, check, check_import, check_quota, Engine, ImportRow, LogBatch, ScanRow, Sealed};
+use crate::log::entries_before;
 use crate::{Precondition, Rev, Usage};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -38,8 +39,8 @@ const MIGRATIONS: &[&str] = &[
 
 /// Schema versions of `log.db`.
 const LOG_MIGRATIONS: &[&str] = &[
-    // 1: the log.
-    "CREATE TABLE log (seq INTEGER PRIMARY KEY, value BLOB NOT NULL);",
+    // 1: the log, a row per batch: the number of its last entry, how many it holds, sealed.
+    "CREATE TABLE log (seq INTEGER PRIMARY KEY, count INTEGER NOT NULL, value BLOB NOT NULL);",
 ];
 
 /// The log's file, beside the store's.
@@ -283,24 +284,22 @@ impl Engine for SqliteEngine {
         })
     }
 
-    fn append_log(&self, entries: &[Sealed], keep: u64) -> Result<u64> {
+    fn append_log(&self, count: u64, keep: u64, seal: &dyn Fn(u64) -> Result<Sealed>) -> Result<u64> {
         let appended = self.with_log(true, |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
-            let mut last = 0;
-            {
-                let mut stmt = tx.prepare_cached("INSERT INTO log (value) VALUES (?1)").map_err(db_err)?;
-                for e in entries {
-                    stmt.execute(params![e]).map_err(db_err)?;
-                    last = tx.last_insert_rowid();
-                }
-            }
-            if last as u64 > keep {
-                tx.execute("DELETE FROM log WHERE seq <= ?1", params![last - keep as i64]).map_err(db_err)?;
+            let prev: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM log", [], |r| r.get(0)).map_err(db_err)?;
+            let last = prev as u64 + count;
+            let sealed = seal(prev as u64 + 1)?;
+            tx.prepare_cached("INSERT INTO log (seq, count, value) VALUES (?1, ?2, ?3)")
+                .and_then(|mut st| st.execute(params![last as i64, count as i64, sealed]))
+                .map_err(db_err)?;
+            if last > keep {
+                tx.execute("DELETE FROM log WHERE seq <= ?1", params![(last - keep) as i64]).map_err(db_err)?;
             }
             tx.commit().map_err(db_err)?;
-            Ok(last as u64)
+            Ok(last)
         })?;
-        Ok(appended.unwrap_or(0))
+        Ok(appended.expect("with_log(create) always runs"))
     }
 
     fn verify(&self) -> Result<Usage> {
@@ -316,18 +315,27 @@ impl Engine for SqliteEngine {
         agree(self.usage()?, scanned)
     }
 
-    fn read_log(&self, before: u64, limit: usize) -> Result<Vec<(u64, Sealed)>> {
-        let before = before.min(i64::MAX as u64) as i64;
-        let rows = self.with_log(false, |conn| {
+    fn read_log(&self, before: u64, limit: usize) -> Result<Vec<LogBatch>> {
+        let batches = self.with_log(false, |conn| {
+            // Newest first, skipping batches that only hold entries from `before` on.
             let mut stmt = conn
-                .prepare_cached("SELECT seq, value FROM log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")
+                .prepare_cached("SELECT seq, count, value FROM log WHERE seq - count + 1 < ?1 ORDER BY seq DESC")
                 .map_err(db_err)?;
-            let rows = stmt
-                .query_map(params![before, limit as i64], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-                .map_err(db_err)?;
-            rows.collect::<rusqlite::Result<_>>().map_err(db_err)
+            let mut rows = stmt.query(params![before.min(i64::MAX as u64) as i64]).map_err(db_err)?;
+            let (mut out, mut held) = (Vec::new(), 0u64);
+            while held < limit as u64 {
+                let Some(r) = rows.next().map_err(db_err)? else { break };
+                let batch = LogBatch {
+                    last: r.get::<_, i64>(0).map_err(db_err)? as u64,
+                    count: r.get::<_, i64>(1).map_err(db_err)? as u64,
+                    sealed: r.get(2).map_err(db_err)?,
+                };
+                held += entries_before(batch.last, batch.count, before);
+                out.push(batch);
+            }
+            Ok(out)
         })?;
-        Ok(rows.unwrap_or_default())
+        Ok(batches.unwrap_or_default())
     }
 }
 

@@ -145,17 +145,32 @@ fn log_appends_reads_newest_first_and_prunes(kind: EngineKind) {
     let f = fixture(kind, u64::MAX);
     assert_eq!(f.store.read_log(None, 10).unwrap(), vec![], "a new store's log is empty");
     f.store.verify().unwrap();
-    let entries: Vec<Vec<u8>> = (0..5).map(|i| format!("e{i}").into_bytes()).collect();
-    assert_eq!(f.store.append_log(&entries, 3).unwrap(), 5);
-    let read = f.store.read_log(None, 10).unwrap();
-    assert_eq!(read.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [5, 4, 3]);
-    assert_eq!(read[0].1, b"e4");
-    assert_eq!(f.store.read_log(Some(4), 1).unwrap(), vec![(3, b"e2".to_vec())]);
+    let e = |i: u64| format!("e{i}").into_bytes();
+    let seqs = |v: Vec<(u64, Vec<u8>)>| {
+        for (seq, entry) in &v {
+            assert_eq!(entry, &e(*seq), "entry {seq} holds what was written as it");
+        }
+        v.into_iter().map(|(seq, _)| seq).collect::<Vec<_>>()
+    };
+    // Five batches of one, keeping 3: the two oldest go.
+    for i in 1..=5 {
+        assert_eq!(f.store.append_log(&[e(i)], 3).unwrap(), i);
+    }
+    assert_eq!(seqs(f.store.read_log(None, 10).unwrap()), [5, 4, 3]);
+    // A batch of four (6..=9): batches wholly older than the 3 newest entries go; it stays whole.
+    assert_eq!(f.store.append_log(&[e(6), e(7), e(8), e(9)], 3).unwrap(), 9);
+    assert_eq!(seqs(f.store.read_log(None, 10).unwrap()), [9, 8, 7, 6]);
+    // Paging lands inside a batch and keeps counting down from there.
+    assert_eq!(seqs(f.store.read_log(Some(8), 1).unwrap()), [7]);
+    assert_eq!(seqs(f.store.read_log(Some(8), 5).unwrap()), [7, 6]);
+    assert_eq!(seqs(f.store.read_log(Some(6), 5).unwrap()), Vec::<u64>::new());
+    assert_eq!(f.store.append_log(&[], 3).unwrap(), 0, "an empty batch writes nothing");
     // The log outlives a reopen, and keeps counting.
     drop(f.store);
     let s = reopen(kind, f.dir.path(), &f.key);
-    assert_eq!(s.append_log(&[b"e5".to_vec()], 3).unwrap(), 6);
-    assert_eq!(s.read_log(None, 10).unwrap().iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [6, 5, 4]);
+    assert_eq!(s.append_log(&[e(10)], 3).unwrap(), 10);
+    assert_eq!(seqs(s.read_log(None, 10).unwrap()), [10, 9, 8, 7, 6]);
+    assert_eq!(seqs(s.read_log(None, 2).unwrap()), [10, 9]);
     s.verify().unwrap();
 }
 
