@@ -25,14 +25,15 @@ impl InprocInstance {
         engine: EngineKind,
         options: StoreOptions,
     ) -> Result<Self> {
-        let store = Store::open(engine, dir, key, options)?;
+        let store = Store::create(engine, dir, key, options)?;
         Ok(InprocInstance { id, engine, store: Arc::new(store) })
     }
 
     /// Opens the instance living in `dir`; its engine is told by what is on disk.
     pub fn open(id: InstanceId, dir: &Path, key: &DataKey, options: StoreOptions) -> Result<Self> {
         let engine = EngineKind::detect(dir).ok_or_else(|| Error::not_found("instance has no store"))?;
-        Self::create(id, dir, key, engine, options)
+        let store = Store::open(engine, dir, key, options)?;
+        Ok(InprocInstance { id, engine, store: Arc::new(store) })
     }
 
     /// Runs a write on the blocking pool: writes wait for fsync and must not stall the runtime.

@@ -151,7 +151,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating and migrating as needed) the store of `kind` inside the directory `dir`.
+    /// Creates a new, empty store of `kind` inside the directory `dir`, durably, and opens it.
+    /// `conflict` if `dir` already holds one.
+    pub fn create(kind: EngineKind, dir: &Path, key: &DataKey, options: StoreOptions) -> Result<Store> {
+        if EngineKind::detect(dir).is_some() {
+            return Err(Error::conflict("the directory already holds a store"));
+        }
+        let path = dir.join(kind.file_name());
+        let engine: Box<dyn Engine> = match kind {
+            EngineKind::Sqlite => Box::new(sqlite::SqliteEngine::create(&path)?),
+            EngineKind::Rocksdb => Box::new(rocks::RocksEngine::open(&path)?),
+        };
+        Ok(Store { engine, sealer: Sealer::new(key), quota_bytes: options.quota_bytes.into() })
+    }
+
+    /// Opens (migrating as needed) the store of `kind` inside the directory `dir`.
     pub fn open(kind: EngineKind, dir: &Path, key: &DataKey, options: StoreOptions) -> Result<Store> {
         let path = dir.join(kind.file_name());
         let engine: Box<dyn Engine> = match kind {

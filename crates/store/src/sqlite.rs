@@ -37,6 +37,9 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO counters VALUES ('rev', 0), ('records', 0), ('bytes', 0);",
 ];
 
+#[cfg(test)]
+pub(crate) const MIGRATIONS_LEN: usize = MIGRATIONS.len();
+
 /// Schema versions of `log.db`.
 const LOG_MIGRATIONS: &[&str] = &[
     // 1: the log, a row per batch: the number of its last entry, how many it holds, sealed.
@@ -74,6 +77,20 @@ impl SqliteEngine {
         })
     }
 
+    /// Creates a store at `path` (which must not exist) as a synced copy of an empty, migrated
+    /// store file, then opens it. Sign-up waits on this: copying a few pages costs a fraction of
+    /// creating the database (the switch to WAL, the schema, their syncs).
+    pub fn create(path: &Path) -> Result<Self> {
+        let io = |what: &str, e: std::io::Error| Error::internal(format!("{what} {}: {e}", path.display()));
+        let dir = path.parent().expect("a store lives in a directory");
+        let template = template(dir)?;
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| io("create", e))?;
+        std::io::Write::write_all(&mut file, template).and_then(|_| file.sync_all()).map_err(|e| io("write", e))?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("sync the directory of", e))?;
+        Self::open(path)
+    }
+
     /// Runs `f` on the log's connection, opening the log first (creating it if `create`);
     /// `None` if there is no log and `create` is false.
     fn with_log<T>(&self, create: bool, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<Option<T>> {
@@ -108,6 +125,29 @@ impl SqliteEngine {
         }
         out
     }
+}
+
+/// The bytes of an empty store file at the current schema, in WAL mode: made once per process,
+/// in a scratch file inside `dir` (so on the same file system), then kept in memory. Closing the
+/// only connection checkpoints and removes the WAL, so the one file holds everything.
+fn template(dir: &Path) -> Result<&'static [u8]> {
+    static TEMPLATE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    if let Some(t) = TEMPLATE.get() {
+        return Ok(t);
+    }
+    let scratch = dir.join(format!(".template-{:016x}.db", rand::random::<u64>()));
+    let made = make_template(&scratch);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", scratch.display()));
+    }
+    let bytes = made?;
+    Ok(TEMPLATE.get_or_init(|| bytes))
+}
+
+fn make_template(scratch: &Path) -> Result<Vec<u8>> {
+    let conn = open_migrated(scratch, "FULL", MIGRATIONS)?;
+    conn.close().map_err(|(_, e)| db_err(e))?;
+    std::fs::read(scratch).map_err(|e| Error::internal(format!("read {}: {e}", scratch.display())))
 }
 
 /// Opens (creating) a database file in WAL mode with the given `synchronous` level, migrated.

@@ -20,7 +20,7 @@ struct Fixture {
 fn fixture(kind: EngineKind, quota_bytes: u64) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let key = DataKey::generate();
-    let store = Store::open(kind, dir.path(), &key, StoreOptions { quota_bytes }).unwrap();
+    let store = Store::create(kind, dir.path(), &key, StoreOptions { quota_bytes }).unwrap();
     Fixture { dir, key, store }
 }
 
@@ -198,6 +198,28 @@ fn engine_detected_from_disk(kind: EngineKind) {
     let f = fixture(kind, u64::MAX);
     assert_eq!(EngineKind::detect(f.dir.path()), Some(kind));
     assert_eq!(kind.as_str().parse::<EngineKind>().unwrap(), kind);
+    // A directory holds one store: creating another there, of either engine, is refused.
+    for other in EngineKind::ALL {
+        let err = Store::create(other, f.dir.path(), &f.key, StoreOptions { quota_bytes: 1 }).err().unwrap();
+        assert_eq!(err.code, ErrorCode::Conflict);
+    }
+}
+
+#[test]
+fn a_new_sqlite_store_is_a_copy_of_the_template_in_wal_mode_at_the_current_schema() {
+    let f = fixture(EngineKind::Sqlite, u64::MAX);
+    f.store.put(&c("n"), &k("a"), b"1", Precondition::None).unwrap();
+    drop(f.store);
+    let conn = rusqlite::Connection::open(f.dir.path().join("store.db")).unwrap();
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!((mode.as_str(), version), ("wal", crate::sqlite::MIGRATIONS_LEN));
+    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    // No scratch file is left beside it.
+    let names: Vec<String> =
+        std::fs::read_dir(f.dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(names.iter().all(|n| !n.starts_with(".template")), "{names:?}");
 }
 
 /// Every record of a store, by scanning `limit` (and `max_bytes`) at a time.

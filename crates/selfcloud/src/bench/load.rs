@@ -209,7 +209,8 @@ pub fn sqlite_floor(
     let mut conn = Connection::open(path)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     ensure!(mode.eq_ignore_ascii_case("wal"), "journal mode is {mode}");
-    conn.execute_batch("CREATE TABLE kv(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;")?;
+    // The store's own table shape (a rowid table, a unique index on the name), plaintext values.
+    conn.execute_batch("CREATE TABLE kv(id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, value BLOB NOT NULL);")?;
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare("INSERT INTO kv(key, value) VALUES (?1, ?2)")?;

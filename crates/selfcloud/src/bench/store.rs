@@ -229,7 +229,7 @@ fn bench_engine(engine: EngineKind, args: &StoreBenchArgs, dir: &Path) -> anyhow
     let value = record_value();
     let ours_dir = dir.join(format!("ours-{engine}"));
     std::fs::create_dir_all(&ours_dir)?;
-    let store = Store::open(engine, &ours_dir, &DataKey::generate(), StoreOptions { quota_bytes: u64::MAX })?;
+    let store = Store::create(engine, &ours_dir, &DataKey::generate(), StoreOptions { quota_bytes: u64::MAX })?;
     let mut ours = Ours(store);
     let mut bare: Box<dyn Side> = match engine {
         EngineKind::Sqlite => Box::new(BareSqlite::open(&dir.join("bare.db"))?),
