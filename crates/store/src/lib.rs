@@ -12,13 +12,12 @@ mod log;
 mod rocks;
 mod sqlite;
 
-pub use crypto::DataKey;
+pub use crypto::{DataKey, Sealer};
 /// RocksDB's options as every instance opens it (for side-by-side measurements of the bare engine).
 pub use rocks::options as rocksdb_options;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use crypto::Sealer;
 use engine::Engine;
 use selfcloud_core::names::validate_key_prefix;
 use selfcloud_core::{Collection, Error, RecordKey, Result};
@@ -184,7 +183,7 @@ impl Store {
         let Some((rev, sealed)) = self.engine.get(collection.as_str(), key.as_str())? else {
             return Ok(None);
         };
-        let value = self.sealer.open(&record_aad(collection, key), &sealed)?;
+        let value = self.sealer.open(&record_aad(collection, key), sealed)?;
         Ok(Some(Record { key: key.clone(), rev, value }))
     }
 
@@ -212,7 +211,7 @@ impl Store {
         let mut records = Vec::with_capacity(rows.len());
         for (key, rev, sealed) in rows {
             let key = RecordKey::parse(&key).map_err(|_| Error::internal("stored key violates grammar"))?;
-            let value = self.sealer.open(&record_aad(collection, &key), &sealed)?;
+            let value = self.sealer.open(&record_aad(collection, &key), sealed)?;
             records.push(Record { key, rev, value });
         }
         let cursor = if more { records.last().map(|r| URL_SAFE_NO_PAD.encode(r.key.as_str())) } else { None };
@@ -237,7 +236,7 @@ impl Store {
             let bad = || Error::internal("stored name violates grammar");
             let collection = Collection::parse(&collection).map_err(|_| bad())?;
             let key = RecordKey::parse(&key).map_err(|_| bad())?;
-            let value = self.sealer.open(&record_aad(&collection, &key), &sealed)?;
+            let value = self.sealer.open(&record_aad(&collection, &key), sealed)?;
             records.push(ScannedRecord { collection, key, rev, value });
         }
         let cursor = match records.last() {
@@ -301,7 +300,7 @@ impl Store {
         let mut out = Vec::with_capacity(limit.min(1024));
         for batch in self.engine.read_log(before, limit)? {
             let first = batch.last + 1 - batch.count;
-            let opened = self.sealer.open(&log::aad(first, batch.count), &batch.sealed)?;
+            let opened = self.sealer.open(&log::aad(first, batch.count), batch.sealed)?;
             let entries = log::unpack(&opened, batch.count)?;
             for (i, entry) in entries.into_iter().enumerate().rev() {
                 let seq = first + i as u64;

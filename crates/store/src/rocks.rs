@@ -4,7 +4,8 @@
 //!
 //! Key layout (collection and key grammars exclude NUL, so NUL separators keep order by key):
 //! `r\0<collection>\0<key>` -> rev (u64 BE) | size (u64 BE) | sealed value
-//! `c\0<name>`              -> counter (i64 BE): `rev`, `records`, `bytes`
+//! `c\0`                     -> the counters: rev | records | bytes (u64 BE each), one key so a
+//!                             write adds one small entry to the memtable, not three
 //! `l\0<seq u64 BE>`        -> a log batch ending at entry `seq`: count (u64 BE) | sealed
 
 use crate::engine::{agree, check, check_import, check_quota, Engine, ImportRow, LogBatch, ScanRow, Sealed};
@@ -62,7 +63,7 @@ fn log_key(seq: u64) -> [u8; 10] {
     k
 }
 
-const COUNTERS: [&[u8]; 3] = [b"c\0rev", b"c\0records", b"c\0bytes"];
+const COUNTERS: &[u8] = b"c\0";
 
 fn be_u64(bytes: &[u8]) -> Result<u64> {
     bytes
@@ -93,12 +94,14 @@ impl RocksEngine {
     pub fn open(path: &Path) -> Result<Self> {
         let db = DB::open(&options(), path).map_err(db_err)?;
         let mut counters = Counters::default();
-        let read = |name: &[u8]| -> Result<i64> {
-            Ok(db.get(name).map_err(db_err)?.map(|v| be_u64(&v)).transpose()?.unwrap_or(0) as i64)
-        };
-        counters.rev = read(COUNTERS[0])?;
-        counters.records = read(COUNTERS[1])?;
-        counters.bytes = read(COUNTERS[2])?;
+        if let Some(v) = db.get_pinned(COUNTERS).map_err(db_err)? {
+            if v.len() != 24 {
+                return Err(Error::internal("rocksdb: counters have the wrong length"));
+            }
+            counters.rev = be_u64(&v[..8])? as i64;
+            counters.records = be_u64(&v[8..16])? as i64;
+            counters.bytes = be_u64(&v[16..])? as i64;
+        }
         // The newest log entry is the last key under the log prefix.
         let mut it = db.iterator(IteratorMode::From(&log_key(u64::MAX), Direction::Reverse));
         if let Some(item) = it.next() {
@@ -112,9 +115,11 @@ impl RocksEngine {
     }
 
     fn write(&self, mut batch: WriteBatch, c: &Counters) -> Result<()> {
-        batch.put(COUNTERS[0], (c.rev as u64).to_be_bytes());
-        batch.put(COUNTERS[1], (c.records as u64).to_be_bytes());
-        batch.put(COUNTERS[2], (c.bytes as u64).to_be_bytes());
+        let mut value = [0u8; 24];
+        value[..8].copy_from_slice(&(c.rev as u64).to_be_bytes());
+        value[8..16].copy_from_slice(&(c.records as u64).to_be_bytes());
+        value[16..].copy_from_slice(&(c.bytes as u64).to_be_bytes());
+        batch.put(COUNTERS, value);
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts).map_err(db_err)
