@@ -62,7 +62,7 @@ impl Control {
     }
 
     /// Creates the instance's directory, data key and store: all that does not depend on the
-    /// password, so sign-up runs it beside the password's KDF. Blocking.
+    /// password. Blocking.
     pub(crate) fn create_instance(&self, id: InstanceId) -> Result<(DataKey, Arc<dyn Instance>)> {
         let dir = instance_dir(&self.config.home, id);
         std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;

@@ -161,7 +161,7 @@ impl Store {
             EngineKind::Sqlite => Box::new(sqlite::SqliteEngine::create(&path)?),
             EngineKind::Rocksdb => Box::new(rocks::RocksEngine::open(&path)?),
         };
-        Ok(Store { engine, sealer: Sealer::new(key), quota_bytes: options.quota_bytes.into() })
+        Ok(Store::over(engine, key, options))
     }
 
     /// Opens (migrating as needed) the store of `kind` inside the directory `dir`.
@@ -171,7 +171,11 @@ impl Store {
             EngineKind::Sqlite => Box::new(sqlite::SqliteEngine::open(&path)?),
             EngineKind::Rocksdb => Box::new(rocks::RocksEngine::open(&path)?),
         };
-        Ok(Store { engine, sealer: Sealer::new(key), quota_bytes: options.quota_bytes.into() })
+        Ok(Store::over(engine, key, options))
+    }
+
+    fn over(engine: Box<dyn Engine>, key: &DataKey, options: StoreOptions) -> Store {
+        Store { engine, sealer: Sealer::new(key), quota_bytes: options.quota_bytes.into() }
     }
 
     /// Checks the engine's integrity and that the usage counters agree with a full scan.

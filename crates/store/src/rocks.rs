@@ -43,6 +43,27 @@ struct Counters {
     log_seq: u64,
 }
 
+impl Counters {
+    /// The stored form of the `c\0` key: rev | records | bytes (the log's number is its keys').
+    fn encode(&self) -> [u8; 24] {
+        let mut value = [0u8; 24];
+        for (slot, n) in value.chunks_exact_mut(8).zip([self.rev, self.records, self.bytes]) {
+            slot.copy_from_slice(&(n as u64).to_be_bytes());
+        }
+        value
+    }
+
+    fn decode(&mut self, value: &[u8]) -> Result<()> {
+        if value.len() != 24 {
+            return Err(Error::internal("rocksdb: counters have the wrong length"));
+        }
+        self.rev = be_u64(&value[..8])? as i64;
+        self.records = be_u64(&value[8..16])? as i64;
+        self.bytes = be_u64(&value[16..])? as i64;
+        Ok(())
+    }
+}
+
 fn db_err(e: rocksdb::Error) -> Error {
     Error::internal(format!("rocksdb: {e}"))
 }
@@ -95,12 +116,7 @@ impl RocksEngine {
         let db = DB::open(&options(), path).map_err(db_err)?;
         let mut counters = Counters::default();
         if let Some(v) = db.get_pinned(COUNTERS).map_err(db_err)? {
-            if v.len() != 24 {
-                return Err(Error::internal("rocksdb: counters have the wrong length"));
-            }
-            counters.rev = be_u64(&v[..8])? as i64;
-            counters.records = be_u64(&v[8..16])? as i64;
-            counters.bytes = be_u64(&v[16..])? as i64;
+            counters.decode(&v)?;
         }
         // The newest log entry is the last key under the log prefix.
         let mut it = db.iterator(IteratorMode::From(&log_key(u64::MAX), Direction::Reverse));
@@ -115,11 +131,7 @@ impl RocksEngine {
     }
 
     fn write(&self, mut batch: WriteBatch, c: &Counters) -> Result<()> {
-        let mut value = [0u8; 24];
-        value[..8].copy_from_slice(&(c.rev as u64).to_be_bytes());
-        value[8..16].copy_from_slice(&(c.records as u64).to_be_bytes());
-        value[16..].copy_from_slice(&(c.bytes as u64).to_be_bytes());
-        batch.put(COUNTERS, value);
+        batch.put(COUNTERS, c.encode());
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts).map_err(db_err)
