@@ -2,12 +2,11 @@
 
 use crate::keys::{random_salt, PasswordKeys};
 use crate::recovery::RecoveryCode;
-use crate::registry::{TokenRow, UserRow, DELETED};
+use crate::registry::{UserRow, DELETED};
 use crate::tokens::{hash_token, new_token, GrantRef, TokenInfo, TokenKind};
 use crate::Control;
 use selfcloud_core::{Error, InstanceId, Result, ScopeSet, UserId};
-use std::collections::hash_map::Entry;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -66,8 +65,10 @@ impl Control {
     pub async fn sign_up(self: &Arc<Self>, username: &str, password: &str, now: u64) -> Result<Account> {
         validate_username(username)?;
         validate_password(password)?;
+        let slot = self.kdf_slot().await?;
         let (this, username, password) = (self.clone(), username.to_owned(), Zeroizing::new(password.to_owned()));
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             // Checked first so a taken name costs no KDF; the UNIQUE constraint settles races.
             if this.registry.username_taken(&username)? {
                 return Err(Error::conflict("username is taken"));
@@ -85,6 +86,7 @@ impl Control {
                 tier: "free".into(),
                 state: "ready".into(),
                 created_at: now,
+                credential_epoch: 0,
             };
             let id = user.instance_id;
             let provisioned = (|| -> Result<()> {
@@ -115,8 +117,12 @@ impl Control {
     /// Checks a password. Unknown users cost the same KDF as known ones, so timing does not tell
     /// which usernames exist; both answer the same `unauthenticated`.
     pub async fn log_in(self: &Arc<Self>, username: &str, password: &str) -> Result<UserRow> {
-        let (this, username, password) = (self.clone(), username.to_owned(), password.to_owned());
+        let slot = self.kdf_slot().await?;
+        let (this, username, password) = (self.clone(), username.to_owned(), Zeroizing::new(password.to_owned()));
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            // The verifier and the credential epoch are read together: the session this log-in
+            // may start is bound to that epoch.
             let user = this.registry.user_by_name(&username)?;
             let (salt, kdf) = match &user {
                 Some(u) => (u.salt.clone(), u.kdf),
@@ -144,53 +150,61 @@ impl Control {
         })
     }
 
-    /// Issues a token, persisting it before it is handed out. Returns the token and its expiry.
-    pub(crate) fn issue_token(
-        &self,
-        kind: TokenKind,
-        user_id: UserId,
-        instance_id: InstanceId,
-        grant: Option<GrantRef>,
-        scopes: ScopeSet,
-        now: u64,
-    ) -> Result<(String, u64)> {
+    /// Starts an owner session of `kind` (an API session or the browser's web session) for a
+    /// user whose password was just checked under `user.credential_epoch`. The registry inserts
+    /// it only if that epoch is still current, so a log-in that raced a password change fails
+    /// instead of outliving it. Returns the token and its expiry.
+    pub(crate) fn start_session(&self, kind: TokenKind, user: &UserRow, now: u64) -> Result<(String, u64)> {
         let ttl = match kind {
-            TokenKind::Session => self.config.ttls.session,
-            TokenKind::Access => self.config.ttls.access,
-            TokenKind::Refresh => self.config.ttls.refresh,
+            TokenKind::Web => self.config.ttls.web_session,
+            _ => self.config.ttls.session,
         };
         let expires_at = now + ttl.as_secs();
         let token = new_token(kind);
         let hash = hash_token(&token);
-        self.registry.insert_token(&TokenRow {
-            hash,
-            kind: kind.as_str().into(),
-            user_id,
-            grant_id: grant.as_ref().map(|g| g.grant_id),
-            scopes: scopes.to_string(),
+        let max = self.config.limits.sessions_per_user;
+        let removed = self
+            .registry
+            .insert_session(user.id, user.credential_epoch, kind.as_str(), (hash, expires_at), max)?
+            .ok_or_else(|| Error::unauthenticated("the account's password changed; log in again"))?;
+        self.tokens.remove(&removed);
+        let info = TokenInfo::new(
+            kind,
+            user.id,
+            user.instance_id,
+            None,
+            ScopeSet::default(),
             expires_at,
-            spent: false,
-        })?;
-        let info = TokenInfo { kind, user_id, instance_id, grant, scopes, expires_at, spent: AtomicBool::new(false) };
-        self.tokens.insert(hash, info);
+            user.credential_epoch,
+        );
+        if !self.tokens.insert(hash, info) {
+            return Err(Error::unauthenticated("the account's password changed; log in again"));
+        }
         Ok((token, expires_at))
     }
 
-    /// Starts an owner session for a user who just proved their password.
+    /// Starts an owner API session for a user who just proved their password.
     pub async fn create_session(self: &Arc<Self>, user: &UserRow, now: u64) -> Result<(String, u64)> {
-        let (this, id, instance) = (self.clone(), user.id, user.instance_id);
-        tokio::task::spawn_blocking(move || {
-            this.issue_token(TokenKind::Session, id, instance, None, ScopeSet::default(), now)
-        })
-        .await
-        .map_err(Error::internal)?
+        let (this, user) = (self.clone(), user.clone());
+        tokio::task::spawn_blocking(move || this.start_session(TokenKind::Session, &user, now))
+            .await
+            .map_err(Error::internal)?
     }
 
-    /// The live token behind a bearer string, or `None` if it is unknown, expired or spent.
-    /// Memory only: this is on every request's path.
+    /// Starts the browser's web session (the consent pages' cookie) for a user who just proved
+    /// their password. It is short-lived and never an API credential.
+    pub async fn create_web_session(self: &Arc<Self>, user: &UserRow, now: u64) -> Result<(String, u64)> {
+        let (this, user) = (self.clone(), user.clone());
+        tokio::task::spawn_blocking(move || this.start_session(TokenKind::Web, &user, now))
+            .await
+            .map_err(Error::internal)?
+    }
+
+    /// The live token behind a bearer string, or `None` if it is unknown or expired. Memory
+    /// only: this is on every request's path.
     pub fn authenticate(&self, token: &str, now: u64) -> Option<Arc<TokenInfo>> {
         let info = self.tokens.get(&hash_token(token))?;
-        (info.expires_at > now && !info.is_spent()).then_some(info)
+        (info.expires_at > now).then_some(info)
     }
 
     /// Ends a session or revokes an app token (RFC 7009: unknown tokens are not an error).
@@ -199,53 +213,42 @@ impl Control {
     }
 
     pub async fn revoke_token_by_hash(&self, hash: crate::tokens::TokenHash) -> Result<()> {
-        self.tokens.remove(&hash);
+        self.tokens.remove(&[hash]);
         self.blocking(move |r| r.delete_token(&hash)).await
     }
 
     pub(crate) fn load_tokens(&self, now: u64) -> Result<()> {
-        let mut grants = std::collections::HashMap::new();
         for row in self.registry.live_tokens(now)? {
             let Some(kind) = TokenKind::parse(&row.kind) else {
                 continue;
             };
-            let Some(user) = self.registry.user_by_id(row.user_id)?.filter(|u| u.state != DELETED) else {
-                continue;
-            };
-            let grant = match row.grant_id {
-                None => None,
-                Some(gid) => {
-                    let grant = match grants.entry(gid) {
-                        Entry::Occupied(e) => e.into_mut(),
-                        Entry::Vacant(e) => {
-                            let g = self.registry.active_grants_of(user.id)?.into_iter().find(|g| g.id == gid);
-                            e.insert(g.map(|g| GrantRef { grant_id: g.id, client_id: g.app_id, app_name: g.app_name }))
-                        }
-                    };
-                    match grant.clone() {
-                        Some(g) => Some(g),
-                        None => continue, // the grant was revoked: its tokens are dead
-                    }
-                }
-            };
+            let grant = row.grant.map(|(grant_id, client_id, app_name)| GrantRef { grant_id, client_id, app_name });
             let scopes = ScopeSet::parse(&row.scopes).unwrap_or_default();
-            let info = TokenInfo {
-                kind,
-                user_id: user.id,
-                instance_id: user.instance_id,
-                grant,
-                scopes,
-                expires_at: row.expires_at,
-                spent: AtomicBool::new(row.spent),
-            };
+            let info =
+                TokenInfo::new(kind, row.user_id, row.instance_id, grant, scopes, row.expires_at, row.credential_epoch);
             self.tokens.insert(row.hash, info);
         }
         Ok(())
     }
 
-    /// Drops expired tokens from memory (the registry drops them at the next start).
-    pub fn sweep_tokens(&self, now: u64) {
-        self.tokens.remove_expired(now);
+    /// Drops expired tokens and codes, from memory and from the registry.
+    pub async fn sweep_tokens(&self, now: u64) -> Result<()> {
+        self.tokens.sweep(now);
+        self.blocking(move |r| r.sweep(now)).await
+    }
+
+    /// Waits for one of the bounded KDF slots: each Argon2id derivation holds its memory cost
+    /// (19 MiB by default) while it runs, so concurrent log-ins from many addresses must queue
+    /// rather than add up. Past the configured wait the caller is told to come back.
+    pub(crate) async fn kdf_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        match tokio::time::timeout(self.config.kdf_wait, self.kdf_slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(Error::internal("the KDF slots are closed")),
+            Err(_) => Err(Error {
+                retry_after: Some(std::time::Duration::from_secs(1)),
+                ..Error::new(selfcloud_core::ErrorCode::Unavailable, "too many password checks at once; try again")
+            }),
+        }
     }
 }
 

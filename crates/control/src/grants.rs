@@ -1,12 +1,15 @@
-//! Apps, grants, authorization codes and app tokens: the records the OAuth server (in the
-//! gateway) keeps. The protocol's decisions (PKCE, redirect matching, replay handling) are the
-//! gateway's; this module stores and retrieves atomically.
+//! Apps, grants, authorization codes and app tokens: what the OAuth server (in the gateway) keeps.
+//! The protocol's decisions (PKCE, redirect matching, replay handling) are the gateway's: it hands
+//! them in as a function, which runs inside the registry transaction that spends the code or
+//! refresh token, so a check and the write it allows are one step.
 
-use crate::registry::{AppRow, CodeRow, GrantRow};
+use crate::registry::{AppRow, FamilyPlan, GrantRow, Issued, NewCodeRow, Redeemed, Spend};
 use crate::tokens::{hash_token, new_token, GrantRef, TokenInfo, TokenKind};
 use crate::Control;
 use selfcloud_core::{AppId, Error, GrantId, Result, ScopeSet, UserId};
 use std::sync::Arc;
+
+pub use crate::registry::{CodeRow as CodeGrant, RefreshRow as RefreshGrant};
 
 #[derive(Clone, Debug)]
 pub struct NewApp {
@@ -38,6 +41,7 @@ impl From<AppRow> for App {
     }
 }
 
+/// A user's grant to one app: one per (user, app), holding every scope the user has allowed it.
 #[derive(Clone, Debug)]
 pub struct Grant {
     pub id: GrantId,
@@ -47,26 +51,71 @@ pub struct Grant {
     pub created_at: u64,
 }
 
+impl From<GrantRow> for Grant {
+    fn from(g: GrantRow) -> Self {
+        Grant { id: g.id, client_id: g.app_id, app_name: g.app_name, scopes: g.scopes, created_at: g.created_at }
+    }
+}
+
+/// What the user consented to on one authorization request.
 #[derive(Clone, Debug)]
-pub struct NewCode {
-    pub client_id: AppId,
-    pub user_id: UserId,
-    pub grant_id: GrantId,
+pub struct Consent {
+    pub scopes: ScopeSet,
     pub redirect_uri: String,
     pub code_challenge: String,
 }
 
-/// An authorization code as redeemed.
+/// The protocol's decision on a code or refresh token, with its reason for a refusal.
+pub enum Verdict<E> {
+    /// Spend it and issue tokens carrying these scopes.
+    Issue(ScopeSet),
+    /// Refuse, and leave it as it was.
+    Refuse(E),
+    /// Refuse and revoke the whole grant: the credential was used twice.
+    Revoke(E),
+}
+
+/// What came of presenting a code or refresh token.
+pub enum TokenOutcome<E> {
+    /// No such code or refresh token (or its grant is gone).
+    Unknown,
+    Refused(E),
+    Revoked(E),
+    /// The grant was revoked (or its account deleted) before the tokens could be issued.
+    GrantEnded,
+    Issued(AppTokens),
+}
+
+/// A new access token and its refresh token.
 #[derive(Clone, Debug)]
-pub struct CodeGrant {
-    pub client_id: AppId,
-    pub user_id: UserId,
-    pub grant_id: GrantId,
-    pub redirect_uri: String,
-    pub code_challenge: String,
+pub struct AppTokens {
+    pub access: String,
+    pub refresh: String,
+    /// Of the access token, Unix seconds.
     pub expires_at: u64,
-    /// The code had been redeemed before: a replay.
-    pub replayed: bool,
+    pub scopes: ScopeSet,
+}
+
+/// Runs the protocol's decision inside the registry's transaction, keeping its reason.
+fn deciding<R, E>(
+    decide: impl FnOnce(&R) -> Verdict<E>,
+) -> (impl FnMut(&R) -> Spend, Arc<parking_lot::Mutex<Option<E>>>) {
+    let reason = Arc::new(parking_lot::Mutex::new(None));
+    let slot = reason.clone();
+    let mut decide = Some(decide);
+    let f = move |row: &R| match decide.take().map(|d| d(row)) {
+        Some(Verdict::Issue(scopes)) => Spend::Issue(scopes),
+        Some(Verdict::Refuse(e)) => {
+            *slot.lock() = Some(e);
+            Spend::Refuse
+        }
+        Some(Verdict::Revoke(e)) => {
+            *slot.lock() = Some(e);
+            Spend::Revoke
+        }
+        None => Spend::Refuse,
+    };
+    (f, reason)
 }
 
 impl Control {
@@ -86,41 +135,30 @@ impl Control {
         self.blocking(move |r| r.app(id).map(|a| a.map(App::from))).await
     }
 
-    pub async fn create_grant(&self, user: UserId, app: &App, scopes: ScopeSet, now: u64) -> Result<Grant> {
-        let row = GrantRow {
-            id: GrantId::random(),
-            user_id: user,
-            app_id: app.client_id,
-            app_name: app.name.clone(),
-            scopes,
-            created_at: now,
-        };
-        self.blocking(move |r| {
-            r.insert_grant(&row)?;
-            Ok(Grant {
-                id: row.id,
-                client_id: row.app_id,
-                app_name: row.app_name,
-                scopes: row.scopes,
-                created_at: row.created_at,
+    /// The user allowed `app` what `consent` says: their one grant for the app gains those scopes
+    /// (or is created), and a single-use code for exactly them is returned.
+    pub async fn consent(&self, user: UserId, app: &App, consent: Consent, now: u64) -> Result<(Grant, String)> {
+        let code = new_code();
+        let (hash, app_id, expires_at) = (hash_token(&code), app.client_id, now + self.config.ttls.code.as_secs());
+        let grant = self
+            .blocking(move |r| {
+                let row = NewCodeRow {
+                    hash,
+                    redirect_uri: &consent.redirect_uri,
+                    code_challenge: &consent.code_challenge,
+                    scopes: &consent.scopes,
+                    expires_at,
+                };
+                r.consent(user, app_id, &consent.scopes, row, now)
             })
-        })
-        .await
+            .await?;
+        Ok((grant.into(), code))
     }
 
-    /// The user's active grants.
+    /// The user's active grants, one per app.
     pub async fn grants(&self, user: UserId) -> Result<Vec<Grant>> {
         let rows = self.blocking(move |r| r.active_grants_of(user)).await?;
-        Ok(rows
-            .into_iter()
-            .map(|g| Grant {
-                id: g.id,
-                client_id: g.app_id,
-                app_name: g.app_name,
-                scopes: g.scopes,
-                created_at: g.created_at,
-            })
-            .collect())
+        Ok(rows.into_iter().map(Grant::from).collect())
     }
 
     /// Revokes one of `user`'s grants and every token issued under it; the very next request
@@ -129,92 +167,111 @@ impl Control {
         let revoked = self.blocking(move |r| r.revoke_grant(user, grant, now)).await?;
         if revoked {
             // Only once the grant is known to be this user's: never touch another's tokens.
-            self.tokens.remove_grant(grant);
+            self.tokens.remove_grant(grant, now);
             Ok(())
         } else {
             Err(Error::not_found("no such grant"))
         }
     }
 
-    /// Revokes a grant on the protocol's behalf (a replayed code or refresh token).
-    pub async fn revoke_grant_for_replay(&self, user: UserId, grant: GrantId, now: u64) -> Result<()> {
-        tracing::warn!(grant = %grant, "replayed credential: revoking the grant and its tokens");
-        match self.revoke_grant(user, grant, now).await {
-            Err(e) if e.code == selfcloud_core::ErrorCode::NotFound => Ok(()),
-            other => other,
-        }
-    }
-
-    pub async fn issue_code(&self, code: NewCode, now: u64) -> Result<String> {
-        let token = new_code();
-        let hash = hash_token(&token);
-        let row = CodeRow {
-            app_id: code.client_id,
-            user_id: code.user_id,
-            grant_id: code.grant_id,
-            redirect_uri: code.redirect_uri,
-            code_challenge: code.code_challenge,
-            expires_at: now + self.config.ttls.code.as_secs(),
-            spent: false,
+    fn family_plan(&self, now: u64) -> (FamilyPlan, String, String) {
+        let (access, refresh) = (new_token(TokenKind::Access), new_token(TokenKind::Refresh));
+        let ttls = self.config.ttls;
+        let plan = FamilyPlan {
+            family: hex::encode(rand::random::<[u8; 16]>()),
+            access: (hash_token(&access), now + ttls.access.as_secs()),
+            refresh: (hash_token(&refresh), now + ttls.refresh.as_secs()),
+            max_families: self.config.limits.app_sessions_per_grant,
+            spent_kept: self.config.limits.spent_refresh_kept,
         };
-        self.blocking(move |r| r.insert_code(&hash, &row)).await?;
-        Ok(token)
+        (plan, access, refresh)
     }
 
-    /// Redeems a code: it is marked spent whatever happens next, so it works at most once.
-    pub async fn redeem_code(&self, code: &str) -> Result<Option<CodeGrant>> {
-        let hash = hash_token(code);
-        let row = self.blocking(move |r| r.take_code(&hash)).await?;
-        Ok(row.map(|c| CodeGrant {
-            client_id: c.app_id,
-            user_id: c.user_id,
-            grant_id: c.grant_id,
-            redirect_uri: c.redirect_uri,
-            code_challenge: c.code_challenge,
-            expires_at: c.expires_at,
-            replayed: c.spent,
-        }))
-    }
-
-    pub async fn grant_is_active(&self, grant: GrantId) -> Result<bool> {
-        self.blocking(move |r| r.grant_is_active(grant)).await
-    }
-
-    /// Issues an access and a refresh token for a grant. Returns `(access, refresh, access expiry)`.
-    pub async fn issue_app_tokens(
+    /// Presents an authorization code. `decide` (the protocol) sees it inside the transaction
+    /// that would spend it; the code is spent only when it answers `Issue` and the grant is active.
+    pub async fn redeem_code<E: Send + 'static>(
         self: &Arc<Self>,
-        user: UserId,
-        grant: GrantRef,
-        scopes: ScopeSet,
+        code: &str,
         now: u64,
-    ) -> Result<(String, String, u64)> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let u =
-                this.registry.user_by_id(user)?.ok_or_else(|| Error::unauthenticated("the user no longer exists"))?;
-            let (access, expires) =
-                this.issue_token(TokenKind::Access, user, u.instance_id, Some(grant.clone()), scopes.clone(), now)?;
-            let (refresh, _) = this.issue_token(TokenKind::Refresh, user, u.instance_id, Some(grant), scopes, now)?;
-            Ok((access, refresh, expires))
-        })
-        .await
-        .map_err(Error::internal)?
+        decide: impl FnOnce(&CodeGrant) -> Verdict<E> + Send + 'static,
+    ) -> Result<TokenOutcome<E>> {
+        let hash = hash_token(code);
+        let (plan, access, refresh) = self.family_plan(now);
+        let (mut decide, reason) = deciding(decide);
+        let access_expiry = plan.access.1;
+        let redeemed = self.blocking(move |r| r.redeem_code(&hash, &mut decide, &plan, now)).await?;
+        Ok(self.settle(redeemed, reason, access, refresh, access_expiry, now))
     }
 
-    /// A refresh token's record, spent or not (a spent one means a replay), if it is unexpired.
-    pub fn refresh_token(&self, token: &str, now: u64) -> Option<Arc<TokenInfo>> {
-        let info = self.tokens.get(&hash_token(token))?;
-        (info.kind == TokenKind::Refresh && info.expires_at > now).then_some(info)
-    }
-
-    /// Marks a refresh token spent. False if another exchange spent it first.
-    pub async fn spend_refresh(&self, token: &str) -> Result<bool> {
+    /// Presents a refresh token. `decide` sees it inside the transaction that would rotate it; on
+    /// `Issue` it is spent and its family's access token superseded by the new pair.
+    pub async fn rotate_refresh<E: Send + 'static>(
+        self: &Arc<Self>,
+        token: &str,
+        now: u64,
+        decide: impl FnOnce(&RefreshGrant) -> Verdict<E> + Send + 'static,
+    ) -> Result<TokenOutcome<E>> {
         let hash = hash_token(token);
-        let first = self.blocking(move |r| r.spend_token(&hash)).await?;
-        if first {
-            self.tokens.mark_spent(&hash);
+        let (plan, access, refresh) = self.family_plan(now);
+        let (mut decide, reason) = deciding(decide);
+        let access_expiry = plan.access.1;
+        let redeemed = self.blocking(move |r| r.rotate_refresh(&hash, &mut decide, &plan, now)).await?;
+        Ok(self.settle(redeemed, reason, access, refresh, access_expiry, now))
+    }
+
+    /// Brings memory in line with what the registry did.
+    fn settle<E>(
+        &self,
+        redeemed: Redeemed,
+        reason: Arc<parking_lot::Mutex<Option<E>>>,
+        access: String,
+        refresh: String,
+        expires_at: u64,
+        now: u64,
+    ) -> TokenOutcome<E> {
+        let reason = || reason.lock().take();
+        match redeemed {
+            Redeemed::Unknown => TokenOutcome::Unknown,
+            Redeemed::GrantEnded => TokenOutcome::GrantEnded,
+            Redeemed::Refused => reason().map_or(TokenOutcome::Unknown, TokenOutcome::Refused),
+            Redeemed::Revoked { grant } => {
+                tracing::warn!(grant = %grant, "replayed credential: the grant and its tokens are revoked");
+                self.tokens.remove_grant(grant, now);
+                reason().map_or(TokenOutcome::Unknown, TokenOutcome::Revoked)
+            }
+            Redeemed::Issued(Issued { user, instance, grant, app, app_name, scopes, removed }) => {
+                self.tokens.remove(&removed);
+                let grant = GrantRef { grant_id: grant, client_id: app, app_name };
+                let info =
+                    TokenInfo::new(TokenKind::Access, user, instance, Some(grant), scopes.clone(), expires_at, 0);
+                // A revocation that committed after this issue has fenced the grant: the token is
+                // refused here, and the refresh token was deleted with the grant.
+                self.tokens.insert(hash_token(&access), info);
+                TokenOutcome::Issued(AppTokens { access, refresh, expires_at, scopes })
+            }
         }
-        Ok(first)
+    }
+
+    /// RFC 7009 revocation by the app: a refresh token ends its family (the app signed out on
+    /// that device), an access token ends itself. A token of another client, an owner session or
+    /// an unknown token changes nothing, and the caller cannot tell which it was.
+    pub async fn revoke_app_token(&self, token: &str, client: Option<AppId>, now: u64) -> Result<()> {
+        let hash = hash_token(token);
+        if let Some(info) = self.authenticate(token, now) {
+            let Some(grant) = &info.grant else { return Ok(()) };
+            if client.is_some_and(|c| c != grant.client_id) {
+                return Ok(());
+            }
+            self.tokens.remove(&[hash]);
+            return self.blocking(move |r| r.delete_token(&hash)).await;
+        }
+        let Some(row) = self.blocking(move |r| r.refresh_row(&hash)).await? else { return Ok(()) };
+        if client.is_some_and(|c| c != row.app_id) {
+            return Ok(());
+        }
+        let removed = self.blocking(move |r| r.end_family(&row.family)).await?;
+        self.tokens.remove(&removed);
+        Ok(())
     }
 }
 

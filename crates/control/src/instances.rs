@@ -6,7 +6,6 @@ use crate::Control;
 use selfcloud_core::{Error, InstanceId, Result};
 use selfcloud_instance::{DataKey, InprocInstance, Instance};
 use selfcloud_store::StoreOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -20,25 +19,6 @@ pub fn instance_dir(home: &Path, id: InstanceId) -> PathBuf {
     home.join(INSTANCES_DIR).join(id.shard()).join(id.to_string())
 }
 
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::internal(format!("{what} {}: {e}", path.display()))
-}
-
-/// Writes a file so that after a crash it is either absent or whole: temp file, fsync, rename,
-/// fsync of the directory. Mode 0600: only the server's user reads keys.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().expect("files live in a directory");
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(&tmp).map_err(|e| io_err("create", &tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io_err("write", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err("rename", path, e))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("sync", dir, e))
-}
-
 pub(crate) fn load_or_create_node_key(home: &Path) -> Result<NodeKey> {
     let path = home.join(NODE_KEY_FILE);
     match std::fs::read(&path) {
@@ -49,10 +29,10 @@ pub(crate) fn load_or_create_node_key(home: &Path) -> Result<NodeKey> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = NodeKey::generate();
-            write_durably(&path, key.as_bytes())?;
+            selfcloud_durable::replace(&path, key.as_bytes())?;
             Ok(key)
         }
-        Err(e) => Err(io_err("read", &path, e)),
+        Err(e) => Err(selfcloud_durable::io_err("read", &path, e)),
     }
 }
 
@@ -65,13 +45,7 @@ impl Control {
     /// password. Blocking.
     pub(crate) fn create_instance(&self, id: InstanceId) -> Result<(DataKey, Arc<dyn Instance>)> {
         let dir = instance_dir(&self.config.home, id);
-        std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| io_err("chmod", &dir, e))?;
-        }
+        selfcloud_durable::create_private_dir(&dir)?;
         // Every account starts on the free tier; an operator moves it.
         self.remember_tier(id, selfcloud_core::config::Tier::Free);
         let data_key = DataKey::generate();
@@ -100,8 +74,7 @@ impl Control {
             recovery_wrapped: keys::wrap(&recovery.derive(&recovery_salt), keys::RECOVERY_PURPOSE, data_key)?,
             recovery_salt: recovery_salt.to_vec(),
         };
-        let json = serde_json_vec(&file)?;
-        write_durably(&instance_dir(&self.config.home, id).join(KEY_FILE), &json)
+        file.write(&instance_dir(&self.config.home, id).join(KEY_FILE))
     }
 
     /// Removes a directory left by a provisioning that did not complete.
@@ -142,10 +115,6 @@ impl Control {
     }
 }
 
-fn serde_json_vec<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(v).map_err(Error::internal)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,21 +135,6 @@ mod tests {
             "../ins_ab",
         ] {
             assert!(trick.parse::<InstanceId>().is_err(), "{trick}");
-        }
-    }
-
-    #[test]
-    fn durable_write_replaces_whole_file_with_private_mode() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.json");
-        write_durably(&path, b"one").unwrap();
-        write_durably(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert!(!path.with_extension("tmp").exists());
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
     }
 }

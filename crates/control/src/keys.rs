@@ -164,6 +164,12 @@ impl InstanceKeyFile {
         }
         Ok(file)
     }
+
+    /// Writes the key file so a crash leaves the old one or the new one, whole (mode 0600).
+    pub fn write(&self, path: &std::path::Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(Error::internal)?;
+        selfcloud_durable::replace(path, &json)
+    }
 }
 
 pub const SEAL_PURPOSE: &str = "selfcloud data key, sealed";

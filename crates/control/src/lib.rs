@@ -18,7 +18,7 @@ pub mod tokens;
 mod verify;
 
 pub use accounts::{Account, Profile};
-pub use grants::{App, CodeGrant, Grant, NewApp, NewCode};
+pub use grants::{App, AppTokens, CodeGrant, Consent, Grant, NewApp, RefreshGrant, TokenOutcome, Verdict};
 pub use instances::{instance_dir, INSTANCES_DIR};
 pub use lifecycle::Recovered;
 pub use recovery::RecoveryCode;
@@ -49,6 +49,10 @@ pub struct ControlConfig {
     pub open_instances: usize,
     /// The store engine of instances provisioned from now on (existing ones keep theirs).
     pub store_engine: EngineKind,
+    /// Password derivations (Argon2id) run at once; each holds the KDF's memory cost.
+    pub kdf_concurrency: usize,
+    /// How long a password check waits for a KDF slot before the caller is told to retry.
+    pub kdf_wait: std::time::Duration,
 }
 
 impl ControlConfig {
@@ -60,6 +64,8 @@ impl ControlConfig {
             ttls: TokenTtls::default(),
             open_instances: 1024,
             store_engine: EngineKind::default(),
+            kdf_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            kdf_wait: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -79,6 +85,8 @@ pub struct Control {
     tiers: parking_lot::RwLock<std::collections::HashMap<InstanceId, selfcloud_core::config::Tier>>,
     /// The operator's bearer token for `/v1/admin` (hash only).
     operator_token_hash: [u8; 32],
+    /// Bounds the password derivations running at once (see `kdf_slot`).
+    kdf_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Control {
@@ -86,8 +94,10 @@ impl Control {
     /// loads the live tokens.
     pub fn open(config: ControlConfig, now: u64) -> Result<Arc<Control>> {
         let home = &config.home;
-        std::fs::create_dir_all(home.join(INSTANCES_DIR))
-            .map_err(|e| Error::internal(format!("create {home:?}: {e}")))?;
+        // Only the server's user may enter the home: it holds the registry (salts, verifiers,
+        // token hashes), the node key and every instance.
+        selfcloud_durable::create_private_dir(home)?;
+        selfcloud_durable::create_private_dir(&home.join(INSTANCES_DIR))?;
         let node_key = instances::load_or_create_node_key(home)?;
         let registry = Arc::new(Registry::open(&home.join("control.db"))?);
         let tiers = parking_lot::RwLock::new(registry.instance_tiers()?);
@@ -95,7 +105,6 @@ impl Control {
         let control = Control {
             open: Mutex::new(open_set::OpenSet::new(config.open_instances)),
             provisioned: AtomicU64::new(registry.instance_count()?),
-            config,
             registry,
             node_key,
             tokens: TokenTable::default(),
@@ -103,6 +112,8 @@ impl Control {
             account_changes: Mutex::default(),
             tiers,
             operator_token_hash,
+            kdf_slots: Arc::new(tokio::sync::Semaphore::new(config.kdf_concurrency.max(1))),
+            config,
         };
         control.load_tokens(now)?;
         Ok(Arc::new(control))
@@ -123,3 +134,6 @@ impl Control {
         tokio::task::spawn_blocking(move || f(&registry)).await.map_err(Error::internal)?
     }
 }
+
+#[cfg(test)]
+mod tests;

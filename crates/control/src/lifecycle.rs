@@ -3,14 +3,15 @@
 //! rewritten; deletion destroys the key first, which makes whatever is left on disk unreadable.
 
 use crate::accounts::validate_password;
-use crate::instances::{instance_dir, write_durably, KEY_FILE};
+use crate::instances::{instance_dir, KEY_FILE};
 use crate::keys::{self, random_salt, InstanceKeyFile, PasswordKeys};
 use crate::recovery::RecoveryCode;
 use crate::registry::{UserRow, DELETED};
 use crate::tokens::TokenKind;
 use crate::Control;
 use rand::RngCore;
-use selfcloud_core::{Error, InstanceId, Result, ScopeSet, UserId};
+use selfcloud_core::{Error, InstanceId, Result, UserId};
+use selfcloud_durable::{io_err, sync_dir};
 use selfcloud_instance::DataKey;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -30,10 +31,6 @@ const RECOVERY_FAILED: &str = "wrong username or recovery code";
 
 fn wrong_password() -> Error {
     Error::unauthenticated("wrong password")
-}
-
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::internal(format!("{what} {}: {e}", path.display()))
 }
 
 /// Marks one user's account as being changed; dropped, it lets the next change in.
@@ -63,8 +60,7 @@ fn shred(path: &Path) -> Result<()> {
     f.write_all(&noise).and_then(|_| f.sync_all()).map_err(|e| io_err("overwrite", path, e))?;
     drop(f);
     std::fs::remove_file(path).map_err(|e| io_err("unlink", path, e))?;
-    let dir = path.parent().expect("files live in a directory");
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io_err("sync", dir, e))
+    sync_dir(path.parent().expect("files live in a directory"))
 }
 
 fn remove_dir(dir: &Path) -> Result<()> {
@@ -120,8 +116,10 @@ impl Control {
     ) -> Result<(String, u64)> {
         validate_password(new)?;
         let change = self.begin_account_change(user)?;
+        let slot = self.kdf_slot().await?;
         let (old, new) = (Zeroizing::new(old.to_owned()), Zeroizing::new(new.to_owned()));
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let this = &change.control;
             let (u, keys) = this.check_password(user, &old)?;
             let mut file = this.read_key_file(u.instance_id)?;
@@ -145,8 +143,10 @@ impl Control {
         validate_password(new)?;
         let failed = || Error::unauthenticated(RECOVERY_FAILED);
         let code = RecoveryCode::parse(code).ok_or_else(failed)?;
+        let slot = self.kdf_slot().await?;
         let (this, username, new) = (self.clone(), username.to_owned(), Zeroizing::new(new.to_owned()));
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let u = this.registry.user_by_name(&username)?.filter(|u| u.state != DELETED).ok_or_else(failed)?;
             let _change = this.begin_account_change(u.id)?;
             let mut file = this.read_key_file(u.instance_id)?;
@@ -187,11 +187,10 @@ impl Control {
             file.recovery_salt = recovery_salt.to_vec();
         }
         file.version = keys::KEY_FILE_VERSION;
-        self.registry.set_password(u.id, &kdf, &salt, &keys.verifier_hash())?;
-        self.tokens.remove_sessions_of(u.id);
-        let json = serde_json::to_vec_pretty(file).map_err(Error::internal)?;
-        write_durably(&self.key_file_path(u.instance_id), &json)?;
-        self.issue_token(TokenKind::Session, u.id, u.instance_id, None, ScopeSet::default(), now)
+        let epoch = self.registry.set_password(u.id, &kdf, &salt, &keys.verifier_hash())?;
+        self.tokens.remove_sessions_of(u.id, epoch, now);
+        file.write(&self.key_file_path(u.instance_id))?;
+        self.start_session(TokenKind::Session, &UserRow { credential_epoch: epoch, ..u.clone() }, now)
     }
 
     /// Deletes the account: with the password verified, the data key is shredded first, then the
@@ -200,10 +199,14 @@ impl Control {
     /// having been done already, so a deletion cut short by a crash can simply be asked again.
     pub async fn delete_account(self: &Arc<Self>, user: UserId, password: &str, now: u64) -> Result<()> {
         let _change = self.begin_account_change(user)?;
+        let slot = self.kdf_slot().await?;
         let (this, password) = (self.clone(), Zeroizing::new(password.to_owned()));
-        let u = tokio::task::spawn_blocking(move || this.check_password(user, &password).map(|(u, _)| u))
-            .await
-            .map_err(Error::internal)??;
+        let u = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            this.check_password(user, &password).map(|(u, _)| u)
+        })
+        .await
+        .map_err(Error::internal)??;
         let (id, dir) = (u.instance_id, instance_dir(&self.config.home, u.instance_id));
         {
             // Under the opening lock no open of this instance is half-way, and any later one
@@ -217,7 +220,7 @@ impl Control {
         }
         tokio::task::spawn_blocking(move || remove_dir(&dir)).await.map_err(Error::internal)??;
         self.blocking(move |r| r.tombstone(user, now)).await?;
-        self.tokens.remove_user(user);
+        self.tokens.remove_user(user, now);
         tracing::info!(user = %user, instance = %id, "account deleted");
         Ok(())
     }

@@ -4,11 +4,14 @@
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use selfcloud_core::config::KdfParams;
-use selfcloud_core::{AppId, Error, GrantId, InstanceId, Result, ScopeSet, UserId};
+use selfcloud_core::{Error, InstanceId, Result, UserId};
+use selfcloud_durable::sqlite::{open_migrated, Sync};
 use std::path::Path;
 
 mod lifecycle;
+mod oauth;
 pub use lifecycle::DELETED;
+pub use oauth::{AppRow, CodeRow, FamilyPlan, GrantRow, Issued, NewCodeRow, Redeemed, RefreshRow, Spend};
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -69,6 +72,27 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE instances ADD COLUMN deleted_at INTEGER;
     CREATE INDEX tokens_by_user ON tokens(user_id);
 ",
+    r#"
+    -- A credential epoch per user: a session is inserted only if the epoch it was checked
+    -- against is still current, so no log-in racing a password change outlives it.
+    ALTER TABLE users ADD COLUMN credential_epoch INTEGER NOT NULL DEFAULT 0;
+    -- Redirect URIs as a JSON list (they were joined with line breaks).
+    UPDATE apps SET redirect_uris =
+        '["' || replace(replace(replace(redirect_uris, '\', '\\'), '"', '\"'), char(10), '","') || '"]';
+    -- A code carries the scopes consented to when it was issued.
+    ALTER TABLE codes ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
+    -- App tokens come in families, one per code exchange: a refresh supersedes its family's
+    -- previous access token, and a grant keeps a bounded number of families.
+    ALTER TABLE tokens ADD COLUMN family TEXT;
+    CREATE INDEX tokens_by_family ON tokens(family);
+    CREATE INDEX tokens_by_grant ON tokens(grant_id);
+    CREATE INDEX codes_by_grant ON codes(grant_id);
+    -- One active grant per (user, app): older duplicates end, with their tokens.
+    UPDATE grants SET revoked_at = created_at WHERE revoked_at IS NULL AND rowid NOT IN
+        (SELECT max(rowid) FROM grants WHERE revoked_at IS NULL GROUP BY user_id, app_id);
+    DELETE FROM tokens WHERE grant_id IN (SELECT id FROM grants WHERE revoked_at IS NOT NULL);
+    CREATE UNIQUE INDEX one_active_grant ON grants(user_id, app_id) WHERE revoked_at IS NULL;
+"#,
 ];
 
 #[derive(Clone, Debug)]
@@ -82,48 +106,9 @@ pub struct UserRow {
     pub tier: String,
     pub state: String,
     pub created_at: u64,
-}
-
-#[derive(Clone, Debug)]
-pub struct AppRow {
-    pub id: AppId,
-    pub owner_id: UserId,
-    pub name: String,
-    pub redirect_uris: Vec<String>,
-    pub scopes: ScopeSet,
-    pub created_at: u64,
-}
-
-#[derive(Clone, Debug)]
-pub struct GrantRow {
-    pub id: GrantId,
-    pub user_id: UserId,
-    pub app_id: AppId,
-    pub app_name: String,
-    pub scopes: ScopeSet,
-    pub created_at: u64,
-}
-
-#[derive(Clone, Debug)]
-pub struct TokenRow {
-    pub hash: [u8; 32],
-    pub kind: String,
-    pub user_id: UserId,
-    pub grant_id: Option<GrantId>,
-    pub scopes: String,
-    pub expires_at: u64,
-    pub spent: bool,
-}
-
-#[derive(Clone, Debug)]
-pub struct CodeRow {
-    pub app_id: AppId,
-    pub user_id: UserId,
-    pub grant_id: GrantId,
-    pub redirect_uri: String,
-    pub code_challenge: String,
-    pub expires_at: u64,
-    pub spent: bool,
+    /// Raised by every password change, recovery and deletion; a session is only ever inserted
+    /// under the epoch its password was checked in.
+    pub credential_epoch: u64,
 }
 
 pub(crate) struct Registry {
@@ -140,21 +125,7 @@ fn parse<T: std::str::FromStr<Err = Error>>(s: String) -> rusqlite::Result<T> {
 
 impl Registry {
     pub fn open(path: &Path) -> Result<Self> {
-        let mut conn = Connection::open(path).map_err(db_err)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
-        )
-        .map_err(db_err)?;
-        let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
-        if version > MIGRATIONS.len() {
-            return Err(Error::internal("registry schema is newer than this binary"));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = conn.transaction().map_err(db_err)?;
-            tx.execute_batch(sql).map_err(db_err)?;
-            tx.pragma_update(None, "user_version", i + 1).map_err(db_err)?;
-            tx.commit().map_err(db_err)?;
-        }
+        let conn = open_migrated(path, Sync::Full, MIGRATIONS, "registry")?;
         Ok(Registry { conn: Mutex::new(conn) })
     }
 
@@ -189,7 +160,7 @@ impl Registry {
     }
 
     const USER_SELECT: &'static str =
-        "SELECT u.id, u.username, u.kdf, u.salt, u.verifier_hash, i.id, i.tier, i.state, u.created_at
+        "SELECT u.id, u.username, u.kdf, u.salt, u.verifier_hash, i.id, i.tier, i.state, u.created_at, u.credential_epoch
          FROM users u JOIN instances i ON i.user_id = u.id";
 
     fn user_where(&self, clause: &str, arg: &str) -> Result<Option<UserRow>> {
@@ -209,6 +180,7 @@ impl Registry {
                         tier: r.get(6)?,
                         state: r.get(7)?,
                         created_at: r.get::<_, i64>(8)? as u64,
+                        credential_epoch: r.get::<_, i64>(9)? as u64,
                     })
                 })
                 .optional()
@@ -287,213 +259,6 @@ impl Registry {
             return Err(Error::internal(format!("registry integrity_check: {report}")));
         }
         Ok(())
-    }
-
-    pub fn insert_app(&self, a: &AppRow) -> Result<()> {
-        let uris = a.redirect_uris.join("\n");
-        self.conn
-            .lock()
-            .execute(
-                "INSERT INTO apps (id, owner_id, name, redirect_uris, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![a.id.to_string(), a.owner_id.to_string(), a.name, uris, a.scopes.to_string(), a.created_at as i64],
-            )
-            .map(drop)
-            .map_err(db_err)
-    }
-
-    pub fn app(&self, id: AppId) -> Result<Option<AppRow>> {
-        self.conn
-            .lock()
-            .prepare_cached("SELECT owner_id, name, redirect_uris, scopes, created_at FROM apps WHERE id = ?1")
-            .and_then(|mut s| {
-                s.query_row([id.to_string()], |r| {
-                    Ok(AppRow {
-                        id,
-                        owner_id: parse(r.get(0)?)?,
-                        name: r.get(1)?,
-                        redirect_uris: r.get::<_, String>(2)?.split('\n').map(str::to_owned).collect(),
-                        scopes: ScopeSet::parse(&r.get::<_, String>(3)?).unwrap_or_default(),
-                        created_at: r.get::<_, i64>(4)? as u64,
-                    })
-                })
-                .optional()
-            })
-            .map_err(db_err)
-    }
-
-    pub fn insert_grant(&self, g: &GrantRow) -> Result<()> {
-        self.conn
-            .lock()
-            .execute(
-                "INSERT INTO grants (id, user_id, app_id, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    g.id.to_string(),
-                    g.user_id.to_string(),
-                    g.app_id.to_string(),
-                    g.scopes.to_string(),
-                    g.created_at as i64
-                ],
-            )
-            .map(drop)
-            .map_err(db_err)
-    }
-
-    pub fn active_grants_of(&self, user: UserId) -> Result<Vec<GrantRow>> {
-        let conn = self.conn.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT g.id, g.app_id, a.name, g.scopes, g.created_at FROM grants g JOIN apps a ON a.id = g.app_id
-                 WHERE g.user_id = ?1 AND g.revoked_at IS NULL ORDER BY g.created_at, g.id",
-            )
-            .map_err(db_err)?;
-        let rows = stmt
-            .query_map(params![user.to_string()], |r| {
-                Ok(GrantRow {
-                    id: parse(r.get(0)?)?,
-                    user_id: user,
-                    app_id: parse(r.get(1)?)?,
-                    app_name: r.get(2)?,
-                    scopes: ScopeSet::parse(&r.get::<_, String>(3)?).unwrap_or_default(),
-                    created_at: r.get::<_, i64>(4)? as u64,
-                })
-            })
-            .map_err(db_err)?;
-        rows.collect::<rusqlite::Result<_>>().map_err(db_err)
-    }
-
-    /// Marks a grant revoked and deletes its tokens, in one transaction. Returns false when the
-    /// grant does not belong to `user` or is already revoked.
-    pub fn revoke_grant(&self, user: UserId, grant: GrantId, now: u64) -> Result<bool> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction().map_err(db_err)?;
-        let n = tx
-            .execute(
-                "UPDATE grants SET revoked_at = ?3 WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
-                params![grant.to_string(), user.to_string(), now as i64],
-            )
-            .map_err(db_err)?;
-        if n == 1 {
-            tx.execute("DELETE FROM tokens WHERE grant_id = ?1", [grant.to_string()]).map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)?;
-        Ok(n == 1)
-    }
-
-    pub fn grant_is_active(&self, grant: GrantId) -> Result<bool> {
-        self.conn
-            .lock()
-            .query_row("SELECT revoked_at IS NULL FROM grants WHERE id = ?1", [grant.to_string()], |r| {
-                r.get::<_, bool>(0)
-            })
-            .optional()
-            .map(|r| r.unwrap_or(false))
-            .map_err(db_err)
-    }
-
-    pub fn insert_token(&self, t: &TokenRow) -> Result<()> {
-        self.conn
-            .lock()
-            .prepare_cached(
-                "INSERT INTO tokens (hash, kind, user_id, grant_id, scopes, expires_at, spent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    t.hash.as_slice(),
-                    t.kind,
-                    t.user_id.to_string(),
-                    t.grant_id.map(|g| g.to_string()),
-                    t.scopes,
-                    t.expires_at as i64,
-                    t.spent
-                ])
-            })
-            .map(drop)
-            .map_err(db_err)
-    }
-
-    /// Marks a token spent (a rotated refresh token). False if it was already spent or gone.
-    pub fn spend_token(&self, hash: &[u8; 32]) -> Result<bool> {
-        self.conn
-            .lock()
-            .execute("UPDATE tokens SET spent = 1 WHERE hash = ?1 AND spent = 0", [hash.as_slice()])
-            .map(|n| n == 1)
-            .map_err(db_err)
-    }
-
-    pub fn delete_token(&self, hash: &[u8; 32]) -> Result<()> {
-        self.conn.lock().execute("DELETE FROM tokens WHERE hash = ?1", [hash.as_slice()]).map(drop).map_err(db_err)
-    }
-
-    /// Every token still valid at `now` (loaded into memory at start); expired ones are deleted.
-    pub fn live_tokens(&self, now: u64) -> Result<Vec<TokenRow>> {
-        let conn = self.conn.lock();
-        conn.execute("DELETE FROM tokens WHERE expires_at <= ?1", [now as i64]).map_err(db_err)?;
-        conn.execute("DELETE FROM codes WHERE expires_at <= ?1", [now as i64]).map_err(db_err)?;
-        let mut stmt = conn
-            .prepare("SELECT hash, kind, user_id, grant_id, scopes, expires_at, spent FROM tokens")
-            .map_err(db_err)?;
-        let rows = stmt
-            .query_map([], |r| {
-                let hash: Vec<u8> = r.get(0)?;
-                Ok(TokenRow {
-                    hash: hash.try_into().unwrap_or([0; 32]),
-                    kind: r.get(1)?,
-                    user_id: parse(r.get(2)?)?,
-                    grant_id: r.get::<_, Option<String>>(3)?.map(parse).transpose()?,
-                    scopes: r.get(4)?,
-                    expires_at: r.get::<_, i64>(5)? as u64,
-                    spent: r.get(6)?,
-                })
-            })
-            .map_err(db_err)?;
-        rows.collect::<rusqlite::Result<_>>().map_err(db_err)
-    }
-
-    pub fn insert_code(&self, hash: &[u8; 32], c: &CodeRow) -> Result<()> {
-        self.conn
-            .lock()
-            .execute(
-                "INSERT INTO codes (hash, app_id, user_id, grant_id, redirect_uri, code_challenge, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    hash.as_slice(),
-                    c.app_id.to_string(),
-                    c.user_id.to_string(),
-                    c.grant_id.to_string(),
-                    c.redirect_uri,
-                    c.code_challenge,
-                    c.expires_at as i64
-                ],
-            )
-            .map(drop)
-            .map_err(db_err)
-    }
-
-    /// Reads a code and marks it spent in one transaction; the row returned tells whether it had
-    /// been spent before (a replay).
-    pub fn take_code(&self, hash: &[u8; 32]) -> Result<Option<CodeRow>> {
-        let mut conn = self.conn.lock();
-        let tx = conn.transaction().map_err(db_err)?;
-        let row = tx
-            .query_row(
-                "SELECT app_id, user_id, grant_id, redirect_uri, code_challenge, expires_at, spent FROM codes WHERE hash = ?1",
-                [hash.as_slice()],
-                |r| {
-                    Ok(CodeRow {
-                        app_id: parse(r.get(0)?)?,
-                        user_id: parse(r.get(1)?)?,
-                        grant_id: parse(r.get(2)?)?,
-                        redirect_uri: r.get(3)?,
-                        code_challenge: r.get(4)?,
-                        expires_at: r.get::<_, i64>(5)? as u64,
-                        spent: r.get(6)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(db_err)?;
-        tx.execute("UPDATE codes SET spent = 1 WHERE hash = ?1", [hash.as_slice()]).map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
-        Ok(row)
     }
 }
 

@@ -1,6 +1,5 @@
 //! Tiers (plans) and the operator's view of instances: metadata and health, never contents.
 
-use crate::instances::write_durably;
 use crate::tokens::{hash_token, new_token, TokenHash, TokenKind};
 use crate::Control;
 use selfcloud_core::config::Tier;
@@ -19,7 +18,7 @@ pub(crate) fn load_or_create_operator_token(home: &Path) -> Result<TokenHash> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // Shaped like a session token but with its own prefix, so it is recognisable in leaks.
             let token = new_token(TokenKind::Session).replacen("scs_", "sco_", 1);
-            write_durably(&path, token.as_bytes())?;
+            selfcloud_durable::replace(&path, token.as_bytes())?;
             Ok(hash_token(&token))
         }
         Err(e) => Err(Error::internal(format!("read {}: {e}", path.display()))),

@@ -28,7 +28,10 @@ impl KdfParams {
 /// Token and code lifetimes.
 #[derive(Clone, Copy, Debug)]
 pub struct TokenTtls {
+    /// The owner's API session (bearer).
     pub session: Duration,
+    /// The browser's web session (the log-in and consent pages' cookie).
+    pub web_session: Duration,
     pub access: Duration,
     pub refresh: Duration,
     pub code: Duration,
@@ -38,6 +41,7 @@ impl Default for TokenTtls {
     fn default() -> Self {
         TokenTtls {
             session: Duration::from_secs(24 * 3600),
+            web_session: Duration::from_secs(15 * 60),
             access: Duration::from_secs(3600),
             refresh: Duration::from_secs(30 * 24 * 3600),
             code: Duration::from_secs(60),
@@ -62,6 +66,8 @@ pub struct Limits {
     /// Default and maximum page size of a list.
     pub list_default: usize,
     pub list_max: usize,
+    /// Bytes of values one list page holds at most (a page always holds one record).
+    pub list_max_bytes: usize,
     /// Storage quota of an instance on the free tier (every new account's), in bytes.
     pub quota_bytes: u64,
     /// The paid tiers' quota and rates.
@@ -69,6 +75,15 @@ pub struct Limits {
     pub pro: TierLimits,
     /// Audit entries kept per instance; older ones are pruned.
     pub audit_retention: u64,
+    /// Longest path or request id an audit entry keeps, in bytes; longer ones are cut.
+    pub audit_field_max: usize,
+    /// Owner sessions (and, apart, web sessions) one user keeps; a new one ends the oldest.
+    pub sessions_per_user: usize,
+    /// Sign-ins (token families, one per code exchange) an app keeps per grant; a new one ends
+    /// the oldest.
+    pub app_sessions_per_grant: usize,
+    /// Spent refresh tokens a token family remembers, so a replay of one revokes the grant.
+    pub spent_refresh_kept: usize,
 }
 
 impl Default for Limits {
@@ -81,10 +96,15 @@ impl Default for Limits {
             rate_per_ip: 20,
             list_default: 100,
             list_max: 1000,
+            list_max_bytes: 4 * 1024 * 1024,
             quota_bytes: 10_000_000_000,
             growth: TierLimits { quota_bytes: 50_000_000_000, rate_per_token: 500, rate_burst: 1000 },
             pro: TierLimits { quota_bytes: 200_000_000_000, rate_per_token: 2000, rate_burst: 4000 },
             audit_retention: 100_000,
+            audit_field_max: 512,
+            sessions_per_user: 32,
+            app_sessions_per_grant: 16,
+            spent_refresh_kept: 32,
         }
     }
 }

@@ -78,6 +78,20 @@ impl Scope {
         }
     }
 
+    /// The broadest scope of each kind, one per variant (for `scopes_supported` in the OAuth
+    /// metadata). The match in the test beside it fails to compile when a variant is added.
+    pub fn broadest() -> [Scope; 6] {
+        let all = || CollectionPattern::Prefix(String::new());
+        [
+            Scope::StorageRead(all()),
+            Scope::StorageWrite(all()),
+            Scope::LlmChat,
+            Scope::LlmEmbed,
+            Scope::ChainRead,
+            Scope::ProfileRead,
+        ]
+    }
+
     /// The scope in plain words, for the consent page.
     pub fn describe(&self) -> String {
         fn which(p: &CollectionPattern) -> String {
@@ -184,6 +198,11 @@ impl ScopeSet {
         other.iter().all(|s| self.permits(s).is_some())
     }
 
+    /// Every scope of either set (a grant that gains what a new consent allowed).
+    pub fn union(&self, other: &ScopeSet) -> ScopeSet {
+        ScopeSet(self.0.union(&other.0).cloned().collect())
+    }
+
     /// Keeps only the scopes of `self` that `allowed` covers (what the user left ticked, or what
     /// the app registered).
     pub fn restricted_to(&self, allowed: &ScopeSet) -> ScopeSet {
@@ -216,6 +235,24 @@ mod tests {
 
     fn c(s: &str) -> Collection {
         Collection::parse(s).unwrap()
+    }
+
+    #[test]
+    fn broadest_names_every_kind_once_and_covers_it() {
+        let kind = |s: &Scope| match s {
+            Scope::StorageRead(_) => 0,
+            Scope::StorageWrite(_) => 1,
+            Scope::LlmChat => 2,
+            Scope::LlmEmbed => 3,
+            Scope::ChainRead => 4,
+            Scope::ProfileRead => 5,
+        };
+        let kinds: Vec<usize> = Scope::broadest().iter().map(kind).collect();
+        assert_eq!(kinds, (0..Scope::broadest().len()).collect::<Vec<_>>());
+        assert!(Scope::broadest()[0].covers(&Scope::storage_read(&c("notes"))));
+        assert!(Scope::broadest()[1].covers(&Scope::storage_write(&c("notes"))));
+        let names: Vec<String> = Scope::broadest().iter().map(|s| s.to_string()).collect();
+        assert_eq!(names[..2], ["storage:read:*", "storage:write:*"]);
     }
 
     #[test]

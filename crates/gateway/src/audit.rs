@@ -2,14 +2,13 @@
 //! instance and appends them to each instance's own log, off the request's path. Reading the log
 //! first flushes the queue, so an owner always sees their latest requests.
 
+use prometheus_client::metrics::counter::Counter;
 use selfcloud_control::Control;
 use selfcloud_core::InstanceId;
 use selfcloud_instance::AuditEntry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-
-use crate::metrics::Metrics;
 
 enum Message {
     Entry(InstanceId, AuditEntry),
@@ -30,15 +29,16 @@ pub struct AuditSink {
 }
 
 impl AuditSink {
-    /// Starts the writer. It ends, after writing everything queued, once every sink is dropped.
+    /// Starts the writer; each batch it cannot write counts in `failures`. It ends, after writing
+    /// everything queued, once every sink is dropped.
     pub fn start(
         control: Arc<Control>,
-        metrics: Arc<Metrics>,
+        failures: Counter,
         queue: usize,
         keep: u64,
     ) -> (AuditSink, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let task = tokio::spawn(writer(rx, control, metrics, keep));
+        let task = tokio::spawn(writer(rx, control, failures, keep));
         (AuditSink { tx }, task)
     }
 
@@ -58,7 +58,7 @@ impl AuditSink {
     }
 }
 
-async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, metrics: Arc<Metrics>, keep: u64) {
+async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, failures: Counter, keep: u64) {
     let mut buf = Vec::with_capacity(BATCH);
     loop {
         if rx.recv_many(&mut buf, BATCH).await == 0 {
@@ -88,12 +88,42 @@ async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, metrics:
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
-                metrics.audit_write_failed();
+                failures.inc();
                 tracing::error!(instance = %id, error = %e, detail = ?e.detail, "audit batch not written");
             }
         }
         for w in waiters {
             let _ = w.send(());
         }
+    }
+}
+
+/// A request's path or id as the audit log keeps it: at most `max` bytes (cut at a character
+/// boundary, marked with `…`), control characters replaced, so a client cannot grow the log (it
+/// is not counted against the quota) or forge lines in it by what it sends.
+pub fn capped(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        if out.len() + c.len_utf8() > max {
+            out.push('\u{2026}');
+            break;
+        }
+        out.push(if c.is_control() { '\u{fffd}' } else { c });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::capped;
+
+    #[test]
+    fn audit_fields_are_capped_and_printable() {
+        assert_eq!(capped("/v1/storage/notes/a", 512), "/v1/storage/notes/a");
+        let long = format!("/v1/storage/notes/{}", "x".repeat(100_000));
+        assert!(capped(&long, 512).len() <= 512 + 3);
+        assert!(capped(&long, 512).ends_with('\u{2026}'));
+        assert_eq!(capped("é".repeat(10).as_str(), 5), "éé\u{2026}");
+        assert_eq!(capped("a\nb", 10), "a\u{fffd}b");
     }
 }

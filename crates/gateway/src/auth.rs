@@ -1,7 +1,7 @@
-//! Authentication: the bearer token (or the session cookie) names the one instance a request may
-//! reach. The middleware resolves it, applies the token's rate limit, and audits requests that
+//! Authentication: the bearer token names the one instance a request may reach. The middleware resolves it, applies the token's rate limit, and audits requests that
 //! reach an instance after the handler answers.
 
+use crate::audit::capped;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{FromRequestParts, Request, State};
@@ -15,57 +15,36 @@ use selfcloud_core::{Error, Scope};
 use selfcloud_instance::{Actor, AuditEntry};
 use std::sync::Arc;
 
-pub const SESSION_COOKIE: &str = "selfcloud_session";
-
-/// How the token arrived: a cookie is ambient (the browser sends it on its own), so forms posted
-/// with it need a CSRF check; a bearer header is not.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Via {
-    Bearer,
-    Cookie,
-}
-
 /// The authenticated caller of a request.
 #[derive(Clone)]
 pub struct Caller {
     pub token: Arc<TokenInfo>,
     pub token_hash: [u8; 32],
-    pub via: Via,
 }
 
 /// Set by handlers on their response: the scope that allowed the request, for the audit log.
 #[derive(Clone, Debug)]
 pub struct ScopeUsed(pub String);
 
-/// The credential a request carries, if any: `Authorization: Bearer` first, then the cookie.
-pub fn credential(headers: &HeaderMap) -> Option<(String, Via)> {
-    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| (token.trim().to_owned(), Via::Bearer));
-    }
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, v)| (v.to_owned(), Via::Cookie))
+/// The bearer token a request carries, if any. Only the `Authorization` header is an API
+/// credential: a browser sends cookies on its own, to every port of a host, so the cookie of the
+/// consent pages must never open the API (an app on `127.0.0.1:9000` receives it too).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Resolves a credential to a live caller. Refresh tokens are not API credentials.
+/// Resolves a bearer token to a live API caller: an owner session or an app's access token.
+/// Refresh tokens and the browser's web session are not API credentials.
 pub fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, Error> {
-    let (token, via) = credential(headers).ok_or_else(|| Error::unauthenticated("missing bearer token"))?;
+    let token = bearer(headers).ok_or_else(|| Error::unauthenticated("missing bearer token"))?;
     let info = state
         .control
-        .authenticate(&token, state.clock.now())
-        .filter(|t| t.kind != TokenKind::Refresh)
+        .authenticate(token, state.clock.now())
+        .filter(|t| matches!(t.kind, TokenKind::Session | TokenKind::Access))
         .ok_or_else(|| Error::unauthenticated("invalid, expired or revoked token"))?;
-    // Cookies carry owner sessions only; an app token in a cookie is not accepted.
-    if via == Via::Cookie && info.kind != TokenKind::Session {
-        return Err(Error::unauthenticated("invalid session cookie"));
-    }
-    Ok(Caller { token: info, token_hash: hash_token(&token), via })
+    Ok(Caller { token: info, token_hash: hash_token(token) })
 }
 
 impl Caller {
@@ -116,13 +95,14 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     }
 }
 
-/// Middleware for every authenticated route: authenticate, rate-limit per token.
+/// Middleware for every authenticated route: authenticate, rate-limit (one budget per grant for
+/// an app, one per user for the owner's sessions, however many tokens they hold).
 pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let caller = match resolve(&state, req.headers()) {
         Ok(c) => c,
         Err(e) => return ApiError(e).into_response(),
     };
-    if let Err(e) = state.rate.check_token(&caller.token_hash, state.control.tier_of(caller.token.instance_id)) {
+    if let Err(e) = state.rate.check_token(&caller.token.rate_key, state.control.tier_of(caller.token.instance_id)) {
         return ApiError(e).into_response();
     }
     req.extensions_mut().insert(caller);
@@ -135,9 +115,10 @@ pub async fn audited(State(state): State<Arc<AppState>>, req: Request, next: Nex
     let Some(caller) = req.extensions().get::<Caller>().cloned() else {
         return next.run(req).await;
     };
-    let method = req.method().as_str().to_owned();
-    let path = req.uri().path().to_owned();
-    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let max = state.limits.audit_field_max;
+    let method = capped(req.method().as_str(), 16);
+    let path = capped(req.uri().path(), max);
+    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(|id| capped(id, max));
     let resp = next.run(req).await;
     let entry = AuditEntry {
         at_ms: state.clock.now_ms(),

@@ -131,3 +131,12 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
             .map_err(|e| ApiError(Error::invalid(format!("invalid body: {e}"))))
     }
 }
+
+/// A list's page size: the default when none is asked for, otherwise 1 to the configured maximum.
+pub fn page_limit(asked: Option<usize>, limits: &selfcloud_core::config::Limits) -> Result<usize, ApiError> {
+    let limit = asked.unwrap_or(limits.list_default);
+    if limit == 0 || limit > limits.list_max {
+        return Err(ApiError(Error::invalid(format!("limit must be 1..={}", limits.list_max))));
+    }
+    Ok(limit)
+}

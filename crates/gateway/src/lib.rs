@@ -11,6 +11,7 @@ pub mod oauth;
 pub mod openapi;
 pub mod ratelimit;
 pub mod routes;
+pub mod server;
 pub mod state;
 
 use axum::extract::DefaultBodyLimit;
@@ -38,11 +39,12 @@ pub struct GatewayConfig {
     pub public_url: Option<String>,
     /// Entries the audit queue holds before requests wait for the writer.
     pub audit_queue: usize,
+    pub connections: server::ConnectionLimits,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { public_url: None, audit_queue: 65_536 }
+        GatewayConfig { public_url: None, audit_queue: 65_536, connections: server::ConnectionLimits::default() }
     }
 }
 
@@ -50,7 +52,7 @@ impl Default for GatewayConfig {
 pub struct Running {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    task: tokio::task::JoinHandle<()>,
     audit_task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,10 +60,10 @@ impl Running {
     /// Waits until the server has drained after `shutdown` was cancelled and the audit queue is
     /// written.
     pub async fn wait(self) -> std::io::Result<()> {
-        let served = self.task.await.map_err(std::io::Error::other)?;
+        self.task.await.map_err(std::io::Error::other)?;
         drop(self.state); // the last audit sink goes with it, so the writer can finish
         let _ = self.audit_task.await;
-        served
+        Ok(())
     }
 }
 
@@ -73,19 +75,19 @@ pub fn router(state: Arc<AppState>) -> Router {
 
     // Routes that reach an instance: authenticated and audited.
     let instance_api = Router::new()
+        .route("/v1/me", get(accounts::me))
+        .route("/v1/audit", get(accounts::audit))
         .route("/v1/storage/{collection}", get(storage::list))
         .route("/v1/storage/{collection}/{key}", put(storage::put).get(storage::get).delete(storage::delete))
         .route("/v1/export", get(portability::export))
-        .route("/v1/import", post(portability::import).layer(DefaultBodyLimit::max(state.limits.max_import_bytes)))
+        .route("/v1/import", post(portability::import))
         .route_layer(from_fn_with_state(state.clone(), auth::audited));
 
     // Routes that need a token but are not instance data (the owner's and developer's APIs).
     let authenticated = Router::new()
-        .route("/v1/me", get(accounts::me))
         .route("/v1/accounts/me", axum::routing::delete(accounts::delete_account))
         .route("/v1/accounts/me/password", put(accounts::change_password))
         .route("/v1/sessions", axum::routing::delete(accounts::delete_session))
-        .route("/v1/audit", get(accounts::audit))
         .route("/v1/apps", post(apps::register))
         .route("/v1/grants", get(apps::list_grants))
         .route("/v1/grants/{id}", axum::routing::delete(apps::revoke_grant))
@@ -99,7 +101,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
     let public = Router::new()
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
-        .route("/metrics", get(metrics::endpoint))
+        .route("/metrics", get(metrics_endpoint))
         .route("/openapi.json", get(openapi::document))
         .route("/v1/accounts", post(accounts::create_account))
         .route("/v1/sessions", post(accounts::create_session))
@@ -116,7 +118,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(from_fn_with_state(state.metrics.clone(), metrics::track))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         .layer(
@@ -128,7 +130,29 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, RequestIds::new()))
+        .layer(axum::middleware::from_fn(drop_odd_request_ids))
         .with_state(state)
+}
+
+async fn metrics_endpoint(axum::extract::State(s): axum::extract::State<Arc<AppState>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = s.metrics.render(s.control.instances_provisioned());
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+/// Longest `x-request-id` a client may bring.
+const MAX_REQUEST_ID: usize = 128;
+
+/// A client's own `x-request-id` is kept (it ties our logs to theirs) only if it is short and
+/// plain; otherwise the request gets one of ours. Logs and the audit log never carry junk.
+async fn drop_odd_request_ids(mut req: axum::extract::Request, next: Next) -> axum::response::Response {
+    let odd = req.headers().get(&X_REQUEST_ID).is_some_and(|v| {
+        v.len() > MAX_REQUEST_ID || !v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    });
+    if odd {
+        req.headers_mut().remove(&X_REQUEST_ID);
+    }
+    next.run(req).await
 }
 
 /// Request ids for requests that bring none: a random prefix per process and a counter. Unique
@@ -169,9 +193,10 @@ pub async fn serve(
 ) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let limits = control.config().limits;
-    let metrics = Arc::new(metrics::Metrics::new());
+    let audit_failures = prometheus_client::metrics::counter::Counter::default();
+    let metrics = Arc::new(metrics::Metrics::new(audit_failures.clone()));
     let (audit, audit_task) =
-        audit::AuditSink::start(control.clone(), metrics.clone(), config.audit_queue, limits.audit_retention);
+        audit::AuditSink::start(control.clone(), audit_failures, config.audit_queue, limits.audit_retention);
     let issuer = config.public_url.unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_owned();
     let state = Arc::new(AppState {
         rate: ratelimit::RateLimits::new(&limits),
@@ -184,10 +209,7 @@ pub async fn serve(
         issuer,
     });
     spawn_sweeper(state.clone(), shutdown.clone());
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let stop = shutdown.clone();
-    let task =
-        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
+    let task = tokio::spawn(server::run(listener, router(state.clone()), config.connections, shutdown));
     Ok(Running { addr, state, task, audit_task })
 }
 
@@ -203,7 +225,9 @@ fn spawn_sweeper(state: Arc<AppState>, shutdown: CancellationToken) {
                 _ = tick.tick() => {}
             }
             let Some(state) = weak.upgrade() else { return };
-            state.control.sweep_tokens(state.clock.now());
+            if let Err(e) = state.control.sweep_tokens(state.clock.now()).await {
+                tracing::warn!(error = %e, detail = ?e.detail, "sweeping expired tokens failed");
+            }
             state.rate.sweep();
         }
     });

@@ -169,15 +169,11 @@ async fn app_tokens_reach_only_their_scopes_and_never_owner_powers() {
         let (st, _, err) = s.call(method.clone(), path, Some(t), body).await;
         assert_eq!((st, Server::error_code(&err)), (StatusCode::FORBIDDEN, "forbidden"), "{method} {path}");
     }
-    // App tokens are not accepted as cookies either.
-    let resp = s
-        .http
-        .get(s.url("/v1/storage/notes/secret"))
-        .header("cookie", format!("selfcloud_session={t}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // No token is accepted as a cookie, app tokens least of all.
+    for cookie in [format!("selfcloud_session={t}"), format!("selfcloud_web={t}")] {
+        let resp = s.http.get(s.url("/v1/storage/notes/secret")).header("cookie", cookie).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
     assert_untouched(&s, &ada).await;
 
     // What it may do, it may do; and every attempt, allowed or not, is in Ada's audit log.
@@ -194,8 +190,10 @@ async fn app_tokens_reach_only_their_scopes_and_never_owner_powers() {
     assert!(first["at_ms"].as_u64().unwrap() > 1_700_000_000_000);
     assert!(first["request_id"].as_str().is_some());
     let refused: Vec<u64> = app_entries.iter().map(|e| e["status"].as_u64().unwrap()).filter(|s| *s == 403).collect();
-    // Six storage calls, the export and the import: each refused call on instance data is audited.
-    assert_eq!(refused.len(), 8, "{audit}");
+    // Six storage calls, /v1/me, /v1/audit, the export and the import: each refused call on
+    // instance data is audited.
+    assert_eq!(refused.len(), 10, "{audit}");
+    assert!(app_entries.iter().any(|e| e["path"] == "/v1/me" && e["status"] == 403), "{audit}");
 }
 
 #[tokio::test]

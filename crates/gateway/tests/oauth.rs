@@ -132,28 +132,33 @@ async fn codes_work_once_expire_and_need_the_right_verifier() {
         }
     };
 
-    // PKCE downgrade: no verifier at all is refused, as is a wrong one.
+    // PKCE downgrade: no verifier at all is refused, as is a wrong one; so are another client
+    // and another redirect URI. None of them spends the code: whoever tried it without the
+    // verifier cannot burn the app's code (nor, replaying it, revoke the grant).
     let code = new_code(&req).await;
     let (st, body) = exchange(code.clone(), None, client_id.clone(), REDIRECT).await;
     assert_eq!((st, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")));
-    // The failed attempt spent the code: it never works again, even with the right verifier.
-    let (_, body) = exchange(code, Some(verifier.clone()), client_id.clone(), REDIRECT).await;
-    assert_eq!(body["error"], "invalid_grant");
-
-    let code = new_code(&req).await;
     let wrong = "x".repeat(43);
-    assert_eq!(exchange(code, Some(wrong), client_id.clone(), REDIRECT).await.1["error"], "invalid_grant");
-    // Another client, another redirect URI: refused.
-    let code = new_code(&req).await;
     assert_eq!(
-        exchange(code, Some(verifier.clone()), other_client.clone(), REDIRECT).await.1["error"],
+        exchange(code.clone(), Some(wrong.clone()), client_id.clone(), REDIRECT).await.1["error"],
         "invalid_grant"
     );
-    let code = new_code(&req).await;
     assert_eq!(
-        exchange(code, Some(verifier.clone()), client_id.clone(), "http://127.0.0.1:9/other").await.1["error"],
+        exchange(code.clone(), Some(verifier.clone()), other_client.clone(), REDIRECT).await.1["error"],
         "invalid_grant"
     );
+    assert_eq!(
+        exchange(code.clone(), Some(verifier.clone()), client_id.clone(), "http://127.0.0.1:9/other").await.1["error"],
+        "invalid_grant"
+    );
+    let (st, tokens) = exchange(code.clone(), Some(verifier.clone()), client_id.clone(), REDIRECT).await;
+    assert_eq!(st, StatusCode::OK, "the app's own exchange still works: {tokens}");
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    // The spent code presented again without the verifier: refused, and the grant stays.
+    for (verifier, client) in [(Some(wrong), client_id.clone()), (Some(verifier.clone()), other_client.clone())] {
+        assert_eq!(exchange(code.clone(), verifier, client, REDIRECT).await.1["error"], "invalid_grant");
+    }
+    assert_eq!(s.call(Method::GET, "/v1/storage/notes", Some(&access), None).await.0, StatusCode::OK);
     // Expired: codes live 60 s.
     let code = new_code(&req).await;
     s.clock.advance(61);
@@ -208,8 +213,55 @@ async fn refresh_tokens_rotate_and_a_replay_revokes_the_grant() {
     )
     .await;
     assert_eq!(body["error"], "invalid_scope");
+    // The refused request spent nothing: the same refresh token still rotates, once.
+    let form =
+        [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("client_id", client_id.as_str())];
+    let (st, rotated) = token_form(&s, &form).await;
+    assert_eq!(st, StatusCode::OK, "{rotated}");
+    assert_eq!(
+        s.call(Method::GET, "/v1/storage/notes", Some(rotated["access_token"].as_str().unwrap()), None).await.0,
+        StatusCode::OK
+    );
     let (_, body) = token_form(&s, &[("grant_type", "password"), ("client_id", &client_id)]).await;
     assert_eq!(body["error"], "unsupported_grant_type");
+}
+
+#[tokio::test]
+async fn an_app_holds_one_grant_per_user_and_revoking_it_ends_every_sign_in() {
+    let s = Server::start().await;
+    let dev = s.user("developer").await;
+    let client_id = s.register_app(&dev, &["storage:read:notes", "storage:write:notes"]).await;
+    let ada = s.user("ada").await;
+    // Two consents (two devices, say), for different scopes.
+    let (_, read) = s.authorize(&ada, &client_id, &["storage:read:notes"]).await;
+    let (_, write) = s.authorize(&ada, &client_id, &["storage:write:notes"]).await;
+    // Each sign-in carries what was consented to for it.
+    assert_eq!(
+        s.call(Method::PUT, "/v1/storage/notes/a", Some(&read.access_token), Some(json!(1))).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        s.call(Method::PUT, "/v1/storage/notes/a", Some(&write.access_token), Some(json!(1))).await.0,
+        StatusCode::OK
+    );
+    // The user sees the app once, holding both.
+    let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    let list = grants["grants"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{grants}");
+    assert_eq!(list[0]["scopes"], json!(["storage:read:notes", "storage:write:notes"]));
+    // Revoking the entry the user sees ends every token the app holds for them.
+    let id = list[0]["id"].as_str().unwrap();
+    assert_eq!(s.call(Method::DELETE, &format!("/v1/grants/{id}"), Some(&ada), None).await.0, StatusCode::NO_CONTENT);
+    for t in [&read, &write] {
+        assert_eq!(
+            s.call(Method::GET, "/v1/storage/notes", Some(&t.access_token), None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        let refresh = t.refresh_token.clone().unwrap();
+        let form =
+            [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("client_id", client_id.as_str())];
+        assert_eq!(token_form(&s, &form).await.1["error"], "invalid_grant");
+    }
 }
 
 #[tokio::test]
@@ -345,10 +397,20 @@ async fn revocation_endpoint_and_metadata() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(s.call(Method::GET, "/v1/storage/notes", Some(&access), None).await.0, StatusCode::OK);
+    let refresh = tokens.refresh_token.clone().unwrap();
     let app = Client::with_tokens(s.app_config(&client_id), tokens);
     app.revoke().await.unwrap();
+    // The app signed out: its tokens end, refresh included. The user's grant stays (they revoke
+    // the app itself at /v1/grants), so signing in again needs no new consent.
     assert_eq!(s.call(Method::GET, "/v1/storage/notes", Some(&access), None).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(s.call(Method::GET, "/v1/grants", Some(&ada), None).await.2, json!({"grants": []}));
+    let (_, body) =
+        token_form(&s, &[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("client_id", &client_id)])
+            .await;
+    assert_eq!(body["error"], "invalid_grant");
+    let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    assert_eq!(grants["grants"].as_array().unwrap().len(), 1, "{grants}");
+    // scopes_supported comes from the scope grammar: one broadest scope of each kind.
+    assert_eq!(meta["scopes_supported"].as_array().unwrap().len(), selfcloud_core::Scope::broadest().len());
 }
 
 #[tokio::test]
@@ -364,10 +426,19 @@ async fn app_registration_validates_its_input() {
         json!({"name": "x", "redirect_uris": ["https://a.example/cb"], "scopes": []}),
         json!({"name": "", "redirect_uris": ["https://a.example/cb"], "scopes": ["llm:chat"]}),
         json!({"name": "x", "redirect_uris": ["https://a.example/cb"]}),
+        // Smuggling a second address, or a scheme, past the URL parser.
+        json!({"name": "x", "redirect_uris": ["https://good.example/cb\nhttp://evil.example/steal"], "scopes": ["llm:chat"]}),
+        json!({"name": "x", "redirect_uris": ["https://good.example/cb\njavascript:alert(1)"], "scopes": ["llm:chat"]}),
+        json!({"name": "x", "redirect_uris": ["https://good.example/cb\n"], "scopes": ["llm:chat"]}),
+        json!({"name": "x", "redirect_uris": ["https://good.example/c\tb"], "scopes": ["llm:chat"]}),
+        json!({"name": "x", "redirect_uris": ["com.example.app:/cb"], "scopes": ["llm:chat"]}),
     ] {
         let (st, _, err) = s.call(Method::POST, "/v1/apps", Some(&dev), Some(body.clone())).await;
         assert_eq!((st, Server::error_code(&err)), (StatusCode::BAD_REQUEST, "invalid_request"), "{body}");
     }
-    let ok = json!({"name": "x", "redirect_uris": ["https://a.example/cb", "com.example.app:/cb", "http://[::1]:8080/cb"], "scopes": ["llm:chat"]});
-    assert_eq!(s.call(Method::POST, "/v1/apps", Some(&dev), Some(ok)).await.0, StatusCode::CREATED);
+    let ok =
+        json!({"name": "x", "redirect_uris": ["https://a.example/cb", "http://[::1]:8080/cb"], "scopes": ["llm:chat"]});
+    let (st, _, app) = s.call(Method::POST, "/v1/apps", Some(&dev), Some(ok)).await;
+    assert_eq!(st, StatusCode::CREATED);
+    assert_eq!(app["redirect_uris"], json!(["https://a.example/cb", "http://[::1]:8080/cb"]));
 }

@@ -169,13 +169,18 @@ async fn bad_names_bodies_and_sizes_are_refused_and_write_nothing() {
 async fn quota_answers_507_and_writes_nothing() {
     let s = Server::start_with(|c| c.limits.quota_bytes = 200).await;
     let t = s.user("ada").await;
+    // What a record costs: its names, its sealed value and a fixed overhead, not just its bytes.
+    let charged = {
+        use selfcloud_core::{Collection, RecordKey};
+        selfcloud_store::charged_bytes(&Collection::parse("n").unwrap(), &RecordKey::parse("a").unwrap(), 102)
+    };
     let (st, _, _) = s.call(Method::PUT, "/v1/storage/n/a", Some(&t), Some(json!("x".repeat(100)))).await;
     assert_eq!(st, StatusCode::OK);
     let (st, _, body) = s.call(Method::PUT, "/v1/storage/n/b", Some(&t), Some(json!("x".repeat(100)))).await;
     assert_eq!((st, Server::error_code(&body)), (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"));
     assert_eq!(s.call(Method::GET, "/v1/storage/n/b", Some(&t), None).await.0, StatusCode::NOT_FOUND);
     let (_, _, me) = s.call(Method::GET, "/v1/me", Some(&t), None).await;
-    assert_eq!(me["storage"], json!({"records": 1, "bytes": 103, "quota_bytes": 200}));
+    assert_eq!(me["storage"], json!({"records": 1, "bytes": charged, "quota_bytes": 200}));
 }
 
 #[tokio::test]
@@ -184,9 +189,12 @@ async fn values_never_reach_disk_in_clear_text() {
     let t = s.user("ada").await;
     let secret = "my-diary-entry-7c1f9e-should-be-sealed";
     s.call(Method::PUT, "/v1/storage/diary/today", Some(&t), Some(json!({"entry": secret}))).await;
-    // An audited path is also sensitive: the log is sealed too.
-    s.call(Method::GET, "/v1/storage/diary/today", Some(&t), None).await;
-    s.call(Method::GET, "/v1/audit", Some(&t), None).await;
+    // An audited path is also sensitive: the log is sealed too. The log holds the path exactly
+    // as searched for below (so the search can find it if it is ever written in clear).
+    let audited = "/v1/storage/diary/today";
+    s.call(Method::GET, audited, Some(&t), None).await;
+    let (_, _, audit) = s.call(Method::GET, "/v1/audit", Some(&t), None).await;
+    assert!(audit["entries"].as_array().unwrap().iter().any(|e| e["path"] == audited), "{audit}");
     let home_dir = s.stop().await;
     let home = home_dir.path().to_owned();
     let mut files = 0;
@@ -204,9 +212,77 @@ async fn values_never_reach_disk_in_clear_text() {
                     "plaintext in {}",
                     path.display()
                 );
-                assert!(!bytes.windows(13).any(|w| w == b"diary/today\"}"), "{}", path.display());
+                assert!(!bytes.windows(audited.len()).any(|w| w == audited.as_bytes()), "{}", path.display());
             }
         }
     }
     assert!(files >= 4, "registry, node key, key file and store were written");
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_refused_and_a_damaged_value_on_disk_breaks_no_list_or_export() {
+    let s = Server::start().await;
+    let signed_up = s.sign_up("ada").await;
+    let t = s.log_in("ada").await;
+    // Invalid UTF-8 inside a JSON string: the JSON parser would skip it; the write is refused.
+    let resp = s
+        .http
+        .put(s.url("/v1/storage/notes/bad"))
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .body(b"{\"t\":\"caf\xff\"}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(s.call(Method::GET, "/v1/storage/notes/bad", Some(&t), None).await.0, StatusCode::NOT_FOUND);
+
+    // A value already on disk in that state (written before the check existed): stored behind
+    // the gateway's back through the instance itself.
+    let id = signed_up["instance"]["id"].as_str().unwrap().parse().unwrap();
+    let instance = s.control.instance(id).await.unwrap();
+    let (c, k) =
+        (selfcloud_core::Collection::parse("notes").unwrap(), selfcloud_core::RecordKey::parse("old").unwrap());
+    instance.put_record(&c, &k, b"{\"t\":\"caf\xff\"}".to_vec(), selfcloud_instance::Precondition::None).await.unwrap();
+    s.call(Method::PUT, "/v1/storage/notes/ok", Some(&t), Some(json!({"t": "fine"}))).await;
+    let (st, _, page) = s.call(Method::GET, "/v1/storage/notes", Some(&t), None).await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    let value =
+        |key: &str| page["records"].as_array().unwrap().iter().find(|r| r["key"] == key).unwrap()["value"].clone();
+    assert_eq!(value("old")["t"], "caf\u{fffd}");
+    assert_eq!(value("ok")["t"], "fine");
+    let resp = s.http.get(s.url("/v1/export")).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let archive = resp.bytes().await.unwrap();
+    let (manifest, records) = selfcloud_instance::archive::read(&archive, 1 << 20).unwrap();
+    assert_eq!(manifest.records, 2, "the export runs to its end");
+    assert_eq!(records.len(), 2);
+}
+
+#[tokio::test]
+async fn if_match_star_means_the_record_exists() {
+    let s = Server::start().await;
+    let t = s.user("ada").await;
+    let put = |value: Value| {
+        let (s, t) = (&s, t.clone());
+        async move {
+            let resp = s
+                .http
+                .put(s.url("/v1/storage/notes/a"))
+                .bearer_auth(&t)
+                .header("if-match", "*")
+                .json(&value)
+                .send()
+                .await
+                .unwrap();
+            resp.status()
+        }
+    };
+    assert_eq!(put(json!(1)).await, StatusCode::PRECONDITION_FAILED, "RFC 9110: no current record");
+    assert_eq!(s.call(Method::GET, "/v1/storage/notes/a", Some(&t), None).await.0, StatusCode::NOT_FOUND);
+    s.call(Method::PUT, "/v1/storage/notes/a", Some(&t), Some(json!(0))).await;
+    assert_eq!(put(json!(2)).await, StatusCode::OK);
+    assert_eq!(s.call(Method::GET, "/v1/storage/notes/a", Some(&t), None).await.2, json!(2));
+    let del = s.http.delete(s.url("/v1/storage/notes/a")).bearer_auth(&t).header("if-match", "*").send().await;
+    assert_eq!(del.unwrap().status(), StatusCode::NO_CONTENT);
 }

@@ -7,9 +7,10 @@
 //! ```
 //!
 //! The manifest comes last so the archive streams: each part is written as soon as it is full,
-//! and nothing but the current part is held in memory. Reading is the opposite: the whole archive
-//! is checked (every part present, its hash, its counts, every name and value) before a single
-//! record is handed back, so a damaged or tampered archive imports nothing.
+//! and nothing but the current part is held in memory. Reading streams too ([`walk`]), one line
+//! at a time: a first pass checks everything (every part present, its hash, its counts, every
+//! name and value, their order) and a second feeds the import, so a damaged or tampered archive
+//! imports nothing and a large one never sits in memory.
 //!
 //! A value is kept byte for byte. JSON whitespace may include line breaks, which a JSON line
 //! cannot hold; such a value travels as a string in `value_text` instead of `value`.
@@ -120,7 +121,9 @@ impl ArchiveWriter {
         } else if self.part.len() >= self.part_bytes {
             self.close_part()?;
         }
-        let text = std::str::from_utf8(&record.value).map_err(|_| Error::internal("stored value is not UTF-8"))?;
+        // A damaged value is carried repaired rather than cutting the archive off.
+        let (text, _) = crate::json_text(record.value.clone());
+        let text = text.as_str();
         let raw: Box<RawValue> = RawValue::from_string(text.to_owned()).map_err(Error::internal)?;
         // Inline only what a JSON line carries byte for byte: no line break, no outer whitespace
         // (which `RawValue` trims).
@@ -191,36 +194,169 @@ fn bad(message: impl std::fmt::Display) -> Error {
     Error::invalid(format!("not a valid selfcloud export: {message}"))
 }
 
-/// Checks a whole archive and returns its records in (collection, key) order, ready to import.
-/// Any fault (not a tar, a part missing, extra or altered, a count, name or value wrong, a
-/// value over `max_value_bytes`) is an `invalid_request` naming it, and no record is returned.
-pub fn read(archive: &[u8], max_value_bytes: usize) -> Result<(Manifest, Vec<ImportRecord>)> {
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut tar = tar::Archive::new(archive);
+/// The longest manifest read, in bytes (a part's entry is about 150 bytes).
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// What a pass over a part learned, to hold against the manifest at the end.
+struct SeenPart {
+    path: String,
+    bytes: u64,
+    sha256: String,
+    records: u64,
+}
+
+/// A reader that hashes and counts what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+    bytes: u64,
+    last: Option<u8>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        if n > 0 {
+            self.last = Some(buf[n - 1]);
+        }
+        Ok(n)
+    }
+}
+
+/// The collection a part's path names (`records/<collection>/<6 digits>.jsonl`), if it is one.
+fn part_collection(path: &str) -> Option<Collection> {
+    let rest = path.strip_prefix("records/")?;
+    let (collection, file) = rest.split_once('/')?;
+    let seq = file.strip_suffix(".jsonl")?;
+    (seq.len() == 6 && seq.bytes().all(|b| b.is_ascii_digit())).then_some(())?;
+    Collection::parse(collection).ok()
+}
+
+/// Reads an archive front to back, holding one line at a time: every record is checked (its
+/// name, its value, that it comes after the one before in (collection, key) order, so none
+/// appears twice) and handed to `on_record`; at the end the parts seen (their bytes, SHA-256 and
+/// counts) are held against the manifest, which comes last. Any fault is an `invalid_request`
+/// naming it. Run it once with a no-op to check an archive before anything is written, then
+/// again to feed an import; memory stays at about one value whatever the archive's size.
+pub fn walk(
+    reader: impl Read,
+    max_value_bytes: usize,
+    mut on_record: impl FnMut(ImportRecord) -> Result<()>,
+) -> Result<Manifest> {
+    // A value travels as a JSON string at worst, where each byte may take six (`\u00XX`).
+    let max_line = 6 * max_value_bytes as u64 + 1024;
+    let mut tar = tar::Archive::new(reader);
+    let (mut seen, mut names, mut manifest) = (Vec::<SeenPart>::new(), BTreeSet::new(), None::<Manifest>);
+    let mut last: Option<(Collection, RecordKey)> = None;
     for entry in tar.entries().map_err(|e| bad(format!("not a tar archive ({e})")))? {
-        let mut entry = entry.map_err(|e| bad(format!("damaged tar archive ({e})")))?;
+        let entry = entry.map_err(|e| bad(format!("damaged tar archive ({e})")))?;
         if entry.header().entry_type() != tar::EntryType::Regular {
             return Err(bad("it holds something other than plain files"));
         }
         let path = entry.path_bytes();
         let path = std::str::from_utf8(&path).map_err(|_| bad("a file name is not UTF-8"))?.to_owned();
-        let mut data = Vec::with_capacity(entry.size().min(archive.len() as u64) as usize);
-        entry.read_to_end(&mut data).map_err(|e| bad(format!("damaged tar archive ({e})")))?;
-        if files.insert(path.clone(), data).is_some() {
+        if !names.insert(path.clone()) {
             return Err(bad(format!("{path} appears twice")));
         }
+        if manifest.is_some() {
+            return Err(bad(format!("{path} comes after {MANIFEST_PATH}")));
+        }
+        if path == MANIFEST_PATH {
+            let mut bytes = Vec::new();
+            entry
+                .take(MAX_MANIFEST + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| bad(format!("damaged tar archive ({e})")))?;
+            if bytes.len() as u64 > MAX_MANIFEST {
+                return Err(bad(format!("{MANIFEST_PATH} is over {MAX_MANIFEST} bytes")));
+            }
+            let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(format!("{MANIFEST_PATH}: {e}")))?;
+            if m.format != FORMAT || m.version != VERSION {
+                return Err(bad(format!(
+                    "format {} version {} (this server reads {FORMAT} {VERSION})",
+                    m.format, m.version
+                )));
+            }
+            manifest = Some(m);
+            continue;
+        }
+        // A valid manifest names only parts; anything else cannot be in it.
+        let collection = part_collection(&path).ok_or_else(|| bad(format!("{path} is not in the manifest")))?;
+        let mut data = Hashing { inner: entry, hash: Sha256::new(), bytes: 0, last: None };
+        let records = walk_part(&path, &collection, &mut data, max_line, max_value_bytes, &mut last, &mut on_record)?;
+        if data.last != Some(b'\n') {
+            return Err(bad(format!("{path} does not end with a line break")));
+        }
+        seen.push(SeenPart { path, bytes: data.bytes, sha256: hex::encode(data.hash.finalize()), records });
     }
-    let manifest_bytes = files.remove(MANIFEST_PATH).ok_or_else(|| bad("it has no manifest.json"))?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| bad(format!("manifest.json: {e}")))?;
-    if manifest.format != FORMAT || manifest.version != VERSION {
-        return Err(bad(format!(
-            "format {} version {} (this server reads {FORMAT} {VERSION})",
-            manifest.format, manifest.version
-        )));
-    }
+    let manifest = manifest.ok_or_else(|| bad("it has no manifest.json"))?;
+    check_against(&manifest, seen)?;
+    Ok(manifest)
+}
 
-    let mut records = Vec::new();
+/// Reads one part's lines, handing each record on; returns how many there were.
+fn walk_part(
+    path: &str,
+    collection: &Collection,
+    data: &mut impl Read,
+    max_line: u64,
+    max_value_bytes: usize,
+    last: &mut Option<(Collection, RecordKey)>,
+    on_record: &mut impl FnMut(ImportRecord) -> Result<()>,
+) -> Result<u64> {
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, data);
+    let (mut line, mut n) = (Vec::new(), 0u64);
+    loop {
+        line.clear();
+        let read = std::io::BufRead::read_until(&mut (&mut reader).take(max_line + 1), b'\n', &mut line)
+            .map_err(|e| bad(format!("damaged tar archive ({e})")))?;
+        if read == 0 {
+            return Ok(n);
+        }
+        n += 1;
+        let at = || format!("{path} line {n}");
+        if line.len() as u64 > max_line {
+            return Err(bad(format!("{}: the line is over {max_line} bytes", at())));
+        }
+        let text = std::str::from_utf8(&line).map_err(|_| bad(format!("{} is not UTF-8", at())))?;
+        let record = read_line(text.strip_suffix('\n').unwrap_or(text), collection, max_value_bytes)
+            .map_err(|e| bad(format!("{}: {e}", at())))?;
+        let place = (record.collection.clone(), record.key.clone());
+        if last.as_ref().is_some_and(|l| *l >= place) {
+            return Err(bad(format!("{}: record {}/{} appears twice or out of order", at(), place.0, place.1)));
+        }
+        *last = Some(place);
+        on_record(record)?;
+    }
+}
+
+/// One line as a record, or what is wrong with it.
+fn read_line(line: &str, collection: &Collection, max_value_bytes: usize) -> std::result::Result<ImportRecord, String> {
+    let parsed: LineIn = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let key = RecordKey::parse(&parsed.key).map_err(|e| e.message)?;
+    let value = match (parsed.value, parsed.value_text) {
+        (Some(raw), None) => raw.get().as_bytes().to_vec(),
+        (None, Some(text)) => {
+            serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| format!("value_text is not JSON: {e}"))?;
+            text.into_bytes()
+        }
+        _ => return Err("a record has exactly one of value and value_text".into()),
+    };
+    if value.len() > max_value_bytes {
+        return Err(format!("the value is over {max_value_bytes} bytes"));
+    }
+    Ok(ImportRecord { collection: collection.clone(), key, value })
+}
+
+/// The parts seen must be exactly the manifest's, in its order, with its sizes, hashes and counts.
+fn check_against(manifest: &Manifest, seen: Vec<SeenPart>) -> Result<()> {
+    let mut seen: BTreeMap<String, (usize, SeenPart)> =
+        seen.into_iter().enumerate().map(|(i, p)| (p.path.clone(), (i, p))).collect();
     let mut seq_of: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut order = 0;
+    let mut total = 0;
     for part in &manifest.parts {
         let collection =
             Collection::parse(&part.collection).map_err(|e| bad(format!("{}: {}", part.path, e.message)))?;
@@ -229,67 +365,38 @@ pub fn read(archive: &[u8], max_value_bytes: usize) -> Result<(Manifest, Vec<Imp
         if part.path != part_path(collection.as_str(), *seq) {
             return Err(bad(format!("part {} is out of place", part.path)));
         }
-        let data = files.remove(&part.path).ok_or_else(|| bad(format!("{} is missing", part.path)))?;
-        if data.len() as u64 != part.bytes || hex::encode(Sha256::digest(&data)) != part.sha256 {
+        let (at, got) = seen.remove(&part.path).ok_or_else(|| bad(format!("{} is missing", part.path)))?;
+        if got.bytes != part.bytes || got.sha256 != part.sha256 {
             return Err(bad(format!("{} does not match its SHA-256 in the manifest", part.path)));
         }
-        let before = records.len();
-        read_part(&part.path, &collection, &data, max_value_bytes, &mut records)?;
-        if (records.len() - before) as u64 != part.records {
+        if got.records != part.records {
             return Err(bad(format!(
                 "{} holds {} records, the manifest says {}",
-                part.path,
-                records.len() - before,
-                part.records
+                part.path, got.records, part.records
             )));
         }
+        if at != order {
+            return Err(bad(format!("part {} is out of place", part.path)));
+        }
+        (order, total) = (order + 1, total + got.records);
     }
-    if let Some(extra) = files.keys().next() {
+    if let Some(extra) = seen.keys().next() {
         return Err(bad(format!("{extra} is not in the manifest")));
     }
-    if records.len() as u64 != manifest.records {
-        return Err(bad(format!("{} records, the manifest says {}", records.len(), manifest.records)));
-    }
-    records.sort_by(|a, b| (&a.collection, &a.key).cmp(&(&b.collection, &b.key)));
-    let mut seen = BTreeSet::new();
-    for r in &records {
-        if !seen.insert((&r.collection, &r.key)) {
-            return Err(bad(format!("record {}/{} appears twice", r.collection, r.key)));
-        }
-    }
-    Ok((manifest, records))
-}
-
-fn read_part(
-    path: &str,
-    collection: &Collection,
-    data: &[u8],
-    max_value_bytes: usize,
-    out: &mut Vec<ImportRecord>,
-) -> Result<()> {
-    let text = std::str::from_utf8(data).map_err(|_| bad(format!("{path} is not UTF-8")))?;
-    let Some(body) = text.strip_suffix('\n') else {
-        return Err(bad(format!("{path} does not end with a line break")));
-    };
-    for (n, line) in body.split('\n').enumerate() {
-        let at = || format!("{path} line {}", n + 1);
-        let parsed: LineIn = serde_json::from_str(line).map_err(|e| bad(format!("{}: {e}", at())))?;
-        let key = RecordKey::parse(&parsed.key).map_err(|e| bad(format!("{}: {}", at(), e.message)))?;
-        let value = match (parsed.value, parsed.value_text) {
-            (Some(raw), None) => raw.get().as_bytes().to_vec(),
-            (None, Some(text)) => {
-                serde_json::from_str::<serde::de::IgnoredAny>(&text)
-                    .map_err(|e| bad(format!("{}: value_text is not JSON: {e}", at())))?;
-                text.into_bytes()
-            }
-            _ => return Err(bad(format!("{}: a record has exactly one of value and value_text", at()))),
-        };
-        if value.len() > max_value_bytes {
-            return Err(bad(format!("{}: the value is over {max_value_bytes} bytes", at())));
-        }
-        out.push(ImportRecord { collection: collection.clone(), key, value });
+    if total != manifest.records {
+        return Err(bad(format!("{total} records, the manifest says {}", manifest.records)));
     }
     Ok(())
+}
+
+/// Checks a whole archive held in memory and returns its records in (collection, key) order.
+pub fn read(archive: &[u8], max_value_bytes: usize) -> Result<(Manifest, Vec<ImportRecord>)> {
+    let mut records = Vec::new();
+    let manifest = walk(archive, max_value_bytes, |r| {
+        records.push(r);
+        Ok(())
+    })?;
+    Ok((manifest, records))
 }
 
 #[cfg(test)]

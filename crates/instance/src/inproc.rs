@@ -1,19 +1,56 @@
 //! The in-process runtime: the instance is a set of values inside the server process. Fast, with
 //! logical isolation only (its own directory, file and key).
 
-use crate::{AuditEntry, AuditRecord, Instance, IntegrityReport, StorageUsage};
+use crate::{archive, AuditEntry, AuditRecord, ByteStream, ImportLimits, Instance, IntegrityReport, StorageUsage};
 use async_trait::async_trait;
-use selfcloud_core::{Collection, Error, InstanceId, RecordKey, Result};
+use selfcloud_core::{Collection, Error, ErrorCode, InstanceId, RecordKey, Result};
 use selfcloud_store::{
-    DataKey, EngineKind, ImportRecord, Page, Precondition, Record, Rev, ScanPage, Store, StoreOptions,
+    DataKey, EngineKind, ImportRecord, Page, Precondition, Record, Rev, ScanPage, Store, StoreOptions, Usage,
 };
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Checks the spooled archive whole, then reads it again into one atomic import. Blocking.
+fn import_spooled(store: &Store, path: &Path, max_value_bytes: usize) -> Result<Usage> {
+    let open = || std::fs::File::open(path).map_err(|e| selfcloud_durable::io_err("open", path, e));
+    // First pass: nothing is written, so a damaged archive costs one read.
+    archive::walk(std::io::BufReader::new(open()?), max_value_bytes, |_| Ok(()))?;
+    // Second pass: a reader thread walks the archive again and hands records over a short
+    // queue; a fault it meets arrives as an error, and the import rolls back.
+    let usage = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<ImportRecord>>(256);
+        scope.spawn(move || {
+            let send = |r: Result<ImportRecord>| tx.send(r).map_err(|_| Error::internal("the import stopped reading"));
+            let walked =
+                open().and_then(|f| archive::walk(std::io::BufReader::new(f), max_value_bytes, |r| send(Ok(r))));
+            if let Err(e) = walked {
+                let _ = send(Err(e));
+            }
+        });
+        store.import(rx)
+    })?;
+    Ok(usage)
+}
 
 pub struct InprocInstance {
     id: InstanceId,
+    dir: PathBuf,
     engine: EngineKind,
     store: Arc<Store>,
+    /// Held by the one import under way.
+    importing: tokio::sync::Mutex<()>,
+}
+
+/// Where an import's archive is spooled while it is checked, inside the instance's directory.
+const IMPORT_SPOOL: &str = "import.tar.tmp";
+
+/// Removes the spool file however the import ends.
+struct Spool(PathBuf);
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 impl InprocInstance {
@@ -26,14 +63,44 @@ impl InprocInstance {
         options: StoreOptions,
     ) -> Result<Self> {
         let store = Store::create(engine, dir, key, options)?;
-        Ok(InprocInstance { id, engine, store: Arc::new(store) })
+        Ok(Self::over(id, dir, engine, store))
     }
 
     /// Opens the instance living in `dir`; its engine is told by what is on disk.
     pub fn open(id: InstanceId, dir: &Path, key: &DataKey, options: StoreOptions) -> Result<Self> {
         let engine = EngineKind::detect(dir).ok_or_else(|| Error::not_found("instance has no store"))?;
         let store = Store::open(engine, dir, key, options)?;
-        Ok(InprocInstance { id, engine, store: Arc::new(store) })
+        // A spool left by an import the process did not live to finish.
+        let _ = std::fs::remove_file(dir.join(IMPORT_SPOOL));
+        Ok(Self::over(id, dir, engine, store))
+    }
+
+    fn over(id: InstanceId, dir: &Path, engine: EngineKind, store: Store) -> Self {
+        InprocInstance { id, dir: dir.to_owned(), engine, store: Arc::new(store), importing: Default::default() }
+    }
+
+    /// Streams `archive` into the spool file, refusing it past `max_bytes`.
+    async fn spool(&self, mut archive: ByteStream, max_bytes: u64) -> Result<Spool> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let path = self.dir.join(IMPORT_SPOOL);
+        let _ = tokio::fs::remove_file(&path).await;
+        let io = |what: &str, e: std::io::Error| selfcloud_durable::io_err(what, &path, e);
+        let mut options = tokio::fs::OpenOptions::new();
+        options.write(true).create_new(true).mode(selfcloud_durable::FILE_MODE);
+        let mut file = options.open(&path).await.map_err(|e| io("create", e))?;
+        let spool = Spool(path.clone());
+        let mut total = 0u64;
+        while let Some(chunk) = archive.next().await {
+            let chunk = chunk.map_err(|e| Error::invalid(format!("the upload broke off: {e}")))?;
+            total += chunk.len() as u64;
+            if total > max_bytes {
+                return Err(Error::new(ErrorCode::TooLarge, format!("an import is at most {max_bytes} bytes")));
+            }
+            file.write_all(&chunk).await.map_err(|e| io("write", e))?;
+        }
+        file.flush().await.map_err(|e| io("write", e))?;
+        Ok(spool)
     }
 
     /// Runs a write on the blocking pool: writes wait for fsync and must not stall the runtime.
@@ -75,9 +142,12 @@ impl Instance for InprocInstance {
         collection: &Collection,
         prefix: &str,
         limit: usize,
+        max_bytes: usize,
         cursor: Option<&str>,
     ) -> Result<Page> {
-        self.store.list(collection, prefix, limit, cursor)
+        // A page reads and opens up to `max_bytes` of values: too much for the async runtime.
+        let (c, prefix, cursor) = (collection.clone(), prefix.to_owned(), cursor.map(str::to_owned));
+        self.blocking(move |s| s.list(&c, &prefix, limit, max_bytes, cursor.as_deref())).await
     }
 
     async fn storage_usage(&self) -> Result<StorageUsage> {
@@ -102,8 +172,15 @@ impl Instance for InprocInstance {
         self.blocking(move |s| s.scan(cursor.as_deref(), limit, max_bytes)).await
     }
 
-    async fn import_records(&self, records: Vec<ImportRecord>) -> Result<StorageUsage> {
-        let usage = self.blocking(move |s| s.import(records)).await?;
+    async fn import_archive(&self, archive: ByteStream, limits: ImportLimits) -> Result<StorageUsage> {
+        let _one =
+            self.importing.try_lock().map_err(|_| Error::conflict("an import into this instance is under way"))?;
+        // Refused before the upload is read, when it is bound to be refused after.
+        if self.store.usage()?.records != 0 {
+            return Err(Error::conflict("the instance already holds records; import needs an empty one"));
+        }
+        let spool = self.spool(archive, limits.max_bytes).await?;
+        let usage = self.blocking(move |store| import_spooled(store, &spool.0, limits.max_value_bytes)).await?;
         Ok(StorageUsage { records: usage.records, bytes: usage.bytes, quota_bytes: self.store.quota_bytes() })
     }
 

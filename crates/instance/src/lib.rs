@@ -66,7 +66,45 @@ pub struct IntegrityReport {
     pub bytes: u64,
 }
 
+/// A stored value as JSON text, for lists and exports. Values are checked on the way in, but one
+/// stored before that check (or damaged since) must not break every page or archive after it:
+/// invalid UTF-8 is replaced, and what is still not JSON becomes a JSON string of its text. The
+/// flag says whether the value had to be repaired.
+pub fn json_text(value: Vec<u8>) -> (String, bool) {
+    let (text, lossy) = match String::from_utf8(value) {
+        Ok(text) => (text, false),
+        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+    };
+    if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() {
+        return (text, lossy);
+    }
+    (serde_json::to_string(&text).expect("a string serializes"), true)
+}
+
+/// A request body arriving chunk by chunk (an import archive).
+pub type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send>>;
+
+/// Bounds on one import.
+#[derive(Clone, Copy, Debug)]
+pub struct ImportLimits {
+    /// Largest archive taken, in bytes.
+    pub max_bytes: u64,
+    pub max_value_bytes: usize,
+}
+
 /// Everything the gateway (through control) can ask of one user's instance.
+#[cfg(test)]
+#[test]
+fn damaged_values_become_json_that_lists_and_exports_can_carry() {
+    assert_eq!(json_text(br#"{"a":1}"#.to_vec()), (r#"{"a":1}"#.to_owned(), false));
+    let (text, repaired) = json_text(b"\"caf\xff\"".to_vec());
+    assert!(repaired);
+    assert_eq!(serde_json::from_str::<String>(&text).unwrap(), "caf\u{fffd}");
+    let (text, repaired) = json_text(b"not json".to_vec());
+    assert!(repaired);
+    assert_eq!(serde_json::from_str::<String>(&text).unwrap(), "not json");
+}
+
 #[async_trait]
 pub trait Instance: Send + Sync + 'static {
     fn id(&self) -> InstanceId;
@@ -80,11 +118,13 @@ pub trait Instance: Send + Sync + 'static {
         cond: Precondition,
     ) -> Result<Rev>;
     async fn delete_record(&self, collection: &Collection, key: &RecordKey, cond: Precondition) -> Result<()>;
+    /// Up to `limit` records, fewer once their values reach `max_bytes` (a page has at least one).
     async fn list_records(
         &self,
         collection: &Collection,
         prefix: &str,
         limit: usize,
+        max_bytes: usize,
         cursor: Option<&str>,
     ) -> Result<Page>;
     async fn storage_usage(&self) -> Result<StorageUsage>;
@@ -93,11 +133,12 @@ pub trait Instance: Send + Sync + 'static {
     /// `limit` records, fewer once their values reach `max_bytes` (a page always has one). Pages
     /// are read one by one, not from one snapshot; no record appears twice.
     async fn export_records(&self, cursor: Option<&str>, limit: usize, max_bytes: usize) -> Result<ScanPage>;
-    /// Writes `records` (in (collection, key) order, each once) into this instance, which must
-    /// hold no record (`conflict`), in one atomic and durable write: all or, on any error
-    /// (`quota_exceeded` among them), nothing. Records get new revs; keys and values are kept
-    /// exactly. Returns the usage afterwards.
-    async fn import_records(&self, records: Vec<ImportRecord>) -> Result<StorageUsage>;
+    /// Restores an export archive (see [`archive`]) into this instance, which must hold no record
+    /// (`conflict`), in one atomic and durable write: all or, on any error (a damaged archive,
+    /// `too_large`, `quota_exceeded`), nothing. The archive streams to a private file in the
+    /// instance's directory, is checked whole, then imported; it is never held in memory. One
+    /// import at a time per instance. Returns the usage afterwards.
+    async fn import_archive(&self, archive: ByteStream, limits: ImportLimits) -> Result<StorageUsage>;
     /// Runs the store's own integrity check and compares its counters with a full scan; an
     /// error says what is wrong. Reads every record: for `selfcloud verify`, not the hot path.
     async fn verify(&self) -> Result<IntegrityReport>;

@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use selfcloud_core::config::{KdfParams, Limits, TierLimits, TokenTtls};
+use selfcloud_gateway::server::ConnectionLimits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,7 +17,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server: gateway, control plane and instances, in one process.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Measure sign-up latency and authorized read throughput beside bare floors; `bench store`
     /// compares the record store with the bare engines; `bench crash` SIGKILLs a server mid-write
     /// and checks that no acknowledged write was lost.
@@ -45,8 +46,23 @@ pub struct UpArgs {
     /// Log format.
     #[arg(long, env = "SELFCLOUD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Connections open at once; past it, new ones wait in the listen backlog.
+    #[arg(long, env = "SELFCLOUD_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers before the connection is closed.
+    #[arg(long, env = "SELFCLOUD_HEADER_READ_TIMEOUT", default_value_t = ConnectionLimits::default().header_read_timeout.as_secs())]
+    pub header_read_timeout: u64,
     #[command(flatten)]
     pub settings: Settings,
+}
+
+impl UpArgs {
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout.max(1)),
+        }
+    }
 }
 
 /// Limits and costs, each with a safe default.
@@ -61,6 +77,12 @@ pub struct Settings {
     /// Argon2id lanes.
     #[arg(long, env = "SELFCLOUD_KDF_PARALLELISM", default_value_t = KdfParams::default().p_cost)]
     pub kdf_parallelism: u32,
+    /// Password derivations run at once (each holds the KDF memory); 0 means one per CPU.
+    #[arg(long, env = "SELFCLOUD_KDF_CONCURRENCY", default_value_t = 0)]
+    pub kdf_concurrency: usize,
+    /// Seconds a log-in waits for a free KDF slot before it is told to retry (503).
+    #[arg(long, env = "SELFCLOUD_KDF_WAIT", default_value_t = 10)]
+    pub kdf_wait: u64,
     /// Largest record value, in bytes.
     #[arg(long, env = "SELFCLOUD_MAX_VALUE_BYTES", default_value_t = Limits::default().max_value_bytes)]
     pub max_value_bytes: usize,
@@ -94,18 +116,36 @@ pub struct Settings {
     /// Largest page a list may ask for.
     #[arg(long, env = "SELFCLOUD_LIST_MAX", default_value_t = Limits::default().list_max)]
     pub list_max: usize,
+    /// Bytes of values one list page holds at most (a page always holds one record).
+    #[arg(long, env = "SELFCLOUD_LIST_MAX_BYTES", default_value_t = Limits::default().list_max_bytes)]
+    pub list_max_bytes: usize,
     /// Audit entries kept per instance (older ones are pruned).
     #[arg(long, env = "SELFCLOUD_AUDIT_RETENTION", default_value_t = Limits::default().audit_retention)]
     pub audit_retention: u64,
+    /// Longest path or request id an audit entry keeps, in bytes.
+    #[arg(long, env = "SELFCLOUD_AUDIT_FIELD_MAX", default_value_t = Limits::default().audit_field_max)]
+    pub audit_field_max: usize,
+    /// Owner sessions one user keeps (a new log-in ends the oldest past it).
+    #[arg(long, env = "SELFCLOUD_SESSIONS_PER_USER", default_value_t = Limits::default().sessions_per_user)]
+    pub sessions_per_user: usize,
+    /// App sign-ins (token families) one grant keeps (a new one ends the oldest past it).
+    #[arg(long, env = "SELFCLOUD_APP_SESSIONS_PER_GRANT", default_value_t = Limits::default().app_sessions_per_grant)]
+    pub app_sessions_per_grant: usize,
+    /// Spent refresh tokens a sign-in remembers, so a replay of one revokes the grant.
+    #[arg(long, env = "SELFCLOUD_SPENT_REFRESH_KEPT", default_value_t = Limits::default().spent_refresh_kept)]
+    pub spent_refresh_kept: usize,
     /// Store engine for new instances: sqlite or rocksdb (existing instances keep theirs).
     #[arg(long = "store", env = "SELFCLOUD_STORE", default_value = "sqlite")]
     pub store_engine: selfcloud_store::EngineKind,
     /// Instances kept open at once (least recently used are closed).
     #[arg(long, env = "SELFCLOUD_OPEN_INSTANCES", default_value_t = 1024)]
     pub open_instances: usize,
-    /// Owner session lifetime, in seconds.
+    /// Owner API session lifetime, in seconds.
     #[arg(long, env = "SELFCLOUD_SESSION_TTL", default_value_t = TokenTtls::default().session.as_secs())]
     pub session_ttl: u64,
+    /// Web session (the log-in and consent pages' cookie) lifetime, in seconds.
+    #[arg(long, env = "SELFCLOUD_WEB_SESSION_TTL", default_value_t = TokenTtls::default().web_session.as_secs())]
+    pub web_session_ttl: u64,
     /// App access-token lifetime, in seconds.
     #[arg(long, env = "SELFCLOUD_ACCESS_TTL", default_value_t = TokenTtls::default().access.as_secs())]
     pub access_ttl: u64,
@@ -131,6 +171,7 @@ impl Settings {
                 rate_per_ip: self.rate_per_ip,
                 list_default: defaults.list_default.min(self.list_max),
                 list_max: self.list_max,
+                list_max_bytes: self.list_max_bytes,
                 quota_bytes: self.quota_bytes,
                 // Paid tiers burst to twice their rate, as the free tier's default does.
                 growth: TierLimits {
@@ -144,15 +185,25 @@ impl Settings {
                     rate_burst: self.pro_rate_per_token.saturating_mul(2),
                 },
                 audit_retention: self.audit_retention,
+                audit_field_max: self.audit_field_max,
+                sessions_per_user: self.sessions_per_user,
+                app_sessions_per_grant: self.app_sessions_per_grant,
+                spent_refresh_kept: self.spent_refresh_kept,
             },
             ttls: TokenTtls {
                 session: Duration::from_secs(self.session_ttl),
+                web_session: Duration::from_secs(self.web_session_ttl),
                 access: Duration::from_secs(self.access_ttl),
                 refresh: Duration::from_secs(self.refresh_ttl),
                 code: Duration::from_secs(self.code_ttl),
             },
             open_instances: self.open_instances,
             store_engine: self.store_engine,
+            kdf_concurrency: match self.kdf_concurrency {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            },
+            kdf_wait: Duration::from_secs(self.kdf_wait),
         }
     }
 }

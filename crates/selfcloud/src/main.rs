@@ -13,11 +13,20 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Files and directories created from here on are readable by this user only (umask 077).
+pub fn private_files() {
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        cli::Command::Up(args) => runtime.block_on(up::run(args)),
+        cli::Command::Up(args) => runtime.block_on(up::run(*args)),
         cli::Command::Bench(args) => runtime.block_on(bench::run(args)),
         cli::Command::Verify(args) => runtime.block_on(verify::run(args)),
     }

@@ -20,6 +20,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
     }
 
+    // Every file the server creates is its user's alone, including those that libraries create
+    // with their own modes (RocksDB's); the home is made 0700 by control as well.
+    crate::private_files();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let config = args.settings.control_config(args.home.clone());
     let control = selfcloud_control::Control::open(config, clock.now())
@@ -28,7 +31,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("listening on {}", args.addr))?;
     let shutdown = CancellationToken::new();
-    let gateway = GatewayConfig { public_url: args.public_url.clone(), ..GatewayConfig::default() };
+    let gateway = GatewayConfig {
+        public_url: args.public_url.clone(),
+        connections: args.connection_limits(),
+        ..GatewayConfig::default()
+    };
     let running = selfcloud_gateway::serve(listener, control, clock, gateway, shutdown.clone()).await?;
     tracing::info!(
         home = %args.home.display(),

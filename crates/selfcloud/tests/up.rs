@@ -12,8 +12,13 @@ struct Up {
 }
 
 fn start(home: &std::path::Path) -> Up {
+    start_with(home, &[])
+}
+
+fn start_with(home: &std::path::Path, extra: &[&str]) -> Up {
     let mut child = Command::new(env!("CARGO_BIN_EXE_selfcloud"))
         .args(["up", "--addr", "127.0.0.1:0", "--kdf-memory-kib", "8", "--kdf-iterations", "1"])
+        .args(extra)
         .env("SELFCLOUD_HOME", home)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -120,8 +125,18 @@ fn help_names_every_limit() {
         "--list-max",
         "--audit-retention",
         "--session-ttl",
+        "--web-session-ttl",
         "--access-ttl",
         "--code-ttl",
+        "--list-max-bytes",
+        "--audit-field-max",
+        "--sessions-per-user",
+        "--app-sessions-per-grant",
+        "--spent-refresh-kept",
+        "--kdf-concurrency",
+        "--kdf-wait",
+        "--max-connections",
+        "--header-read-timeout",
         "SELFCLOUD_HOME",
         "SELFCLOUD_ADDR",
     ] {
@@ -140,4 +155,41 @@ fn a_bad_home_is_a_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("opening home directory"), "{err}");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn every_file_and_directory_under_the_home_is_the_server_users_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let root = home.path().join("data");
+    let http = reqwest::Client::new();
+    // Both engines: RocksDB creates its files itself, with the process's umask.
+    for (engine, user) in [("sqlite", "ada"), ("rocksdb", "bob")] {
+        let mut up = start_with(&root, &["--store", engine]);
+        let creds = json!({"username": user, "password": "correct horse"});
+        post(&http, format!("{}/v1/accounts", up.base), creds.clone()).await;
+        let token = post(&http, format!("{}/v1/sessions", up.base), creds).await["token"].as_str().unwrap().to_owned();
+        let resp = http.put(format!("{}/v1/storage/notes/a", up.base)).bearer_auth(&token).json(&json!(1)).send().await;
+        assert!(resp.unwrap().status().is_success());
+        http.get(format!("{}/v1/audit", up.base)).bearer_auth(&token).send().await.unwrap();
+        signal(&up.child, "-TERM");
+        assert!(wait_exit(&mut up.child, Duration::from_secs(10)).success());
+    }
+    let (mut files, mut stack) = (0, vec![root.clone()]);
+    while let Some(dir) = stack.pop() {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {:o}", dir.display(), mode & 0o777);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files += 1;
+                let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+                assert_eq!(mode & 0o077, 0, "{} is {:o}", path.display(), mode & 0o777);
+            }
+        }
+    }
+    assert!(files > 10, "{files}");
 }

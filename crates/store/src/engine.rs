@@ -27,13 +27,15 @@ pub(crate) struct ImportRow {
 }
 
 /// The check every engine applies before an import, inside its write lock.
-pub(crate) fn check_import(records: i64, used: i64, rows: &[ImportRow], quota: u64) -> Result<()> {
+pub(crate) fn check_empty(records: i64) -> Result<()> {
     if records != 0 {
         return Err(Error::conflict("the instance already holds records; import needs an empty one"));
     }
-    let total: u64 = rows.iter().map(|r| r.size).sum();
-    check_quota(total.min(i64::MAX as u64) as i64, used, quota)
+    Ok(())
 }
+
+/// Rows of an import as they stream in: each is sealed by the facade on the way.
+pub(crate) type ImportRows<'a> = &'a mut dyn Iterator<Item = Result<ImportRow>>;
 
 pub(crate) trait Engine: Send + Sync {
     fn get(&self, collection: &str, key: &str) -> Result<Option<(Rev, Sealed)>>;
@@ -44,23 +46,26 @@ pub(crate) trait Engine: Send + Sync {
 
     fn delete(&self, collection: &str, key: &str, cond: Precondition) -> Result<()>;
 
-    /// Up to `limit` rows with `key` starting with `prefix` and greater than `after`, in key order.
+    /// Up to `limit` rows with `key` starting with `prefix` and greater than `after`, in key
+    /// order; stops early once the sealed values reach `max_bytes` (always at least one row).
     fn list(
         &self,
         collection: &str,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(String, Rev, Sealed)>>;
 
     /// Up to `limit` rows of every collection, in (collection, key) order, strictly after
     /// `after`; stops early once the sealed values reach `max_bytes` (always at least one row).
     fn scan(&self, after: Option<(&str, &str)>, limit: usize, max_bytes: usize) -> Result<Vec<ScanRow>>;
 
-    /// Writes `rows` (distinct, in (collection, key) order) into an empty store, each with the
-    /// next rev, in one atomic and durable write. `conflict` if the store holds any record,
-    /// `quota_exceeded` if their sizes pass `quota`; either way nothing is written.
-    fn import(&self, rows: &[ImportRow], quota: u64) -> Result<()>;
+    /// Writes `rows` (distinct, in (collection, key) order, taken one by one) into an empty
+    /// store, each with the next rev, in one atomic and durable write. `conflict` if the store
+    /// holds any record, `quota_exceeded` once their sizes pass `quota`, or the first error the
+    /// rows yield; in every such case nothing is written.
+    fn import(&self, rows: ImportRows, quota: u64) -> Result<()>;
 
     fn usage(&self) -> Result<Usage>;
 
@@ -85,6 +90,8 @@ pub(crate) fn check(cond: Precondition, current: Option<Rev>) -> Result<()> {
         (Precondition::IfMatch(_), _) => {
             Err(Error::new(ErrorCode::PreconditionFailed, "the record's rev does not match If-Match"))
         }
+        (Precondition::IfExists, Some(_)) => Ok(()),
+        (Precondition::IfExists, None) => Err(Error::new(ErrorCode::PreconditionFailed, "the record does not exist")),
         (Precondition::IfAbsent, None) => Ok(()),
         (Precondition::IfAbsent, Some(_)) => Err(Error::new(ErrorCode::PreconditionFailed, "the record exists")),
     }

@@ -34,6 +34,8 @@ pub enum Precondition {
     IfMatch(Rev),
     /// The record does not exist (`If-None-Match: *`).
     IfAbsent,
+    /// The record exists, whatever its rev (`If-Match: *`, RFC 9110 13.1.1).
+    IfExists,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,8 +82,19 @@ pub struct ImportRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Usage {
     pub records: u64,
-    /// Bytes of keys and values as stored by the user (before encryption overhead).
+    /// Bytes charged against the quota: for each record, [`charged_bytes`].
     pub bytes: u64,
+}
+
+/// Bytes of fixed cost charged for every record (its rowid, rev, size and row header).
+pub const RECORD_OVERHEAD: u64 = 32;
+
+/// What one record costs against the quota: about what it takes on disk, so many tiny records
+/// cannot store far more than the quota says. Its collection and key twice (the row and the
+/// index on them), the value as sealed (with the cipher's nonce and tag), and a fixed overhead.
+pub fn charged_bytes(collection: &Collection, key: &RecordKey, value_len: usize) -> u64 {
+    let names = (collection.as_str().len() + key.as_str().len()) as u64;
+    2 * names + (value_len + crypto::SEAL_OVERHEAD) as u64 + RECORD_OVERHEAD
 }
 
 /// Which engine holds an instance's records.
@@ -194,7 +207,7 @@ impl Store {
     /// Writes `value` (JSON bytes) and returns the new rev.
     pub fn put(&self, collection: &Collection, key: &RecordKey, value: &[u8], cond: Precondition) -> Result<Rev> {
         let sealed = self.sealer.seal(&record_aad(collection, key), value)?;
-        let size = (key.as_str().len() + value.len()) as u64;
+        let size = charged_bytes(collection, key, value.len());
         self.engine.put(collection.as_str(), key.as_str(), cond, size, &sealed, self.quota_bytes())
     }
 
@@ -203,14 +216,24 @@ impl Store {
         self.engine.delete(collection.as_str(), key.as_str(), cond)
     }
 
-    /// Records of `collection` whose key starts with `prefix`, in key order, after `cursor`.
-    pub fn list(&self, collection: &Collection, prefix: &str, limit: usize, cursor: Option<&str>) -> Result<Page> {
+    /// Records of `collection` whose key starts with `prefix`, in key order, after `cursor`: up
+    /// to `limit`, fewer once their values reach `max_bytes` (a page always has one).
+    pub fn list(
+        &self,
+        collection: &Collection,
+        prefix: &str,
+        limit: usize,
+        max_bytes: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page> {
         validate_key_prefix(prefix)?;
         let after = cursor.map(decode_cursor).transpose()?;
         let limit = limit.max(1);
-        // One extra row tells whether another page follows without a second query.
-        let mut rows = self.engine.list(collection.as_str(), prefix, after.as_ref().map(|k| k.as_str()), limit + 1)?;
-        let more = rows.len() > limit;
+        // One extra row tells whether another page follows without a second query; a page cut
+        // short by `max_bytes` cannot tell, so it hands out a cursor (the next may be empty).
+        let after = after.as_ref().map(|k| k.as_str());
+        let mut rows = self.engine.list(collection.as_str(), prefix, after, limit + 1, max_bytes)?;
+        let more = rows.len() > limit || rows.iter().map(|r| r.2.len()).sum::<usize>() >= max_bytes;
         rows.truncate(limit);
         let mut records = Vec::with_capacity(rows.len());
         for (key, rev, sealed) in rows {
@@ -251,26 +274,27 @@ impl Store {
     }
 
     /// Writes `records` into this store, which must hold none (`conflict` otherwise), in one
-    /// atomic and durable write: all of them or, on any error (`quota_exceeded` among them),
-    /// none. Records get new revs; keys and values are stored as given. They must be in
-    /// (collection, key) order without duplicates. Returns the usage afterwards.
-    pub fn import(&self, records: Vec<ImportRecord>) -> Result<Usage> {
-        if records.windows(2).any(|w| (&w[0].collection, &w[0].key) >= (&w[1].collection, &w[1].key)) {
-            return Err(Error::invalid("imported records must be in (collection, key) order, each once"));
-        }
-        // Consumed one by one, so plaintext is dropped as its sealed copy is made.
-        let rows = records
-            .into_iter()
-            .map(|r| {
-                Ok(engine::ImportRow {
-                    sealed: self.sealer.seal(&record_aad(&r.collection, &r.key), &r.value)?,
-                    size: (r.key.as_str().len() + r.value.len()) as u64,
-                    collection: r.collection.as_str().to_owned(),
-                    key: r.key.as_str().to_owned(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.engine.import(&rows, self.quota_bytes())?;
+    /// atomic and durable write: all of them or, on any error (`quota_exceeded`, a record out of
+    /// (collection, key) order or repeated, an error the iterator yields), none. Records are
+    /// taken one by one and sealed as they come, so an import streams. Records get new revs;
+    /// keys and values are stored as given. Returns the usage afterwards.
+    pub fn import(&self, records: impl IntoIterator<Item = Result<ImportRecord>>) -> Result<Usage> {
+        let mut last: Option<(Collection, RecordKey)> = None;
+        let mut rows = records.into_iter().map(|r| {
+            let r = r?;
+            if last.as_ref().is_some_and(|(c, k)| (c, k) >= (&r.collection, &r.key)) {
+                return Err(Error::invalid("imported records must be in (collection, key) order, each once"));
+            }
+            let row = engine::ImportRow {
+                sealed: self.sealer.seal(&record_aad(&r.collection, &r.key), &r.value)?,
+                size: charged_bytes(&r.collection, &r.key, r.value.len()),
+                collection: r.collection.as_str().to_owned(),
+                key: r.key.as_str().to_owned(),
+            };
+            last = Some((r.collection, r.key));
+            Ok(row)
+        });
+        self.engine.import(&mut rows, self.quota_bytes())?;
         self.engine.usage()
     }
 

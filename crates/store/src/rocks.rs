@@ -8,7 +8,7 @@
 //!                             write adds one small entry to the memtable, not three
 //! `l\0<seq u64 BE>`        -> a log batch ending at entry `seq`: count (u64 BE) | sealed
 
-use crate::engine::{agree, check, check_import, check_quota, Engine, ImportRow, LogBatch, ScanRow, Sealed};
+use crate::engine::{agree, check, check_empty, check_quota, Engine, ImportRows, LogBatch, ScanRow, Sealed};
 use crate::log::entries_before;
 use crate::{Precondition, Rev, Usage};
 use parking_lot::Mutex;
@@ -207,6 +207,7 @@ impl Engine for RocksEngine {
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(String, Rev, Sealed)>> {
         let base = record_key(collection, "");
         let lower = match after {
@@ -223,15 +224,16 @@ impl Engine for RocksEngine {
         upper.push(0x7f);
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(upper);
-        let mut out = Vec::with_capacity(limit.min(1024));
+        let (mut out, mut bytes) = (Vec::with_capacity(limit.min(1024)), 0);
         for item in self.db.iterator_opt(IteratorMode::From(&lower, Direction::Forward), opts) {
-            if out.len() == limit {
+            if out.len() == limit || bytes >= max_bytes {
                 break;
             }
             let (k, v) = item.map_err(db_err)?;
             let key =
                 std::str::from_utf8(&k[base.len()..]).map_err(|_| Error::internal("rocksdb: key is not UTF-8"))?;
             let (rev, _, sealed) = decode(&v)?;
+            bytes += sealed.len();
             out.push((key.to_owned(), rev, sealed.to_vec()));
         }
         Ok(out)
@@ -266,12 +268,16 @@ impl Engine for RocksEngine {
         Ok(out)
     }
 
-    fn import(&self, rows: &[ImportRow], quota: u64) -> Result<()> {
+    fn import(&self, rows: ImportRows, quota: u64) -> Result<()> {
         let mut counters = self.writer.lock();
-        check_import(counters.records, counters.bytes, rows, quota)?;
+        check_empty(counters.records)?;
         let mut next = *counters;
+        // The batch holds the sealed import until its one write: RocksDB's atomicity costs
+        // memory of the archive's size (SQLite's transaction spills to its log instead).
         let mut batch = WriteBatch::default();
         for row in rows {
+            let row = row?;
+            check_quota(row.size as i64, next.bytes, quota)?;
             next.rev += 1;
             next.records += 1;
             next.bytes += row.size as i64;

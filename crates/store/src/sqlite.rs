@@ -12,12 +12,14 @@
 //! they survive a crash of the process, as the queue in front of them does not. The file is
 //! created by the first append, so sign-up creates one database, not two.
 
-use crate::engine::{agree, check, check_import, check_quota, Engine, ImportRow, LogBatch, ScanRow, Sealed};
+use crate::engine::{agree, check, check_empty, check_quota, Engine, ImportRows, LogBatch, ScanRow, Sealed};
 use crate::log::entries_before;
 use crate::{Precondition, Rev, Usage};
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use selfcloud_core::{Error, Result};
+use selfcloud_durable::io_err;
+use selfcloud_durable::sqlite::{open_migrated, Sync};
 use std::path::{Path, PathBuf};
 
 /// Schema versions of `store.db`, applied in order on open (`PRAGMA user_version` records how
@@ -67,7 +69,7 @@ fn db_err(e: rusqlite::Error) -> Error {
 
 impl SqliteEngine {
     pub fn open(path: &Path) -> Result<Self> {
-        let writer = open_migrated(path, "FULL", MIGRATIONS)?;
+        let writer = open_migrated(path, Sync::Full, MIGRATIONS, "sqlite")?;
         Ok(SqliteEngine {
             path: path.to_owned(),
             writer: Mutex::new(writer),
@@ -81,13 +83,8 @@ impl SqliteEngine {
     /// store file, then opens it. Sign-up waits on this: copying a few pages costs a fraction of
     /// creating the database (the switch to WAL, the schema, their syncs).
     pub fn create(path: &Path) -> Result<Self> {
-        let io = |what: &str, e: std::io::Error| Error::internal(format!("{what} {}: {e}", path.display()));
         let dir = path.parent().expect("a store lives in a directory");
-        let template = template(dir)?;
-        let mut file =
-            std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(|e| io("create", e))?;
-        std::io::Write::write_all(&mut file, template).and_then(|_| file.sync_all()).map_err(|e| io("write", e))?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("sync the directory of", e))?;
+        selfcloud_durable::create_new(path, template(dir)?)?;
         Self::open(path)
     }
 
@@ -99,7 +96,7 @@ impl SqliteEngine {
             if !create && !self.log_path.exists() {
                 return Ok(None);
             }
-            *slot = Some(open_migrated(&self.log_path, "NORMAL", LOG_MIGRATIONS)?);
+            *slot = Some(open_migrated(&self.log_path, Sync::Normal, LOG_MIGRATIONS, "sqlite log")?);
         }
         f(slot.as_mut().expect("opened just above")).map(Some)
     }
@@ -145,34 +142,9 @@ fn template(dir: &Path) -> Result<&'static [u8]> {
 }
 
 fn make_template(scratch: &Path) -> Result<Vec<u8>> {
-    let conn = open_migrated(scratch, "FULL", MIGRATIONS)?;
+    let conn = open_migrated(scratch, Sync::Full, MIGRATIONS, "sqlite")?;
     conn.close().map_err(|(_, e)| db_err(e))?;
-    std::fs::read(scratch).map_err(|e| Error::internal(format!("read {}: {e}", scratch.display())))
-}
-
-/// Opens (creating) a database file in WAL mode with the given `synchronous` level, migrated.
-fn open_migrated(path: &Path, synchronous: &str, migrations: &[&str]) -> Result<Connection> {
-    let mut conn = Connection::open(path).map_err(db_err)?;
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA busy_timeout=5000;"
-    ))
-    .map_err(db_err)?;
-    migrate(&mut conn, migrations)?;
-    Ok(conn)
-}
-
-fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<()> {
-    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err)?;
-    if version > migrations.len() {
-        return Err(Error::internal(format!("store schema {version} is newer than this binary knows")));
-    }
-    for (i, sql) in migrations.iter().enumerate().skip(version) {
-        let tx = conn.transaction().map_err(db_err)?;
-        tx.execute_batch(sql).map_err(db_err)?;
-        tx.pragma_update(None, "user_version", i + 1).map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
-    }
-    Ok(())
+    std::fs::read(scratch).map_err(|e| io_err("read", scratch, e))
 }
 
 fn bump(tx: &rusqlite::Transaction, name: &str, delta: i64) -> rusqlite::Result<i64> {
@@ -242,6 +214,7 @@ impl Engine for SqliteEngine {
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<(String, Rev, Sealed)>> {
         // Every key byte sorts below 0x7f, so `prefix || 0x7f` bounds the keys with that prefix.
         let upper = format!("{prefix}\u{7f}");
@@ -257,10 +230,17 @@ impl Engine for SqliteEngine {
                 "SELECT key, rev, value FROM records WHERE collection = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4"
             };
             let mut stmt = c.prepare_cached(sql)?;
-            let rows = stmt.query_map(params![collection, lower, upper, limit as i64], |r| {
-                Ok((r.get(0)?, r.get::<_, i64>(1)? as Rev, r.get(2)?))
-            })?;
-            rows.collect()
+            let mut rows = stmt.query(params![collection, lower, upper, limit as i64])?;
+            let (mut out, mut bytes) = (Vec::new(), 0);
+            while let Some(r) = rows.next()? {
+                let value: Sealed = r.get(2)?;
+                bytes += value.len();
+                out.push((r.get(0)?, r.get::<_, i64>(1)? as Rev, value));
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -287,7 +267,7 @@ impl Engine for SqliteEngine {
         })
     }
 
-    fn import(&self, rows: &[ImportRow], quota: u64) -> Result<()> {
+    fn import(&self, rows: ImportRows, quota: u64) -> Result<()> {
         let mut conn = self.writer.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db_err)?;
         let (records, used): (i64, i64) = tx
@@ -297,19 +277,25 @@ impl Engine for SqliteEngine {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(db_err)?;
-        check_import(records, used, rows, quota)?;
-        let count = rows.len() as i64;
-        let mut rev = bump(&tx, "rev", count).map_err(db_err)? - count;
+        check_empty(records)?;
+        let first_rev = bump(&tx, "rev", 0).map_err(db_err)?;
+        let (mut count, mut bytes) = (0i64, 0i64);
         {
             let mut stmt = tx
                 .prepare_cached("INSERT INTO records (collection, key, rev, size, value) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(db_err)?;
             for row in rows {
-                rev += 1;
-                stmt.execute(params![row.collection, row.key, rev, row.size as i64, row.sealed]).map_err(db_err)?;
+                let row = row?;
+                check_quota(row.size as i64, used + bytes, quota)?;
+                count += 1;
+                bytes += row.size as i64;
+                stmt.execute(params![row.collection, row.key, first_rev + count, row.size as i64, row.sealed])
+                    .map_err(db_err)?;
             }
         }
-        bump(&tx, "bytes", rows.iter().map(|r| r.size as i64).sum()).map_err(db_err)?;
+        // Dropped without commit on any error above: the transaction rolls back whole.
+        bump(&tx, "rev", count).map_err(db_err)?;
+        bump(&tx, "bytes", bytes).map_err(db_err)?;
         bump(&tx, "records", count).map_err(db_err)?;
         tx.commit().map_err(db_err)
     }

@@ -83,17 +83,70 @@ fn list_is_ordered_prefixed_and_paged(kind: EngineKind) {
     }
     s.put(&c("col2"), &k("b0"), b"1", Precondition::None).unwrap();
     let keys = |p: &Page| p.records.iter().map(|r| r.key.to_string()).collect::<Vec<_>>();
-    let page = s.list(&c("col"), "b", 2, None).unwrap();
+    let all = usize::MAX;
+    let page = s.list(&c("col"), "b", 2, all, None).unwrap();
     assert_eq!(keys(&page), ["b1", "b10"]);
-    let page2 = s.list(&c("col"), "b", 2, page.cursor.as_deref()).unwrap();
+    let page2 = s.list(&c("col"), "b", 2, all, page.cursor.as_deref()).unwrap();
     assert_eq!(keys(&page2), ["b2", "b3"]);
     assert_eq!(page2.cursor, None, "no page follows the last");
-    assert_eq!(keys(&s.list(&c("col"), "", 10, None).unwrap()), ["a1", "b1", "b10", "b2", "b3", "c1"]);
+    assert_eq!(keys(&s.list(&c("col"), "", 10, all, None).unwrap()), ["a1", "b1", "b10", "b2", "b3", "c1"]);
     // A record written between pages does not disturb a cursor already handed out.
     s.put(&c("col"), &k("b0"), b"1", Precondition::None).unwrap();
-    assert_eq!(keys(&s.list(&c("col"), "b", 2, page.cursor.as_deref()).unwrap()), ["b2", "b3"]);
-    assert_eq!(s.list(&c("col"), "", 10, Some("!!")).unwrap_err().code, ErrorCode::InvalidRequest);
-    assert_eq!(s.list(&c("col"), "a/b", 10, None).unwrap_err().code, ErrorCode::InvalidRequest);
+    assert_eq!(keys(&s.list(&c("col"), "b", 2, all, page.cursor.as_deref()).unwrap()), ["b2", "b3"]);
+    assert_eq!(s.list(&c("col"), "", 10, all, Some("!!")).unwrap_err().code, ErrorCode::InvalidRequest);
+    assert_eq!(s.list(&c("col"), "a/b", 10, all, None).unwrap_err().code, ErrorCode::InvalidRequest);
+}
+
+fn list_pages_stop_at_their_byte_budget(kind: EngineKind) {
+    let f = fixture(kind, u64::MAX);
+    let s = &f.store;
+    let big = format!("\"{}\"", "x".repeat(1000));
+    for key in ["a", "b", "c", "d", "e"] {
+        s.put(&c("col"), &k(key), big.as_bytes(), Precondition::None).unwrap();
+    }
+    // About two and a half values' worth: each page stops once it holds that much, never empty.
+    let (mut seen, mut cursor, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let page = s.list(&c("col"), "", 100, 2500, cursor.as_deref()).unwrap();
+        assert!(page.records.len() <= 3, "{} records in one page", page.records.len());
+        seen.extend(page.records.iter().map(|r| r.key.to_string()));
+        pages += 1;
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["a", "b", "c", "d", "e"]);
+    assert!(pages >= 2);
+    // A budget smaller than one value still returns that value.
+    assert_eq!(s.list(&c("col"), "", 100, 1, None).unwrap().records.len(), 1);
+}
+
+fn if_match_star_requires_the_record_to_exist(kind: EngineKind) {
+    let f = fixture(kind, u64::MAX);
+    let s = &f.store;
+    let missing = s.put(&c("n"), &k("a"), b"1", Precondition::IfExists).unwrap_err();
+    assert_eq!(missing.code, ErrorCode::PreconditionFailed);
+    assert_eq!(s.get(&c("n"), &k("a")).unwrap(), None);
+    s.put(&c("n"), &k("a"), b"1", Precondition::None).unwrap();
+    s.put(&c("n"), &k("a"), b"2", Precondition::IfExists).unwrap();
+    assert_eq!(s.get(&c("n"), &k("a")).unwrap().unwrap().value, b"2");
+    s.delete(&c("n"), &k("a"), Precondition::IfExists).unwrap();
+    assert_eq!(s.delete(&c("n"), &k("a"), Precondition::IfExists).unwrap_err().code, ErrorCode::NotFound);
+}
+
+fn tiny_records_are_charged_what_they_take(kind: EngineKind) {
+    // A thousand one-byte records under a long collection name cost far more than 2 bytes each.
+    let f = fixture(kind, u64::MAX);
+    let s = &f.store;
+    let col = c("a-rather-long-collection-name");
+    for i in 0..1000 {
+        s.put(&col, &k(&format!("k{i:04}")), b"1", Precondition::None).unwrap();
+    }
+    let used = s.usage().unwrap().bytes;
+    assert_eq!(used, 1000 * charged_bytes(&col, &k("k0000"), 1));
+    assert!(used >= 1000 * (2 * 34 + 1 + 41), "{used}");
+    assert_eq!(s.verify().unwrap().bytes, used);
 }
 
 fn values_are_encrypted_on_disk_and_bound_to_their_key(kind: EngineKind) {
@@ -129,16 +182,17 @@ fn values_are_encrypted_on_disk_and_bound_to_their_key(kind: EngineKind) {
 }
 
 fn quota_refuses_growth_and_writes_nothing(kind: EngineKind) {
-    let f = fixture(kind, 100);
+    let sixty = charged_bytes(&c("q"), &k("a"), 60);
+    let f = fixture(kind, sixty + 60);
     let s = &f.store;
     s.put(&c("q"), &k("a"), &[b'1'; 60], Precondition::None).unwrap();
     let err = s.put(&c("q"), &k("b"), &[b'1'; 60], Precondition::None).unwrap_err();
     assert_eq!(err.code, ErrorCode::QuotaExceeded);
     assert_eq!(s.get(&c("q"), &k("b")).unwrap(), None);
-    assert_eq!(s.usage().unwrap(), Usage { records: 1, bytes: 61 });
+    assert_eq!(s.usage().unwrap(), Usage { records: 1, bytes: sixty });
     // Shrinking is always allowed, even at the quota.
     s.put(&c("q"), &k("a"), b"1", Precondition::None).unwrap();
-    assert_eq!(s.usage().unwrap(), Usage { records: 1, bytes: 2 });
+    assert_eq!(s.usage().unwrap(), Usage { records: 1, bytes: charged_bytes(&c("q"), &k("a"), 1) });
 }
 
 fn log_appends_reads_newest_first_and_prunes(kind: EngineKind) {
@@ -190,7 +244,8 @@ fn verify_agrees_with_counters(kind: EngineKind) {
     }
     f.store.delete(&c("v"), &k("k7"), Precondition::None).unwrap();
     // Keys k0..k9 (k7 deleted) are 2 bytes, k10..k49 are 3; each value is 7.
-    assert_eq!(f.store.verify().unwrap(), Usage { records: 49, bytes: 9 * (2 + 7) + 40 * (3 + 7) });
+    let bytes = 9 * charged_bytes(&c("v"), &k("k0"), 7) + 40 * charged_bytes(&c("v"), &k("k10"), 7);
+    assert_eq!(f.store.verify().unwrap(), Usage { records: 49, bytes });
     assert_eq!(f.store.verify().unwrap(), f.store.usage().unwrap());
 }
 
@@ -274,13 +329,13 @@ fn import_writes_everything_at_once_with_new_revs(kind: EngineKind) {
     // Out of order or duplicated: refused before anything is written.
     let mut shuffled = records.clone();
     shuffled.swap(0, 2);
-    assert_eq!(s.import(shuffled).unwrap_err().code, ErrorCode::InvalidRequest);
+    assert_eq!(s.import(shuffled.into_iter().map(Ok)).unwrap_err().code, ErrorCode::InvalidRequest);
     let dup = vec![records[0].clone(), records[0].clone()];
-    assert_eq!(s.import(dup).unwrap_err().code, ErrorCode::InvalidRequest);
+    assert_eq!(s.import(dup.into_iter().map(Ok)).unwrap_err().code, ErrorCode::InvalidRequest);
     assert_eq!(s.usage().unwrap(), Usage::default());
 
-    let usage = s.import(records.clone()).unwrap();
-    let bytes: u64 = records.iter().map(|r| (r.key.as_str().len() + r.value.len()) as u64).sum();
+    let usage = s.import(records.clone().into_iter().map(Ok)).unwrap();
+    let bytes: u64 = records.iter().map(|r| charged_bytes(&r.collection, &r.key, r.value.len())).sum();
     assert_eq!(usage, Usage { records: 3, bytes });
     assert_eq!(s.verify().unwrap(), usage);
     let all = scan_all(s, 10, usize::MAX);
@@ -289,12 +344,13 @@ fn import_writes_everything_at_once_with_new_revs(kind: EngineKind) {
         records.iter().map(|r| (&r.collection, &r.key, &r.value)).collect::<Vec<_>>()
     );
     let mut revs: Vec<_> = all.iter().map(|r| r.rev).collect();
+    revs.sort_unstable();
     revs.dedup();
     assert_eq!(revs.len(), 3, "each record has its own rev");
     // Later writes keep counting up from the imported revs.
     assert!(s.put(&c("a"), &k("z"), b"1", Precondition::None).unwrap() > *revs.iter().max().unwrap());
     // Only an empty store takes an import, and a refused one changes nothing.
-    let err = s.import(vec![rec("c", "x", "1")]).unwrap_err();
+    let err = s.import([Ok(rec("c", "x", "1"))]).unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict);
     assert_eq!(s.get(&c("c"), &k("x")).unwrap(), None);
     drop(f.store);
@@ -304,18 +360,19 @@ fn import_writes_everything_at_once_with_new_revs(kind: EngineKind) {
 }
 
 fn import_over_quota_writes_nothing(kind: EngineKind) {
-    let f = fixture(kind, 100);
+    let each = charged_bytes(&c("q"), &k("k0"), 9);
+    let f = fixture(kind, 10 * each - 1);
     let s = &f.store;
     let records: Vec<_> =
         (0..10).map(|i| ImportRecord { collection: c("q"), key: k(&format!("k{i}")), value: vec![b'1'; 9] }).collect();
-    // 10 records of 2 + 9 bytes: 110 > 100.
-    let err = s.import(records.clone()).unwrap_err();
+    // Ten records need one byte more than the quota.
+    let err = s.import(records.clone().into_iter().map(Ok)).unwrap_err();
     assert_eq!(err.code, ErrorCode::QuotaExceeded);
     assert_eq!(s.usage().unwrap(), Usage::default());
     assert_eq!(s.scan(None, 10, usize::MAX).unwrap().records, vec![]);
     assert_eq!(s.verify().unwrap(), Usage::default());
-    // Nine fit exactly-ish (99 bytes); the store is still empty so this one is taken.
-    assert_eq!(s.import(records[..9].to_vec()).unwrap(), Usage { records: 9, bytes: 99 });
+    // Nine fit; the store is still empty so this one is taken.
+    assert_eq!(s.import(records[..9].iter().cloned().map(Ok)).unwrap(), Usage { records: 9, bytes: 9 * each });
 }
 
 fn scan_then_import_restores_another_store(kind: EngineKind) {
@@ -330,8 +387,7 @@ fn scan_then_import_restores_another_store(kind: EngineKind) {
         let into = fixture(into_kind, u64::MAX);
         let records = scanned
             .iter()
-            .map(|r| ImportRecord { collection: r.collection.clone(), key: r.key.clone(), value: r.value.clone() })
-            .collect();
+            .map(|r| Ok(ImportRecord { collection: r.collection.clone(), key: r.key.clone(), value: r.value.clone() }));
         into.store.import(records).unwrap();
         let again = scan_all(&into.store, 1000, usize::MAX);
         let strip = |v: &[ScannedRecord]| {
@@ -340,6 +396,18 @@ fn scan_then_import_restores_another_store(kind: EngineKind) {
         assert_eq!(strip(&again), strip(&scanned));
         assert_eq!(into.store.usage().unwrap(), from.store.usage().unwrap());
     }
+}
+
+fn an_import_that_fails_part_way_writes_nothing(kind: EngineKind) {
+    let f = fixture(kind, u64::MAX);
+    let s = &f.store;
+    let rec = |key: &str| Ok(ImportRecord { collection: c("a"), key: k(key), value: b"1".to_vec() });
+    let broken = vec![rec("x"), rec("y"), Err(Error::invalid("the archive broke off")), rec("z")];
+    assert_eq!(s.import(broken).unwrap_err().message, "the archive broke off");
+    assert_eq!(s.usage().unwrap(), Usage::default());
+    assert_eq!(s.scan(None, 10, usize::MAX).unwrap().records, vec![]);
+    assert_eq!(s.verify().unwrap(), Usage::default());
+    assert_eq!(s.import(vec![rec("x"), rec("y")]).unwrap().records, 2);
 }
 
 macro_rules! engine_suite {
@@ -356,6 +424,9 @@ macro_rules! engine_suite {
 engine_suite!(
     put_get_delete_with_revs,
     list_is_ordered_prefixed_and_paged,
+    list_pages_stop_at_their_byte_budget,
+    if_match_star_requires_the_record_to_exist,
+    tiny_records_are_charged_what_they_take,
     values_are_encrypted_on_disk_and_bound_to_their_key,
     quota_refuses_growth_and_writes_nothing,
     log_appends_reads_newest_first_and_prunes,
@@ -365,5 +436,6 @@ engine_suite!(
     scan_walks_every_collection_in_key_order,
     import_writes_everything_at_once_with_new_revs,
     import_over_quota_writes_nothing,
+    an_import_that_fails_part_way_writes_nothing,
     scan_then_import_restores_another_store,
 );

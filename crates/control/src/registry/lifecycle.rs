@@ -9,18 +9,25 @@ use selfcloud_core::{InstanceId, Result, UserId};
 pub const DELETED: &str = "deleted";
 
 impl Registry {
-    /// Stores a new password's KDF inputs and verifier and deletes the user's owner sessions, in
-    /// one transaction: a session made with the old password never outlives the change.
-    pub fn set_password(&self, user: UserId, kdf: &KdfParams, salt: &[u8], verifier_hash: &[u8]) -> Result<()> {
+    /// Stores a new password's KDF inputs and verifier, raises the credential epoch and deletes
+    /// the user's owner and web sessions, in one transaction: a session made with the old password
+    /// never outlives the change (a log-in that checked the old one inserts only under the old
+    /// epoch, see `insert_session`). Returns the new epoch.
+    pub fn set_password(&self, user: UserId, kdf: &KdfParams, salt: &[u8], verifier_hash: &[u8]) -> Result<u64> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction().map_err(db_err)?;
-        tx.execute(
-            "UPDATE users SET kdf = ?2, salt = ?3, verifier_hash = ?4 WHERE id = ?1",
-            params![user.to_string(), kdf_to_text(kdf), salt, verifier_hash],
-        )
-        .map_err(db_err)?;
-        tx.execute("DELETE FROM tokens WHERE user_id = ?1 AND kind = 'session'", [user.to_string()]).map_err(db_err)?;
-        tx.commit().map_err(db_err)
+        let epoch: i64 = tx
+            .query_row(
+                "UPDATE users SET kdf = ?2, salt = ?3, verifier_hash = ?4, credential_epoch = credential_epoch + 1
+                 WHERE id = ?1 RETURNING credential_epoch",
+                params![user.to_string(), kdf_to_text(kdf), salt, verifier_hash],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        tx.execute("DELETE FROM tokens WHERE user_id = ?1 AND kind IN ('session', 'web')", [user.to_string()])
+            .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(epoch as u64)
     }
 
     /// Marks a deleted account, in one transaction: its instance is `deleted`, its verifier is
@@ -37,7 +44,11 @@ impl Registry {
             params![id, DELETED, now as i64],
         )
         .map_err(db_err)?;
-        tx.execute("UPDATE users SET verifier_hash = x'' WHERE id = ?1", [&id]).map_err(db_err)?;
+        tx.execute(
+            "UPDATE users SET verifier_hash = x'', credential_epoch = credential_epoch + 1 WHERE id = ?1",
+            [&id],
+        )
+        .map_err(db_err)?;
         tx.execute(
             "UPDATE grants SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
             params![id, now as i64],

@@ -4,26 +4,79 @@
 //! The token and revoke endpoints answer errors in RFC 6749's shape (`{"error","error_description"}`)
 //! because that is what every OAuth client library parses; everything else uses the contract's.
 
+use super::token::{self, TokenError, TokenErrorKind, TokenForm, TokenRequest};
 use super::{
-    check_authorize, csrf_token, pages, redirect_with, verify_pkce, AuthorizeError, AuthorizeParams, ValidAuthorize,
+    check_authorize, csrf_matches, csrf_token, pages, redirect_with, sent_from_our_pages, AuthorizeError,
+    AuthorizeParams, ValidAuthorize,
 };
-use crate::auth::{credential, resolve, Caller, Via};
+use crate::auth::{bearer, Caller};
 use crate::error::ApiError;
-use crate::routes::accounts::session_cookie;
 use crate::state::AppState;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
-use selfcloud_control::{GrantRef, NewCode, TokenKind};
-use selfcloud_core::{AppId, ScopeSet};
+use selfcloud_control::tokens::hash_token;
+use selfcloud_control::{Consent, TokenKind, TokenOutcome};
+use selfcloud_core::{AppId, Error, ErrorCode, Scope, ScopeSet};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// The browser's web session cookie. Over HTTPS it is `__Host-` prefixed (Secure, Path=/, no
+/// Domain: only this origin can set or read it); over plain HTTP it is limited to `/oauth`, so an
+/// app's loopback callback on another port, which receives this host's cookies, does not get it
+/// at `/cb`. Either way it opens the consent pages only, never the API.
+pub fn web_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Host-selfcloud_web"
+    } else {
+        "selfcloud_web"
+    }
+}
+
+fn web_cookie(s: &AppState, token: &str, expires_at: u64) -> String {
+    let max_age = expires_at.saturating_sub(s.clock.now());
+    let name = web_cookie_name(s.secure_cookies);
+    let scope = if s.secure_cookies { "Path=/; Secure" } else { "Path=/oauth" };
+    format!("{name}={token}; {scope}; HttpOnly; SameSite=Lax; Max-Age={max_age}")
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+/// Who is deciding on the consent page: the web session cookie, or an owner session as a bearer
+/// (an API client driving the flow; a header is never sent on its own). `true` with the cookie,
+/// which is ambient, so its forms need the CSRF token.
+fn page_session(s: &AppState, headers: &HeaderMap) -> Option<(Caller, bool)> {
+    let now = s.clock.now();
+    let (token, kind, ambient) = match bearer(headers) {
+        Some(t) => (t, TokenKind::Session, false),
+        None => (cookie(headers, web_cookie_name(s.secure_cookies))?, TokenKind::Web, true),
+    };
+    let info = s.control.authenticate(token, now).filter(|t| t.kind == kind)?;
+    Some((Caller { token: info, token_hash: hash_token(token) }, ambient))
+}
+
 fn found(location: &str) -> Response {
     // 302, as RFC 6749 shows; clients follow it with a GET.
     (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+}
+
+fn redirect_to(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
+    match redirect_with(redirect_uri, params) {
+        Ok(location) => found(&location),
+        Err(e) => ApiError(e).into_response(),
+    }
 }
 
 fn params_as_pairs(p: &AuthorizeParams) -> Vec<(&'static str, String)> {
@@ -43,6 +96,14 @@ fn borrowed<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> 
     pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+fn refused_form(headers: &HeaderMap) -> Option<Response> {
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if sent_from_our_pages(h("sec-fetch-site"), h("origin"), h("host")) {
+        return None;
+    }
+    Some(ApiError(Error::forbidden("this form must be sent from this server's own pages")).into_response())
+}
+
 /// Validates the request against the registered app; refusals become a page or a redirect.
 async fn validate(s: &AppState, p: &AuthorizeParams) -> Result<ValidAuthorize, Response> {
     let app = match p.client_id.as_deref().and_then(|c| c.parse::<AppId>().ok()) {
@@ -56,29 +117,26 @@ async fn validate(s: &AppState, p: &AuthorizeParams) -> Result<ValidAuthorize, R
             if let Some(state) = state.as_deref() {
                 q.push(("state", state));
             }
-            found(&redirect_with(&redirect_uri, &q))
+            redirect_to(&redirect_uri, &q)
         }
     })
-}
-
-/// The owner's session for the consent pages: cookie or bearer, never an app token.
-fn session(s: &AppState, headers: &HeaderMap) -> Option<Caller> {
-    credential(headers)?;
-    resolve(s, headers).ok().filter(Caller::is_owner)
 }
 
 /// `GET /oauth/authorize`: the consent page (or the log-in page first).
 pub async fn authorize_page(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
-    axum::extract::Query(p): axum::extract::Query<AuthorizeParams>,
+    query: Result<Query<AuthorizeParams>, QueryRejection>,
 ) -> Response {
+    let Ok(Query(p)) = query else {
+        return pages::error("the authorization request's parameters are malformed");
+    };
     let req = match validate(&s, &p).await {
         Ok(r) => r,
         Err(resp) => return resp,
     };
     let pairs = params_as_pairs(&p);
-    let Some(caller) = session(&s, &headers) else {
+    let Some((caller, _)) = page_session(&s, &headers) else {
         return pages::login(&borrowed(&pairs), false);
     };
     let username = match s.control.profile(caller.token.user_id).await {
@@ -89,12 +147,20 @@ pub async fn authorize_page(
 }
 
 /// `POST /oauth/authorize`: the user's decision. Repeated `grant_scope` fields (the ticked boxes)
-/// narrow the grant; without them the whole request is granted.
+/// narrow what is granted; without them the whole request is granted. The app's one grant for
+/// this user gains what is allowed; the code carries exactly that.
 pub async fn authorize_decision(
     State(s): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    Form(fields): Form<Vec<(String, String)>>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
+    if let Some(refused) = refused_form(&headers) {
+        return refused;
+    }
+    let Ok(Form(fields)) = form else {
+        return ApiError(Error::invalid("the decision form is malformed")).into_response();
+    };
     let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let p = AuthorizeParams {
         response_type: field("response_type"),
@@ -109,24 +175,28 @@ pub async fn authorize_decision(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let Some(caller) = session(&s, &headers) else {
-        return ApiError(selfcloud_core::Error::unauthenticated("log in to decide on this request")).into_response();
+    let Some((caller, ambient)) = page_session(&s, &headers) else {
+        return ApiError(Error::unauthenticated("log in to decide on this request")).into_response();
     };
-    if caller.via == Via::Cookie && field("csrf").as_deref() != Some(csrf_token(&caller.token_hash).as_str()) {
-        return ApiError(selfcloud_core::Error::forbidden("the form's CSRF token is missing or wrong")).into_response();
+    if ambient && !csrf_matches(field("csrf").as_deref(), &caller.token_hash) {
+        return ApiError(Error::forbidden("the form's CSRF token is missing or wrong")).into_response();
+    }
+    // Every decision writes a code (fsynced): one user, or one address, cannot write them at will.
+    let tier = s.control.tier_of(caller.token.instance_id);
+    if let Err(e) = s.rate.check_ip(peer.ip()).and_then(|_| s.rate.check_token(&caller.token.rate_key, tier)) {
+        return ApiError(e).into_response();
     }
     let mut answer = vec![("iss", s.issuer.clone())];
     if let Some(state) = &req.state {
         answer.push(("state", state.clone()));
     }
-    let now = s.clock.now();
     match field("decision").as_deref() {
         Some("allow") => {}
         Some("deny") => {
             answer.push(("error", "access_denied".into()));
-            return found(&redirect_with(&req.redirect_uri, &borrowed(&answer)));
+            return redirect_to(&req.redirect_uri, &borrowed(&answer));
         }
-        _ => return ApiError(selfcloud_core::Error::invalid("decision must be allow or deny")).into_response(),
+        _ => return ApiError(Error::invalid("decision must be allow or deny")).into_response(),
     }
     let ticked: Vec<&str> = fields.iter().filter(|(k, _)| k == "grant_scope").map(|(_, v)| v.as_str()).collect();
     let scopes = if ticked.is_empty() {
@@ -139,25 +209,14 @@ pub async fn authorize_decision(
     };
     if scopes.is_empty() {
         answer.push(("error", "access_denied".into()));
-        return found(&redirect_with(&req.redirect_uri, &borrowed(&answer)));
+        return redirect_to(&req.redirect_uri, &borrowed(&answer));
     }
-    let user = caller.token.user_id;
-    let result = async {
-        let grant = s.control.create_grant(user, &req.app, scopes, now).await?;
-        let code = NewCode {
-            client_id: req.app.client_id,
-            user_id: user,
-            grant_id: grant.id,
-            redirect_uri: req.redirect_uri.clone(),
-            code_challenge: req.code_challenge.clone(),
-        };
-        s.control.issue_code(code, now).await
-    }
-    .await;
-    match result {
-        Ok(code) => {
+    let consent =
+        Consent { scopes, redirect_uri: req.redirect_uri.clone(), code_challenge: req.code_challenge.clone() };
+    match s.control.consent(caller.token.user_id, &req.app, consent, s.clock.now()).await {
+        Ok((_, code)) => {
             answer.push(("code", code));
-            found(&redirect_with(&req.redirect_uri, &borrowed(&answer)))
+            redirect_to(&req.redirect_uri, &borrowed(&answer))
         }
         Err(e) => ApiError(e).into_response(),
     }
@@ -171,28 +230,37 @@ pub struct LoginForm {
     request: AuthorizeParams,
 }
 
-/// `POST /oauth/login`: the browser flow's log-in; on success, back to the same request.
+/// `POST /oauth/login`: the browser flow's log-in; on success, a web session cookie and back to
+/// the same request. A form posted from another site is refused (login CSRF: it would log the
+/// victim's browser into the attacker's account).
 pub async fn login(
     State(s): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Form(form): Form<LoginForm>,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
+    if let Some(refused) = refused_form(&headers) {
+        return refused;
+    }
+    let Ok(Form(form)) = form else {
+        return ApiError(Error::invalid("the log-in form needs a username and a password")).into_response();
+    };
     if let Err(e) = s.rate.check_ip(peer.ip()) {
         return ApiError(e).into_response();
     }
     let pairs = params_as_pairs(&form.request);
     let user = match s.control.log_in(&form.username, &form.password).await {
         Ok(u) => u,
-        Err(e) if e.code == selfcloud_core::ErrorCode::Unauthenticated => return pages::login(&borrowed(&pairs), true),
+        Err(e) if e.code == ErrorCode::Unauthenticated => return pages::login(&borrowed(&pairs), true),
         Err(e) => return ApiError(e).into_response(),
     };
-    let (token, expires) = match s.control.create_session(&user, s.clock.now()).await {
+    let (token, expires) = match s.control.create_web_session(&user, s.clock.now()).await {
         Ok(t) => t,
         Err(e) => return ApiError(e).into_response(),
     };
     // Back to our own authorize endpoint only: the target is built here, never taken from input.
     let query = serde_urlencoded::to_string(&form.request).unwrap_or_default();
-    let cookie = session_cookie(&s, &token, expires);
+    let cookie = web_cookie(&s, &token, expires);
     ([(header::SET_COOKIE, cookie)], Redirect::to(&format!("/oauth/authorize?{query}"))).into_response()
 }
 
@@ -203,12 +271,24 @@ struct OAuthError {
     description: String,
 }
 
-impl OAuthError {
-    fn new(error: &'static str, description: impl Into<String>) -> Self {
-        OAuthError { status: StatusCode::BAD_REQUEST, error, description: description.into() }
+impl From<TokenError> for OAuthError {
+    fn from(e: TokenError) -> Self {
+        OAuthError { status: StatusCode::BAD_REQUEST, error: e.kind.as_str(), description: e.description }
     }
-    fn grant(description: impl Into<String>) -> Self {
-        Self::new("invalid_grant", description)
+}
+
+impl From<Error> for OAuthError {
+    fn from(e: Error) -> Self {
+        if let Some(d) = &e.detail {
+            tracing::error!(detail = %d, "token endpoint failed");
+        }
+        let status = e.status();
+        let error = match e.code {
+            ErrorCode::RateLimited | ErrorCode::Unavailable => "temporarily_unavailable",
+            _ if status.is_server_error() => "server_error",
+            _ => "invalid_request",
+        };
+        OAuthError { status, error, description: e.message }
     }
 }
 
@@ -219,48 +299,41 @@ impl IntoResponse for OAuthError {
     }
 }
 
-impl From<selfcloud_core::Error> for OAuthError {
-    fn from(e: selfcloud_core::Error) -> Self {
-        if let Some(d) = &e.detail {
-            tracing::error!(detail = %d, "token endpoint failed");
-        }
-        let status = e.status();
-        let error = if status.is_server_error() { "server_error" } else { "invalid_request" };
-        OAuthError { status, error, description: e.message }
-    }
-}
-
-#[derive(Deserialize)]
-pub struct TokenForm {
-    grant_type: Option<String>,
-    code: Option<String>,
-    redirect_uri: Option<String>,
-    client_id: Option<String>,
-    code_verifier: Option<String>,
-    refresh_token: Option<String>,
-    scope: Option<String>,
-}
-
-/// `POST /oauth/token`.
+/// `POST /oauth/token`: parse, let the protocol decide inside control's transaction, answer.
 pub async fn token(
     State(s): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    form: Result<Form<TokenForm>, axum::extract::rejection::FormRejection>,
+    form: Result<Form<TokenForm>, FormRejection>,
 ) -> Response {
-    let result = async {
+    let result: Result<serde_json::Value, OAuthError> = async {
         s.rate.check_ip(peer.ip())?;
-        let Form(f) = form.map_err(|e| OAuthError::new("invalid_request", e.body_text()))?;
-        let client_id: AppId = f
-            .client_id
-            .as_deref()
-            .ok_or_else(|| OAuthError::new("invalid_request", "client_id is required"))?
-            .parse()
-            .map_err(|_| OAuthError::new("invalid_client", "unknown client_id"))?;
-        match f.grant_type.as_deref() {
-            Some("authorization_code") => exchange_code(&s, client_id, &f).await,
-            Some("refresh_token") => refresh(&s, client_id, &f).await,
-            Some(_) => Err(OAuthError::new("unsupported_grant_type", "use authorization_code or refresh_token")),
-            None => Err(OAuthError::new("invalid_request", "grant_type is required")),
+        let Form(f) = form.map_err(|e| TokenError::new(TokenErrorKind::InvalidRequest, e.body_text()))?;
+        let now = s.clock.now();
+        let (outcome, unknown) = match token::parse(f)? {
+            TokenRequest::Code(req) => {
+                let code = req.code.clone();
+                let outcome = s.control.redeem_code(&code, now, move |c| token::decide_code(&req, c, now)).await?;
+                (outcome, "unknown code")
+            }
+            TokenRequest::Refresh(req) => {
+                let presented = req.token.clone();
+                let decide = move |t: &_| token::decide_refresh(&req, t, now);
+                (s.control.rotate_refresh(&presented, now, decide).await?, "unknown, expired or revoked refresh token")
+            }
+        };
+        match outcome {
+            TokenOutcome::Issued(t) => Ok(serde_json::json!({
+                "access_token": t.access,
+                "token_type": "Bearer",
+                "expires_in": t.expires_at.saturating_sub(now),
+                "refresh_token": t.refresh,
+                "scope": t.scopes.to_string(),
+            })),
+            TokenOutcome::Refused(e) | TokenOutcome::Revoked(e) => Err(e.into()),
+            TokenOutcome::GrantEnded => {
+                Err(TokenError::new(TokenErrorKind::InvalidGrant, "the grant was revoked").into())
+            }
+            TokenOutcome::Unknown => Err(TokenError::new(TokenErrorKind::InvalidGrant, unknown).into()),
         }
     }
     .await;
@@ -270,96 +343,6 @@ pub async fn token(
     }
 }
 
-async fn exchange_code(s: &AppState, client_id: AppId, f: &TokenForm) -> Result<serde_json::Value, OAuthError> {
-    let now = s.clock.now();
-    let code = f.code.as_deref().ok_or_else(|| OAuthError::new("invalid_request", "code is required"))?;
-    let grant = s.control.redeem_code(code).await?.ok_or_else(|| OAuthError::grant("unknown code"))?;
-    if grant.replayed {
-        // A code used twice may have been stolen: everything issued from it is revoked (RFC 6749 4.1.2).
-        s.control.revoke_grant_for_replay(grant.user_id, grant.grant_id, now).await?;
-        return Err(OAuthError::grant("code already used; the grant is revoked"));
-    }
-    if grant.expires_at <= now {
-        return Err(OAuthError::grant("code expired"));
-    }
-    if grant.client_id != client_id {
-        return Err(OAuthError::grant("code was issued to another client"));
-    }
-    if f.redirect_uri.as_deref() != Some(grant.redirect_uri.as_str()) {
-        return Err(OAuthError::grant("redirect_uri does not match the authorization request"));
-    }
-    // No verifier is never accepted: a code issued with a challenge cannot be downgraded.
-    let verifier =
-        f.code_verifier.as_deref().ok_or_else(|| OAuthError::new("invalid_request", "code_verifier is required"))?;
-    if !verify_pkce(verifier, &grant.code_challenge) {
-        return Err(OAuthError::grant("code_verifier does not match code_challenge"));
-    }
-    let app = s.control.app(client_id).await?.ok_or_else(|| OAuthError::new("invalid_client", "unknown client_id"))?;
-    if !s.control.grant_is_active(grant.grant_id).await? {
-        return Err(OAuthError::grant("the grant was revoked"));
-    }
-    let scopes = s
-        .control
-        .grants(grant.user_id)
-        .await?
-        .into_iter()
-        .find(|g| g.id == grant.grant_id)
-        .map(|g| g.scopes)
-        .ok_or_else(|| OAuthError::grant("the grant was revoked"))?;
-    let grant_ref = GrantRef { grant_id: grant.grant_id, client_id, app_name: app.name };
-    issue(s, grant.user_id, grant_ref, scopes).await
-}
-
-async fn refresh(s: &AppState, client_id: AppId, f: &TokenForm) -> Result<serde_json::Value, OAuthError> {
-    let now = s.clock.now();
-    let presented =
-        f.refresh_token.as_deref().ok_or_else(|| OAuthError::new("invalid_request", "refresh_token is required"))?;
-    let info = s
-        .control
-        .refresh_token(presented, now)
-        .ok_or_else(|| OAuthError::grant("unknown, expired or revoked refresh token"))?;
-    let grant = info.grant.clone().ok_or_else(|| OAuthError::grant("not an app token"))?;
-    if grant.client_id != client_id {
-        return Err(OAuthError::grant("refresh token was issued to another client"));
-    }
-    // Rotation: each refresh token works once. A second use means two parties hold it, so the
-    // whole grant is revoked (OAuth 2.1 section 4.3.1).
-    if info.is_spent() || !s.control.spend_refresh(presented).await? {
-        s.control.revoke_grant_for_replay(info.user_id, grant.grant_id, now).await?;
-        return Err(OAuthError::grant("refresh token already used; the grant is revoked"));
-    }
-    let scopes = match f.scope.as_deref() {
-        None => info.scopes.clone(),
-        Some(asked) => {
-            let asked = ScopeSet::parse(asked).map_err(|e| OAuthError::new("invalid_scope", e.message))?;
-            if !info.scopes.covers_all(&asked) {
-                return Err(OAuthError::new("invalid_scope", "a refresh cannot widen the grant"));
-            }
-            asked
-        }
-    };
-    issue(s, info.user_id, grant, scopes).await
-}
-
-async fn issue(
-    s: &AppState,
-    user: selfcloud_core::UserId,
-    grant: GrantRef,
-    scopes: ScopeSet,
-) -> Result<serde_json::Value, OAuthError> {
-    let now = s.clock.now();
-    let scope = scopes.to_string();
-    let control = s.control.clone();
-    let (access, refresh, expires_at) = control.issue_app_tokens(user, grant, scopes, now).await?;
-    Ok(serde_json::json!({
-        "access_token": access,
-        "token_type": "Bearer",
-        "expires_in": expires_at.saturating_sub(now),
-        "refresh_token": refresh,
-        "scope": scope,
-    }))
-}
-
 #[derive(Deserialize)]
 pub struct RevokeForm {
     token: Option<String>,
@@ -367,30 +350,20 @@ pub struct RevokeForm {
 }
 
 /// `POST /oauth/revoke` (RFC 7009): always 200 for a well-formed request, whether or not the
-/// token was known, so the endpoint cannot be used to probe tokens. Revoking a refresh token
-/// revokes its whole grant; revoking an access token ends that token only.
+/// token was known, so the endpoint cannot be used to probe tokens. A refresh token ends its
+/// sign-in (its token family); an access token ends itself. The user's grant stays: the user
+/// revokes the app itself through `/v1/grants`.
 pub async fn revoke(
     State(s): State<Arc<AppState>>,
-    form: Result<Form<RevokeForm>, axum::extract::rejection::FormRejection>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    form: Result<Form<RevokeForm>, FormRejection>,
 ) -> Response {
     let result: Result<(), OAuthError> = async {
-        let Form(f) = form.map_err(|e| OAuthError::new("invalid_request", e.body_text()))?;
-        let token = f.token.ok_or_else(|| OAuthError::new("invalid_request", "token is required"))?;
+        s.rate.check_ip(peer.ip())?;
+        let Form(f) = form.map_err(|e| TokenError::new(TokenErrorKind::InvalidRequest, e.body_text()))?;
+        let token = f.token.ok_or_else(|| TokenError::new(TokenErrorKind::InvalidRequest, "token is required"))?;
         let client: Option<AppId> = f.client_id.as_deref().and_then(|c| c.parse().ok());
-        let now = s.clock.now();
-        let info = s.control.refresh_token(&token, now).or_else(|| s.control.authenticate(&token, now));
-        let Some(info) = info else { return Ok(()) };
-        let Some(grant) = info.grant.clone() else {
-            return Ok(()); // owner sessions end through DELETE /v1/sessions
-        };
-        if client.is_some_and(|c| c != grant.client_id) {
-            return Ok(()); // not this client's token: nothing to do, nothing to tell
-        }
-        if info.kind == TokenKind::Refresh {
-            s.control.revoke_grant_for_replay(info.user_id, grant.grant_id, now).await?;
-        } else {
-            s.control.revoke_token(&token).await?;
-        }
+        s.control.revoke_app_token(&token, client, s.clock.now()).await?;
         Ok(())
     }
     .await;
@@ -403,6 +376,7 @@ pub async fn revoke(
 /// `GET /.well-known/oauth-authorization-server` (RFC 8414).
 pub async fn metadata(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let base = &s.issuer;
+    let scopes: Vec<String> = Scope::broadest().iter().map(Scope::to_string).collect();
     Json(serde_json::json!({
         "issuer": base,
         "authorization_endpoint": format!("{base}/oauth/authorize"),
@@ -414,6 +388,6 @@ pub async fn metadata(State(s): State<Arc<AppState>>) -> Json<serde_json::Value>
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
         "authorization_response_iss_parameter_supported": true,
-        "scopes_supported": ["storage:read:*", "storage:write:*", "llm:chat", "llm:embed", "chain:read", "profile:read"],
+        "scopes_supported": scopes,
     }))
 }

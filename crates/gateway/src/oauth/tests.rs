@@ -115,7 +115,7 @@ fn redirect_uris_are_restricted() {
         "http://127.0.0.1:8080/cb",
         "http://localhost/cb",
         "http://[::1]/cb",
-        "com.example.notes:/cb",
+        "https://notes.example/cb?tenant=1",
     ] {
         assert!(validate_redirect_uri(ok).is_ok(), "{ok}");
     }
@@ -128,7 +128,19 @@ fn redirect_uris_are_restricted() {
         "file:///etc/passwd",
         "notes/cb",
         "custom:/cb",
+        "com.example.notes:/cb",
         "",
+        // Smuggling: what the URL parser strips or rewrites never registers.
+        "https://good.example/cb\nhttp://evil.example/steal",
+        "https://good.example/cb\n",
+        "https://good.example/c\tb",
+        " https://good.example/cb",
+        "https://good.example/cb\u{0}",
+        "https://good.example",
+        "https://GOOD.example/cb",
+        "https://good.example/c b",
+        "https://good.example/caf\u{e9}",
+        "javascript://good.example/%0aalert(1)",
     ] {
         assert!(validate_redirect_uri(bad).is_err(), "{bad}");
     }
@@ -136,7 +148,7 @@ fn redirect_uris_are_restricted() {
 
 #[test]
 fn redirects_keep_the_registered_query_and_add_ours() {
-    let to = redirect_with("https://notes.example/cb?tenant=1", &[("code", "a b&c"), ("state", "s")]);
+    let to = redirect_with("https://notes.example/cb?tenant=1", &[("code", "a b&c"), ("state", "s")]).unwrap();
     assert_eq!(to, "https://notes.example/cb?tenant=1&code=a+b%26c&state=s");
 }
 
@@ -145,4 +157,43 @@ fn csrf_tokens_differ_per_session() {
     assert_ne!(csrf_token(&[1; 32]), csrf_token(&[2; 32]));
     assert_eq!(csrf_token(&[1; 32]), csrf_token(&[1; 32]));
     assert_eq!(csrf_token(&[1; 32]).len(), 64);
+}
+
+#[test]
+fn a_registered_uri_that_breaks_todays_rules_is_not_redirected_to() {
+    // An app stored before the rules were strict, with a smuggled entry in its list.
+    let mut a = app();
+    a.redirect_uris.push("https://notes.example/cb\nhttp://evil.example/steal".into());
+    a.redirect_uris.push(String::new());
+    for uri in ["https://notes.example/cb\nhttp://evil.example/steal", ""] {
+        let mut p = request(&a);
+        p.redirect_uri = Some(uri.into());
+        assert!(matches!(check_authorize(&p, Some(a.clone())), Err(AuthorizeError::Show(_))), "{uri:?}");
+    }
+}
+
+#[test]
+fn csrf_tokens_are_compared_whole() {
+    let token = csrf_token(&[1; 32]);
+    assert!(csrf_matches(Some(&token), &[1; 32]));
+    assert!(!csrf_matches(Some(&token[..63]), &[1; 32]));
+    assert!(!csrf_matches(Some(""), &[1; 32]));
+    assert!(!csrf_matches(None, &[1; 32]));
+    assert!(!csrf_matches(Some(&csrf_token(&[2; 32])), &[1; 32]));
+}
+
+#[test]
+fn forms_are_taken_only_from_our_own_pages() {
+    let host = Some("127.0.0.1:8420");
+    assert!(sent_from_our_pages(Some("same-origin"), Some("http://127.0.0.1:8420"), host));
+    assert!(sent_from_our_pages(Some("none"), None, host));
+    // An app's page on another port of the same host is same-site, and refused.
+    assert!(!sent_from_our_pages(Some("same-site"), Some("http://127.0.0.1:9000"), host));
+    assert!(!sent_from_our_pages(Some("cross-site"), Some("https://evil.example"), host));
+    // Older browsers: the Origin must be this host.
+    assert!(sent_from_our_pages(None, Some("http://127.0.0.1:8420"), host));
+    assert!(!sent_from_our_pages(None, Some("http://127.0.0.1:9000"), host));
+    assert!(!sent_from_our_pages(None, Some("null"), host));
+    // Not a browser at all.
+    assert!(sent_from_our_pages(None, None, host));
 }

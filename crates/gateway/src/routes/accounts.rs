@@ -1,14 +1,14 @@
 //! Accounts, sessions, the caller's profile and their access log.
 
-use crate::auth::{Caller, SESSION_COOKIE};
-use crate::error::{ApiJson, ApiQuery, ApiResult};
+use crate::auth::Caller;
+use crate::error::{page_limit, ApiJson, ApiQuery, ApiResult};
 use crate::routes::ErrorBody;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use selfcloud_core::{Error, Scope};
+use selfcloud_core::Scope;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,7 +81,8 @@ pub async fn create_account(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-/// Log in: the owner's session token (also set as an HttpOnly cookie for the web pages).
+/// Log in: the owner's API session token, a bearer credential (no cookie: a browser would send
+/// one to every port of this host).
 #[utoipa::path(post, path = "/v1/sessions", tag = "accounts", request_body = Credentials,
     responses((status = 200, body = SessionCreated), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn create_session(
@@ -92,15 +93,7 @@ pub async fn create_session(
     s.rate.check_ip(peer.ip())?;
     let user = s.control.log_in(&body.username, &body.password).await?;
     let (token, expires_at) = s.control.create_session(&user, s.clock.now()).await?;
-    let cookie = session_cookie(&s, &token, expires_at);
-    Ok(([(header::SET_COOKIE, cookie)], Json(SessionCreated { token, expires_at })).into_response())
-}
-
-/// The `Set-Cookie` value carrying a session that expires at `expires_at` (Unix seconds).
-pub fn session_cookie(s: &AppState, token: &str, expires_at: u64) -> String {
-    let max_age = expires_at.saturating_sub(s.clock.now());
-    let secure = if s.secure_cookies { "; Secure" } else { "" };
-    format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+    Ok(Json(SessionCreated { token, expires_at }).into_response())
 }
 
 /// Log out: ends the session that made this request.
@@ -109,11 +102,7 @@ pub fn session_cookie(s: &AppState, token: &str, expires_at: u64) -> String {
 pub async fn delete_session(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Response> {
     caller.require_owner()?;
     s.control.revoke_token_by_hash(caller.token_hash).await?;
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear_cookie())]).into_response())
-}
-
-fn clear_cookie() -> String {
-    format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0")
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -137,8 +126,7 @@ pub async fn change_password(
     caller.require_owner()?;
     let (token, expires_at) =
         s.control.change_password(caller.token.user_id, &body.password, &body.new_password, s.clock.now()).await?;
-    let cookie = session_cookie(&s, &token, expires_at);
-    Ok(([(header::SET_COOKIE, cookie)], Json(SessionCreated { token, expires_at })).into_response())
+    Ok(Json(SessionCreated { token, expires_at }).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -168,9 +156,7 @@ pub async fn recover(
 ) -> ApiResult<Response> {
     s.rate.check_ip(peer.ip())?;
     let r = s.control.recover(&body.username, &body.recovery_code, &body.new_password, s.clock.now()).await?;
-    let cookie = session_cookie(&s, &r.token, r.expires_at);
-    let answer = Recovered { token: r.token, expires_at: r.expires_at, recovery_code: r.recovery_code };
-    Ok(([(header::SET_COOKIE, cookie)], Json(answer)).into_response())
+    Ok(Json(Recovered { token: r.token, expires_at: r.expires_at, recovery_code: r.recovery_code }).into_response())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -191,7 +177,7 @@ pub async fn delete_account(
 ) -> ApiResult<Response> {
     caller.require_owner()?;
     s.control.delete_account(caller.token.user_id, &body.password, s.clock.now()).await?;
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, clear_cookie())]).into_response())
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The caller's account, instance state and storage use.
@@ -243,10 +229,7 @@ pub async fn audit(
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
     caller.require_owner()?;
-    let limit = q.limit.unwrap_or(s.limits.list_default);
-    if limit == 0 || limit > s.limits.list_max {
-        return Err(Error::invalid(format!("limit must be 1..={}", s.limits.list_max)).into());
-    }
+    let limit = page_limit(q.limit, &s.limits)?;
     s.audit.flush().await;
     let entries = s.control.instance(caller.token.instance_id).await?.read_audit(q.before, limit).await?;
     let next_before = if entries.len() == limit { entries.last().map(|e| e.seq) } else { None };

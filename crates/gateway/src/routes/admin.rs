@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 /// Middleware: only the operator token passes; user and app tokens are refused alike.
 pub async fn operator_only(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    match crate::auth::credential(req.headers()) {
-        Some((token, crate::auth::Via::Bearer)) if s.control.is_operator(&token) => next.run(req).await,
+    match crate::auth::bearer(req.headers()) {
+        Some(token) if s.control.is_operator(token) => next.run(req).await,
         Some(_) => ApiError(Error::forbidden("operator token required")).into_response(),
         None => ApiError(Error::unauthenticated("missing operator token")).into_response(),
     }

@@ -3,7 +3,7 @@
 //! instance. Both are the owner's alone.
 
 use crate::auth::Caller;
-use crate::error::{ApiBytes, ApiResult};
+use crate::error::ApiResult;
 use crate::routes::ErrorBody;
 use crate::state::AppState;
 use axum::body::Body;
@@ -12,9 +12,10 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use selfcloud_core::{Error, ErrorCode};
 use selfcloud_instance::archive::{self, ArchiveWriter};
-use selfcloud_instance::Instance;
+use selfcloud_instance::{ImportLimits, Instance};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -110,7 +111,7 @@ pub async fn import(
     State(s): State<Arc<AppState>>,
     caller: Caller,
     headers: HeaderMap,
-    ApiBytes(body): ApiBytes,
+    body: Body,
 ) -> ApiResult<Json<Imported>> {
     caller.require_owner()?;
     let media_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
@@ -118,11 +119,16 @@ pub async fn import(
         let message = format!("an import is an export archive: send Content-Type: {}", archive::CONTENT_TYPE);
         return Err(Error::new(ErrorCode::UnsupportedMediaType, message).into());
     }
-    let max_value_bytes = s.limits.max_value_bytes;
-    let (manifest, records) =
-        tokio::task::spawn_blocking(move || archive::read(&body, max_value_bytes)).await.map_err(Error::internal)??;
+    let max_bytes = s.limits.max_import_bytes as u64;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_bytes) {
+        return Err(Error::new(ErrorCode::TooLarge, format!("an import is at most {max_bytes} bytes")).into());
+    }
     let instance = s.control.instance(caller.token.instance_id).await?;
-    let usage = instance.import_records(records).await?;
-    tracing::info!(instance = %caller.token.instance_id, records = manifest.records, "archive imported");
+    // The body streams into the instance, which spools and checks it; it is never held here.
+    let stream = body.into_data_stream().map(|chunk| chunk.map_err(std::io::Error::other));
+    let limits = ImportLimits { max_bytes, max_value_bytes: s.limits.max_value_bytes };
+    let usage = instance.import_archive(Box::pin(stream), limits).await?;
+    tracing::info!(instance = %caller.token.instance_id, records = usage.records, "archive imported");
     Ok(Json(Imported { records: usage.records, bytes: usage.bytes, quota_bytes: usage.quota_bytes }))
 }

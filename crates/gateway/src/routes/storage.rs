@@ -1,7 +1,7 @@
 //! Records in collections: `/v1/storage/{collection}[/{key}]`.
 
 use crate::auth::{Caller, ScopeUsed};
-use crate::error::{ApiBytes, ApiError, ApiPath, ApiQuery, ApiResult};
+use crate::error::{page_limit, ApiBytes, ApiError, ApiPath, ApiQuery, ApiResult};
 use crate::routes::ErrorBody;
 use crate::state::AppState;
 use axum::extract::State;
@@ -24,10 +24,13 @@ fn etag(rev: Rev) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{rev}\"")).expect("digits and quotes are a valid header")
 }
 
-/// `If-Match: "17"` or `If-None-Match: *`.
+/// `If-Match: "17"`, `If-Match: *` (the record exists) or `If-None-Match: *`.
 fn precondition(headers: &HeaderMap) -> Result<Precondition, Error> {
     if let Some(v) = headers.get(header::IF_MATCH) {
         let text = v.to_str().map_err(|_| Error::invalid("If-Match is not text"))?.trim();
+        if text == "*" {
+            return Ok(Precondition::IfExists);
+        }
         let rev = text.trim_start_matches("W/").trim_matches('"');
         return rev
             .parse()
@@ -84,7 +87,10 @@ pub async fn put(
             Error::new(ErrorCode::TooLarge, format!("values are at most {} bytes", s.limits.max_value_bytes)).into()
         );
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+    // UTF-8 first: serde skips the bytes of strings it ignores without checking them, and a value
+    // stored with invalid UTF-8 inside a string would break every list and export after it.
+    let text = std::str::from_utf8(&body).map_err(|e| Error::invalid(format!("body is not UTF-8: {e}")))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
         .map_err(|e| Error::invalid(format!("body is not valid JSON: {e}")))?;
     let cond = precondition(&headers)?;
     let instance = s.control.instance(caller.token.instance_id).await?;
@@ -174,21 +180,27 @@ pub async fn list(
 ) -> ApiResult<Response> {
     let collection = Collection::parse(&collection)?;
     let used = caller.require(&Scope::storage_read(&collection))?;
-    let limit = q.limit.unwrap_or(s.limits.list_default);
-    if limit == 0 || limit > s.limits.list_max {
-        return Err(Error::invalid(format!("limit must be 1..={}", s.limits.list_max)).into());
-    }
+    let limit = page_limit(q.limit, &s.limits)?;
     let instance = s.control.instance(caller.token.instance_id).await?;
-    let page =
-        instance.list_records(&collection, q.prefix.as_deref().unwrap_or(""), limit, q.cursor.as_deref()).await?;
+    let prefix = q.prefix.as_deref().unwrap_or("");
+    let page = instance.list_records(&collection, prefix, limit, s.limits.list_max_bytes, q.cursor.as_deref()).await?;
     let records = page
         .records
         .into_iter()
-        .map(|r| {
-            let value =
-                RawValue::from_string(String::from_utf8(r.value).map_err(Error::internal)?).map_err(Error::internal)?;
-            Ok(ListedRecord { key: r.key.to_string(), rev: r.rev.to_string(), value })
+        .map(|r| ListedRecord {
+            value: listed_value(&collection, &r.key, r.value),
+            key: r.key.to_string(),
+            rev: r.rev.to_string(),
         })
-        .collect::<Result<Vec<_>, Error>>()?;
+        .collect();
     Ok(with_scope(Json(ListAnswer { records, cursor: page.cursor }).into_response(), used))
+}
+
+/// A stored value as a list shows it: a damaged one (see `json_text`) repaired, not failing the page.
+fn listed_value(collection: &Collection, key: &RecordKey, value: Vec<u8>) -> Box<RawValue> {
+    let (text, repaired) = selfcloud_instance::json_text(value);
+    if repaired {
+        tracing::warn!(%collection, %key, "a stored value is not valid JSON text; listed repaired");
+    }
+    RawValue::from_string(text).expect("json_text gives JSON")
 }

@@ -144,17 +144,26 @@ fn damage_anywhere_is_refused_with_what_is_wrong() {
     let original = files(&archive);
     let part = "records/a/000001.jsonl";
 
-    // A flipped byte in a part: its hash no longer matches.
+    // A flipped byte in a part (inside a value, so every line still reads): its hash no longer matches.
     let mut flipped = original.clone();
-    flipped[0].1[3] ^= 1;
+    let at = flipped[0].1.windows(5).position(|w| w == b"\"n\":1").unwrap() + 4;
+    flipped[0].1[at] ^= 1;
     assert!(refused(&tar_of(&flipped)).contains("SHA-256"));
     // Cut short, no manifest, an extra or a missing file, something that is not tar at all.
     assert!(refused(&archive[..archive.len() / 2]).contains("not a valid selfcloud export"));
     let no_manifest: Vec<_> = original.iter().filter(|(p, _)| p != MANIFEST_PATH).cloned().collect();
     assert!(refused(&tar_of(&no_manifest)).contains("no manifest"));
     let mut extra = original.clone();
-    extra.insert(0, ("records/a/000009.jsonl".into(), b"{}\n".to_vec()));
+    extra.insert(extra.len() - 1, ("records/c/000001.jsonl".into(), b"{\"key\":\"1\",\"value\":1}\n".to_vec()));
     assert!(refused(&tar_of(&extra)).contains("not in the manifest"));
+    // Parts in another order than the manifest's.
+    let mut swapped = original.clone();
+    swapped.swap(0, 1);
+    assert!(refused(&tar_of(&swapped)).contains("out of order"));
+    // Anything after the manifest.
+    let mut late = original.clone();
+    late.push(("records/z/000001.jsonl".into(), b"{\"key\":\"1\",\"value\":1}\n".to_vec()));
+    assert!(refused(&tar_of(&late)).contains("after manifest.json"));
     let missing: Vec<_> = original.iter().filter(|(p, _)| p != part).cloned().collect();
     assert!(refused(&tar_of(&missing)).contains("missing"));
     assert!(refused(b"definitely not a tar archive").contains("not a valid selfcloud export"));
@@ -199,4 +208,31 @@ fn only_plain_files_are_accepted() {
         b.append_data(&mut h, path, data.as_slice()).unwrap();
     }
     assert!(refused(&b.into_inner().unwrap()).contains("other than plain files"));
+}
+
+#[test]
+fn reading_streams_one_line_at_a_time_and_hands_records_on_in_order() {
+    // A reader that never gives more than 7 bytes at once: nothing relies on whole parts.
+    struct Trickle<'a>(&'a [u8]);
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(7).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    let records = sample();
+    let (archive, manifest) = write(&records, 64);
+    let mut seen = Vec::new();
+    let read_manifest = walk(Trickle(&archive), 1 << 20, |r| {
+        seen.push(r.key.to_string());
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(read_manifest, manifest);
+    assert_eq!(seen, records.iter().map(|r| r.key.to_string()).collect::<Vec<_>>());
+    // A record handler's error stops the walk with that error.
+    let err = walk(archive.as_slice(), 1 << 20, |_| Err(Error::conflict("stop"))).unwrap_err();
+    assert_eq!(err.message, "stop");
 }

@@ -62,7 +62,7 @@ impl Side for Ours {
         Ok(())
     }
     fn list(&mut self, prefix: &str) -> anyhow::Result<usize> {
-        Ok(self.0.list(&Collection::parse(COLLECTION)?, prefix, LIST_LEN, None)?.records.len())
+        Ok(self.0.list(&Collection::parse(COLLECTION)?, prefix, LIST_LEN, usize::MAX, None)?.records.len())
     }
 }
 

@@ -1,0 +1,581 @@
+//! Registry rows of the OAuth server: apps, grants (one active grant per user and app), codes
+//! and tokens. Every check that must not race a revocation or a password change runs in the same
+//! transaction as the write it guards; the caller's protocol decision runs inside it too, so a
+//! code or refresh token is spent only by a request that passed every check.
+
+use super::{db_err, parse, Registry, DELETED};
+use rusqlite::{params, OptionalExtension, Transaction};
+use selfcloud_core::{AppId, GrantId, InstanceId, Result, ScopeSet, UserId};
+
+pub type Hash = [u8; 32];
+
+#[derive(Clone, Debug)]
+pub struct AppRow {
+    pub id: AppId,
+    pub owner_id: UserId,
+    pub name: String,
+    pub redirect_uris: Vec<String>,
+    pub scopes: ScopeSet,
+    pub created_at: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct GrantRow {
+    pub id: GrantId,
+    pub user_id: UserId,
+    pub app_id: AppId,
+    pub app_name: String,
+    pub scopes: ScopeSet,
+    pub created_at: u64,
+}
+
+/// A token as loaded into memory at start (refresh tokens stay on disk: they are not API
+/// credentials, and only the token endpoint reads them).
+#[derive(Clone, Debug)]
+pub struct TokenRow {
+    pub hash: Hash,
+    pub kind: String,
+    pub user_id: UserId,
+    pub instance_id: InstanceId,
+    /// `(grant, app, app name)` of an app token.
+    pub grant: Option<(GrantId, AppId, String)>,
+    pub scopes: String,
+    pub expires_at: u64,
+    pub credential_epoch: u64,
+}
+
+/// An authorization code as stored.
+#[derive(Clone, Debug)]
+pub struct CodeRow {
+    pub app_id: AppId,
+    pub user_id: UserId,
+    pub grant_id: GrantId,
+    pub redirect_uri: String,
+    pub code_challenge: String,
+    /// What the user consented to for this code.
+    pub scopes: ScopeSet,
+    pub expires_at: u64,
+    pub spent: bool,
+}
+
+/// A refresh token as stored.
+#[derive(Clone, Debug)]
+pub struct RefreshRow {
+    pub user_id: UserId,
+    pub grant_id: GrantId,
+    pub app_id: AppId,
+    pub family: String,
+    pub scopes: ScopeSet,
+    pub expires_at: u64,
+    pub spent: bool,
+}
+
+/// The new tokens to write when a code or a refresh token is honoured, and the bounds kept.
+pub struct FamilyPlan {
+    /// The family of a code exchange's tokens (a refresh keeps its own).
+    pub family: String,
+    pub access: (Hash, u64),
+    pub refresh: (Hash, u64),
+    /// Token families (app sign-ins) a grant keeps; past it the oldest ends.
+    pub max_families: usize,
+    /// Spent refresh tokens a family remembers, to recognise a replay.
+    pub spent_kept: usize,
+}
+
+/// The caller's decision on a code or refresh token, taken inside the transaction.
+pub enum Spend {
+    /// Spend it and issue tokens with these scopes.
+    Issue(ScopeSet),
+    /// Refuse; write nothing.
+    Refuse,
+    /// Refuse and revoke the grant (a replay).
+    Revoke,
+}
+
+/// What became of a code or refresh token.
+pub enum Redeemed {
+    Unknown,
+    Refused,
+    Revoked {
+        grant: GrantId,
+    },
+    /// The grant is no longer active (revoked, or its user deleted).
+    GrantEnded,
+    Issued(Issued),
+}
+
+pub struct Issued {
+    pub user: UserId,
+    pub instance: InstanceId,
+    pub grant: GrantId,
+    pub app: AppId,
+    pub app_name: String,
+    pub scopes: ScopeSet,
+    /// Tokens the write removed (a superseded access token, families past the bound): drop
+    /// them from memory.
+    pub removed: Vec<Hash>,
+}
+
+/// The fields of a new code.
+pub struct NewCodeRow<'a> {
+    pub hash: Hash,
+    pub redirect_uri: &'a str,
+    pub code_challenge: &'a str,
+    pub scopes: &'a ScopeSet,
+    pub expires_at: u64,
+}
+
+fn scopes(text: String) -> ScopeSet {
+    ScopeSet::parse(&text).unwrap_or_default()
+}
+
+fn redirect_uris(json: &str) -> Vec<String> {
+    serde_json::from_str(json).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "an app's stored redirect URIs are not a JSON list; none are honoured");
+        Vec::new()
+    })
+}
+
+/// The live grant's user, instance and app, if the grant is active and its user not deleted.
+fn active_grant(tx: &Transaction, grant: GrantId) -> rusqlite::Result<Option<(UserId, InstanceId, AppId, String)>> {
+    tx.prepare_cached(
+        "SELECT g.user_id, i.id, g.app_id, a.name FROM grants g JOIN apps a ON a.id = g.app_id
+         JOIN instances i ON i.user_id = g.user_id
+         WHERE g.id = ?1 AND g.revoked_at IS NULL AND i.state != ?2",
+    )?
+    .query_row(params![grant.to_string(), DELETED], |r| {
+        Ok((parse(r.get(0)?)?, parse(r.get(1)?)?, parse(r.get(2)?)?, r.get(3)?))
+    })
+    .optional()
+}
+
+fn revoke_in(tx: &Transaction, user: UserId, grant: GrantId, now: u64) -> rusqlite::Result<bool> {
+    let n = tx.execute(
+        "UPDATE grants SET revoked_at = ?3 WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
+        params![grant.to_string(), user.to_string(), now as i64],
+    )?;
+    if n == 1 {
+        tx.execute("DELETE FROM tokens WHERE grant_id = ?1", [grant.to_string()])?;
+        tx.execute("DELETE FROM codes WHERE grant_id = ?1", [grant.to_string()])?;
+    }
+    Ok(n == 1)
+}
+
+fn hashes(tx: &Transaction, sql: &str, args: impl rusqlite::Params) -> rusqlite::Result<Vec<Hash>> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let rows = stmt.query_map(args, |r| r.get::<_, Vec<u8>>(0))?;
+    rows.map(|h| h.map(|h| h.try_into().unwrap_or([0; 32]))).collect()
+}
+
+fn delete_hashes(tx: &Transaction, removed: &[Hash]) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached("DELETE FROM tokens WHERE hash = ?1")?;
+    for h in removed {
+        stmt.execute([h.as_slice()])?;
+    }
+    Ok(())
+}
+
+/// A token row to insert.
+struct NewToken<'a> {
+    hash: &'a Hash,
+    kind: &'a str,
+    user: UserId,
+    grant: Option<GrantId>,
+    family: Option<&'a str>,
+    scopes: &'a str,
+    expires_at: u64,
+}
+
+fn insert_token(tx: &Transaction, t: NewToken) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO tokens (hash, kind, user_id, grant_id, family, scopes, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        t.hash.as_slice(),
+        t.kind,
+        t.user.to_string(),
+        t.grant.map(|g| g.to_string()),
+        t.family,
+        t.scopes,
+        t.expires_at as i64
+    ])
+    .map(drop)
+}
+
+/// Writes an access and a refresh token of `family`, then ends the grant's oldest families past
+/// the bound. Returns the hashes of the tokens that ended.
+fn issue_family(
+    tx: &Transaction,
+    user: UserId,
+    grant: GrantId,
+    family: &str,
+    scopes: &ScopeSet,
+    plan: &FamilyPlan,
+) -> rusqlite::Result<Vec<Hash>> {
+    let text = scopes.to_string();
+    for (kind, (hash, expires_at)) in [("access", &plan.access), ("refresh", &plan.refresh)] {
+        let row = NewToken {
+            hash,
+            kind,
+            user,
+            grant: Some(grant),
+            family: Some(family),
+            scopes: &text,
+            expires_at: *expires_at,
+        };
+        insert_token(tx, row)?;
+    }
+    let mut stmt = tx.prepare_cached(
+        "SELECT family FROM tokens WHERE grant_id = ?1 AND kind = 'refresh' AND spent = 0 GROUP BY family
+         ORDER BY family = ?2 DESC, max(expires_at) DESC LIMIT -1 OFFSET ?3",
+    )?;
+    let old: Vec<String> = stmt
+        .query_map(params![grant.to_string(), family, plan.max_families.max(1) as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut removed = Vec::new();
+    for f in old {
+        removed.extend(hashes(tx, "SELECT hash FROM tokens WHERE family = ?1", [&f])?);
+        tx.execute("DELETE FROM tokens WHERE family = ?1", [&f])?;
+    }
+    Ok(removed)
+}
+
+impl Registry {
+    pub fn insert_app(&self, a: &AppRow) -> Result<()> {
+        let uris = serde_json::to_string(&a.redirect_uris).map_err(selfcloud_core::Error::internal)?;
+        self.conn
+            .lock()
+            .execute(
+                "INSERT INTO apps (id, owner_id, name, redirect_uris, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![a.id.to_string(), a.owner_id.to_string(), a.name, uris, a.scopes.to_string(), a.created_at as i64],
+            )
+            .map(drop)
+            .map_err(db_err)
+    }
+
+    pub fn app(&self, id: AppId) -> Result<Option<AppRow>> {
+        self.conn
+            .lock()
+            .prepare_cached("SELECT owner_id, name, redirect_uris, scopes, created_at FROM apps WHERE id = ?1")
+            .and_then(|mut s| {
+                s.query_row([id.to_string()], |r| {
+                    Ok(AppRow {
+                        id,
+                        owner_id: parse(r.get(0)?)?,
+                        name: r.get(1)?,
+                        redirect_uris: redirect_uris(&r.get::<_, String>(2)?),
+                        scopes: scopes(r.get(3)?),
+                        created_at: r.get::<_, i64>(4)? as u64,
+                    })
+                })
+                .optional()
+            })
+            .map_err(db_err)
+    }
+
+    /// The user allowed `app` the `scopes`: their one active grant for the app gains them (or is
+    /// created), and a code for exactly these scopes is stored, in one transaction.
+    pub fn consent(&self, user: UserId, app: AppId, scopes: &ScopeSet, code: NewCodeRow, now: u64) -> Result<GrantRow> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(db_err)?;
+        let existing: Option<(String, String, i64)> = tx
+            .query_row(
+                "SELECT id, scopes, created_at FROM grants WHERE user_id = ?1 AND app_id = ?2 AND revoked_at IS NULL",
+                params![user.to_string(), app.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        let (id, all, created_at) = match existing {
+            Some((id, held, created_at)) => {
+                let id: GrantId = id.parse()?;
+                let all = self::scopes(held).union(scopes);
+                tx.execute("UPDATE grants SET scopes = ?2 WHERE id = ?1", params![id.to_string(), all.to_string()])
+                    .map_err(db_err)?;
+                (id, all, created_at as u64)
+            }
+            None => {
+                let id = GrantId::random();
+                tx.execute(
+                    "INSERT INTO grants (id, user_id, app_id, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id.to_string(), user.to_string(), app.to_string(), scopes.to_string(), now as i64],
+                )
+                .map_err(db_err)?;
+                (id, scopes.clone(), now)
+            }
+        };
+        tx.execute(
+            "INSERT INTO codes (hash, app_id, user_id, grant_id, redirect_uri, code_challenge, scopes, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                code.hash.as_slice(),
+                app.to_string(),
+                user.to_string(),
+                id.to_string(),
+                code.redirect_uri,
+                code.code_challenge,
+                code.scopes.to_string(),
+                code.expires_at as i64
+            ],
+        )
+        .map_err(db_err)?;
+        let app_name: String =
+            tx.query_row("SELECT name FROM apps WHERE id = ?1", [app.to_string()], |r| r.get(0)).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(GrantRow { id, user_id: user, app_id: app, app_name, scopes: all, created_at })
+    }
+
+    pub fn active_grants_of(&self, user: UserId) -> Result<Vec<GrantRow>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT g.id, g.app_id, a.name, g.scopes, g.created_at FROM grants g JOIN apps a ON a.id = g.app_id
+                 WHERE g.user_id = ?1 AND g.revoked_at IS NULL ORDER BY g.created_at, g.id",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![user.to_string()], |r| {
+                Ok(GrantRow {
+                    id: parse(r.get(0)?)?,
+                    user_id: user,
+                    app_id: parse(r.get(1)?)?,
+                    app_name: r.get(2)?,
+                    scopes: scopes(r.get(3)?),
+                    created_at: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db_err)
+    }
+
+    /// Marks a grant revoked and deletes its tokens and codes, in one transaction. False when the
+    /// grant does not belong to `user` or is already revoked.
+    pub fn revoke_grant(&self, user: UserId, grant: GrantId, now: u64) -> Result<bool> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(db_err)?;
+        let revoked = revoke_in(&tx, user, grant, now).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(revoked)
+    }
+
+    /// Honours a code, in one transaction: `decide` sees it first; a code is spent only when it
+    /// answers `Issue`, and only while the grant is active.
+    pub fn redeem_code(
+        &self,
+        hash: &Hash,
+        decide: &mut dyn FnMut(&CodeRow) -> Spend,
+        plan: &FamilyPlan,
+        now: u64,
+    ) -> Result<Redeemed> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(db_err)?;
+        let row = tx
+            .query_row(
+                "SELECT app_id, user_id, grant_id, redirect_uri, code_challenge, scopes, expires_at, spent
+                 FROM codes WHERE hash = ?1",
+                [hash.as_slice()],
+                |r| {
+                    Ok(CodeRow {
+                        app_id: parse(r.get(0)?)?,
+                        user_id: parse(r.get(1)?)?,
+                        grant_id: parse(r.get(2)?)?,
+                        redirect_uri: r.get(3)?,
+                        code_challenge: r.get(4)?,
+                        scopes: scopes(r.get(5)?),
+                        expires_at: r.get::<_, i64>(6)? as u64,
+                        spent: r.get(7)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db_err)?;
+        let Some(code) = row else { return Ok(Redeemed::Unknown) };
+        let scopes = match decide(&code) {
+            Spend::Refuse => return Ok(Redeemed::Refused),
+            Spend::Revoke => {
+                revoke_in(&tx, code.user_id, code.grant_id, now).map_err(db_err)?;
+                tx.commit().map_err(db_err)?;
+                return Ok(Redeemed::Revoked { grant: code.grant_id });
+            }
+            Spend::Issue(scopes) => scopes,
+        };
+        let Some((user, instance, app, app_name)) = active_grant(&tx, code.grant_id).map_err(db_err)? else {
+            return Ok(Redeemed::GrantEnded);
+        };
+        tx.execute("UPDATE codes SET spent = 1 WHERE hash = ?1", [hash.as_slice()]).map_err(db_err)?;
+        let removed = issue_family(&tx, user, code.grant_id, &plan.family, &scopes, plan).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(Redeemed::Issued(Issued { user, instance, grant: code.grant_id, app, app_name, scopes, removed }))
+    }
+
+    /// A refresh token's row, spent or not.
+    pub fn refresh_row(&self, hash: &Hash) -> Result<Option<RefreshRow>> {
+        let conn = self.conn.lock();
+        Self::refresh_in(&conn, hash)
+    }
+
+    fn refresh_in(conn: &rusqlite::Connection, hash: &Hash) -> Result<Option<RefreshRow>> {
+        conn.prepare_cached(
+            "SELECT t.user_id, t.grant_id, g.app_id, t.family, t.scopes, t.expires_at, t.spent
+             FROM tokens t JOIN grants g ON g.id = t.grant_id WHERE t.hash = ?1 AND t.kind = 'refresh'",
+        )
+        .and_then(|mut s| {
+            s.query_row([hash.as_slice()], |r| {
+                Ok(RefreshRow {
+                    user_id: parse(r.get(0)?)?,
+                    grant_id: parse(r.get(1)?)?,
+                    app_id: parse(r.get(2)?)?,
+                    family: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    scopes: scopes(r.get(4)?),
+                    expires_at: r.get::<_, i64>(5)? as u64,
+                    spent: r.get(6)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(db_err)
+    }
+
+    /// Rotates a refresh token, in one transaction: `decide` sees it first; on `Issue` it is
+    /// spent, its family's access token is superseded, and a new pair is written, while the
+    /// grant is active. The family remembers its `spent_kept` newest spent tokens.
+    pub fn rotate_refresh(
+        &self,
+        hash: &Hash,
+        decide: &mut dyn FnMut(&RefreshRow) -> Spend,
+        plan: &FamilyPlan,
+        now: u64,
+    ) -> Result<Redeemed> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(db_err)?;
+        let Some(token) = Self::refresh_in(&tx, hash)? else { return Ok(Redeemed::Unknown) };
+        let scopes = match decide(&token) {
+            Spend::Refuse => return Ok(Redeemed::Refused),
+            Spend::Revoke => {
+                revoke_in(&tx, token.user_id, token.grant_id, now).map_err(db_err)?;
+                tx.commit().map_err(db_err)?;
+                return Ok(Redeemed::Revoked { grant: token.grant_id });
+            }
+            Spend::Issue(scopes) => scopes,
+        };
+        let Some((user, instance, app, app_name)) = active_grant(&tx, token.grant_id).map_err(db_err)? else {
+            return Ok(Redeemed::GrantEnded);
+        };
+        let family = token.family.as_str();
+        let spent = tx.execute("UPDATE tokens SET spent = 1 WHERE hash = ?1 AND spent = 0", [hash.as_slice()]);
+        if spent.map_err(db_err)? != 1 {
+            return Ok(Redeemed::Refused);
+        }
+        let mut removed =
+            hashes(&tx, "SELECT hash FROM tokens WHERE family = ?1 AND kind = 'access'", [family]).map_err(db_err)?;
+        removed.extend(
+            hashes(
+                &tx,
+                "SELECT hash FROM tokens WHERE family = ?1 AND kind = 'refresh' AND spent = 1
+                 ORDER BY expires_at DESC LIMIT -1 OFFSET ?2",
+                params![family, plan.spent_kept.max(1) as i64],
+            )
+            .map_err(db_err)?,
+        );
+        delete_hashes(&tx, &removed).map_err(db_err)?;
+        removed.extend(issue_family(&tx, user, token.grant_id, family, &scopes, plan).map_err(db_err)?);
+        tx.commit().map_err(db_err)?;
+        Ok(Redeemed::Issued(Issued { user, instance, grant: token.grant_id, app, app_name, scopes, removed }))
+    }
+
+    /// Ends a token family (an app signed out on one device): every token of it, by hash.
+    pub fn end_family(&self, family: &str) -> Result<Vec<Hash>> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(db_err)?;
+        let removed = hashes(&tx, "SELECT hash FROM tokens WHERE family = ?1", [family]).map_err(db_err)?;
+        tx.execute("DELETE FROM tokens WHERE family = ?1", [family]).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
+    /// Inserts an owner session (or web session) of `kind`, only if the user's credential epoch
+    /// is still `epoch` and the account is not deleted, then ends the user's oldest sessions of
+    /// that kind past `max`. `None` when the epoch moved on; otherwise the hashes that ended.
+    pub fn insert_session(
+        &self,
+        user: UserId,
+        epoch: u64,
+        kind: &str,
+        token: (Hash, u64),
+        max: usize,
+    ) -> Result<Option<Vec<Hash>>> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction().map_err(db_err)?;
+        let current: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT u.credential_epoch, i.state FROM users u JOIN instances i ON i.user_id = u.id WHERE u.id = ?1",
+                [user.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if !current.is_some_and(|(e, state)| e as u64 == epoch && state != DELETED) {
+            return Ok(None);
+        }
+        let row = NewToken { hash: &token.0, kind, user, grant: None, family: None, scopes: "", expires_at: token.1 };
+        insert_token(&tx, row).map_err(db_err)?;
+        let removed = hashes(
+            &tx,
+            "SELECT hash FROM tokens WHERE user_id = ?1 AND kind = ?2
+             ORDER BY hash = ?3 DESC, expires_at DESC LIMIT -1 OFFSET ?4",
+            params![user.to_string(), kind, token.0.as_slice(), max.max(1) as i64],
+        )
+        .map_err(db_err)?;
+        delete_hashes(&tx, &removed).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(Some(removed))
+    }
+
+    pub fn delete_token(&self, hash: &Hash) -> Result<()> {
+        self.conn.lock().execute("DELETE FROM tokens WHERE hash = ?1", [hash.as_slice()]).map(drop).map_err(db_err)
+    }
+
+    /// Deletes expired tokens and codes.
+    pub fn sweep(&self, now: u64) -> Result<()> {
+        let conn = self.conn.lock();
+        conn.execute("DELETE FROM tokens WHERE expires_at <= ?1", [now as i64]).map_err(db_err)?;
+        conn.execute("DELETE FROM codes WHERE expires_at <= ?1", [now as i64]).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Every API credential still valid at `now`, of a live account and (for app tokens) an active
+    /// grant, for the in-memory table; expired tokens and codes are deleted first.
+    pub fn live_tokens(&self, now: u64) -> Result<Vec<TokenRow>> {
+        self.sweep(now)?;
+        let conn = self.conn.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT t.hash, t.kind, t.user_id, i.id, t.grant_id, g.app_id, a.name, t.scopes, t.expires_at,
+                        u.credential_epoch
+                 FROM tokens t JOIN users u ON u.id = t.user_id JOIN instances i ON i.user_id = u.id
+                 LEFT JOIN grants g ON g.id = t.grant_id LEFT JOIN apps a ON a.id = g.app_id
+                 WHERE t.kind != 'refresh' AND i.state != ?1 AND (t.grant_id IS NULL OR g.revoked_at IS NULL)",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map([DELETED], |r| {
+                let hash: Vec<u8> = r.get(0)?;
+                let grant = match r.get::<_, Option<String>>(4)? {
+                    Some(g) => Some((parse(g)?, parse(r.get(5)?)?, r.get(6)?)),
+                    None => None,
+                };
+                Ok(TokenRow {
+                    hash: hash.try_into().unwrap_or([0; 32]),
+                    kind: r.get(1)?,
+                    user_id: parse(r.get(2)?)?,
+                    instance_id: parse(r.get(3)?)?,
+                    grant,
+                    scopes: r.get(7)?,
+                    expires_at: r.get::<_, i64>(8)? as u64,
+                    credential_epoch: r.get::<_, i64>(9)? as u64,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(db_err)
+    }
+}

@@ -1,0 +1,74 @@
+//! Opening a SQLite database the one way every database here is opened: created private, WAL,
+//! the given `synchronous` level, migrated one version per transaction.
+
+use crate::ensure_private_file;
+use rusqlite::Connection;
+use selfcloud_core::{Error, Result};
+use std::path::Path;
+
+/// A SQLite failure as an internal error naming the database.
+pub fn db_err(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::internal(format!("{what}: {e}"))
+}
+
+/// How much a commit waits for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sync {
+    /// fsync on every commit: an acknowledged write survives a power cut.
+    Full,
+    /// No fsync on commit (WAL): survives a crash of the process, not of the machine.
+    Normal,
+}
+
+/// Opens (creating, mode 0600) the database at `path` in WAL mode and applies the migrations
+/// it has not seen (`PRAGMA user_version` counts them). `what` names it in errors.
+pub fn open_migrated(path: &Path, sync: Sync, migrations: &[&str], what: &'static str) -> Result<Connection> {
+    ensure_private_file(path)?;
+    let mut conn = Connection::open(path).map_err(db_err(what))?;
+    let synchronous = match sync {
+        Sync::Full => "FULL",
+        Sync::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;"
+    ))
+    .map_err(db_err(what))?;
+    migrate(&mut conn, migrations, what)?;
+    Ok(conn)
+}
+
+/// Applies `migrations[user_version..]` in order, each with its version bump in one transaction.
+pub fn migrate(conn: &mut Connection, migrations: &[&str], what: &'static str) -> Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db_err(what))?;
+    if version > migrations.len() {
+        return Err(Error::internal(format!("{what}: schema {version} is newer than this binary knows")));
+    }
+    for (i, sql) in migrations.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(db_err(what))?;
+        tx.execute_batch(sql).map_err(db_err(what))?;
+        tx.pragma_update(None, "user_version", i + 1).map_err(db_err(what))?;
+        tx.commit().map_err(db_err(what))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_run_once_in_order_and_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let one = ["CREATE TABLE a (x INTEGER)"];
+        let two = ["CREATE TABLE a (x INTEGER)", "INSERT INTO a VALUES (7)"];
+        drop(open_migrated(&path, Sync::Full, &one, "test").unwrap());
+        let conn = open_migrated(&path, Sync::Full, &two, "test").unwrap();
+        let n: i64 = conn.query_row("SELECT count(*) FROM a", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+        drop(conn);
+        drop(open_migrated(&path, Sync::Full, &two, "test").unwrap());
+        let err = open_migrated(&path, Sync::Full, &one, "test").unwrap_err();
+        assert!(err.detail.unwrap().contains("newer"));
+    }
+}
