@@ -84,6 +84,8 @@ const MIGRATIONS: &[&str] = &[
     -- App tokens come in families, one per code exchange: a refresh supersedes its family's
     -- previous access token, and a grant keeps a bounded number of families.
     ALTER TABLE tokens ADD COLUMN family TEXT;
+    -- Issue order (newest highest), for the bounds that end the oldest first.
+    ALTER TABLE tokens ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX tokens_by_family ON tokens(family);
     CREATE INDEX tokens_by_grant ON tokens(grant_id);
     CREATE INDEX codes_by_grant ON codes(grant_id);

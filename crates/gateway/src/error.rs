@@ -140,3 +140,14 @@ pub fn page_limit(asked: Option<usize>, limits: &selfcloud_core::config::Limits)
     }
     Ok(limit)
 }
+
+/// A handler that panicked answers the contract's 500 (the panic goes to the log), not a
+/// dropped connection.
+pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into());
+    ApiError(Error::internal(format!("handler panicked: {what}"))).into_response()
+}

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod auth;
 pub mod clock;
+pub mod edge;
 pub mod error;
 pub mod metrics;
 pub mod oauth;
@@ -15,8 +16,8 @@ pub mod server;
 pub mod state;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderName, HeaderValue};
-use axum::middleware::{from_fn_with_state, Next};
+use axum::http::header;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post, put};
 use axum::Router;
 use clock::Clock;
@@ -29,8 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 /// Settings of the HTTP face.
 #[derive(Clone, Debug)]
@@ -66,8 +65,6 @@ impl Running {
         Ok(())
     }
 }
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Builds the router over a shared state.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -119,18 +116,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(from_fn_with_state(state.metrics.clone(), metrics::track))
-        .layer(axum::middleware::from_fn(security_headers))
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &axum::http::Request<_>| {
-                    let id = req.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-                })
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
-        )
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID, RequestIds::new()))
-        .layer(axum::middleware::from_fn(drop_odd_request_ids))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panicked))
+        .layer(from_fn_with_state(Arc::new(edge::RequestIds::new()), edge::edge))
         .with_state(state)
 }
 
@@ -138,49 +125,6 @@ async fn metrics_endpoint(axum::extract::State(s): axum::extract::State<Arc<AppS
     use axum::response::IntoResponse;
     let body = s.metrics.render(s.control.instances_provisioned());
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
-}
-
-/// Longest `x-request-id` a client may bring.
-const MAX_REQUEST_ID: usize = 128;
-
-/// A client's own `x-request-id` is kept (it ties our logs to theirs) only if it is short and
-/// plain; otherwise the request gets one of ours. Logs and the audit log never carry junk.
-async fn drop_odd_request_ids(mut req: axum::extract::Request, next: Next) -> axum::response::Response {
-    let odd = req.headers().get(&X_REQUEST_ID).is_some_and(|v| {
-        v.len() > MAX_REQUEST_ID || !v.as_bytes().iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
-    });
-    if odd {
-        req.headers_mut().remove(&X_REQUEST_ID);
-    }
-    next.run(req).await
-}
-
-/// Request ids for requests that bring none: a random prefix per process and a counter. Unique
-/// and cheap (no syscall, unlike a random UUID per request); they need not be unguessable.
-#[derive(Clone)]
-struct RequestIds {
-    prefix: Arc<str>,
-    next: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl RequestIds {
-    fn new() -> Self {
-        let prefix: u32 = rand::random();
-        RequestIds { prefix: format!("{prefix:08x}").into(), next: Arc::default() }
-    }
-}
-
-impl MakeRequestId for RequestIds {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n:010}", self.prefix)).ok().map(RequestId::new)
-    }
-}
-
-async fn security_headers(req: axum::extract::Request, next: Next) -> axum::response::Response {
-    let mut resp = next.run(req).await;
-    resp.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    resp
 }
 
 /// Binds nothing itself: serves on `listener` until `shutdown` is cancelled, then drains.

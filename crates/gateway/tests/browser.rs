@@ -70,7 +70,7 @@ async fn a_loopback_app_never_receives_a_credential_that_opens_the_api() {
     let (_, _, app) = s.call(Method::POST, "/v1/apps", Some(&dev), Some(body)).await;
     let client_id = app["client_id"].as_str().unwrap().to_owned();
     let ada = s.user("ada").await;
-    s.call(Method::PUT, "/v1/storage/diary/secret", Some(&ada), Some(json!("private"))).await;
+    s.put_ok(&ada, "/v1/storage/diary/secret", json!("private")).await;
 
     // Ada consents in her browser, which then follows the redirect to the app's callback.
     let browser = browser();

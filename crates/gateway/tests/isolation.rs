@@ -55,7 +55,7 @@ async fn assert_untouched(s: &Server, owner: &str) {
 async fn forged_missing_expired_and_logged_out_tokens_reach_nothing() {
     let s = Server::start().await;
     let ada = s.user("ada").await;
-    s.call(Method::PUT, "/v1/storage/notes/secret", Some(&ada), Some(json!({"text": "ada's secret"}))).await;
+    s.put_ok(&ada, "/v1/storage/notes/secret", json!({"text": "ada's secret"})).await;
     let mut forged = ada.clone();
     // One character changed (to one it is not already).
     let last = forged.pop().unwrap();
@@ -100,14 +100,14 @@ async fn another_users_credentials_only_ever_open_their_own_instance() {
     let s = Server::start().await;
     let ada = s.user("ada").await;
     let bob = s.user("bob").await;
-    s.call(Method::PUT, "/v1/storage/notes/secret", Some(&ada), Some(json!({"text": "ada's secret"}))).await;
+    s.put_ok(&ada, "/v1/storage/notes/secret", json!({"text": "ada's secret"})).await;
 
     // Bob's session names Bob's instance: the same paths show Bob's (empty) data, and his
     // writes land in his instance, never in Ada's.
     assert_eq!(s.call(Method::GET, "/v1/storage/notes/secret", Some(&bob), None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(s.call(Method::GET, "/v1/storage/notes", Some(&bob), None).await.2["records"], json!([]));
     assert_eq!(s.call(Method::DELETE, "/v1/storage/notes/secret", Some(&bob), None).await.0, StatusCode::NOT_FOUND);
-    s.call(Method::PUT, "/v1/storage/notes/secret", Some(&bob), Some(json!({"text": "bob's"}))).await;
+    s.put_ok(&bob, "/v1/storage/notes/secret", json!({"text": "bob's"})).await;
     assert_untouched(&s, &ada).await;
     let (_, _, me) = s.call(Method::GET, "/v1/me", Some(&bob), None).await;
     assert_eq!(me["username"], "bob");
@@ -146,8 +146,8 @@ async fn another_users_credentials_only_ever_open_their_own_instance() {
 async fn app_tokens_reach_only_their_scopes_and_never_owner_powers() {
     let s = Server::start().await;
     let ada = s.user("ada").await;
-    s.call(Method::PUT, "/v1/storage/notes/secret", Some(&ada), Some(json!({"text": "ada's secret"}))).await;
-    s.call(Method::PUT, "/v1/storage/photos/p1", Some(&ada), Some(json!({"jpg": "..."}))).await;
+    s.put_ok(&ada, "/v1/storage/notes/secret", json!({"text": "ada's secret"})).await;
+    s.put_ok(&ada, "/v1/storage/photos/p1", json!({"jpg": "..."})).await;
     let (_, app) = s.app_token(&ada, &["storage:read:notes"]).await;
     let t = app.access_token.as_str();
 
@@ -227,7 +227,7 @@ async fn tokens_and_revocations_survive_a_restart() {
     let (st, _, _) =
         s.call(Method::DELETE, &format!("/v1/grants/{}", grant["id"].as_str().unwrap()), Some(&ada), None).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    s.call(Method::PUT, "/v1/storage/notes/a", Some(&ada), Some(json!("kept"))).await;
+    s.put_ok(&ada, "/v1/storage/notes/a", json!("kept")).await;
     let home = s.stop().await;
 
     // Same home, new process state: the registry and tokens are read back from disk.

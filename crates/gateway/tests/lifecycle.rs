@@ -46,7 +46,7 @@ async fn a_password_change_rewraps_the_key_ends_sessions_and_keeps_grants() {
     let s = Server::start().await;
     let signed_up = s.sign_up("ada").await;
     let (t1, t2) = (s.log_in("ada").await, s.log_in("ada").await);
-    s.call(Method::PUT, "/v1/storage/notes/n1", Some(&t1), Some(json!({"t": "kept"}))).await;
+    s.put_ok(&t1, "/v1/storage/notes/n1", json!({"t": "kept"})).await;
     let (_, app) = s.app_token(&t1, &["storage:read:notes"]).await;
     let dir = instance_dir(&s, &signed_up);
     // Reading the audit log writes its queue first, so nothing is left to land in the store later.
@@ -105,7 +105,7 @@ async fn the_recovery_code_resets_a_forgotten_password_once() {
     let code = signed_up["recovery_code"].as_str().unwrap().to_owned();
     assert_eq!(code.len(), 39, "eight groups of four: {code}");
     let old = s.log_in("ada").await;
-    s.call(Method::PUT, "/v1/storage/notes/n1", Some(&old), Some(json!("still here"))).await;
+    s.put_ok(&old, "/v1/storage/notes/n1", json!("still here")).await;
     s.sign_up("bob").await;
     let recover = |username: &str, code: &str, new: &str| json!({"username": username, "recovery_code": code, "new_password": new});
 
@@ -159,10 +159,10 @@ async fn deleting_an_account_shreds_its_key_removes_its_files_and_ends_every_tok
     let signed_up = s.sign_up("ada").await;
     let code = signed_up["recovery_code"].as_str().unwrap().to_owned();
     let (ada, ada2) = (s.log_in("ada").await, s.log_in("ada").await);
-    s.call(Method::PUT, "/v1/storage/notes/n1", Some(&ada), Some(json!("ada's"))).await;
-    let (_, app) = s.app_token(&ada, &["storage:read:notes"]).await;
+    s.put_ok(&ada, "/v1/storage/notes/n1", json!("ada's")).await;
+    let (client_id, app) = s.app_token(&ada, &["storage:read:notes"]).await;
     let bob = s.user("bob").await;
-    s.call(Method::PUT, "/v1/storage/notes/n1", Some(&bob), Some(json!("bob's"))).await;
+    s.put_ok(&bob, "/v1/storage/notes/n1", json!("bob's")).await;
     let dir = instance_dir(&s, &signed_up);
     assert!(dir.join("keys.json").is_file());
 
@@ -187,11 +187,18 @@ async fn deleting_an_account_shreds_its_key_removes_its_files_and_ends_every_tok
     let refresh = s
         .http
         .post(s.url("/oauth/token"))
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", app.refresh_token.as_deref().unwrap())])
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", app.refresh_token.as_deref().unwrap()),
+            ("client_id", client_id.as_str()),
+        ])
         .send()
         .await
         .unwrap();
+    // Refused for the dead token itself (a well-formed request: the client is named).
     assert_eq!(refresh.status(), StatusCode::BAD_REQUEST);
+    let refused: Value = refresh.json().await.unwrap();
+    assert_eq!(refused["error"], "invalid_grant", "{refused}");
     // No way back in: not the password, not the recovery code; the name stays reserved.
     assert_eq!(log_in_with(&s, "ada", PASSWORD).await.0, StatusCode::UNAUTHORIZED);
     let body = json!({"username": "ada", "recovery_code": code, "new_password": "a new password"});

@@ -112,7 +112,7 @@ async fn list_pages_stop_at_a_byte_budget() {
     let s = Server::start_with(|c| c.limits.list_max_bytes = 3_000).await;
     let t = s.user("ada").await;
     for i in 0..6 {
-        s.call(Method::PUT, &format!("/v1/storage/big/{i}"), Some(&t), Some(json!("x".repeat(1_000)))).await;
+        s.put_ok(&t, &format!("/v1/storage/big/{i}"), json!("x".repeat(1_000))).await;
     }
     let (mut seen, mut cursor) = (0, None::<String>);
     loop {
@@ -190,6 +190,16 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let mut buf = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "the connection is still open after 5 s");
+    // One that connects and sends nothing at all is cut off too.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "a silent connection is still open after 5 s");
+    // A kept-alive connection that sends no second request is closed as well.
+    let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), kept.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "an idle kept-alive connection is still open after 5 s");
+    assert!(String::from_utf8_lossy(&buf).contains("200 OK"), "it was served first");
     // A client that sends its request in time is served.
     let ok = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
@@ -198,6 +208,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 #[tokio::test]
 async fn connections_past_the_cap_wait_until_one_closes() {
     let limits = ConnectionLimits { max_connections: 2, header_read_timeout: Duration::from_secs(30) };
+    assert!(limits.max_connections < ConnectionLimits::default().max_connections);
     let (addr, _stop) = server_with_connections(limits).await;
     let mut held = Vec::new();
     for _ in 0..2 {

@@ -13,7 +13,7 @@ async fn an_app_gets_consent_and_scoped_access_with_the_sdk() {
     let dev = s.user("developer").await;
     let client_id = s.register_app(&dev, &["storage:read:notes*", "storage:write:notes", "profile:read"]).await;
     let ada = s.user("ada").await;
-    s.call(Method::PUT, "/v1/storage/private/diary", Some(&ada), Some(json!("not for apps"))).await;
+    s.put_ok(&ada, "/v1/storage/private/diary", json!("not for apps")).await;
 
     // The consent page names the app and each scope in plain words, and cannot be framed.
     let config = s.app_config(&client_id);

@@ -13,7 +13,7 @@ async fn health_metrics_and_openapi() {
     let (st, _, body) = s.call(Method::GET, "/healthz", None, None).await;
     assert_eq!((st, body), (StatusCode::OK, json!({"status": "ok"})));
     let t = s.user("ada").await;
-    s.call(Method::PUT, "/v1/storage/notes/a", Some(&t), Some(json!(1))).await;
+    s.put_ok(&t, "/v1/storage/notes/a", json!(1)).await;
     s.call(Method::GET, "/v1/storage/notes/missing", Some(&t), None).await;
 
     let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();

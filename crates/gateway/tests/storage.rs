@@ -73,9 +73,9 @@ async fn list_pages_in_key_order_with_prefix() {
     let s = Server::start().await;
     let t = s.user("ada").await;
     for i in [3, 1, 4, 0, 2] {
-        s.call(Method::PUT, &format!("/v1/storage/log/day-{i}"), Some(&t), Some(json!({"i": i}))).await;
+        s.put_ok(&t, &format!("/v1/storage/log/day-{i}"), json!({"i": i})).await;
     }
-    s.call(Method::PUT, "/v1/storage/log/other", Some(&t), Some(json!(null))).await;
+    s.put_ok(&t, "/v1/storage/log/other", json!(null)).await;
     let (st, _, page) = s.call(Method::GET, "/v1/storage/log?prefix=day-&limit=2", Some(&t), None).await;
     assert_eq!(st, StatusCode::OK);
     let keys = |p: &Value| {
@@ -188,7 +188,7 @@ async fn values_never_reach_disk_in_clear_text() {
     let s = Server::start().await;
     let t = s.user("ada").await;
     let secret = "my-diary-entry-7c1f9e-should-be-sealed";
-    s.call(Method::PUT, "/v1/storage/diary/today", Some(&t), Some(json!({"entry": secret}))).await;
+    s.put_ok(&t, "/v1/storage/diary/today", json!({"entry": secret})).await;
     // An audited path is also sensitive: the log is sealed too. The log holds the path exactly
     // as searched for below (so the search can find it if it is ever written in clear).
     let audited = "/v1/storage/diary/today";
@@ -244,7 +244,7 @@ async fn invalid_utf8_is_refused_and_a_damaged_value_on_disk_breaks_no_list_or_e
     let (c, k) =
         (selfcloud_core::Collection::parse("notes").unwrap(), selfcloud_core::RecordKey::parse("old").unwrap());
     instance.put_record(&c, &k, b"{\"t\":\"caf\xff\"}".to_vec(), selfcloud_instance::Precondition::None).await.unwrap();
-    s.call(Method::PUT, "/v1/storage/notes/ok", Some(&t), Some(json!({"t": "fine"}))).await;
+    s.put_ok(&t, "/v1/storage/notes/ok", json!({"t": "fine"})).await;
     let (st, _, page) = s.call(Method::GET, "/v1/storage/notes", Some(&t), None).await;
     assert_eq!(st, StatusCode::OK, "{page}");
     let value =
@@ -280,7 +280,7 @@ async fn if_match_star_means_the_record_exists() {
     };
     assert_eq!(put(json!(1)).await, StatusCode::PRECONDITION_FAILED, "RFC 9110: no current record");
     assert_eq!(s.call(Method::GET, "/v1/storage/notes/a", Some(&t), None).await.0, StatusCode::NOT_FOUND);
-    s.call(Method::PUT, "/v1/storage/notes/a", Some(&t), Some(json!(0))).await;
+    s.put_ok(&t, "/v1/storage/notes/a", json!(0)).await;
     assert_eq!(put(json!(2)).await, StatusCode::OK);
     assert_eq!(s.call(Method::GET, "/v1/storage/notes/a", Some(&t), None).await.2, json!(2));
     let del = s.http.delete(s.url("/v1/storage/notes/a")).bearer_auth(&t).header("if-match", "*").send().await;

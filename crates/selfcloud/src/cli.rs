@@ -49,7 +49,8 @@ pub struct UpArgs {
     /// Connections open at once; past it, new ones wait in the listen backlog.
     #[arg(long, env = "SELFCLOUD_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
-    /// Seconds a client has to send a request's headers before the connection is closed.
+    /// Seconds a client has to send a request's headers (from connecting, or after an answer on a
+    /// kept-alive connection) before the connection is closed.
     #[arg(long, env = "SELFCLOUD_HEADER_READ_TIMEOUT", default_value_t = ConnectionLimits::default().header_read_timeout.as_secs())]
     pub header_read_timeout: u64,
     #[command(flatten)]

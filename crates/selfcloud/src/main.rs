@@ -24,7 +24,12 @@ pub fn private_files() {
 
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // The external load generator keeps to one thread, leaving the other cores to the servers.
+    let one_thread = matches!(&cli.command, cli::Command::Bench(b) if b.is_load_generator());
+    let runtime = match one_thread {
+        true => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        false => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+    };
     match cli.command {
         cli::Command::Up(args) => runtime.block_on(up::run(*args)),
         cli::Command::Bench(args) => runtime.block_on(bench::run(args)),

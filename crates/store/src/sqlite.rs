@@ -1,6 +1,8 @@
 //! The SQLite engine: one database file per instance, WAL with `synchronous=FULL` so an
 //! acknowledged write survives a crash or power loss. One writer connection behind a lock (the
-//! per-instance write lock) and a small pool of reader connections that read in parallel.
+//! per-instance write lock) and a small pool of reader connections that read in parallel. The
+//! file is this process's alone while it is open (`Sharing::ThisProcess`), so reads take no
+//! file locks; `selfcloud verify` runs on a stopped server.
 //!
 //! Records live in a rowid table with a unique index on (collection, key), not in a `WITHOUT
 //! ROWID` table: an index b-tree keeps at most ~1000 bytes of a row on its page, so 1 KiB values
@@ -19,7 +21,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use selfcloud_core::{Error, Result};
 use selfcloud_durable::io_err;
-use selfcloud_durable::sqlite::{open_migrated, Sync};
+use selfcloud_durable::sqlite::{open_connection, open_migrated, open_migrated_with, Sharing, Sync};
 use std::path::{Path, PathBuf};
 
 /// Schema versions of `store.db`, applied in order on open (`PRAGMA user_version` records how
@@ -69,7 +71,7 @@ fn db_err(e: rusqlite::Error) -> Error {
 
 impl SqliteEngine {
     pub fn open(path: &Path) -> Result<Self> {
-        let writer = open_migrated(path, Sync::Full, MIGRATIONS, "sqlite")?;
+        let writer = open_migrated_with(path, Sync::Full, Sharing::ThisProcess, MIGRATIONS, "sqlite")?;
         Ok(SqliteEngine {
             path: path.to_owned(),
             writer: Mutex::new(writer),
@@ -106,11 +108,9 @@ impl SqliteEngine {
         let conn = match conn {
             Some(c) => c,
             None => {
-                let c = Connection::open_with_flags(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .map_err(db_err)?;
+                // Read-write, though it only reads: `unix-excl` skips its locks only for those.
+                let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let c = open_connection(&self.path, flags, Sharing::ThisProcess, "sqlite")?;
                 c.busy_timeout(std::time::Duration::from_secs(5)).map_err(db_err)?;
                 c
             }

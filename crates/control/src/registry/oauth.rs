@@ -186,9 +186,20 @@ struct NewToken<'a> {
     expires_at: u64,
 }
 
+/// A number for each token issued, larger for a later one, also across restarts (it starts from
+/// the clock in nanoseconds): the bounds end the oldest first, and many tokens share a second.
+fn issue_seq() -> i64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let prev = LAST.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| Some(p.max(nanos) + 1)).unwrap_or(0);
+    (prev.max(nanos) + 1).min(i64::MAX as u64) as i64
+}
+
 fn insert_token(tx: &Transaction, t: NewToken) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO tokens (hash, kind, user_id, grant_id, family, scopes, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO tokens (hash, kind, user_id, grant_id, family, scopes, expires_at, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         t.hash.as_slice(),
@@ -197,7 +208,8 @@ fn insert_token(tx: &Transaction, t: NewToken) -> rusqlite::Result<()> {
         t.grant.map(|g| g.to_string()),
         t.family,
         t.scopes,
-        t.expires_at as i64
+        t.expires_at as i64,
+        issue_seq()
     ])
     .map(drop)
 }
@@ -227,7 +239,7 @@ fn issue_family(
     }
     let mut stmt = tx.prepare_cached(
         "SELECT family FROM tokens WHERE grant_id = ?1 AND kind = 'refresh' AND spent = 0 GROUP BY family
-         ORDER BY family = ?2 DESC, max(expires_at) DESC LIMIT -1 OFFSET ?3",
+         ORDER BY family = ?2 DESC, max(seq) DESC LIMIT -1 OFFSET ?3",
     )?;
     let old: Vec<String> = stmt
         .query_map(params![grant.to_string(), family, plan.max_families.max(1) as i64], |r| r.get(0))?
@@ -472,7 +484,7 @@ impl Registry {
             hashes(
                 &tx,
                 "SELECT hash FROM tokens WHERE family = ?1 AND kind = 'refresh' AND spent = 1
-                 ORDER BY expires_at DESC LIMIT -1 OFFSET ?2",
+                 ORDER BY seq DESC LIMIT -1 OFFSET ?2",
                 params![family, plan.spent_kept.max(1) as i64],
             )
             .map_err(db_err)?,
@@ -522,7 +534,7 @@ impl Registry {
         let removed = hashes(
             &tx,
             "SELECT hash FROM tokens WHERE user_id = ?1 AND kind = ?2
-             ORDER BY hash = ?3 DESC, expires_at DESC LIMIT -1 OFFSET ?4",
+             ORDER BY hash = ?3 DESC, seq DESC LIMIT -1 OFFSET ?4",
             params![user.to_string(), kind, token.0.as_slice(), max.max(1) as i64],
         )
         .map_err(db_err)?;

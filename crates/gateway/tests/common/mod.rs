@@ -91,6 +91,12 @@ impl Server {
         (status, headers, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// A setup write that must succeed (a test whose setup silently failed proves nothing).
+    pub async fn put_ok(&self, token: &str, path: &str, body: Value) {
+        let (status, _, answer) = self.call(Method::PUT, path, Some(token), Some(body)).await;
+        assert_eq!(status, StatusCode::OK, "setup write {path}: {answer}");
+    }
+
     pub async fn sign_up(&self, username: &str) -> Value {
         let (status, _, body) = self
             .call(

@@ -158,6 +158,10 @@ pub struct BareServer {
 
 impl BareServer {
     pub async fn start(value: Bytes) -> anyhow::Result<BareServer> {
+        Self::start_on("127.0.0.1:0".parse()?, value).await
+    }
+
+    pub async fn start_on(addr: std::net::SocketAddr, value: Bytes) -> anyhow::Result<BareServer> {
         let app = Router::new().route(
             "/v1/storage/bench/{key}",
             get(move |UrlPath(_key): UrlPath<String>| {
@@ -165,7 +169,7 @@ impl BareServer {
                 async move { ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], value) }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let base = format!("http://{}", listener.local_addr()?);
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();

@@ -9,6 +9,7 @@
 //! 4. floor B: the same records read straight from a plain (unencrypted) SQLite table.
 
 mod crash;
+mod external;
 mod gateway;
 mod load;
 mod report;
@@ -47,6 +48,17 @@ pub enum BenchCommand {
     Crash(crash::CrashArgs),
     /// The record store's reads, writes and lists per engine, beside the bare engine.
     Store(store::StoreBenchArgs),
+    /// Serve the bare axum handler (the floor of `bench http`) in its own process.
+    Floor(external::FloorArgs),
+    /// Load a running `selfcloud up` and `bench floor` from this separate process, alternating.
+    Http(external::HttpArgs),
+}
+
+impl BenchArgs {
+    /// `bench http` generates load for servers in other processes.
+    pub fn is_load_generator(&self) -> bool {
+        matches!(self.bench, Some(BenchCommand::Http(_)))
+    }
 }
 
 /// Bytes of every record value, serialized.
@@ -116,6 +128,11 @@ fn progress(line: impl std::fmt::Display) {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.bench {
         Some(BenchCommand::Crash(crash)) => return crash::run(crash).await,
+        Some(BenchCommand::Floor(floor)) => return external::floor(floor).await,
+        Some(BenchCommand::Http(http)) => {
+            init_logging();
+            return external::http(http).await;
+        }
         Some(BenchCommand::Store(store)) => {
             init_logging();
             return tokio::task::spawn_blocking(move || store::run(store)).await?;
