@@ -3,8 +3,8 @@
 //! them in as a function, which runs inside the registry transaction that spends the code or
 //! refresh token, so a check and the write it allows are one step.
 
-use crate::registry::{AppRow, FamilyPlan, GrantRow, Issued, NewCodeRow, Redeemed, Spend};
-use crate::tokens::{hash_token, new_token, GrantRef, TokenInfo, TokenKind};
+use crate::registry::{AppRow, FamilyPlan, GrantRow, Issued, NewCodeRow, Redeemed, Registry, Spend};
+use crate::tokens::{hash_token, new_token, GrantRef, TokenHash, TokenInfo, TokenKind};
 use crate::Control;
 use selfcloud_core::{AppId, Error, GrantId, Result, ScopeSet, UserId};
 use std::sync::Arc;
@@ -95,6 +95,9 @@ pub struct AppTokens {
     pub expires_at: u64,
     pub scopes: ScopeSet,
 }
+
+/// A registry step that decides on a stored code or refresh token and writes what follows.
+type SpendStep<R> = fn(&Registry, &TokenHash, &mut dyn FnMut(&R) -> Spend, &FamilyPlan, u64) -> Result<Redeemed>;
 
 /// Runs the protocol's decision inside the registry's transaction, keeping its reason.
 fn deciding<R, E>(
@@ -195,12 +198,7 @@ impl Control {
         now: u64,
         decide: impl FnOnce(&CodeGrant) -> Verdict<E> + Send + 'static,
     ) -> Result<TokenOutcome<E>> {
-        let hash = hash_token(code);
-        let (plan, access, refresh) = self.family_plan(now);
-        let (mut decide, reason) = deciding(decide);
-        let access_expiry = plan.access.1;
-        let redeemed = self.blocking(move |r| r.redeem_code(&hash, &mut decide, &plan, now)).await?;
-        Ok(self.settle(redeemed, reason, access, refresh, access_expiry, now))
+        self.present(code, now, decide, Registry::redeem_code).await
     }
 
     /// Presents a refresh token. `decide` sees it inside the transaction that would rotate it; on
@@ -211,11 +209,23 @@ impl Control {
         now: u64,
         decide: impl FnOnce(&RefreshGrant) -> Verdict<E> + Send + 'static,
     ) -> Result<TokenOutcome<E>> {
-        let hash = hash_token(token);
+        self.present(token, now, decide, Registry::rotate_refresh).await
+    }
+
+    /// A code or refresh token presented: the registry step `spend` runs the decision in its
+    /// transaction with a new pair ready to write; memory follows what it did.
+    async fn present<R: 'static, E: Send + 'static>(
+        &self,
+        credential: &str,
+        now: u64,
+        decide: impl FnOnce(&R) -> Verdict<E> + Send + 'static,
+        spend: SpendStep<R>,
+    ) -> Result<TokenOutcome<E>> {
+        let hash = hash_token(credential);
         let (plan, access, refresh) = self.family_plan(now);
         let (mut decide, reason) = deciding(decide);
         let access_expiry = plan.access.1;
-        let redeemed = self.blocking(move |r| r.rotate_refresh(&hash, &mut decide, &plan, now)).await?;
+        let redeemed = self.blocking(move |r| spend(r, &hash, &mut decide, &plan, now)).await?;
         Ok(self.settle(redeemed, reason, access, refresh, access_expiry, now))
     }
 

@@ -82,6 +82,15 @@ async fn code_for(c: &Arc<Control>, user: selfcloud_core::UserId, app: &crate::A
     c.consent(user, app, consent, 1_000).await.unwrap().1
 }
 
+async fn notes_app(c: &Arc<Control>, owner: selfcloud_core::UserId, scopes: &str) -> crate::App {
+    let app = crate::NewApp {
+        name: "Notes".into(),
+        redirect_uris: vec!["https://notes.example/cb".into()],
+        scopes: ScopeSet::parse(scopes).unwrap(),
+    };
+    c.register_app(owner, app, 1_000).await.unwrap()
+}
+
 fn issue_all<R>(_: &R) -> Verdict<()> {
     Verdict::Issue(ScopeSet::parse("storage:read:notes").unwrap())
 }
@@ -90,18 +99,7 @@ fn issue_all<R>(_: &R) -> Verdict<()> {
 async fn one_grant_per_app_gains_scopes_and_its_revocation_ends_every_token() {
     let (_home, c) = control_with(|_| {});
     let ada = c.sign_up("ada", PASSWORD, 1_000).await.unwrap().user_id;
-    let app = c
-        .register_app(
-            ada,
-            crate::NewApp {
-                name: "Notes".into(),
-                redirect_uris: vec!["https://notes.example/cb".into()],
-                scopes: ScopeSet::parse("storage:read:notes storage:write:notes").unwrap(),
-            },
-            1_000,
-        )
-        .await
-        .unwrap();
+    let app = notes_app(&c, ada, "storage:read:notes storage:write:notes").await;
     let mut access = Vec::new();
     for scopes in ["storage:read:notes", "storage:write:notes"] {
         let code = code_for(&c, ada, &app, scopes).await;
@@ -128,18 +126,7 @@ async fn a_grant_keeps_a_bounded_number_of_sign_ins_and_a_refresh_supersedes_its
         config.limits.spent_refresh_kept = 2;
     });
     let ada = c.sign_up("ada", PASSWORD, 1_000).await.unwrap().user_id;
-    let app = c
-        .register_app(
-            ada,
-            crate::NewApp {
-                name: "Notes".into(),
-                redirect_uris: vec!["https://notes.example/cb".into()],
-                scopes: ScopeSet::parse("storage:read:notes").unwrap(),
-            },
-            1_000,
-        )
-        .await
-        .unwrap();
+    let app = notes_app(&c, ada, "storage:read:notes").await;
     let mut sign_ins = Vec::new();
     for _ in 0..3 {
         let code = code_for(&c, ada, &app, "storage:read:notes").await;

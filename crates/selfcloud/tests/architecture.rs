@@ -1,0 +1,60 @@
+//! The crate map's invariants that the dependency graph can show, read from `cargo metadata`:
+//! data flows one way (gateway -> control -> instance -> store), the SDK stands apart, and the
+//! crates that must not do I/O or touch a store cannot reach one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+/// Each workspace crate's normal (not dev or build) dependencies, by package name.
+fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let deps = p["dependencies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["kind"].is_null())
+                .map(|d| d["name"].as_str().unwrap().to_owned())
+                .collect();
+            (p["name"].as_str().unwrap().to_owned(), deps)
+        })
+        .collect()
+}
+
+#[test]
+fn the_crate_map_holds() {
+    let deps = dependencies();
+    let of = |name: &str| deps.get(name).unwrap_or_else(|| panic!("no crate {name}"));
+    let ours = |name: &str| -> BTreeSet<&str> {
+        of(name).iter().filter(|d| d.starts_with("selfcloud-")).map(String::as_str).collect()
+    };
+    // One way: each layer reaches only the layers below it.
+    assert_eq!(ours("selfcloud-core"), BTreeSet::new());
+    assert_eq!(ours("selfcloud-durable"), BTreeSet::from(["selfcloud-core"]));
+    assert_eq!(ours("selfcloud-store"), BTreeSet::from(["selfcloud-core", "selfcloud-durable"]));
+    assert!(ours("selfcloud-instance")
+        .iter()
+        .all(|d| ["selfcloud-core", "selfcloud-durable", "selfcloud-store"].contains(d)));
+    assert!(!ours("selfcloud-control").contains("selfcloud-gateway"));
+    // The gateway reaches data only through control's instance handle: no store, no database.
+    for forbidden in ["selfcloud-store", "selfcloud-durable", "rusqlite", "rocksdb"] {
+        assert!(!of("selfcloud-gateway").contains(forbidden), "the gateway depends on {forbidden}");
+    }
+    // Core does no I/O.
+    for forbidden in ["tokio", "rusqlite", "rocksdb", "reqwest", "axum"] {
+        assert!(!of("selfcloud-core").contains(forbidden), "core depends on {forbidden}");
+    }
+    // The SDK is what app developers take: it needs no server crate.
+    assert_eq!(ours("selfcloud-sdk"), BTreeSet::new());
+}
