@@ -131,11 +131,31 @@ impl Control {
             scopes: app.scopes,
             created_at: now,
         };
-        self.blocking(move |r| r.insert_app(&row).map(|_| row.into())).await
+        let max = self.config.limits.apps_per_user;
+        self.blocking(move |r| r.insert_app(&row, max).map(|_| row.into())).await
     }
 
+    /// A live app (a deleted one is unknown).
     pub async fn app(&self, id: AppId) -> Result<Option<App>> {
         self.blocking(move |r| r.app(id).map(|a| a.map(App::from))).await
+    }
+
+    /// The apps `owner` registered.
+    pub async fn apps(&self, owner: UserId) -> Result<Vec<App>> {
+        let rows = self.blocking(move |r| r.apps_of(owner)).await?;
+        Ok(rows.into_iter().map(App::from).collect())
+    }
+
+    /// Deletes one of `owner`'s apps: every user's grant to it is revoked, and with them every
+    /// token the app holds. `not_found` if it is not theirs.
+    pub async fn delete_app(&self, owner: UserId, app: AppId, now: u64) -> Result<()> {
+        let revoked = self.blocking(move |r| r.delete_app(owner, app, now)).await?;
+        let revoked = revoked.ok_or_else(|| Error::not_found("no such app"))?;
+        for grant in revoked {
+            self.tokens.remove_grant(grant, now);
+        }
+        tracing::info!(app = %app, "app deleted");
+        Ok(())
     }
 
     /// The user allowed `app` what `consent` says: their one grant for the app gains those scopes

@@ -219,8 +219,12 @@ impl Control {
             self.open.lock().remove(id);
         }
         tokio::task::spawn_blocking(move || remove_dir(&dir)).await.map_err(Error::internal)??;
-        self.blocking(move |r| r.tombstone(user, now)).await?;
+        let revoked = self.blocking(move |r| r.tombstone(user, now)).await?;
         self.tokens.remove_user(user, now);
+        // The apps the user developed are gone too, with every grant others gave them.
+        for grant in revoked {
+            self.tokens.remove_grant(grant, now);
+        }
         tracing::info!(user = %user, instance = %id, "account deleted");
         Ok(())
     }

@@ -8,6 +8,7 @@ use selfcloud_core::{Error, InstanceId, Result, UserId};
 use selfcloud_durable::sqlite::{open_migrated, Sync};
 use std::path::Path;
 
+mod apps;
 mod lifecycle;
 mod oauth;
 pub use lifecycle::DELETED;
@@ -94,6 +95,10 @@ const MIGRATIONS: &[&str] = &[
         (SELECT max(rowid) FROM grants WHERE revoked_at IS NULL GROUP BY user_id, app_id);
     DELETE FROM tokens WHERE grant_id IN (SELECT id FROM grants WHERE revoked_at IS NOT NULL);
     CREATE UNIQUE INDEX one_active_grant ON grants(user_id, app_id) WHERE revoked_at IS NULL;
+    -- Apps are deleted by their developer, or with the developer's account.
+    ALTER TABLE apps ADD COLUMN deleted_at INTEGER;
+    CREATE INDEX apps_by_owner ON apps(owner_id);
+    CREATE INDEX grants_by_app ON grants(app_id);
 "#,
 ];
 

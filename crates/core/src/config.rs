@@ -84,6 +84,8 @@ pub struct Limits {
     pub app_sessions_per_grant: usize,
     /// Spent refresh tokens a token family remembers, so a replay of one revokes the grant.
     pub spent_refresh_kept: usize,
+    /// Apps one account may have registered at once.
+    pub apps_per_user: usize,
 }
 
 impl Default for Limits {
@@ -105,6 +107,7 @@ impl Default for Limits {
             sessions_per_user: 32,
             app_sessions_per_grant: 16,
             spent_refresh_kept: 32,
+            apps_per_user: 50,
         }
     }
 }

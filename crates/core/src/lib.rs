@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod id;
+pub mod json;
 pub mod names;
 pub mod scope;
 

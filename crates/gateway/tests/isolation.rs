@@ -19,6 +19,8 @@ fn owner_only_endpoints() -> Vec<(Method, &'static str, Option<Value>)> {
             "/v1/apps",
             Some(json!({"name": "x", "redirect_uris": ["https://a.example/cb"], "scopes": ["llm:chat"]})),
         ),
+        (Method::GET, "/v1/apps", None),
+        (Method::DELETE, "/v1/apps/app_00000000000000000000000000000000", None),
         (Method::DELETE, "/v1/sessions", None),
         (Method::GET, "/v1/export", None),
         (Method::POST, "/v1/import", Some(json!({}))),

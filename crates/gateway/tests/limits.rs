@@ -200,6 +200,11 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let closed = tokio::time::timeout(Duration::from_secs(5), kept.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "an idle kept-alive connection is still open after 5 s");
     assert!(String::from_utf8_lossy(&buf).contains("200 OK"), "it was served first");
+    // Nor does an HTTP/2 preface (HTTP/2 is not served: it has no header deadline) hold a slot.
+    let mut h2 = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), h2.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "an HTTP/2 preface kept its connection open");
     // A client that sends its request in time is served.
     let ok = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
@@ -207,7 +212,8 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 
 #[tokio::test]
 async fn connections_past_the_cap_wait_until_one_closes() {
-    let limits = ConnectionLimits { max_connections: 2, header_read_timeout: Duration::from_secs(30) };
+    let limits =
+        ConnectionLimits { max_connections: 2, header_read_timeout: Duration::from_secs(30), ..Default::default() };
     assert!(limits.max_connections < ConnectionLimits::default().max_connections);
     let (addr, _stop) = server_with_connections(limits).await;
     let mut held = Vec::new();
@@ -225,4 +231,19 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     drop(held.pop());
     let status = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap();
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_client_that_trickles_its_body_is_cut_off() {
+    let limits = ConnectionLimits { body_read_timeout: Duration::from_millis(500), ..Default::default() };
+    let (addr, _stop) = server_with_connections(limits).await;
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head =
+        "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(answered.is_ok(), "a body that stopped coming is still waited for after 5 s");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 4"), "{text}");
 }

@@ -442,3 +442,58 @@ async fn app_registration_validates_its_input() {
     assert_eq!(st, StatusCode::CREATED);
     assert_eq!(app["redirect_uris"], json!(["https://a.example/cb", "http://[::1]:8080/cb"]));
 }
+
+#[tokio::test]
+async fn developers_hold_a_bounded_number_of_apps_and_deleting_one_ends_every_grant_to_it() {
+    let s = Server::start_with(|c| c.limits.apps_per_user = 3).await;
+    let dev = s.user("developer").await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(s.register_app(&dev, &["storage:read:notes"]).await);
+    }
+    let body = json!({"name": "x", "redirect_uris": ["https://a.example/cb"], "scopes": ["llm:chat"]});
+    let (st, _, err) = s.call(Method::POST, "/v1/apps", Some(&dev), Some(body)).await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::CONFLICT, "conflict"), "{err}");
+    let (_, _, list) = s.call(Method::GET, "/v1/apps", Some(&dev), None).await;
+    assert_eq!(list["apps"].as_array().unwrap().len(), 3, "{list}");
+
+    // Ada uses the first app; the developer deletes it.
+    let ada = s.user("ada").await;
+    let (_, tokens) = s.authorize(&ada, &ids[0], &["storage:read:notes"]).await;
+    // Another developer cannot delete it; a malformed id is a plain 404.
+    let other = s.user("other").await;
+    assert_eq!(
+        s.call(Method::DELETE, &format!("/v1/apps/{}", ids[0]), Some(&other), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(s.call(Method::DELETE, "/v1/apps/..%2Fx", Some(&dev), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        s.call(Method::DELETE, &format!("/v1/apps/{}", ids[0]), Some(&dev), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.call(Method::GET, "/v1/storage/notes", Some(&tokens.access_token), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let refresh = tokens.refresh_token.unwrap();
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("client_id", ids[0].as_str())];
+    assert_eq!(token_form(&s, &form).await.1["error"], "invalid_grant");
+    assert_eq!(s.call(Method::GET, "/v1/grants", Some(&ada), None).await.2, json!({"grants": []}));
+    // A deleted app is unknown to the consent page, and frees its place.
+    let req = AuthorizationRequest::new(&s.app_config(&ids[0]), &["storage:read:notes"]);
+    let resp = s.http.get(req.url()).bearer_auth(&ada).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.headers().get("location").is_none());
+    s.register_app(&dev, &["storage:read:notes"]).await;
+
+    // The developer deletes their account: every app of theirs goes, with every grant to it.
+    let (_, kept) = s.authorize(&ada, &ids[1], &["storage:read:notes"]).await;
+    let gone = json!({"password": "correct horse battery"});
+    assert_eq!(s.call(Method::DELETE, "/v1/accounts/me", Some(&dev), Some(gone)).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        s.call(Method::GET, "/v1/storage/notes", Some(&kept.access_token), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let req = AuthorizationRequest::new(&s.app_config(&ids[1]), &["storage:read:notes"]);
+    assert_eq!(s.decide(&ada, &req, "allow").await.status(), StatusCode::BAD_REQUEST);
+}

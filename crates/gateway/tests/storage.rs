@@ -236,6 +236,20 @@ async fn invalid_utf8_is_refused_and_a_damaged_value_on_disk_breaks_no_list_or_e
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(s.call(Method::GET, "/v1/storage/notes/bad", Some(&t), None).await.0, StatusCode::NOT_FOUND);
+    // Valid syntax that standard parsers (and the SDK) refuse: too deep, a number out of range, a
+    // lone surrogate. One such record would break every list that holds it.
+    for body in [format!("{}{}", "[".repeat(200), "]".repeat(200)), "1e99999".into(), "\"\\ud800\"".into()] {
+        let resp = s
+            .http
+            .put(s.url("/v1/storage/notes/odd"))
+            .bearer_auth(&t)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{}", &body[..body.len().min(20)]);
+    }
 
     // A value already on disk in that state (written before the check existed): stored behind
     // the gateway's back through the instance itself.

@@ -16,6 +16,7 @@
 //! cannot hold; such a value travels as a string in `value_text` instead of `value`.
 
 use crate::{ImportRecord, ScannedRecord};
+use selfcloud_core::json::check_value;
 use selfcloud_core::{Collection, Error, RecordKey, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -337,9 +338,12 @@ fn read_line(line: &str, collection: &Collection, max_value_bytes: usize) -> std
     let parsed: LineIn = serde_json::from_str(line).map_err(|e| e.to_string())?;
     let key = RecordKey::parse(&parsed.key).map_err(|e| e.message)?;
     let value = match (parsed.value, parsed.value_text) {
-        (Some(raw), None) => raw.get().as_bytes().to_vec(),
+        (Some(raw), None) => {
+            check_value(raw.get()).map_err(|e| e.message)?;
+            raw.get().as_bytes().to_vec()
+        }
         (None, Some(text)) => {
-            serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| format!("value_text is not JSON: {e}"))?;
+            check_value(&text).map_err(|e| format!("value_text is not JSON: {}", e.message))?;
             text.into_bytes()
         }
         _ => return Err("a record has exactly one of value and value_text".into()),

@@ -75,7 +75,7 @@ pub fn json_text(value: Vec<u8>) -> (String, bool) {
         Ok(text) => (text, false),
         Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
     };
-    if serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok() {
+    if selfcloud_core::json::check_value(&text).is_ok() {
         return (text, lossy);
     }
     (serde_json::to_string(&text).expect("a string serializes"), true)
@@ -103,6 +103,11 @@ fn damaged_values_become_json_that_lists_and_exports_can_carry() {
     let (text, repaired) = json_text(b"not json".to_vec());
     assert!(repaired);
     assert_eq!(serde_json::from_str::<String>(&text).unwrap(), "not json");
+    // Syntax that standard parsers refuse (too deep) is carried as its text too.
+    let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    let (text, repaired) = json_text(deep.clone().into_bytes());
+    assert!(repaired);
+    assert_eq!(serde_json::from_str::<String>(&text).unwrap(), deep);
 }
 
 #[async_trait]

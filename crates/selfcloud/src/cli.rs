@@ -53,6 +53,9 @@ pub struct UpArgs {
     /// kept-alive connection) before the connection is closed.
     #[arg(long, env = "SELFCLOUD_HEADER_READ_TIMEOUT", default_value_t = ConnectionLimits::default().header_read_timeout.as_secs())]
     pub header_read_timeout: u64,
+    /// Seconds a request body may pause between two pieces before the request is cut off.
+    #[arg(long, env = "SELFCLOUD_BODY_READ_TIMEOUT", default_value_t = ConnectionLimits::default().body_read_timeout.as_secs())]
+    pub body_read_timeout: u64,
     #[command(flatten)]
     pub settings: Settings,
 }
@@ -62,6 +65,7 @@ impl UpArgs {
         ConnectionLimits {
             max_connections: self.max_connections,
             header_read_timeout: Duration::from_secs(self.header_read_timeout.max(1)),
+            body_read_timeout: Duration::from_secs(self.body_read_timeout.max(1)),
         }
     }
 }
@@ -135,6 +139,9 @@ pub struct Settings {
     /// Spent refresh tokens a sign-in remembers, so a replay of one revokes the grant.
     #[arg(long, env = "SELFCLOUD_SPENT_REFRESH_KEPT", default_value_t = Limits::default().spent_refresh_kept)]
     pub spent_refresh_kept: usize,
+    /// Apps one account may have registered at once.
+    #[arg(long, env = "SELFCLOUD_APPS_PER_USER", default_value_t = Limits::default().apps_per_user)]
+    pub apps_per_user: usize,
     /// Store engine for new instances: sqlite or rocksdb (existing instances keep theirs).
     #[arg(long = "store", env = "SELFCLOUD_STORE", default_value = "sqlite")]
     pub store_engine: selfcloud_store::EngineKind,
@@ -190,6 +197,7 @@ impl Settings {
                 sessions_per_user: self.sessions_per_user,
                 app_sessions_per_grant: self.app_sessions_per_grant,
                 spent_refresh_kept: self.spent_refresh_kept,
+                apps_per_user: self.apps_per_user,
             },
             ttls: TokenTtls {
                 session: Duration::from_secs(self.session_ttl),

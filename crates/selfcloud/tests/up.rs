@@ -137,6 +137,8 @@ fn help_names_every_limit() {
         "--kdf-wait",
         "--max-connections",
         "--header-read-timeout",
+        "--body-read-timeout",
+        "--apps-per-user",
         "SELFCLOUD_HOME",
         "SELFCLOUD_ADDR",
     ] {

@@ -97,6 +97,17 @@ pub(crate) fn check(cond: Precondition, current: Option<Rev>) -> Result<()> {
     }
 }
 
+/// Deleting a record that is not there: `If-Match` (a rev or `*`) cannot hold (RFC 9110 13.1.1),
+/// otherwise there is simply no such record.
+pub(crate) fn missing(cond: Precondition) -> Error {
+    match cond {
+        Precondition::IfMatch(_) | Precondition::IfExists => {
+            Error::new(ErrorCode::PreconditionFailed, "the record does not exist")
+        }
+        Precondition::None | Precondition::IfAbsent => Error::not_found("no such record"),
+    }
+}
+
 /// The quota rule: growth past the quota is refused; shrinking is always allowed.
 pub(crate) fn check_quota(delta: i64, used: i64, quota: u64) -> Result<()> {
     if delta > 0 && (used + delta) as u64 > quota {

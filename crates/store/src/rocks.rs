@@ -8,7 +8,7 @@
 //!                             write adds one small entry to the memtable, not three
 //! `l\0<seq u64 BE>`        -> a log batch ending at entry `seq`: count (u64 BE) | sealed
 
-use crate::engine::{agree, check, check_empty, check_quota, Engine, ImportRows, LogBatch, ScanRow, Sealed};
+use crate::engine::{agree, check, check_empty, check_quota, missing, Engine, ImportRows, LogBatch, ScanRow, Sealed};
 use crate::log::entries_before;
 use crate::{Precondition, Rev, Usage};
 use parking_lot::Mutex;
@@ -188,7 +188,7 @@ impl Engine for RocksEngine {
         let Some((rev, size)) =
             self.db.get_pinned(&k).map_err(db_err)?.map(|v| decode(&v).map(|(r, s, _)| (r, s))).transpose()?
         else {
-            return Err(Error::not_found("no such record"));
+            return Err(missing(cond));
         };
         check(cond, Some(rev))?;
         let mut next = *counters;

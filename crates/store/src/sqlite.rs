@@ -14,7 +14,7 @@
 //! they survive a crash of the process, as the queue in front of them does not. The file is
 //! created by the first append, so sign-up creates one database, not two.
 
-use crate::engine::{agree, check, check_empty, check_quota, Engine, ImportRows, LogBatch, ScanRow, Sealed};
+use crate::engine::{agree, check, check_empty, check_quota, missing, Engine, ImportRows, LogBatch, ScanRow, Sealed};
 use crate::log::entries_before;
 use crate::{Precondition, Rev, Usage};
 use parking_lot::Mutex;
@@ -198,7 +198,7 @@ impl Engine for SqliteEngine {
             .and_then(|mut s| s.query_row(params![collection, key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(db_err)?;
         let Some((rev, size)) = current else {
-            return Err(Error::not_found("no such record"));
+            return Err(missing(cond));
         };
         check(cond, Some(rev as Rev))?;
         tx.execute("DELETE FROM records WHERE collection = ?1 AND key = ?2", params![collection, key])

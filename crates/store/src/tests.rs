@@ -132,7 +132,10 @@ fn if_match_star_requires_the_record_to_exist(kind: EngineKind) {
     s.put(&c("n"), &k("a"), b"2", Precondition::IfExists).unwrap();
     assert_eq!(s.get(&c("n"), &k("a")).unwrap().unwrap().value, b"2");
     s.delete(&c("n"), &k("a"), Precondition::IfExists).unwrap();
-    assert_eq!(s.delete(&c("n"), &k("a"), Precondition::IfExists).unwrap_err().code, ErrorCode::NotFound);
+    // A condition on a record that is not there fails as a condition; without one, 404.
+    assert_eq!(s.delete(&c("n"), &k("a"), Precondition::IfExists).unwrap_err().code, ErrorCode::PreconditionFailed);
+    assert_eq!(s.delete(&c("n"), &k("a"), Precondition::IfMatch(1)).unwrap_err().code, ErrorCode::PreconditionFailed);
+    assert_eq!(s.delete(&c("n"), &k("a"), Precondition::None).unwrap_err().code, ErrorCode::NotFound);
 }
 
 fn tiny_records_are_charged_what_they_take(kind: EngineKind) {

@@ -3,7 +3,7 @@
 use super::{db_err, kdf_to_text, Registry};
 use rusqlite::{params, OptionalExtension};
 use selfcloud_core::config::KdfParams;
-use selfcloud_core::{InstanceId, Result, UserId};
+use selfcloud_core::{GrantId, InstanceId, Result, UserId};
 
 /// `instances.state` of a deleted account.
 pub const DELETED: &str = "deleted";
@@ -36,7 +36,10 @@ impl Registry {
     ///
     /// The user row itself stays, so the username stays reserved: were it freed, a newcomer
     /// taking it would receive whatever apps and people still send to that name.
-    pub fn tombstone(&self, user: UserId, now: u64) -> Result<()> {
+    ///
+    /// The apps the user registered are deleted too, with every grant other users gave them
+    /// (returned, so their tokens can be fenced in memory).
+    pub fn tombstone(&self, user: UserId, now: u64) -> Result<Vec<GrantId>> {
         let (mut conn, id) = (self.conn.lock(), user.to_string());
         let tx = conn.transaction().map_err(db_err)?;
         tx.execute(
@@ -56,7 +59,9 @@ impl Registry {
         .map_err(db_err)?;
         tx.execute("DELETE FROM tokens WHERE user_id = ?1", [&id]).map_err(db_err)?;
         tx.execute("DELETE FROM codes WHERE user_id = ?1", [&id]).map_err(db_err)?;
-        tx.commit().map_err(db_err)
+        let revoked = super::apps::delete_apps_in(&tx, super::apps::Apps::Owner, &id, now).map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(revoked)
     }
 
     pub fn instance_deleted(&self, id: InstanceId) -> Result<bool> {

@@ -125,11 +125,11 @@ pub struct NewCodeRow<'a> {
     pub expires_at: u64,
 }
 
-fn scopes(text: String) -> ScopeSet {
+pub(super) fn scopes(text: String) -> ScopeSet {
     ScopeSet::parse(&text).unwrap_or_default()
 }
 
-fn redirect_uris(json: &str) -> Vec<String> {
+pub(super) fn redirect_uris(json: &str) -> Vec<String> {
     serde_json::from_str(json).unwrap_or_else(|e| {
         tracing::error!(error = %e, "an app's stored redirect URIs are not a JSON list; none are honoured");
         Vec::new()
@@ -141,7 +141,7 @@ fn active_grant(tx: &Transaction, grant: GrantId) -> rusqlite::Result<Option<(Us
     tx.prepare_cached(
         "SELECT g.user_id, i.id, g.app_id, a.name FROM grants g JOIN apps a ON a.id = g.app_id
          JOIN instances i ON i.user_id = g.user_id
-         WHERE g.id = ?1 AND g.revoked_at IS NULL AND i.state != ?2",
+         WHERE g.id = ?1 AND g.revoked_at IS NULL AND i.state != ?2 AND a.deleted_at IS NULL",
     )?
     .query_row(params![grant.to_string(), DELETED], |r| {
         Ok((parse(r.get(0)?)?, parse(r.get(1)?)?, parse(r.get(2)?)?, r.get(3)?))
@@ -149,7 +149,7 @@ fn active_grant(tx: &Transaction, grant: GrantId) -> rusqlite::Result<Option<(Us
     .optional()
 }
 
-fn revoke_in(tx: &Transaction, user: UserId, grant: GrantId, now: u64) -> rusqlite::Result<bool> {
+pub(super) fn revoke_in(tx: &Transaction, user: UserId, grant: GrantId, now: u64) -> rusqlite::Result<bool> {
     let n = tx.execute(
         "UPDATE grants SET revoked_at = ?3 WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
         params![grant.to_string(), user.to_string(), now as i64],
@@ -253,43 +253,19 @@ fn issue_family(
 }
 
 impl Registry {
-    pub fn insert_app(&self, a: &AppRow) -> Result<()> {
-        let uris = serde_json::to_string(&a.redirect_uris).map_err(selfcloud_core::Error::internal)?;
-        self.conn
-            .lock()
-            .execute(
-                "INSERT INTO apps (id, owner_id, name, redirect_uris, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![a.id.to_string(), a.owner_id.to_string(), a.name, uris, a.scopes.to_string(), a.created_at as i64],
-            )
-            .map(drop)
-            .map_err(db_err)
-    }
-
-    pub fn app(&self, id: AppId) -> Result<Option<AppRow>> {
-        self.conn
-            .lock()
-            .prepare_cached("SELECT owner_id, name, redirect_uris, scopes, created_at FROM apps WHERE id = ?1")
-            .and_then(|mut s| {
-                s.query_row([id.to_string()], |r| {
-                    Ok(AppRow {
-                        id,
-                        owner_id: parse(r.get(0)?)?,
-                        name: r.get(1)?,
-                        redirect_uris: redirect_uris(&r.get::<_, String>(2)?),
-                        scopes: scopes(r.get(3)?),
-                        created_at: r.get::<_, i64>(4)? as u64,
-                    })
-                })
-                .optional()
-            })
-            .map_err(db_err)
-    }
-
     /// The user allowed `app` the `scopes`: their one active grant for the app gains them (or is
     /// created), and a code for exactly these scopes is stored, in one transaction.
     pub fn consent(&self, user: UserId, app: AppId, scopes: &ScopeSet, code: NewCodeRow, now: u64) -> Result<GrantRow> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction().map_err(db_err)?;
+        let live: bool = tx
+            .query_row("SELECT deleted_at IS NULL FROM apps WHERE id = ?1", [app.to_string()], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?
+            .unwrap_or(false);
+        if !live {
+            return Err(selfcloud_core::Error::not_found("unknown client_id"));
+        }
         let existing: Option<(String, String, i64)> = tx
             .query_row(
                 "SELECT id, scopes, created_at FROM grants WHERE user_id = ?1 AND app_id = ?2 AND revoked_at IS NULL",
@@ -566,7 +542,8 @@ impl Registry {
                         u.credential_epoch
                  FROM tokens t JOIN users u ON u.id = t.user_id JOIN instances i ON i.user_id = u.id
                  LEFT JOIN grants g ON g.id = t.grant_id LEFT JOIN apps a ON a.id = g.app_id
-                 WHERE t.kind != 'refresh' AND i.state != ?1 AND (t.grant_id IS NULL OR g.revoked_at IS NULL)",
+                 WHERE t.kind != 'refresh' AND i.state != ?1
+                   AND (t.grant_id IS NULL OR (g.revoked_at IS NULL AND a.deleted_at IS NULL))",
             )
             .map_err(db_err)?;
         let rows = stmt

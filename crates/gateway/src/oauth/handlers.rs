@@ -96,9 +96,10 @@ fn borrowed<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> 
     pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-fn refused_form(headers: &HeaderMap) -> Option<Response> {
+fn refused_form(s: &AppState, headers: &HeaderMap) -> Option<Response> {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if sent_from_our_pages(h("sec-fetch-site"), h("origin"), h("host")) {
+    let scheme = s.issuer.split_once("://").map_or("http", |(scheme, _)| scheme);
+    if sent_from_our_pages(h("sec-fetch-site"), h("origin"), h("host"), scheme) {
         return None;
     }
     Some(ApiError(Error::forbidden("this form must be sent from this server's own pages")).into_response())
@@ -155,7 +156,7 @@ pub async fn authorize_decision(
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    if let Some(refused) = refused_form(&headers) {
+    if let Some(refused) = refused_form(&s, &headers) {
         return refused;
     }
     let Ok(Form(fields)) = form else {
@@ -239,7 +240,7 @@ pub async fn login(
     headers: HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
-    if let Some(refused) = refused_form(&headers) {
+    if let Some(refused) = refused_form(&s, &headers) {
         return refused;
     }
     let Ok(Form(form)) = form else {

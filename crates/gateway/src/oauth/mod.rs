@@ -160,17 +160,20 @@ pub fn csrf_matches(sent: Option<&str>, session_hash: &[u8; 32]) -> bool {
 /// `Sec-Fetch-Site`; a page on another port of the same host is "same-site", not "same-origin",
 /// and is refused like any other site. Without that header, an `Origin` must name the host the
 /// request was sent to. Clients that send neither (curl, SDKs) are not browsers and carry no
-/// ambient credential to abuse.
-pub fn sent_from_our_pages(sec_fetch_site: Option<&str>, origin: Option<&str>, host: Option<&str>) -> bool {
+/// ambient credential to abuse. `scheme` is the one this server is reached by (the issuer's).
+pub fn sent_from_our_pages(
+    sec_fetch_site: Option<&str>,
+    origin: Option<&str>,
+    host: Option<&str>,
+    scheme: &str,
+) -> bool {
     if let Some(site) = sec_fetch_site {
         return matches!(site, "same-origin" | "none");
     }
-    match origin {
-        None => true,
-        Some(origin) => {
-            let authority = origin.split_once("://").map(|(_, rest)| rest);
-            authority.is_some() && authority == host
-        }
+    match (origin, host) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => origin == format!("{scheme}://{host}"),
+        (Some(_), None) => false,
     }
 }
 

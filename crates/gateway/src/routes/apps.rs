@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use selfcloud_control::NewApp;
-use selfcloud_core::{Error, GrantId, ScopeSet};
+use selfcloud_core::{AppId, Error, GrantId, ScopeSet};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -61,14 +61,48 @@ pub async fn register(
     }
     let app = NewApp { name: name.to_owned(), redirect_uris: req.redirect_uris, scopes };
     let app = s.control.register_app(caller.token.user_id, app, s.clock.now()).await?;
-    let created = AppCreated {
-        client_id: app.client_id.to_string(),
-        name: app.name,
-        redirect_uris: app.redirect_uris,
-        scopes: app.scopes.iter().map(|s| s.to_string()).collect(),
-        created_at: app.created_at,
-    };
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    Ok((StatusCode::CREATED, Json(AppCreated::from(app))).into_response())
+}
+
+impl From<selfcloud_control::App> for AppCreated {
+    fn from(app: selfcloud_control::App) -> Self {
+        AppCreated {
+            client_id: app.client_id.to_string(),
+            name: app.name,
+            redirect_uris: app.redirect_uris,
+            scopes: app.scopes.iter().map(|s| s.to_string()).collect(),
+            created_at: app.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AppList {
+    pub apps: Vec<AppCreated>,
+}
+
+/// The apps the caller registered (as their developer; owner only).
+#[utoipa::path(get, path = "/v1/apps", tag = "apps", security(("bearer" = [])),
+    responses((status = 200, body = AppList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<AppList>> {
+    caller.require_owner()?;
+    let apps = s.control.apps(caller.token.user_id).await?;
+    Ok(Json(AppList { apps: apps.into_iter().map(AppCreated::from).collect() }))
+}
+
+/// Delete an app the caller registered: every user's grant to it ends, and every token it holds.
+#[utoipa::path(delete, path = "/v1/apps/{client_id}", tag = "apps", params(("client_id" = String, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    caller.require_owner()?;
+    // A malformed id and another developer's app answer alike.
+    let id: AppId = id.parse().map_err(|_| Error::not_found("no such app"))?;
+    s.control.delete_app(caller.token.user_id, id, s.clock.now()).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -31,7 +31,14 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, Error> {
         if text == "*" {
             return Ok(Precondition::IfExists);
         }
-        let rev = text.trim_start_matches("W/").trim_matches('"');
+        // If-Match compares strongly (RFC 9110 13.1.1): a weak tag never matches.
+        if text.starts_with("W/") {
+            return Err(Error::new(
+                ErrorCode::PreconditionFailed,
+                "If-Match compares strongly; a weak tag never matches",
+            ));
+        }
+        let rev = text.trim_matches('"');
         return rev
             .parse()
             .map(Precondition::IfMatch)
@@ -90,8 +97,9 @@ pub async fn put(
     // UTF-8 first: serde skips the bytes of strings it ignores without checking them, and a value
     // stored with invalid UTF-8 inside a string would break every list and export after it.
     let text = std::str::from_utf8(&body).map_err(|e| Error::invalid(format!("body is not UTF-8: {e}")))?;
-    serde_json::from_str::<serde::de::IgnoredAny>(text)
-        .map_err(|e| Error::invalid(format!("body is not valid JSON: {e}")))?;
+    // And a value standard parsers read back (depth, number range, escapes): one that only the
+    // syntax allows would break every client's list that holds it.
+    selfcloud_core::json::check_value(text).map_err(|e| Error::invalid(format!("body: {}", e.message)))?;
     let cond = precondition(&headers)?;
     let instance = s.control.instance(caller.token.instance_id).await?;
     let rev = instance.put_record(&collection, &key, body.to_vec(), cond).await?;
