@@ -47,6 +47,11 @@ pub fn validate_username(name: &str) -> Result<()> {
     }
 }
 
+/// A log-in checked a password that changed (or an account deleted) before its session began.
+fn credentials_changed() -> Error {
+    Error::unauthenticated("the account's password changed; log in again")
+}
+
 pub(crate) fn validate_password(password: &str) -> Result<()> {
     if (MIN_PASSWORD..=MAX_PASSWORD).contains(&password.len()) {
         Ok(())
@@ -166,7 +171,7 @@ impl Control {
         let removed = self
             .registry
             .insert_session(user.id, user.credential_epoch, kind.as_str(), (hash, expires_at), max)?
-            .ok_or_else(|| Error::unauthenticated("the account's password changed; log in again"))?;
+            .ok_or_else(credentials_changed)?;
         self.tokens.remove(&removed);
         let info = TokenInfo::new(
             kind,
@@ -178,26 +183,20 @@ impl Control {
             user.credential_epoch,
         );
         if !self.tokens.insert(hash, info) {
-            return Err(Error::unauthenticated("the account's password changed; log in again"));
+            return Err(credentials_changed());
         }
         Ok((token, expires_at))
     }
 
-    /// Starts an owner API session for a user who just proved their password.
-    pub async fn create_session(self: &Arc<Self>, user: &UserRow, now: u64) -> Result<(String, u64)> {
+    /// Starts a session of `kind` for a user who just proved their password: the owner's API
+    /// session (`Session`), or the browser's short-lived web session for the consent pages
+    /// (`Web`), never an API credential.
+    pub async fn create_session(self: &Arc<Self>, user: &UserRow, kind: TokenKind, now: u64) -> Result<(String, u64)> {
+        if !matches!(kind, TokenKind::Session | TokenKind::Web) {
+            return Err(Error::internal("only owner and web sessions start from a log-in"));
+        }
         let (this, user) = (self.clone(), user.clone());
-        tokio::task::spawn_blocking(move || this.start_session(TokenKind::Session, &user, now))
-            .await
-            .map_err(Error::internal)?
-    }
-
-    /// Starts the browser's web session (the consent pages' cookie) for a user who just proved
-    /// their password. It is short-lived and never an API credential.
-    pub async fn create_web_session(self: &Arc<Self>, user: &UserRow, now: u64) -> Result<(String, u64)> {
-        let (this, user) = (self.clone(), user.clone());
-        tokio::task::spawn_blocking(move || this.start_session(TokenKind::Web, &user, now))
-            .await
-            .map_err(Error::internal)?
+        tokio::task::spawn_blocking(move || this.start_session(kind, &user, now)).await.map_err(Error::internal)?
     }
 
     /// The live token behind a bearer string, or `None` if it is unknown or expired. Memory

@@ -3,13 +3,13 @@
 //! them in as a function, which runs inside the registry transaction that spends the code or
 //! refresh token, so a check and the write it allows are one step.
 
-use crate::registry::{AppRow, FamilyPlan, GrantRow, Issued, NewCodeRow, Redeemed, Registry, Spend};
-use crate::tokens::{hash_token, new_token, GrantRef, TokenHash, TokenInfo, TokenKind};
+use crate::registry::{AppRow, FamilyPlan, GrantRow, Issued, NewCodeRow, Redeemed, Registry};
+use crate::tokens::{hash_token, new_token, GrantRef, TokenInfo, TokenKind};
 use crate::Control;
 use selfcloud_core::{AppId, Error, GrantId, Result, ScopeSet, UserId};
 use std::sync::Arc;
 
-pub use crate::registry::{CodeRow as CodeGrant, RefreshRow as RefreshGrant};
+pub use crate::registry::{CodeRow as CodeGrant, RefreshRow as RefreshGrant, Verdict};
 
 #[derive(Clone, Debug)]
 pub struct NewApp {
@@ -65,16 +65,6 @@ pub struct Consent {
     pub code_challenge: String,
 }
 
-/// The protocol's decision on a code or refresh token, with its reason for a refusal.
-pub enum Verdict<E> {
-    /// Spend it and issue tokens carrying these scopes.
-    Issue(ScopeSet),
-    /// Refuse, and leave it as it was.
-    Refuse(E),
-    /// Refuse and revoke the whole grant: the credential was used twice.
-    Revoke(E),
-}
-
 /// What came of presenting a code or refresh token.
 pub enum TokenOutcome<E> {
     /// No such code or refresh token (or its grant is gone).
@@ -94,31 +84,6 @@ pub struct AppTokens {
     /// Of the access token, Unix seconds.
     pub expires_at: u64,
     pub scopes: ScopeSet,
-}
-
-/// A registry step that decides on a stored code or refresh token and writes what follows.
-type SpendStep<R> = fn(&Registry, &TokenHash, &mut dyn FnMut(&R) -> Spend, &FamilyPlan, u64) -> Result<Redeemed>;
-
-/// Runs the protocol's decision inside the registry's transaction, keeping its reason.
-fn deciding<R, E>(
-    decide: impl FnOnce(&R) -> Verdict<E>,
-) -> (impl FnMut(&R) -> Spend, Arc<parking_lot::Mutex<Option<E>>>) {
-    let reason = Arc::new(parking_lot::Mutex::new(None));
-    let slot = reason.clone();
-    let mut decide = Some(decide);
-    let f = move |row: &R| match decide.take().map(|d| d(row)) {
-        Some(Verdict::Issue(scopes)) => Spend::Issue(scopes),
-        Some(Verdict::Refuse(e)) => {
-            *slot.lock() = Some(e);
-            Spend::Refuse
-        }
-        Some(Verdict::Revoke(e)) => {
-            *slot.lock() = Some(e);
-            Spend::Revoke
-        }
-        None => Spend::Refuse,
-    };
-    (f, reason)
 }
 
 impl Control {
@@ -218,7 +183,8 @@ impl Control {
         now: u64,
         decide: impl FnOnce(&CodeGrant) -> Verdict<E> + Send + 'static,
     ) -> Result<TokenOutcome<E>> {
-        self.present(code, now, decide, Registry::redeem_code).await
+        let hash = hash_token(code);
+        self.present(now, move |r, plan| r.redeem_code(&hash, decide, plan, now)).await
     }
 
     /// Presents a refresh token. `decide` sees it inside the transaction that would rotate it; on
@@ -229,45 +195,28 @@ impl Control {
         now: u64,
         decide: impl FnOnce(&RefreshGrant) -> Verdict<E> + Send + 'static,
     ) -> Result<TokenOutcome<E>> {
-        self.present(token, now, decide, Registry::rotate_refresh).await
+        let hash = hash_token(token);
+        self.present(now, move |r, plan| r.rotate_refresh(&hash, decide, plan, now)).await
     }
 
-    /// A code or refresh token presented: the registry step `spend` runs the decision in its
-    /// transaction with a new pair ready to write; memory follows what it did.
-    async fn present<R: 'static, E: Send + 'static>(
+    /// Runs a registry step that presents a code or refresh token, with a new pair ready to
+    /// write, then brings memory in line with what it did.
+    async fn present<E: Send + 'static>(
         &self,
-        credential: &str,
         now: u64,
-        decide: impl FnOnce(&R) -> Verdict<E> + Send + 'static,
-        spend: SpendStep<R>,
+        step: impl FnOnce(&Registry, &FamilyPlan) -> Result<Redeemed<E>> + Send + 'static,
     ) -> Result<TokenOutcome<E>> {
-        let hash = hash_token(credential);
         let (plan, access, refresh) = self.family_plan(now);
-        let (mut decide, reason) = deciding(decide);
-        let access_expiry = plan.access.1;
-        let redeemed = self.blocking(move |r| spend(r, &hash, &mut decide, &plan, now)).await?;
-        Ok(self.settle(redeemed, reason, access, refresh, access_expiry, now))
-    }
-
-    /// Brings memory in line with what the registry did.
-    fn settle<E>(
-        &self,
-        redeemed: Redeemed,
-        reason: Arc<parking_lot::Mutex<Option<E>>>,
-        access: String,
-        refresh: String,
-        expires_at: u64,
-        now: u64,
-    ) -> TokenOutcome<E> {
-        let reason = || reason.lock().take();
-        match redeemed {
+        let expires_at = plan.access.1;
+        let redeemed = self.blocking(move |r| step(r, &plan)).await?;
+        Ok(match redeemed {
             Redeemed::Unknown => TokenOutcome::Unknown,
             Redeemed::GrantEnded => TokenOutcome::GrantEnded,
-            Redeemed::Refused => reason().map_or(TokenOutcome::Unknown, TokenOutcome::Refused),
-            Redeemed::Revoked { grant } => {
+            Redeemed::Refused(reason) => TokenOutcome::Refused(reason),
+            Redeemed::Revoked { grant, reason } => {
                 tracing::warn!(grant = %grant, "replayed credential: the grant and its tokens are revoked");
                 self.tokens.remove_grant(grant, now);
-                reason().map_or(TokenOutcome::Unknown, TokenOutcome::Revoked)
+                TokenOutcome::Revoked(reason)
             }
             Redeemed::Issued(Issued { user, instance, grant, app, app_name, scopes, removed }) => {
                 self.tokens.remove(&removed);
@@ -279,7 +228,7 @@ impl Control {
                 self.tokens.insert(hash_token(&access), info);
                 TokenOutcome::Issued(AppTokens { access, refresh, expires_at, scopes })
             }
-        }
+        })
     }
 
     /// RFC 7009 revocation by the app: a refresh token ends its family (the app signed out on

@@ -5,14 +5,14 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use selfcloud_core::config::KdfParams;
 use selfcloud_core::{Error, InstanceId, Result, UserId};
-use selfcloud_durable::sqlite::{open_migrated, Sync};
+use selfcloud_durable::sqlite::{open_migrated, Durability, Sharing};
 use std::path::Path;
 
 mod apps;
 mod lifecycle;
 mod oauth;
 pub use lifecycle::DELETED;
-pub use oauth::{AppRow, CodeRow, FamilyPlan, GrantRow, Issued, NewCodeRow, Redeemed, RefreshRow, Spend};
+pub use oauth::{AppRow, CodeRow, FamilyPlan, GrantRow, Issued, NewCodeRow, Redeemed, RefreshRow, Verdict};
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -132,7 +132,7 @@ fn parse<T: std::str::FromStr<Err = Error>>(s: String) -> rusqlite::Result<T> {
 
 impl Registry {
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = open_migrated(path, Sync::Full, MIGRATIONS, "registry")?;
+        let conn = open_migrated(path, Durability::Full, Sharing::Processes, MIGRATIONS, "registry")?;
         Ok(Registry { conn: Mutex::new(conn) })
     }
 

@@ -1,7 +1,7 @@
 //! Control's guarantees that cut across its modules, each with the moment of a race made
 //! explicit instead of hoped for.
 
-use crate::{Consent, Control, ControlConfig, TokenOutcome, Verdict};
+use crate::{Consent, Control, ControlConfig, TokenKind, TokenOutcome, Verdict};
 use selfcloud_core::config::KdfParams;
 use selfcloud_core::{ErrorCode, ScopeSet};
 use std::sync::Arc;
@@ -24,9 +24,9 @@ async fn a_log_in_checked_before_a_password_change_cannot_start_a_session_after_
     // The log-in checks the old password; the change lands before its session is inserted.
     let checked = c.log_in("ada", PASSWORD).await.unwrap();
     c.change_password(account.user_id, PASSWORD, "a new password", 1_001).await.unwrap();
-    let late = c.create_session(&checked, 1_002).await.unwrap_err();
+    let late = c.create_session(&checked, TokenKind::Session, 1_002).await.unwrap_err();
     assert_eq!(late.code, ErrorCode::Unauthenticated);
-    let web = c.create_web_session(&checked, 1_002).await.unwrap_err();
+    let web = c.create_session(&checked, TokenKind::Web, 1_002).await.unwrap_err();
     assert_eq!(web.code, ErrorCode::Unauthenticated);
     // Refused by the registry itself, not only by memory: no such session waits for a restart.
     let sessions = |c: &Control| c.registry.live_tokens(1_002).unwrap().iter().filter(|t| t.kind != "access").count();
@@ -35,10 +35,13 @@ async fn a_log_in_checked_before_a_password_change_cannot_start_a_session_after_
     let checked = c.log_in("ada", "a new password").await.unwrap();
     let code = c.recover("ada", &account.recovery_code, "another password", 1_003).await.unwrap();
     assert!(!code.recovery_code.is_empty());
-    assert_eq!(c.create_session(&checked, 1_004).await.unwrap_err().code, ErrorCode::Unauthenticated);
+    assert_eq!(
+        c.create_session(&checked, TokenKind::Session, 1_004).await.unwrap_err().code,
+        ErrorCode::Unauthenticated
+    );
     // A log-in under the current password works, and survives a restart as the only kind there is.
     let fresh = c.log_in("ada", "another password").await.unwrap();
-    let (token, _) = c.create_session(&fresh, 1_005).await.unwrap();
+    let (token, _) = c.create_session(&fresh, TokenKind::Session, 1_005).await.unwrap();
     assert!(c.authenticate(&token, 1_006).is_some());
 }
 
@@ -49,7 +52,7 @@ async fn a_user_keeps_a_bounded_number_of_sessions() {
     let user = c.log_in("ada", PASSWORD).await.unwrap();
     let mut tokens = Vec::new();
     for i in 0..5 {
-        tokens.push(c.create_session(&user, 1_000 + i).await.unwrap().0);
+        tokens.push(c.create_session(&user, TokenKind::Session, 1_000 + i).await.unwrap().0);
     }
     let live: Vec<bool> = tokens.iter().map(|t| c.authenticate(t, 1_010).is_some()).collect();
     assert_eq!(live, [false, false, true, true, true], "the oldest end first");

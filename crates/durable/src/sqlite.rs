@@ -13,7 +13,7 @@ pub fn db_err(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
 
 /// How much a commit waits for the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sync {
+pub enum Durability {
     /// fsync on every commit: an acknowledged write survives a power cut.
     Full,
     /// No fsync on commit (WAL): survives a crash of the process, not of the machine.
@@ -28,7 +28,7 @@ pub enum Sharing {
     /// Connections of this process only: SQLite's `unix-excl` VFS takes one exclusive file lock
     /// for the process and keeps the WAL index in memory, so a read transaction costs no
     /// `fcntl` calls (four per read otherwise: half of a cached point read, measured). Every
-    /// connection to the file must be opened with [`open_connection`] and the same sharing.
+    /// connection to the file must be opened with this sharing.
     ThisProcess,
 }
 
@@ -56,16 +56,11 @@ pub fn open_connection(
     .map_err(db_err(what))
 }
 
-/// Opens (creating, mode 0600) the database at `path` in WAL mode and applies the migrations
-/// it has not seen (`PRAGMA user_version` counts them). `what` names it in errors.
-pub fn open_migrated(path: &Path, sync: Sync, migrations: &[&str], what: &'static str) -> Result<Connection> {
-    open_migrated_with(path, sync, Sharing::Processes, migrations, what)
-}
-
-/// [`open_migrated`] with the given sharing.
-pub fn open_migrated_with(
+/// Opens (creating, mode 0600) the database at `path` in WAL mode with `sharing`, and applies
+/// the migrations it has not seen (`PRAGMA user_version` counts them). `what` names it in errors.
+pub fn open_migrated(
     path: &Path,
-    sync: Sync,
+    durability: Durability,
     sharing: Sharing,
     migrations: &[&str],
     what: &'static str,
@@ -73,9 +68,9 @@ pub fn open_migrated_with(
     ensure_private_file(path)?;
     let flags = rusqlite::OpenFlags::default();
     let mut conn = open_connection(path, flags, sharing, what)?;
-    let synchronous = match sync {
-        Sync::Full => "FULL",
-        Sync::Normal => "NORMAL",
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
     };
     conn.execute_batch(&format!(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous={synchronous}; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;"
@@ -110,13 +105,13 @@ mod tests {
         let path = dir.path().join("t.db");
         let one = ["CREATE TABLE a (x INTEGER)"];
         let two = ["CREATE TABLE a (x INTEGER)", "INSERT INTO a VALUES (7)"];
-        drop(open_migrated(&path, Sync::Full, &one, "test").unwrap());
-        let conn = open_migrated(&path, Sync::Full, &two, "test").unwrap();
+        drop(open_migrated(&path, Durability::Full, Sharing::Processes, &one, "test").unwrap());
+        let conn = open_migrated(&path, Durability::Full, Sharing::Processes, &two, "test").unwrap();
         let n: i64 = conn.query_row("SELECT count(*) FROM a", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 1);
         drop(conn);
-        drop(open_migrated(&path, Sync::Full, &two, "test").unwrap());
-        let err = open_migrated(&path, Sync::Full, &one, "test").unwrap_err();
+        drop(open_migrated(&path, Durability::Full, Sharing::Processes, &two, "test").unwrap());
+        let err = open_migrated(&path, Durability::Full, Sharing::Processes, &one, "test").unwrap_err();
         assert!(err.detail.unwrap().contains("newer"));
     }
 
@@ -126,7 +121,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let schema = ["CREATE TABLE a (x INTEGER)"];
-        let writer = open_migrated_with(&path, Sync::Full, Sharing::ThisProcess, &schema, "test").unwrap();
+        let writer = open_migrated(&path, Durability::Full, Sharing::ThisProcess, &schema, "test").unwrap();
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let reader = open_connection(&path, flags, Sharing::ThisProcess, "test").unwrap();
         writer.execute("INSERT INTO a VALUES (1)", []).unwrap();

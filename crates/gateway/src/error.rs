@@ -1,6 +1,6 @@
 //! The contract's JSON error as an axum response, and extractors whose rejections use it.
 
-use axum::extract::rejection::{BytesRejection, FormRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -62,22 +62,6 @@ macro_rules! api_extractor {
             }
         }
     };
-    ($(#[$doc:meta])* $name:ident, $inner:path, $rejection:ty, body) => {
-        $(#[$doc])*
-        pub struct $name<T>(pub T);
-        impl<S: Send + Sync, T> FromRequest<S> for $name<T>
-        where
-            $inner: FromRequest<S, Rejection = $rejection>,
-        {
-            type Rejection = ApiError;
-            async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-                <$inner>::from_request(req, state)
-                    .await
-                    .map(|v| $name(v.0))
-                    .map_err(|r| rejection(r.status(), r.body_text()))
-            }
-        }
-    };
 }
 
 api_extractor!(
@@ -87,10 +71,6 @@ api_extractor!(
 api_extractor!(
     /// Query parameters; malformed ones are a JSON 400.
     ApiQuery, Query, QueryRejection, parts
-);
-api_extractor!(
-    /// A form body (OAuth endpoints).
-    ApiForm, axum::Form<T>, FormRejection, body
 );
 
 /// A raw body, bounded by the router's body limit (413 `too_large` past it).

@@ -41,12 +41,17 @@ fn browser() -> reqwest::Client {
     reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
-/// Logs the browser in through the log-in form; returns the consent page's URL.
-async fn log_in(s: &Server, browser: &reqwest::Client, req: &AuthorizationRequest) -> String {
+/// The log-in form for `req`, filled in with Ada's credentials.
+fn login_form(req: &AuthorizationRequest) -> Vec<(String, String)> {
     let mut form = req.params();
     form.push(("username".into(), "ada".into()));
     form.push(("password".into(), "correct horse battery".into()));
-    let resp = browser.post(s.url("/oauth/login")).form(&form).send().await.unwrap();
+    form
+}
+
+/// Logs the browser in through the log-in form; returns the consent page's URL.
+async fn log_in(s: &Server, browser: &reqwest::Client, req: &AuthorizationRequest) -> String {
+    let resp = browser.post(s.url("/oauth/login")).form(&login_form(req)).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.starts_with("selfcloud_web=scw_"), "{cookie}");
@@ -95,10 +100,7 @@ async fn a_loopback_app_never_receives_a_credential_that_opens_the_api() {
 
     // Even a web session in hand (an app whose page the browser visits under /oauth gets it)
     // opens no API: not as a cookie, not as a bearer token.
-    let mut again = req.params();
-    again.push(("username".into(), "ada".into()));
-    again.push(("password".into(), "correct horse battery".into()));
-    let resp = s.http.post(s.url("/oauth/login")).form(&again).send().await.unwrap();
+    let resp = s.http.post(s.url("/oauth/login")).form(&login_form(&req)).send().await.unwrap();
     let set = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     let web = set.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
     for path in ["/v1/grants", "/v1/me", "/v1/storage/diary/secret", "/v1/export", "/v1/audit"] {
@@ -143,9 +145,7 @@ async fn log_in_and_consent_forms_from_another_site_are_refused() {
     let client_id = s.register_app(&dev, &["storage:read:notes"]).await;
     s.sign_up("ada").await;
     let req = AuthorizationRequest::new(&s.app_config(&client_id), &["storage:read:notes"]);
-    let mut login = req.params();
-    login.push(("username".into(), "ada".into()));
-    login.push(("password".into(), "correct horse battery".into()));
+    let login = login_form(&req);
     let host = s.base.trim_start_matches("http://").to_owned();
     // Login CSRF: another site (or an app's page on another port) posts the attacker's
     // credentials into the victim's browser. Refused whatever the credentials.

@@ -174,22 +174,29 @@ async fn an_oversized_import_is_refused_without_being_kept() {
     assert!(left.iter().all(|n| !n.to_string_lossy().contains("import")), "{left:?}");
 }
 
-async fn server_with_connections(limits: ConnectionLimits) -> (String, tokio_util::sync::CancellationToken) {
+/// A server with these connection limits; it stops when the answer is dropped.
+struct Limited {
+    addr: String,
+    _stop: tokio_util::sync::DropGuard,
+    _home: tempfile::TempDir,
+}
+
+async fn server_with_connections(limits: ConnectionLimits) -> Limited {
     let home = tempfile::tempdir().unwrap();
     let control = selfcloud_control::Control::open(common::test_config(home.path()), 0).unwrap();
-    std::mem::forget(home);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let config = selfcloud_gateway::GatewayConfig { connections: limits, ..Default::default() };
     let clock = std::sync::Arc::new(selfcloud_gateway::clock::SystemClock);
     let running = selfcloud_gateway::serve(listener, control, clock, config, shutdown.clone()).await.unwrap();
-    (running.addr.to_string(), shutdown)
+    Limited { addr: running.addr.to_string(), _stop: shutdown.drop_guard(), _home: home }
 }
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let limits = ConnectionLimits { header_read_timeout: Duration::from_millis(500), ..Default::default() };
-    let (addr, _stop) = server_with_connections(limits).await;
+    let server = server_with_connections(limits).await;
+    let addr = server.addr.clone();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let mut buf = Vec::new();
@@ -220,7 +227,8 @@ async fn connections_past_the_cap_wait_until_one_closes() {
     let limits =
         ConnectionLimits { max_connections: 2, header_read_timeout: Duration::from_secs(30), ..Default::default() };
     assert!(limits.max_connections < ConnectionLimits::default().max_connections);
-    let (addr, _stop) = server_with_connections(limits).await;
+    let server = server_with_connections(limits).await;
+    let addr = server.addr.clone();
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -241,7 +249,8 @@ async fn connections_past_the_cap_wait_until_one_closes() {
 #[tokio::test]
 async fn a_client_that_trickles_its_body_is_cut_off() {
     let limits = ConnectionLimits { body_read_timeout: Duration::from_millis(500), ..Default::default() };
-    let (addr, _stop) = server_with_connections(limits).await;
+    let server = server_with_connections(limits).await;
+    let addr = server.addr.clone();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head =
         "POST /v1/accounts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";

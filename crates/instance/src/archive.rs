@@ -123,8 +123,8 @@ impl ArchiveWriter {
             self.close_part()?;
         }
         // A damaged value is carried repaired rather than cutting the archive off.
-        let (text, _) = crate::json_text(record.value.clone());
-        let text = text.as_str();
+        let (text, _) = crate::json_text(&record.value);
+        let text = text.as_ref();
         let raw: Box<RawValue> = RawValue::from_string(text.to_owned()).map_err(Error::internal)?;
         // Inline only what a JSON line carries byte for byte: no line break, no outer whitespace
         // (which `RawValue` trims).

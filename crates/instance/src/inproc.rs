@@ -1,6 +1,7 @@
 //! The in-process runtime: the instance is a set of values inside the server process. Fast, with
 //! logical isolation only (its own directory, file and key).
 
+use crate::spool::{SpoolReader, SpoolWriter};
 use crate::{archive, AuditEntry, AuditRecord, ByteStream, ImportLimits, Instance, IntegrityReport, StorageUsage};
 use async_trait::async_trait;
 use selfcloud_core::{Collection, Error, ErrorCode, InstanceId, RecordKey, Result};
@@ -11,18 +12,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Checks the spooled archive whole, then reads it again into one atomic import. Blocking.
-fn import_spooled(store: &Store, path: &Path, max_value_bytes: usize) -> Result<Usage> {
-    let open = || std::fs::File::open(path).map_err(|e| selfcloud_durable::io_err("open", path, e));
+fn import_spooled(store: &Store, path: &Path, key: &DataKey, max_value_bytes: usize) -> Result<Usage> {
+    let open = || {
+        let file = std::fs::File::open(path).map_err(|e| selfcloud_durable::io_err("open", path, e))?;
+        Ok(SpoolReader::new(std::io::BufReader::new(file), key))
+    };
     // First pass: nothing is written, so a damaged archive costs one read.
-    archive::walk(std::io::BufReader::new(open()?), max_value_bytes, |_| Ok(()))?;
+    archive::walk(open()?, max_value_bytes, |_| Ok(()))?;
     // Second pass: a reader thread walks the archive again and hands records over a short
     // queue; a fault it meets arrives as an error, and the import rolls back.
     let usage = std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<ImportRecord>>(256);
         scope.spawn(move || {
             let send = |r: Result<ImportRecord>| tx.send(r).map_err(|_| Error::internal("the import stopped reading"));
-            let walked =
-                open().and_then(|f| archive::walk(std::io::BufReader::new(f), max_value_bytes, |r| send(Ok(r))));
+            let walked = open().and_then(|spool| archive::walk(spool, max_value_bytes, |r| send(Ok(r))));
             if let Err(e) = walked {
                 let _ = send(Err(e));
             }
@@ -79,17 +82,14 @@ impl InprocInstance {
         InprocInstance { id, dir: dir.to_owned(), engine, store: Arc::new(store), importing: Default::default() }
     }
 
-    /// Streams `archive` into the spool file, refusing it past `max_bytes`.
-    async fn spool(&self, mut archive: ByteStream, max_bytes: u64) -> Result<Spool> {
+    /// Streams `archive` into the (sealed) spool file, refusing it past `max_bytes`. Answers the
+    /// spool, removed when dropped, and the key that reads it.
+    async fn spool(&self, mut archive: ByteStream, max_bytes: u64) -> Result<(Spool, DataKey)> {
         use futures_util::StreamExt;
-        use tokio::io::AsyncWriteExt;
         let path = self.dir.join(IMPORT_SPOOL);
         let _ = tokio::fs::remove_file(&path).await;
-        let io = |what: &str, e: std::io::Error| selfcloud_durable::io_err(what, &path, e);
-        let mut options = tokio::fs::OpenOptions::new();
-        options.write(true).create_new(true).mode(selfcloud_durable::FILE_MODE);
-        let mut file = options.open(&path).await.map_err(|e| io("create", e))?;
-        let spool = Spool(path.clone());
+        let mut writer = SpoolWriter::create(&path).await?;
+        let spool = Spool(path);
         let mut total = 0u64;
         while let Some(chunk) = archive.next().await {
             let chunk = chunk.map_err(|e| Error::invalid(format!("the upload broke off: {e}")))?;
@@ -97,10 +97,9 @@ impl InprocInstance {
             if total > max_bytes {
                 return Err(Error::new(ErrorCode::TooLarge, format!("an import is at most {max_bytes} bytes")));
             }
-            file.write_all(&chunk).await.map_err(|e| io("write", e))?;
+            writer.write(&chunk).await?;
         }
-        file.flush().await.map_err(|e| io("write", e))?;
-        Ok(spool)
+        Ok((spool, writer.finish().await?))
     }
 
     /// Runs a write on the blocking pool: writes wait for fsync and must not stall the runtime.
@@ -179,8 +178,8 @@ impl Instance for InprocInstance {
         if self.store.usage()?.records != 0 {
             return Err(Error::conflict("the instance already holds records; import needs an empty one"));
         }
-        let spool = self.spool(archive, limits.max_bytes).await?;
-        let usage = self.blocking(move |store| import_spooled(store, &spool.0, limits.max_value_bytes)).await?;
+        let (spool, key) = self.spool(archive, limits.max_bytes).await?;
+        let usage = self.blocking(move |store| import_spooled(store, &spool.0, &key, limits.max_value_bytes)).await?;
         Ok(StorageUsage { records: usage.records, bytes: usage.bytes, quota_bytes: self.store.quota_bytes() })
     }
 

@@ -7,6 +7,7 @@
 
 pub mod archive;
 mod inproc;
+mod spool;
 
 pub use inproc::InprocInstance;
 pub use selfcloud_store::{
@@ -69,16 +70,14 @@ pub struct IntegrityReport {
 /// A stored value as JSON text, for lists and exports. Values are checked on the way in, but one
 /// stored before that check (or damaged since) must not break every page or archive after it:
 /// invalid UTF-8 is replaced, and what is still not JSON becomes a JSON string of its text. The
-/// flag says whether the value had to be repaired.
-pub fn json_text(value: Vec<u8>) -> (String, bool) {
-    let (text, lossy) = match String::from_utf8(value) {
-        Ok(text) => (text, false),
-        Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
-    };
+/// flag says whether the value had to be repaired. A sound value is borrowed, not copied.
+pub fn json_text(value: &[u8]) -> (std::borrow::Cow<'_, str>, bool) {
+    let text = String::from_utf8_lossy(value);
+    let lossy = matches!(text, std::borrow::Cow::Owned(_));
     if selfcloud_core::json::check_value(&text).is_ok() {
         return (text, lossy);
     }
-    (serde_json::to_string(&text).expect("a string serializes"), true)
+    (serde_json::to_string(&text).expect("a string serializes").into(), true)
 }
 
 /// A request body arriving chunk by chunk (an import archive).
@@ -96,16 +95,16 @@ pub struct ImportLimits {
 #[cfg(test)]
 #[test]
 fn damaged_values_become_json_that_lists_and_exports_can_carry() {
-    assert_eq!(json_text(br#"{"a":1}"#.to_vec()), (r#"{"a":1}"#.to_owned(), false));
-    let (text, repaired) = json_text(b"\"caf\xff\"".to_vec());
+    assert_eq!(json_text(br#"{"a":1}"#), (r#"{"a":1}"#.into(), false));
+    let (text, repaired) = json_text(b"\"caf\xff\"");
     assert!(repaired);
     assert_eq!(serde_json::from_str::<String>(&text).unwrap(), "caf\u{fffd}");
-    let (text, repaired) = json_text(b"not json".to_vec());
+    let (text, repaired) = json_text(b"not json");
     assert!(repaired);
     assert_eq!(serde_json::from_str::<String>(&text).unwrap(), "not json");
     // Syntax that standard parsers refuse (too deep) is carried as its text too.
     let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
-    let (text, repaired) = json_text(deep.clone().into_bytes());
+    let (text, repaired) = json_text(deep.as_bytes());
     assert!(repaired);
     assert_eq!(serde_json::from_str::<String>(&text).unwrap(), deep);
 }

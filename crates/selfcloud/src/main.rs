@@ -24,6 +24,10 @@ pub fn private_files() {
 
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
+    // Every file any command creates (the server, `verify` opening stores, the benches) is its
+    // user's alone, including those libraries create with their own modes (RocksDB's); control
+    // makes the home 0700 as well.
+    private_files();
     // The external load generator keeps to one thread, leaving the other cores to the servers.
     let one_thread = matches!(&cli.command, cli::Command::Bench(b) if b.is_load_generator());
     let runtime = match one_thread {

@@ -20,9 +20,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         LogFormat::Text => builder.init(),
     }
 
-    // Every file the server creates is its user's alone, including those that libraries create
-    // with their own modes (RocksDB's); the home is made 0700 by control as well.
-    crate::private_files();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let config = args.settings.control_config(args.home.clone());
     let control = selfcloud_control::Control::open(config, clock.now())

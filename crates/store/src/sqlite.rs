@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use selfcloud_core::{Error, Result};
 use selfcloud_durable::io_err;
-use selfcloud_durable::sqlite::{open_connection, open_migrated, open_migrated_with, Sharing, Sync};
+use selfcloud_durable::sqlite::{open_connection, open_migrated, Durability, Sharing};
 use std::path::{Path, PathBuf};
 
 /// Schema versions of `store.db`, applied in order on open (`PRAGMA user_version` records how
@@ -71,7 +71,7 @@ fn db_err(e: rusqlite::Error) -> Error {
 
 impl SqliteEngine {
     pub fn open(path: &Path) -> Result<Self> {
-        let writer = open_migrated_with(path, Sync::Full, Sharing::ThisProcess, MIGRATIONS, "sqlite")?;
+        let writer = open_migrated(path, Durability::Full, Sharing::ThisProcess, MIGRATIONS, "sqlite")?;
         Ok(SqliteEngine {
             path: path.to_owned(),
             writer: Mutex::new(writer),
@@ -98,7 +98,13 @@ impl SqliteEngine {
             if !create && !self.log_path.exists() {
                 return Ok(None);
             }
-            *slot = Some(open_migrated(&self.log_path, Sync::Normal, LOG_MIGRATIONS, "sqlite log")?);
+            *slot = Some(open_migrated(
+                &self.log_path,
+                Durability::Normal,
+                Sharing::Processes,
+                LOG_MIGRATIONS,
+                "sqlite log",
+            )?);
         }
         f(slot.as_mut().expect("opened just above")).map(Some)
     }
@@ -142,7 +148,7 @@ fn template(dir: &Path) -> Result<&'static [u8]> {
 }
 
 fn make_template(scratch: &Path) -> Result<Vec<u8>> {
-    let conn = open_migrated(scratch, Sync::Full, MIGRATIONS, "sqlite")?;
+    let conn = open_migrated(scratch, Durability::Full, Sharing::Processes, MIGRATIONS, "sqlite")?;
     conn.close().map_err(|(_, e)| db_err(e))?;
     std::fs::read(scratch).map_err(|e| io_err("read", scratch, e))
 }

@@ -82,22 +82,24 @@ pub struct FamilyPlan {
     pub spent_kept: usize,
 }
 
-/// The caller's decision on a code or refresh token, taken inside the transaction.
-pub enum Spend {
-    /// Spend it and issue tokens with these scopes.
+/// The protocol's decision on a code or refresh token, taken inside the transaction that would
+/// spend it, with its reason for a refusal.
+pub enum Verdict<E> {
+    /// Spend it and issue tokens carrying these scopes.
     Issue(ScopeSet),
-    /// Refuse; write nothing.
-    Refuse,
-    /// Refuse and revoke the grant (a replay).
-    Revoke,
+    /// Refuse, and leave it as it was.
+    Refuse(E),
+    /// Refuse and revoke the whole grant: the credential was used twice.
+    Revoke(E),
 }
 
 /// What became of a code or refresh token.
-pub enum Redeemed {
+pub enum Redeemed<E> {
     Unknown,
-    Refused,
+    Refused(E),
     Revoked {
         grant: GrantId,
+        reason: E,
     },
     /// The grant is no longer active (revoked, or its user deleted).
     GrantEnded,
@@ -252,6 +254,37 @@ fn issue_family(
     Ok(removed)
 }
 
+/// The end of presenting a code or refresh token, in its transaction: a refusal writes nothing,
+/// a revocation revokes the grant; an issue needs the grant active, then `spend` marks the
+/// credential spent (`None`: it already was) and says which tokens that removed, then the new
+/// pair of `family` is written.
+fn honour<E>(
+    tx: Transaction,
+    verdict: Verdict<E>,
+    (user, grant): (UserId, GrantId),
+    family: &str,
+    plan: &FamilyPlan,
+    now: u64,
+    spend: impl FnOnce(&Transaction) -> rusqlite::Result<Option<Vec<Hash>>>,
+) -> Result<Redeemed<E>> {
+    let scopes = match verdict {
+        Verdict::Issue(scopes) => scopes,
+        Verdict::Refuse(reason) => return Ok(Redeemed::Refused(reason)),
+        Verdict::Revoke(reason) => {
+            revoke_in(&tx, user, grant, now).map_err(db_err)?;
+            tx.commit().map_err(db_err)?;
+            return Ok(Redeemed::Revoked { grant, reason });
+        }
+    };
+    let Some((user, instance, app, app_name)) = active_grant(&tx, grant).map_err(db_err)? else {
+        return Ok(Redeemed::GrantEnded);
+    };
+    let Some(mut removed) = spend(&tx).map_err(db_err)? else { return Ok(Redeemed::Unknown) };
+    removed.extend(issue_family(&tx, user, grant, family, &scopes, plan).map_err(db_err)?);
+    tx.commit().map_err(db_err)?;
+    Ok(Redeemed::Issued(Issued { user, instance, grant, app, app_name, scopes, removed }))
+}
+
 impl Registry {
     /// The user allowed `app` the `scopes`: their one active grant for the app gains them (or is
     /// created), and a code for exactly these scopes is stored, in one transaction.
@@ -348,13 +381,13 @@ impl Registry {
 
     /// Honours a code, in one transaction: `decide` sees it first; a code is spent only when it
     /// answers `Issue`, and only while the grant is active.
-    pub fn redeem_code(
+    pub fn redeem_code<E>(
         &self,
         hash: &Hash,
-        decide: &mut dyn FnMut(&CodeRow) -> Spend,
+        decide: impl FnOnce(&CodeRow) -> Verdict<E>,
         plan: &FamilyPlan,
         now: u64,
-    ) -> Result<Redeemed> {
+    ) -> Result<Redeemed<E>> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction().map_err(db_err)?;
         let row = tx
@@ -378,22 +411,11 @@ impl Registry {
             .optional()
             .map_err(db_err)?;
         let Some(code) = row else { return Ok(Redeemed::Unknown) };
-        let scopes = match decide(&code) {
-            Spend::Refuse => return Ok(Redeemed::Refused),
-            Spend::Revoke => {
-                revoke_in(&tx, code.user_id, code.grant_id, now).map_err(db_err)?;
-                tx.commit().map_err(db_err)?;
-                return Ok(Redeemed::Revoked { grant: code.grant_id });
-            }
-            Spend::Issue(scopes) => scopes,
+        let verdict = decide(&code);
+        let spend = |tx: &Transaction| {
+            tx.execute("UPDATE codes SET spent = 1 WHERE hash = ?1", [hash.as_slice()]).map(|_| Some(Vec::new()))
         };
-        let Some((user, instance, app, app_name)) = active_grant(&tx, code.grant_id).map_err(db_err)? else {
-            return Ok(Redeemed::GrantEnded);
-        };
-        tx.execute("UPDATE codes SET spent = 1 WHERE hash = ?1", [hash.as_slice()]).map_err(db_err)?;
-        let removed = issue_family(&tx, user, code.grant_id, &plan.family, &scopes, plan).map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
-        Ok(Redeemed::Issued(Issued { user, instance, grant: code.grant_id, app, app_name, scopes, removed }))
+        honour(tx, verdict, (code.user_id, code.grant_id), &plan.family, plan, now, spend)
     }
 
     /// A refresh token's row, spent or not.
@@ -427,48 +449,33 @@ impl Registry {
     /// Rotates a refresh token, in one transaction: `decide` sees it first; on `Issue` it is
     /// spent, its family's access token is superseded, and a new pair is written, while the
     /// grant is active. The family remembers its `spent_kept` newest spent tokens.
-    pub fn rotate_refresh(
+    pub fn rotate_refresh<E>(
         &self,
         hash: &Hash,
-        decide: &mut dyn FnMut(&RefreshRow) -> Spend,
+        decide: impl FnOnce(&RefreshRow) -> Verdict<E>,
         plan: &FamilyPlan,
         now: u64,
-    ) -> Result<Redeemed> {
+    ) -> Result<Redeemed<E>> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction().map_err(db_err)?;
         let Some(token) = Self::refresh_in(&tx, hash)? else { return Ok(Redeemed::Unknown) };
-        let scopes = match decide(&token) {
-            Spend::Refuse => return Ok(Redeemed::Refused),
-            Spend::Revoke => {
-                revoke_in(&tx, token.user_id, token.grant_id, now).map_err(db_err)?;
-                tx.commit().map_err(db_err)?;
-                return Ok(Redeemed::Revoked { grant: token.grant_id });
-            }
-            Spend::Issue(scopes) => scopes,
-        };
-        let Some((user, instance, app, app_name)) = active_grant(&tx, token.grant_id).map_err(db_err)? else {
-            return Ok(Redeemed::GrantEnded);
-        };
+        let verdict = decide(&token);
         let family = token.family.as_str();
-        let spent = tx.execute("UPDATE tokens SET spent = 1 WHERE hash = ?1 AND spent = 0", [hash.as_slice()]);
-        if spent.map_err(db_err)? != 1 {
-            return Ok(Redeemed::Refused);
-        }
-        let mut removed =
-            hashes(&tx, "SELECT hash FROM tokens WHERE family = ?1 AND kind = 'access'", [family]).map_err(db_err)?;
-        removed.extend(
-            hashes(
-                &tx,
+        let spend = |tx: &Transaction| {
+            if tx.execute("UPDATE tokens SET spent = 1 WHERE hash = ?1 AND spent = 0", [hash.as_slice()])? != 1 {
+                return Ok(None);
+            }
+            let mut removed = hashes(tx, "SELECT hash FROM tokens WHERE family = ?1 AND kind = 'access'", [family])?;
+            removed.extend(hashes(
+                tx,
                 "SELECT hash FROM tokens WHERE family = ?1 AND kind = 'refresh' AND spent = 1
                  ORDER BY seq DESC LIMIT -1 OFFSET ?2",
                 params![family, plan.spent_kept.max(1) as i64],
-            )
-            .map_err(db_err)?,
-        );
-        delete_hashes(&tx, &removed).map_err(db_err)?;
-        removed.extend(issue_family(&tx, user, token.grant_id, family, &scopes, plan).map_err(db_err)?);
-        tx.commit().map_err(db_err)?;
-        Ok(Redeemed::Issued(Issued { user, instance, grant: token.grant_id, app, app_name, scopes, removed }))
+            )?);
+            delete_hashes(tx, &removed)?;
+            Ok(Some(removed))
+        };
+        honour(tx, verdict, (token.user_id, token.grant_id), family, plan, now, spend)
     }
 
     /// Ends a token family (an app signed out on one device): every token of it, by hash.

@@ -255,7 +255,7 @@ pub async fn login(
         Err(e) if e.code == ErrorCode::Unauthenticated => return pages::login(&borrowed(&pairs), true),
         Err(e) => return ApiError(e).into_response(),
     };
-    let (token, expires) = match s.control.create_web_session(&user, s.clock.now()).await {
+    let (token, expires) = match s.control.create_session(&user, TokenKind::Web, s.clock.now()).await {
         Ok(t) => t,
         Err(e) => return ApiError(e).into_response(),
     };

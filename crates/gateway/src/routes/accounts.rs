@@ -8,6 +8,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use selfcloud_control::TokenKind;
 use selfcloud_core::Scope;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -92,7 +93,7 @@ pub async fn create_session(
 ) -> ApiResult<Response> {
     s.rate.check_ip(peer.ip())?;
     let user = s.control.log_in(&body.username, &body.password).await?;
-    let (token, expires_at) = s.control.create_session(&user, s.clock.now()).await?;
+    let (token, expires_at) = s.control.create_session(&user, TokenKind::Session, s.clock.now()).await?;
     Ok(Json(SessionCreated { token, expires_at }).into_response())
 }
 

@@ -206,9 +206,13 @@ pub async fn list(
 
 /// A stored value as a list shows it: a damaged one (see `json_text`) repaired, not failing the page.
 fn listed_value(collection: &Collection, key: &RecordKey, value: Vec<u8>) -> Box<RawValue> {
-    let (text, repaired) = selfcloud_instance::json_text(value);
-    if repaired {
-        tracing::warn!(%collection, %key, "a stored value is not valid JSON text; listed repaired");
-    }
+    let text = match selfcloud_instance::json_text(&value) {
+        // Sound (borrowed): the bytes themselves, not a copy.
+        (std::borrow::Cow::Borrowed(_), _) => String::from_utf8(value).expect("json_text checked it is UTF-8"),
+        (repaired, _) => {
+            tracing::warn!(%collection, %key, "a stored value is not valid JSON text; listed repaired");
+            repaired.into_owned()
+        }
+    };
     RawValue::from_string(text).expect("json_text gives JSON")
 }
