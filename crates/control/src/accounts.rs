@@ -95,10 +95,9 @@ impl Control {
             };
             let id = user.instance_id;
             let provisioned = (|| -> Result<()> {
-                let (data_key, instance) = this.create_instance(id)?;
+                let data_key = this.create_instance(id)?;
                 this.write_key_file(id, &data_key, &keys, &salt, &recovery_code)?;
                 this.registry.insert_user(&user)?;
-                this.open.lock().put(id, instance);
                 Ok(())
             })();
             if let Err(e) = provisioned {

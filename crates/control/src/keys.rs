@@ -14,7 +14,7 @@ use hkdf::Hkdf;
 use rand::RngCore;
 use selfcloud_core::config::KdfParams;
 use selfcloud_core::{Error, InstanceId, Result};
-use selfcloud_store::DataKey;
+use selfcloud_instance::DataKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

@@ -10,16 +10,16 @@ mod grants;
 mod instances;
 pub mod keys;
 mod lifecycle;
-mod open_set;
 mod recovery;
 mod registry;
+pub mod runtime;
 mod tiers;
 pub mod tokens;
 mod verify;
 
 pub use accounts::{Account, Profile};
 pub use grants::{App, AppTokens, CodeGrant, Consent, Grant, NewApp, RefreshGrant, TokenOutcome, Verdict};
-pub use instances::{instance_dir, INSTANCES_DIR};
+pub use instances::{instance_dir, restart_backoff, RunState, RunStatus, RuntimeSummary, INSTANCES_DIR};
 pub use lifecycle::Recovered;
 pub use recovery::RecoveryCode;
 pub use registry::UserRow;
@@ -45,8 +45,14 @@ pub struct ControlConfig {
     pub kdf: KdfParams,
     pub limits: Limits,
     pub ttls: TokenTtls,
-    /// Instances kept open at once; the least recently used is closed past this.
+    /// Instances kept awake at once; past this the least recently used idle one hibernates.
     pub open_instances: usize,
+    /// Where instances run.
+    pub runtime: RuntimeConfig,
+    /// An instance with no call for this long hibernates (its process exits; its files stay).
+    pub hibernate_after: std::time::Duration,
+    /// How long a stopping instance may take to finish the calls under way.
+    pub stop_grace: std::time::Duration,
     /// The store engine of instances provisioned from now on (existing ones keep theirs).
     pub store_engine: EngineKind,
     /// Password derivations (Argon2id) run at once; each holds the KDF's memory cost.
@@ -63,6 +69,9 @@ impl ControlConfig {
             limits: Limits::default(),
             ttls: TokenTtls::default(),
             open_instances: 1024,
+            runtime: RuntimeConfig::Inproc,
+            hibernate_after: std::time::Duration::from_secs(60),
+            stop_grace: std::time::Duration::from_secs(10),
             store_engine: EngineKind::default(),
             kdf_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             kdf_wait: std::time::Duration::from_secs(10),
@@ -70,14 +79,21 @@ impl ControlConfig {
     }
 }
 
+/// Which runtime, with its settings.
+#[derive(Clone, Debug)]
+pub enum RuntimeConfig {
+    Inproc,
+    Process(runtime::ProcessConfig),
+}
+
 pub struct Control {
     config: ControlConfig,
     registry: Arc<Registry>,
     node_key: NodeKey,
     tokens: TokenTable,
-    open: Mutex<open_set::OpenSet>,
-    /// Serialises opening instances so one instance is never opened twice at once.
-    opening: tokio::sync::Mutex<()>,
+    runtime: Box<dyn runtime::Runtime>,
+    /// The instances this server runs (one lock each).
+    table: instances::Table,
     /// Users with a password change, recovery or deletion under way: one at a time per user.
     account_changes: Mutex<std::collections::HashSet<selfcloud_core::UserId>>,
     provisioned: AtomicU64,
@@ -102,13 +118,17 @@ impl Control {
         let registry = Arc::new(Registry::open(&home.join("control.db"))?);
         let tiers = parking_lot::RwLock::new(registry.instance_tiers()?);
         let operator_token_hash = tiers::load_or_create_operator_token(home)?;
+        let runtime: Box<dyn runtime::Runtime> = match &config.runtime {
+            RuntimeConfig::Inproc => Box::new(runtime::Inproc),
+            RuntimeConfig::Process(p) => Box::new(runtime::Process::new(p.clone())?),
+        };
         let control = Control {
-            open: Mutex::new(open_set::OpenSet::new(config.open_instances)),
+            runtime,
+            table: instances::Table::default(),
             provisioned: AtomicU64::new(registry.instance_count()?),
             registry,
             node_key,
             tokens: TokenTable::default(),
-            opening: tokio::sync::Mutex::new(()),
             account_changes: Mutex::default(),
             tiers,
             operator_token_hash,
@@ -121,6 +141,10 @@ impl Control {
 
     pub fn config(&self) -> &ControlConfig {
         &self.config
+    }
+
+    pub fn runtime_kind(&self) -> runtime::RuntimeKind {
+        self.runtime.kind()
     }
 
     /// Instances provisioned on this node, ever.

@@ -63,17 +63,12 @@ fn shred(path: &Path) -> Result<()> {
     sync_dir(path.parent().expect("files live in a directory"))
 }
 
+/// Removes a stopped instance's directory (already gone is fine: a deletion asked again).
 fn remove_dir(dir: &Path) -> Result<()> {
-    // A request that held the instance open may still be finishing a write in it: try again.
-    let mut attempt = 0;
-    loop {
-        match std::fs::remove_dir_all(dir) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(_) if attempt < 3 => attempt += 1,
-            Err(e) => return Err(io_err("remove", dir, e)),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", dir, e)),
     }
 }
 
@@ -208,16 +203,14 @@ impl Control {
         .await
         .map_err(Error::internal)??;
         let (id, dir) = (u.instance_id, instance_dir(&self.config.home, u.instance_id));
-        {
-            // Under the opening lock no open of this instance is half-way, and any later one
-            // finds no key to open it with.
-            let _opening = self.opening.lock().await;
-            let key_file = dir.join(KEY_FILE);
-            tokio::task::spawn_blocking(move || shred(&key_file).and_then(|_| shred(&key_file.with_extension("tmp"))))
-                .await
-                .map_err(Error::internal)??;
-            self.open.lock().remove(id);
-        }
+        // The key first: from here on no wake can open the instance. Then the instance stops
+        // (calls under way finish; a wake that read the key before the shred is stopped too),
+        // and only then are its files removed.
+        let key_file = dir.join(KEY_FILE);
+        tokio::task::spawn_blocking(move || shred(&key_file).and_then(|_| shred(&key_file.with_extension("tmp"))))
+            .await
+            .map_err(Error::internal)??;
+        self.stop_instance(id).await;
         tokio::task::spawn_blocking(move || remove_dir(&dir)).await.map_err(Error::internal)??;
         let revoked = self.blocking(move |r| r.tombstone(user, now)).await?;
         self.tokens.remove_user(user, now);

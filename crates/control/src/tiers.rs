@@ -33,7 +33,8 @@ pub struct InstanceInfo {
     pub tier: Tier,
     pub state: String,
     pub created_at: u64,
-    pub open: bool,
+    /// Running, hibernated or crashed, with what it uses (never its contents).
+    pub run: crate::RunStatus,
 }
 
 impl Control {
@@ -58,10 +59,7 @@ impl Control {
             return Err(Error::not_found("no such instance"));
         }
         self.remember_tier(id, tier);
-        let open = self.open.lock().peek(id);
-        if let Some(instance) = open {
-            instance.set_quota(self.config.limits.tier(tier).quota_bytes).await?;
-        }
+        self.retier_running(id, tier).await?;
         tracing::info!(instance = %id, tier = %tier, "tier changed");
         Ok(())
     }
@@ -69,7 +67,6 @@ impl Control {
     /// Every instance's metadata, oldest first.
     pub async fn list_instances(&self) -> Result<Vec<InstanceInfo>> {
         let rows = self.blocking(|r| r.instances()).await?;
-        let open = self.open.lock();
         Ok(rows
             .into_iter()
             .map(|(id, username, tier, state, created_at)| InstanceInfo {
@@ -78,7 +75,7 @@ impl Control {
                 tier: tier.parse().unwrap_or_default(),
                 state,
                 created_at,
-                open: open.peek(id).is_some(),
+                run: self.run_status(id),
             })
             .collect())
     }

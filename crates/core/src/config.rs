@@ -86,6 +86,8 @@ pub struct Limits {
     pub spent_refresh_kept: usize,
     /// Apps one account may have registered at once.
     pub apps_per_user: usize,
+    /// What each tier's instance process may use (its cgroup), under the `process` runtime.
+    pub resources: TierResources,
 }
 
 impl Default for Limits {
@@ -108,6 +110,7 @@ impl Default for Limits {
             app_sessions_per_grant: 16,
             spent_refresh_kept: 32,
             apps_per_user: 50,
+            resources: TierResources::default(),
         }
     }
 }
@@ -121,6 +124,46 @@ impl Limits {
                 rate_per_token: self.rate_per_token,
                 rate_burst: self.rate_burst,
             },
+            Tier::Growth => self.growth,
+            Tier::Pro => self.pro,
+        }
+    }
+}
+
+/// Memory, CPU and processes an instance's process may use, enforced by its cgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resources {
+    /// Memory (anonymous and page cache charged to it); past it the kernel reclaims, then kills.
+    pub memory_bytes: u64,
+    /// CPU time per wall-clock second, in thousandths of a core (1000 = one core).
+    pub cpu_millis: u32,
+    /// Processes and threads at once.
+    pub pids: u32,
+}
+
+/// Each tier's [`Resources`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierResources {
+    pub free: Resources,
+    pub growth: Resources,
+    pub pro: Resources,
+}
+
+impl Default for TierResources {
+    fn default() -> Self {
+        const MIB: u64 = 1024 * 1024;
+        TierResources {
+            free: Resources { memory_bytes: 256 * MIB, cpu_millis: 1000, pids: 128 },
+            growth: Resources { memory_bytes: 1024 * MIB, cpu_millis: 2000, pids: 256 },
+            pro: Resources { memory_bytes: 4096 * MIB, cpu_millis: 4000, pids: 512 },
+        }
+    }
+}
+
+impl TierResources {
+    pub fn of(&self, tier: Tier) -> Resources {
+        match tier {
+            Tier::Free => self.free,
             Tier::Growth => self.growth,
             Tier::Pro => self.pro,
         }

@@ -1,13 +1,13 @@
 //! The one error type every crate returns, mapped to the HTTP contract's JSON error.
 
 use http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The error codes of the HTTP contract, each with its one status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidRequest,
@@ -98,8 +98,27 @@ impl Error {
     pub fn rate_limited(retry_after: Duration) -> Self {
         Error { retry_after: Some(retry_after), ..Self::new(ErrorCode::RateLimited, "too many requests") }
     }
+    /// The service cannot answer now; the caller may retry after `retry_after`.
+    pub fn unavailable(message: impl Into<String>, retry_after: Duration) -> Self {
+        Error { retry_after: Some(retry_after), ..Self::new(ErrorCode::Unavailable, message) }
+    }
     pub fn status(&self) -> StatusCode {
         self.code.status()
+    }
+    /// Reads back an error that crossed a process boundary as [`Error::body`] (the wire error
+    /// of the instance protocol); `None` when `body` is not one.
+    pub fn from_body(body: &[u8], retry_after: Option<Duration>) -> Option<Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            error: WireError,
+        }
+        #[derive(Deserialize)]
+        struct WireError {
+            code: ErrorCode,
+            message: String,
+        }
+        let wire: Wire = serde_json::from_slice(body).ok()?;
+        Some(Error { retry_after, ..Error::new(wire.error.code, wire.error.message) })
     }
     /// The JSON body of the contract: `{"error":{"code","message"}}`.
     pub fn body(&self) -> serde_json::Value {
@@ -118,5 +137,18 @@ mod tests {
         assert_eq!(e.body(), serde_json::json!({"error":{"code":"conflict","message":"username taken"}}));
         assert_eq!(Error::rate_limited(Duration::from_secs(1)).status().as_u16(), 429);
         assert_eq!(ErrorCode::QuotaExceeded.status().as_u16(), 507);
+    }
+
+    #[test]
+    fn errors_cross_the_wire_and_come_back_the_same() {
+        let e = Error::new(ErrorCode::QuotaExceeded, "over quota");
+        let bytes = serde_json::to_vec(&e.body()).unwrap();
+        assert_eq!(Error::from_body(&bytes, None), Some(e));
+        // The detail never crosses: it is for the log of the side that failed.
+        let internal = Error::internal("disk on fire");
+        let back = Error::from_body(&serde_json::to_vec(&internal.body()).unwrap(), None).unwrap();
+        assert_eq!((back.code, back.detail), (ErrorCode::Internal, None));
+        assert_eq!(Error::from_body(b"<html>", None), None);
+        assert_eq!(Error::from_body(br#"{"error":{"code":"no_such_code","message":"x"}}"#, None), None);
     }
 }

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use selfcloud_control::tokens::hash_token;
 use selfcloud_control::{TokenInfo, TokenKind};
 use selfcloud_core::{Error, Scope};
+use selfcloud_instance::protocol::Need;
 use selfcloud_instance::{Actor, AuditEntry};
 use std::sync::Arc;
 
@@ -61,25 +62,28 @@ impl Caller {
         }
     }
 
-    /// Checks an instance API's scope. The owner holds every scope of their own instance.
+    /// Checks a scope. The owner holds every scope of their own instance.
     pub fn require(&self, needed: &Scope) -> Result<ScopeUsed, Error> {
-        if self.is_owner() {
-            return Ok(ScopeUsed(needed.to_string()));
-        }
-        match self.token.scopes.permits(needed) {
-            Some(held) => Ok(ScopeUsed(held.to_string())),
-            None => Err(Error::forbidden(format!("this token does not carry the scope {needed}"))),
-        }
+        let used = self.check(&Need::Scope(needed.clone()))?;
+        Ok(ScopeUsed(used.unwrap_or_else(|| needed.to_string())))
     }
 
-    fn actor(&self) -> Actor {
+    /// Checks what an instance call needs, by the protocol's one rule (the instance checks the
+    /// same again). Answers the scope that allowed it.
+    pub fn check(&self, need: &Need) -> Result<Option<String>, Error> {
+        selfcloud_instance::protocol::check(&self.actor(), &self.token.scopes, need)
+    }
+
+    pub fn actor(&self) -> Actor {
         match &self.token.grant {
+            _ if self.is_owner() => Actor::Owner,
             Some(g) => Actor::App {
                 client_id: g.client_id.to_string(),
                 name: g.app_name.clone(),
                 grant_id: g.grant_id.to_string(),
             },
-            None => Actor::Owner,
+            // An app token always has its grant; were one ever without, it is an app with no name.
+            None => Actor::App { client_id: String::new(), name: String::new(), grant_id: String::new() },
         }
     }
 }

@@ -60,8 +60,11 @@ impl Running {
     /// written.
     pub async fn wait(self) -> std::io::Result<()> {
         self.task.await.map_err(std::io::Error::other)?;
+        let control = self.state.control.clone();
         drop(self.state); // the last audit sink goes with it, so the writer can finish
         let _ = self.audit_task.await;
+        // Then every instance drains and stops (its audit is written by now).
+        control.stop_all().await;
         Ok(())
     }
 }
@@ -75,7 +78,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/me", get(accounts::me))
         .route("/v1/audit", get(accounts::audit))
         .route("/v1/storage/{collection}", get(storage::list))
-        .route("/v1/storage/{collection}/{key}", put(storage::put).get(storage::get).delete(storage::delete))
+        .route("/v1/storage/{collection}/{key}", put(storage::record).get(storage::record).delete(storage::record))
         .route("/v1/export", get(portability::export))
         .route("/v1/import", post(portability::import))
         .route_layer(from_fn_with_state(state.clone(), auth::audited));
@@ -124,7 +127,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn metrics_endpoint(axum::extract::State(s): axum::extract::State<Arc<AppState>>) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let body = s.metrics.render(s.control.instances_provisioned());
+    let body = s.metrics.render(s.control.instances_provisioned(), &s.control.runtime_summary());
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 
@@ -153,9 +156,31 @@ pub async fn serve(
         audit,
         issuer,
     });
+    let wakes = state.metrics.wakes.clone();
+    state.control.observe_wakes(Box::new(move |took| wakes.observe(took.as_secs_f64())));
     spawn_sweeper(state.clone(), shutdown.clone());
+    spawn_hibernator(state.control.clone(), shutdown.clone());
     let task = tokio::spawn(server::run(listener, router(state.clone()), config.connections, shutdown));
     Ok(Running { addr, state, task, audit_task })
+}
+
+/// Puts idle instances to sleep, checking a few times per idle period.
+fn spawn_hibernator(control: Arc<Control>, shutdown: CancellationToken) {
+    let every = (control.config().hibernate_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let weak = Arc::downgrade(&control);
+    drop(control);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(control) = weak.upgrade() else { return };
+            control.hibernate_idle().await;
+        }
+    });
 }
 
 /// Periodic housekeeping: expired tokens and idle rate-limit buckets leave memory.

@@ -42,11 +42,20 @@ struct RouteLabels {
     route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     instances: Gauge<u64, AtomicU64>,
+    by_state: Family<StateLabels, Gauge<u64, AtomicU64>>,
+    restarts: Gauge<u64, AtomicU64>,
+    /// Each wake of a hibernated (or never started) instance, first call to ready.
+    pub wakes: Histogram,
 }
 
 impl Metrics {
@@ -62,11 +71,21 @@ impl Metrics {
         registry.register("http_request_duration_seconds", "Time to answer a request, by route", latency.clone());
         registry.register("instances_provisioned", "Instances provisioned on this node", instances.clone());
         registry.register("audit_write_failures", "Audit batches that could not be written", audit_failures);
-        Metrics { registry, requests, latency, instances }
+        let by_state = Family::<StateLabels, Gauge<u64, AtomicU64>>::default();
+        let restarts = Gauge::<u64, AtomicU64>::default();
+        let wakes = Histogram::new([0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
+        registry.register("instances", "Instances by state: running, hibernated, crashed", by_state.clone());
+        registry.register("instance_restarts", "Instance restarts after a crash, since start", restarts.clone());
+        registry.register("instance_wake_seconds", "Time to wake an instance, first call to ready", wakes.clone());
+        Metrics { registry, requests, latency, instances, by_state, restarts, wakes }
     }
 
-    pub fn render(&self, instances_provisioned: u64) -> String {
+    pub fn render(&self, instances_provisioned: u64, runtime: &selfcloud_control::RuntimeSummary) -> String {
         self.instances.set(instances_provisioned);
+        for (state, n) in &runtime.by_state {
+            self.by_state.get_or_create(&StateLabels { state: state.as_str() }).set(*n);
+        }
+        self.restarts.set(runtime.restarts);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -100,6 +119,6 @@ mod tests {
             let labels = RequestLabels { route: "unmatched".into(), method: method_label(m), status: 404 };
             metrics.requests.get_or_create(&labels).inc();
         }
-        assert_eq!(metrics.render(0).matches("method=\"").count(), 1);
+        assert_eq!(metrics.render(0, &Default::default()).matches("method=\"").count(), 1);
     }
 }

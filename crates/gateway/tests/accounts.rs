@@ -33,7 +33,8 @@ async fn sign_up_provisions_the_instance_before_answering() {
     let (st, _, me) = s.call(Method::GET, "/v1/me", Some(&t), None).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(me["user_id"], user_id);
-    assert_eq!(me["instance"], json!({"id": instance.to_string(), "state": "ready"}));
+    let runtime = s.control.runtime_kind().as_str();
+    assert_eq!(me["instance"], json!({"id": instance.to_string(), "state": "ready", "runtime": runtime}));
     assert_eq!(me["tier"], "free");
     assert_eq!(me["storage"]["records"], 0);
 

@@ -219,3 +219,45 @@ async fn deleting_an_account_shreds_its_key_removes_its_files_and_ends_every_tok
     let instance = signed_up["instance"]["id"].as_str().unwrap().parse().unwrap();
     assert_eq!(control.instance(instance).await.err().map(|e| e.code), Some(selfcloud_core::ErrorCode::NotFound));
 }
+
+#[tokio::test]
+async fn an_idle_instance_hibernates_and_wakes_on_the_next_call_with_data_tokens_and_audit_intact() {
+    use selfcloud_control::RunState;
+    let s = Server::start_with(|c| c.hibernate_after = std::time::Duration::from_millis(200)).await;
+    let owner = s.user("ada").await;
+    let (_, app) = s.app_token(&owner, &["storage:read:notes"]).await;
+    s.put_ok(&owner, "/v1/storage/notes/a", json!({"v": 1})).await;
+    let (_, _, me) = s.call(Method::GET, "/v1/me", Some(&owner), None).await;
+    let id = me["instance"]["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(s.control.run_status(id).state, RunState::Running);
+
+    // Idle past the setting: it hibernates (under `process`, its process has exited).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.control.run_status(id).state != RunState::Hibernated {
+        assert!(std::time::Instant::now() < deadline, "still {:?}", s.control.run_status(id));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.control.run_status(id).pid, None);
+
+    // The app's next call wakes it, with no error: same token, same data.
+    let (st, _, v) = s.call(Method::GET, "/v1/storage/notes/a", Some(&app.access_token), None).await;
+    assert_eq!((st, v), (StatusCode::OK, json!({"v": 1})));
+    assert_eq!(s.control.run_status(id).state, RunState::Running);
+    // The access log runs on across the sleep: the write before, the app's read after.
+    let (_, _, audit) = s.call(Method::GET, "/v1/audit", Some(&owner), None).await;
+    let entries = audit["entries"].as_array().unwrap();
+    let paths: Vec<(&str, &str)> =
+        entries.iter().map(|e| (e["method"].as_str().unwrap(), e["actor"]["kind"].as_str().unwrap())).collect();
+    let read = paths.iter().position(|p| *p == ("GET", "app")).expect("the app's read is logged");
+    let write = paths.iter().position(|p| *p == ("PUT", "owner")).expect("the owner's write is logged");
+    assert!(read < write, "newest first: the read after the wake, then the write before it: {paths:?}");
+    // And the wakes are counted.
+    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let wakes = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("selfcloud_instance_wake_seconds_count "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no wake count in {metrics}"));
+    assert!(wakes >= 2, "{wakes} wakes counted");
+    assert!(metrics.contains("selfcloud_instances{state=\"running\"} 1"), "{metrics}");
+}

@@ -220,9 +220,9 @@ async fn values_never_reach_disk_in_clear_text() {
 }
 
 #[tokio::test]
-async fn invalid_utf8_is_refused_and_a_damaged_value_on_disk_breaks_no_list_or_export() {
+async fn invalid_utf8_and_values_standard_parsers_refuse_are_not_stored() {
     let s = Server::start().await;
-    let signed_up = s.sign_up("ada").await;
+    s.sign_up("ada").await;
     let t = s.log_in("ada").await;
     // Invalid UTF-8 inside a JSON string: the JSON parser would skip it; the write is refused.
     let resp = s
@@ -251,26 +251,8 @@ async fn invalid_utf8_is_refused_and_a_damaged_value_on_disk_breaks_no_list_or_e
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{}", &body[..body.len().min(20)]);
     }
 
-    // A value already on disk in that state (written before the check existed): stored behind
-    // the gateway's back through the instance itself.
-    let id = signed_up["instance"]["id"].as_str().unwrap().parse().unwrap();
-    let instance = s.control.instance(id).await.unwrap();
-    let (c, k) =
-        (selfcloud_core::Collection::parse("notes").unwrap(), selfcloud_core::RecordKey::parse("old").unwrap());
-    instance.put_record(&c, &k, b"{\"t\":\"caf\xff\"}".to_vec(), selfcloud_instance::Precondition::None).await.unwrap();
-    s.put_ok(&t, "/v1/storage/notes/ok", json!({"t": "fine"})).await;
-    let (st, _, page) = s.call(Method::GET, "/v1/storage/notes", Some(&t), None).await;
-    assert_eq!(st, StatusCode::OK, "{page}");
-    let value =
-        |key: &str| page["records"].as_array().unwrap().iter().find(|r| r["key"] == key).unwrap()["value"].clone();
-    assert_eq!(value("old")["t"], "caf\u{fffd}");
-    assert_eq!(value("ok")["t"], "fine");
-    let resp = s.http.get(s.url("/v1/export")).bearer_auth(&t).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let archive = resp.bytes().await.unwrap();
-    let (manifest, records) = selfcloud_instance::archive::read(&archive, 1 << 20).unwrap();
-    assert_eq!(manifest.records, 2, "the export runs to its end");
-    assert_eq!(records.len(), 2);
+    // A value already on disk in that state (written before the check existed) is listed and
+    // exported repaired: `selfcloud_instance::service` tests that behind the gateway's back.
 }
 
 #[tokio::test]

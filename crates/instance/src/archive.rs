@@ -15,9 +15,9 @@
 //! A value is kept byte for byte. JSON whitespace may include line breaks, which a JSON line
 //! cannot hold; such a value travels as a string in `value_text` instead of `value`.
 
-use crate::{ImportRecord, ScannedRecord};
 use selfcloud_core::json::check_value;
 use selfcloud_core::{Collection, Error, RecordKey, Result};
+use selfcloud_store::{ImportRecord, ScannedRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};

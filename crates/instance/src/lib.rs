@@ -1,32 +1,26 @@
-//! One user's instance behind one API. The gateway reaches a user's data only through
-//! [`Instance`]; this crate ships the in-process runtime ([`InprocInstance`]). A sandboxed runtime
-//! implements the same trait over a Unix socket, which is why every argument and answer here is a
-//! plain serializable value, never a handle into this process.
+//! One user's instance behind one protocol. The gateway reaches a user's data only through an
+//! [`InstanceClient`]; what crosses is HTTP ([`protocol`]): the instance serves its own API
+//! ([`service`], an axum router over its parts), in the server's process or in its own
+//! sandboxed one ([`process`]), and the [`transport`] carries calls to either.
 //!
 //! An instance knows nothing of other instances: it is opened on its own directory with its own key.
 
+pub mod api;
 pub mod archive;
-mod inproc;
+mod local;
+pub mod process;
+pub mod protocol;
+pub mod service;
 mod spool;
+pub mod transport;
 
-pub use inproc::InprocInstance;
-pub use selfcloud_store::{
-    DataKey, EngineKind, ImportRecord, Page, Precondition, Record, Rev, ScanPage, ScannedRecord, Usage,
-};
+pub use protocol::{Actor, CallContext, Settings};
+pub use selfcloud_store::{DataKey, EngineKind};
+pub use transport::InstanceClient;
 
-use async_trait::async_trait;
-use selfcloud_core::{Collection, InstanceId, RecordKey, Result};
+use selfcloud_core::Result;
 use serde::{Deserialize, Serialize};
-
-/// Who made a request on the instance.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Actor {
-    /// The instance's owner, with their session.
-    Owner,
-    /// A third-party app, through a grant.
-    App { client_id: String, name: String, grant_id: String },
-}
+use std::path::Path;
 
 /// One line of the instance's access log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +85,21 @@ pub struct ImportLimits {
     pub max_value_bytes: usize,
 }
 
-/// Everything the gateway (through control) can ask of one user's instance.
+/// Creates a new instance's parts (its store) in `dir`, which exists and is empty. The instance
+/// then runs wherever its runtime starts it.
+pub fn create(settings: &Settings, dir: &Path, key: &DataKey, engine: EngineKind) -> Result<()> {
+    let options = selfcloud_store::StoreOptions { quota_bytes: settings.quota_bytes };
+    local::Local::create(settings.id, dir, key, engine, options).map(drop)
+}
+
+/// Opens the instance living in `dir` inside this process (the `inproc` runtime).
+pub fn open_in_process(dir: &Path, key: &DataKey, settings: Settings) -> Result<InstanceClient> {
+    let options = selfcloud_store::StoreOptions { quota_bytes: settings.quota_bytes };
+    let id = settings.id;
+    let local = local::Local::open(id, dir, key, options)?;
+    Ok(InstanceClient::in_process(id, service::router(local, settings)))
+}
+
 #[cfg(test)]
 #[test]
 fn damaged_values_become_json_that_lists_and_exports_can_carry() {
@@ -107,50 +115,4 @@ fn damaged_values_become_json_that_lists_and_exports_can_carry() {
     let (text, repaired) = json_text(deep.as_bytes());
     assert!(repaired);
     assert_eq!(serde_json::from_str::<String>(&text).unwrap(), deep);
-}
-
-#[async_trait]
-pub trait Instance: Send + Sync + 'static {
-    fn id(&self) -> InstanceId;
-
-    async fn get_record(&self, collection: &Collection, key: &RecordKey) -> Result<Option<Record>>;
-    async fn put_record(
-        &self,
-        collection: &Collection,
-        key: &RecordKey,
-        value: Vec<u8>,
-        cond: Precondition,
-    ) -> Result<Rev>;
-    async fn delete_record(&self, collection: &Collection, key: &RecordKey, cond: Precondition) -> Result<()>;
-    /// Up to `limit` records, fewer once their values reach `max_bytes` (a page has at least one).
-    async fn list_records(
-        &self,
-        collection: &Collection,
-        prefix: &str,
-        limit: usize,
-        max_bytes: usize,
-        cursor: Option<&str>,
-    ) -> Result<Page>;
-    async fn storage_usage(&self) -> Result<StorageUsage>;
-
-    /// Every record of every collection, in (collection, key) order, after `cursor`: up to
-    /// `limit` records, fewer once their values reach `max_bytes` (a page always has one). Pages
-    /// are read one by one, not from one snapshot; no record appears twice.
-    async fn export_records(&self, cursor: Option<&str>, limit: usize, max_bytes: usize) -> Result<ScanPage>;
-    /// Restores an export archive (see [`archive`]) into this instance, which must hold no record
-    /// (`conflict`), in one atomic and durable write: all or, on any error (a damaged archive,
-    /// `too_large`, `quota_exceeded`), nothing. The archive streams to a private file in the
-    /// instance's directory, is checked whole, then imported; it is never held in memory. One
-    /// import at a time per instance. Returns the usage afterwards.
-    async fn import_archive(&self, archive: ByteStream, limits: ImportLimits) -> Result<StorageUsage>;
-    /// Runs the store's own integrity check and compares its counters with a full scan; an
-    /// error says what is wrong. Reads every record: for `selfcloud verify`, not the hot path.
-    async fn verify(&self) -> Result<IntegrityReport>;
-    /// Applies a new storage quota (the instance's tier changed).
-    async fn set_quota(&self, quota_bytes: u64) -> Result<()>;
-
-    /// Appends entries to the access log; entries past `keep` newest are dropped.
-    async fn append_audit(&self, entries: Vec<AuditEntry>, keep: u64) -> Result<()>;
-    /// Up to `limit` entries older than `before`, newest first.
-    async fn read_audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRecord>>;
 }

@@ -1,7 +1,7 @@
 //! Command-line flags. Every setting also reads an environment variable `SELFCLOUD_*`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use selfcloud_core::config::{KdfParams, Limits, TierLimits, TokenTtls};
+use selfcloud_core::config::{KdfParams, Limits, Resources, TierLimits, TierResources, TokenTtls};
 use selfcloud_gateway::server::ConnectionLimits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +24,27 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Check the registry and every instance's store of a stopped server; non-zero exit on failure.
     Verify(crate::verify::VerifyArgs),
+    /// The instance process (`instance run`), started by the server's `process` runtime.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InstanceCommand {
+    /// Serve one instance on the socket in its directory; reads its start message (settings and
+    /// data key) from stdin and stops when stdin closes. Not for use by hand.
+    Run {
+        /// The instance's directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    Auto,
+    Process,
+    Inproc,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,9 +166,49 @@ pub struct Settings {
     /// Store engine for new instances: sqlite or rocksdb (existing instances keep theirs).
     #[arg(long = "store", env = "SELFCLOUD_STORE", default_value = "sqlite")]
     pub store_engine: selfcloud_store::EngineKind,
-    /// Instances kept open at once (least recently used are closed).
+    /// Instances kept awake at once (past it the least recently used idle one hibernates).
     #[arg(long, env = "SELFCLOUD_OPEN_INSTANCES", default_value_t = 1024)]
     pub open_instances: usize,
+    /// Where instances run: `process` (each in its own sandboxed process), `inproc` (inside the
+    /// server), or `auto` (process where the kernel allows; says so at start either way).
+    #[arg(long, env = "SELFCLOUD_RUNTIME", default_value = "auto")]
+    pub runtime: RuntimeChoice,
+    /// Seconds without a call after which an instance hibernates (its process exits, files stay).
+    #[arg(long, env = "SELFCLOUD_HIBERNATE_AFTER", default_value_t = 60.0)]
+    pub hibernate_after: f64,
+    /// Seconds a stopping instance has to finish the calls under way.
+    #[arg(long, env = "SELFCLOUD_STOP_GRACE", default_value_t = 10)]
+    pub stop_grace: u64,
+    /// Seconds an instance process may take to start.
+    #[arg(long, env = "SELFCLOUD_INSTANCE_START_TIMEOUT", default_value_t = 10)]
+    pub instance_start_timeout: u64,
+    /// Memory of a free-tier instance process, in MiB (its cgroup; past it the kernel kills it).
+    #[arg(long, env = "SELFCLOUD_FREE_MEMORY_MIB", default_value_t = TierResources::default().free.memory_bytes >> 20)]
+    pub free_memory_mib: u64,
+    /// CPU of a free-tier instance, in thousandths of a core.
+    #[arg(long, env = "SELFCLOUD_FREE_CPU_MILLIS", default_value_t = TierResources::default().free.cpu_millis)]
+    pub free_cpu_millis: u32,
+    /// Processes and threads of a free-tier instance.
+    #[arg(long, env = "SELFCLOUD_FREE_PIDS", default_value_t = TierResources::default().free.pids)]
+    pub free_pids: u32,
+    /// Memory of a growth-tier instance, in MiB.
+    #[arg(long, env = "SELFCLOUD_GROWTH_MEMORY_MIB", default_value_t = TierResources::default().growth.memory_bytes >> 20)]
+    pub growth_memory_mib: u64,
+    /// CPU of a growth-tier instance, in thousandths of a core.
+    #[arg(long, env = "SELFCLOUD_GROWTH_CPU_MILLIS", default_value_t = TierResources::default().growth.cpu_millis)]
+    pub growth_cpu_millis: u32,
+    /// Processes and threads of a growth-tier instance.
+    #[arg(long, env = "SELFCLOUD_GROWTH_PIDS", default_value_t = TierResources::default().growth.pids)]
+    pub growth_pids: u32,
+    /// Memory of a pro-tier instance, in MiB.
+    #[arg(long, env = "SELFCLOUD_PRO_MEMORY_MIB", default_value_t = TierResources::default().pro.memory_bytes >> 20)]
+    pub pro_memory_mib: u64,
+    /// CPU of a pro-tier instance, in thousandths of a core.
+    #[arg(long, env = "SELFCLOUD_PRO_CPU_MILLIS", default_value_t = TierResources::default().pro.cpu_millis)]
+    pub pro_cpu_millis: u32,
+    /// Processes and threads of a pro-tier instance.
+    #[arg(long, env = "SELFCLOUD_PRO_PIDS", default_value_t = TierResources::default().pro.pids)]
+    pub pro_pids: u32,
     /// Owner API session lifetime, in seconds.
     #[arg(long, env = "SELFCLOUD_SESSION_TTL", default_value_t = TokenTtls::default().session.as_secs())]
     pub session_ttl: u64,
@@ -198,6 +259,23 @@ impl Settings {
                 app_sessions_per_grant: self.app_sessions_per_grant,
                 spent_refresh_kept: self.spent_refresh_kept,
                 apps_per_user: self.apps_per_user,
+                resources: TierResources {
+                    free: Resources {
+                        memory_bytes: self.free_memory_mib << 20,
+                        cpu_millis: self.free_cpu_millis,
+                        pids: self.free_pids,
+                    },
+                    growth: Resources {
+                        memory_bytes: self.growth_memory_mib << 20,
+                        cpu_millis: self.growth_cpu_millis,
+                        pids: self.growth_pids,
+                    },
+                    pro: Resources {
+                        memory_bytes: self.pro_memory_mib << 20,
+                        cpu_millis: self.pro_cpu_millis,
+                        pids: self.pro_pids,
+                    },
+                },
             },
             ttls: TokenTtls {
                 session: Duration::from_secs(self.session_ttl),
@@ -207,6 +285,10 @@ impl Settings {
                 code: Duration::from_secs(self.code_ttl),
             },
             open_instances: self.open_instances,
+            // `runtime()` picks the runtime; a bench or test that wants another sets it.
+            runtime: selfcloud_control::RuntimeConfig::Inproc,
+            hibernate_after: Duration::from_secs_f64(self.hibernate_after.max(0.0)),
+            stop_grace: Duration::from_secs(self.stop_grace),
             store_engine: self.store_engine,
             kdf_concurrency: match self.kdf_concurrency {
                 0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -214,5 +296,34 @@ impl Settings {
             },
             kdf_wait: Duration::from_secs(self.kdf_wait),
         }
+    }
+}
+
+impl Settings {
+    /// The runtime `up` serves with. `auto` and `process` both run each instance as its own
+    /// process; each sandbox layer this kernel lacks is named in a warning and left out (never
+    /// silently). `inproc` is asked for by name only.
+    pub fn runtime(&self) -> anyhow::Result<selfcloud_control::RuntimeConfig> {
+        if self.runtime == RuntimeChoice::Inproc {
+            tracing::warn!("--runtime inproc: every instance runs inside the server (isolation is logical only)");
+            return Ok(selfcloud_control::RuntimeConfig::Inproc);
+        }
+        let layers = selfcloud_sandbox::probe();
+        for layer in layers.iter().filter(|l| !l.available) {
+            tracing::warn!(
+                layer = layer.name,
+                why = layer.why.as_deref().unwrap_or(""),
+                "sandbox layer unavailable: instances run without it"
+            );
+        }
+        let has = |name: &str| layers.iter().any(|l| l.name == name && l.available);
+        let program = std::env::current_exe()?;
+        let mut config = selfcloud_control::runtime::ProcessConfig::new(program);
+        config.sandbox = has("namespaces");
+        config.cgroups = has("cgroups");
+        config.start_timeout = Duration::from_secs(self.instance_start_timeout);
+        let present: Vec<&str> = layers.iter().filter(|l| l.available).map(|l| l.name).collect();
+        tracing::info!(layers = %present.join(","), "each instance runs in its own process");
+        Ok(selfcloud_control::RuntimeConfig::Process(config))
     }
 }

@@ -28,6 +28,10 @@ fn main() -> anyhow::Result<()> {
     // user's alone, including those libraries create with their own modes (RocksDB's); control
     // makes the home 0700 as well.
     private_files();
+    if let cli::Command::Instance(cli::InstanceCommand::Run { dir }) = &cli.command {
+        // Before any thread exists: the sandbox needs a single-threaded caller.
+        return instance_run(dir);
+    }
     // The external load generator keeps to one thread, leaving the other cores to the servers.
     let one_thread = matches!(&cli.command, cli::Command::Bench(b) if b.is_load_generator());
     let runtime = match one_thread {
@@ -38,5 +42,18 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Up(args) => runtime.block_on(up::run(*args)),
         cli::Command::Bench(args) => runtime.block_on(bench::run(args)),
         cli::Command::Verify(args) => runtime.block_on(verify::run(args)),
+        cli::Command::Instance(_) => unreachable!("handled above"),
     }
+}
+
+/// One instance process; logs to stderr (the server's), quietly unless RUST_LOG asks.
+fn instance_run(dir: &std::path::Path) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    match std::env::var("SELFCLOUD_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().init(),
+        _ => builder.init(),
+    }
+    selfcloud_instance::process::run(dir).map_err(|e| anyhow::anyhow!("instance {}: {e}", dir.display()))
 }

@@ -21,7 +21,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let config = args.settings.control_config(args.home.clone());
+    let mut config = args.settings.control_config(args.home.clone());
+    config.runtime = args.settings.runtime()?;
     let control = selfcloud_control::Control::open(config, clock.now())
         .map_err(|e| anyhow::anyhow!("{}: {}", e.message, e.detail.unwrap_or_default()))
         .with_context(|| format!("opening home directory {}", args.home.display()))?;

@@ -43,10 +43,19 @@ fn the_crate_map_holds() {
     assert_eq!(ours("selfcloud-core"), BTreeSet::new());
     assert_eq!(ours("selfcloud-durable"), BTreeSet::from(["selfcloud-core"]));
     assert_eq!(ours("selfcloud-store"), BTreeSet::from(["selfcloud-core", "selfcloud-durable"]));
-    assert!(ours("selfcloud-instance")
-        .iter()
-        .all(|d| ["selfcloud-core", "selfcloud-durable", "selfcloud-store"].contains(d)));
+    // The sandbox is walls only: no domain types, no crate of ours.
+    assert_eq!(ours("selfcloud-sandbox"), BTreeSet::new());
+    assert!(ours("selfcloud-instance").iter().all(|d| [
+        "selfcloud-core",
+        "selfcloud-durable",
+        "selfcloud-store",
+        "selfcloud-sandbox"
+    ]
+    .contains(d)));
     assert!(!ours("selfcloud-control").contains("selfcloud-gateway"));
+    // Control knows instances by id, directory and runtime handle: the store stays below the
+    // instance boundary (control reaches it only through the instance protocol).
+    assert!(!of("selfcloud-control").contains("selfcloud-store"), "control depends on the store");
     // The gateway reaches data only through control's instance handle: no store, no database.
     for forbidden in ["selfcloud-store", "selfcloud-durable", "rusqlite", "rocksdb"] {
         assert!(!of("selfcloud-gateway").contains(forbidden), "the gateway depends on {forbidden}");

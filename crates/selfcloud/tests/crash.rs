@@ -1,6 +1,7 @@
 //! The crash harness, as CI runs it: `selfcloud bench crash` SIGKILLs a real server twenty times
 //! mid-write on each engine, runs `selfcloud verify` after every kill, and fails if a single
-//! acknowledged write is missing or the store's integrity check fails.
+//! acknowledged write is missing or the store's integrity check fails. Every other cycle also
+//! kills the instance's own process mid-write.
 
 use std::process::Command;
 
@@ -21,6 +22,8 @@ fn crash_harness(store: &str) {
     // The run must have exercised something: acknowledged writes, and kills that caught some in flight.
     assert!(field("acknowledged") > 100, "{summary}");
     assert!(field("in_flight") > 0, "{summary}");
+    // Instance processes were killed mid-write too (every other cycle), not only the server.
+    assert!(field("instance_kills") >= 5, "{summary}");
 }
 
 #[test]

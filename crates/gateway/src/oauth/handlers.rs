@@ -36,8 +36,10 @@ pub fn web_cookie_name(secure: bool) -> &'static str {
     }
 }
 
-fn web_cookie(s: &AppState, token: &str, expires_at: u64) -> String {
-    let max_age = expires_at.saturating_sub(s.clock.now());
+/// `now` is the instant the session was made at, so the cookie lives exactly as long as the
+/// session (read again here, a second boundary passed in between would shorten it by one).
+fn web_cookie(s: &AppState, token: &str, expires_at: u64, now: u64) -> String {
+    let max_age = expires_at.saturating_sub(now);
     let name = web_cookie_name(s.secure_cookies);
     let scope = if s.secure_cookies { "Path=/; Secure" } else { "Path=/oauth" };
     format!("{name}={token}; {scope}; HttpOnly; SameSite=Lax; Max-Age={max_age}")
@@ -255,13 +257,14 @@ pub async fn login(
         Err(e) if e.code == ErrorCode::Unauthenticated => return pages::login(&borrowed(&pairs), true),
         Err(e) => return ApiError(e).into_response(),
     };
-    let (token, expires) = match s.control.create_session(&user, TokenKind::Web, s.clock.now()).await {
+    let now = s.clock.now();
+    let (token, expires) = match s.control.create_session(&user, TokenKind::Web, now).await {
         Ok(t) => t,
         Err(e) => return ApiError(e).into_response(),
     };
     // Back to our own authorize endpoint only: the target is built here, never taken from input.
     let query = serde_urlencoded::to_string(&form.request).unwrap_or_default();
-    let cookie = web_cookie(&s, &token, expires);
+    let cookie = web_cookie(&s, &token, expires, now);
     ([(header::SET_COOKIE, cookie)], Redirect::to(&format!("/oauth/authorize?{query}"))).into_response()
 }
 

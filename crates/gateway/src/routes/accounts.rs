@@ -1,7 +1,8 @@
 //! Accounts, sessions, the caller's profile and their access log.
 
 use crate::auth::Caller;
-use crate::error::{page_limit, ApiJson, ApiQuery, ApiResult};
+use crate::error::{ApiJson, ApiResult};
+use crate::routes::forward::forward;
 use crate::routes::ErrorBody;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, State};
@@ -10,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use selfcloud_control::TokenKind;
 use selfcloud_core::Scope;
+use selfcloud_instance::protocol::Need;
+use selfcloud_instance::service::system::{AuditPage, AuditQuery};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +28,8 @@ pub struct Credentials {
 pub struct InstanceSummary {
     pub id: String,
     pub state: String,
+    /// Where it runs: `process` (its own sandboxed process) or `inproc`.
+    pub runtime: String,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -76,7 +81,11 @@ pub async fn create_account(
     let created = AccountCreated {
         user_id: account.user_id.to_string(),
         username: account.username,
-        instance: InstanceSummary { id: account.instance_id.to_string(), state: account.instance_state },
+        instance: InstanceSummary {
+            id: account.instance_id.to_string(),
+            state: account.instance_state,
+            runtime: s.control.runtime_kind().as_str().to_owned(),
+        },
         recovery_code: account.recovery_code,
     };
     Ok((StatusCode::CREATED, Json(created)).into_response())
@@ -199,40 +208,23 @@ pub async fn me(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Jso
     if caller.is_owner() {
         let usage = s.control.instance(caller.token.instance_id).await?.storage_usage().await?;
         me.tier = Some(profile.tier);
-        me.instance = Some(InstanceSummary { id: profile.instance_id.to_string(), state: profile.instance_state });
+        me.instance = Some(InstanceSummary {
+            id: profile.instance_id.to_string(),
+            state: profile.instance_state,
+            runtime: s.control.runtime_kind().as_str().to_owned(),
+        });
         me.storage =
             Some(StorageSummary { records: usage.records, bytes: usage.bytes, quota_bytes: usage.quota_bytes });
     }
     Ok(Json(me))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-pub struct AuditQuery {
-    /// Entries older than this sequence number (from a previous page's `next_before`).
-    pub before: Option<u64>,
-    /// At most this many (default 100, at most 1000).
-    pub limit: Option<usize>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct AuditPage {
-    #[schema(value_type = Vec<Object>)]
-    pub entries: Vec<selfcloud_instance::AuditRecord>,
-    pub next_before: Option<u64>,
-}
-
 /// The instance's access log, newest first (owner only).
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery), security(("bearer" = [])),
     responses((status = 200, body = AuditPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn audit(
-    State(s): State<Arc<AppState>>,
-    caller: Caller,
-    ApiQuery(q): ApiQuery<AuditQuery>,
-) -> ApiResult<Json<AuditPage>> {
-    caller.require_owner()?;
-    let limit = page_limit(q.limit, &s.limits)?;
+pub async fn audit(State(s): State<Arc<AppState>>, caller: Caller, req: axum::extract::Request) -> ApiResult<Response> {
+    caller.check(&Need::Owner)?;
+    // The owner always sees their latest requests: what is queued is written first.
     s.audit.flush().await;
-    let entries = s.control.instance(caller.token.instance_id).await?.read_audit(q.before, limit).await?;
-    let next_before = if entries.len() == limit { entries.last().map(|e| e.seq) } else { None };
-    Ok(Json(AuditPage { entries, next_before }))
+    forward(&s, &caller, Need::Owner, req).await
 }

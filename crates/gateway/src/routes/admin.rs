@@ -29,9 +29,20 @@ pub struct InstanceView {
     pub tier: String,
     pub state: String,
     pub created_at: u64,
-    /// Open in memory right now.
-    pub open: bool,
     pub quota_bytes: u64,
+    /// `running`, `hibernated` (no process, no memory: its files only) or `crashed`.
+    pub run_state: String,
+    /// `process` or `inproc`.
+    pub runtime: String,
+    /// From its cgroup, while it runs (`process` runtime).
+    pub memory_bytes: Option<u64>,
+    pub cpu_usec: Option<u64>,
+    /// Unix milliseconds of its last call since this server started.
+    pub last_active_ms: Option<u64>,
+    /// Restarts after a crash since this server started.
+    pub restarts: u64,
+    /// Its process id, while it runs as a process.
+    pub pid: Option<u32>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -53,8 +64,14 @@ pub async fn list_instances(State(s): State<Arc<AppState>>) -> ApiResult<Json<In
                 tier: i.tier.to_string(),
                 state: i.state,
                 created_at: i.created_at,
-                open: i.open,
                 quota_bytes: s.limits.tier(i.tier).quota_bytes,
+                run_state: i.run.state.as_str().to_owned(),
+                runtime: s.control.runtime_kind().as_str().to_owned(),
+                memory_bytes: i.run.usage.memory_bytes,
+                cpu_usec: i.run.usage.cpu_usec,
+                last_active_ms: i.run.last_active_ms,
+                restarts: i.run.restarts,
+                pid: i.run.pid,
             })
             .collect(),
     }))

@@ -1,9 +1,10 @@
 //! The HTTP handlers, one module per area of the contract. Handlers are thin: parse into
-//! `core` types, check the caller, call control or the instance, shape the answer.
+//! `core` types, check the caller, call control or forward to the instance, shape the answer.
 
 pub mod accounts;
 pub mod admin;
 pub mod apps;
+pub mod forward;
 pub mod portability;
 pub mod storage;
 
@@ -18,7 +19,8 @@ pub struct ErrorBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// One of: invalid_request, unauthenticated, forbidden, not_found, conflict,
-    /// precondition_failed, too_large, unsupported_media_type, rate_limited, quota_exceeded, internal.
+    /// precondition_failed, too_large, unsupported_media_type, rate_limited, quota_exceeded,
+    /// unavailable, internal.
     pub code: String,
     pub message: String,
 }

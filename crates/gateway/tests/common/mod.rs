@@ -24,10 +24,19 @@ pub struct Server {
     running: Option<Running>,
 }
 
+/// The environment variable that runs the suite against the `process` runtime: the path of the
+/// `selfcloud` binary whose `instance run` serves each instance (`./selfcloud test` sets it for
+/// its second pass).
+pub const PROCESS_RUNTIME_ENV: &str = "SELFCLOUD_TEST_PROCESS_RUNTIME";
+
 pub fn test_config(home: &std::path::Path) -> ControlConfig {
     let mut config = ControlConfig::new(home);
     config.kdf = KdfParams::INSECURE_FOR_TESTS;
     config.limits = Limits { rate_per_ip: 10_000, ..Limits::default() };
+    if let Some(program) = std::env::var_os(PROCESS_RUNTIME_ENV) {
+        config.runtime =
+            selfcloud_control::RuntimeConfig::Process(selfcloud_control::runtime::ProcessConfig::new(program.into()));
+    }
     config
 }
 

@@ -4,7 +4,10 @@
 //! put, overwrite and delete records while recording every answer, SIGKILLs the server after a
 //! random delay, runs `selfcloud verify` on the home, and at the next start reads everything
 //! back: every acknowledged write must be there with its last acknowledged value (a write in
-//! flight at the kill may or may not be). The seed is printed so a failing run can be repeated.
+//! flight at the kill may or may not be). Every other cycle also SIGKILLs the user's instance
+//! process half-way through the traffic (the writes in flight then get 503, the instance comes
+//! back on the next one, and traffic goes on until the server is killed). The seed is printed
+//! so a failing run can be repeated.
 
 mod model;
 mod server;
@@ -60,6 +63,7 @@ struct Totals {
     losses: u64,
     unexpected: u64,
     verify_failures: u64,
+    instance_kills: u64,
     cycle_ms: Vec<u64>,
 }
 
@@ -126,7 +130,15 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
                 tokio::spawn(traffic::write_until_killed(http.clone(), up.base.clone(), token.clone(), w, cycle, rng))
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(traffic_ms)).await;
+        if cycle % 2 == 1 {
+            tokio::time::sleep(Duration::from_millis(traffic_ms / 2)).await;
+            if kill_instance(&http, &up.base, &home).await? {
+                totals.instance_kills += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(traffic_ms - traffic_ms / 2)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(traffic_ms)).await;
+        }
         tokio::task::spawn_blocking(move || up.kill()).await??;
         let mut tally = Tally::default();
         for task in tasks {
@@ -158,7 +170,7 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
     println!(
         "crash summary: store={} kills={} writers={} seed={seed} acknowledged={} puts={} deletes={} in_flight={} \
          in_flight_applied={} in_flight_not_applied={} rejected={} keys={} losses={} unexpected={} verify_failures={} \
-         cycle_ms_mean={mean} cycle_ms_max={max} total_s={:.1}",
+         instance_kills={} cycle_ms_mean={mean} cycle_ms_max={max} total_s={:.1}",
         args.store,
         args.kills,
         args.writers,
@@ -173,6 +185,7 @@ pub async fn run(args: CrashArgs) -> anyhow::Result<()> {
         t.losses,
         t.unexpected,
         t.verify_failures,
+        t.instance_kills,
         started.elapsed().as_secs_f64(),
     );
     if t.failed() || args.keep {
@@ -226,4 +239,18 @@ async fn verify(exe: &Path, home: &Path, totals: &mut Totals) -> anyhow::Result<
         progress(format_args!("  verify FAILED:\n{output}"));
     }
     Ok(ok)
+}
+
+/// SIGKILLs the running instance process (found through the operator's API); false when the
+/// server runs its instances in process.
+async fn kill_instance(http: &reqwest::Client, base: &str, home: &Path) -> anyhow::Result<bool> {
+    let token = std::fs::read_to_string(home.join(selfcloud_control::OPERATOR_TOKEN_FILE))?;
+    let list: serde_json::Value =
+        http.get(format!("{base}/v1/admin/instances")).bearer_auth(token.trim()).send().await?.json().await?;
+    let pids: Vec<u64> = list["instances"].as_array().into_iter().flatten().filter_map(|i| i["pid"].as_u64()).collect();
+    for pid in &pids {
+        // SAFETY: a signal to a process id the server just named as an instance's.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    Ok(!pids.is_empty())
 }

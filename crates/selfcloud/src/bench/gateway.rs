@@ -28,19 +28,25 @@ const WRITERS: usize = 4;
 
 pub struct Gateway {
     pub base: String,
-    running: Running,
+    pub running: Running,
     shutdown: CancellationToken,
 }
 
-fn core_error(e: selfcloud_core::Error) -> anyhow::Error {
+pub fn core_error(e: selfcloud_core::Error) -> anyhow::Error {
     anyhow!("{}: {}", e.message, e.detail.unwrap_or_default())
 }
 
 /// Starts the gateway on `127.0.0.1:0` over a fresh home, at the production KDF cost.
 pub async fn start(home: PathBuf) -> anyhow::Result<Gateway> {
+    start_with(home, |_| {}).await
+}
+
+/// [`start`], with the control settings changed by `tweak` (runtime, hibernation).
+pub async fn start_with(home: PathBuf, tweak: impl FnOnce(&mut ControlConfig)) -> anyhow::Result<Gateway> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut config = ControlConfig::new(home);
     config.kdf = KdfParams::default();
+    tweak(&mut config);
     config.limits.rate_per_ip = UNTHROTTLED;
     config.limits.rate_per_token = UNTHROTTLED;
     config.limits.rate_burst = UNTHROTTLED;
@@ -62,6 +68,15 @@ impl Gateway {
     }
 }
 
+/// Logs in user `name` and answers their session token.
+pub async fn log_in(base: &str, name: &str) -> anyhow::Result<String> {
+    let http = reqwest::Client::new();
+    let body = json!({ "username": name, "password": PASSWORD });
+    let response = http.post(format!("{base}/v1/sessions")).json(&body).send().await?;
+    let session = expect(response, StatusCode::OK, "log-in").await?;
+    Ok(session["token"].as_str().context("log-in answered no token")?.to_owned())
+}
+
 /// Answers the JSON body when the status is `want`, else an error naming what came back.
 async fn expect(response: reqwest::Response, want: StatusCode, what: &str) -> anyhow::Result<Value> {
     let status = response.status();
@@ -73,11 +88,16 @@ async fn expect(response: reqwest::Response, want: StatusCode, what: &str) -> an
 /// `n` sign-ups one after another, each timed from request to the answer naming a ready
 /// instance.
 pub async fn sign_ups(base: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
+    sign_ups_named(base, "bench", n).await
+}
+
+/// [`sign_ups`] of users `{prefix}00000`, `{prefix}00001`, …
+pub async fn sign_ups_named(base: &str, prefix: &str, n: usize) -> anyhow::Result<Vec<Duration>> {
     let http = reqwest::Client::new();
     let url = format!("{base}/v1/accounts");
     let mut took = Vec::with_capacity(n);
     for i in 0..n {
-        let body = json!({ "username": format!("bench{i:05}"), "password": PASSWORD });
+        let body = json!({ "username": format!("{prefix}{i:05}"), "password": PASSWORD });
         let started = Instant::now();
         let response = http.post(&url).json(&body).send().await?;
         let answer = expect(response, StatusCode::CREATED, "sign-up").await?;

@@ -11,12 +11,14 @@
 mod crash;
 mod external;
 mod gateway;
+mod instances;
 mod load;
 mod report;
 mod store;
 
 use anyhow::ensure;
 use bytes::Bytes;
+pub(crate) use gateway::core_error;
 use std::time::Duration;
 
 /// What to measure and for how long.
@@ -52,6 +54,8 @@ pub enum BenchCommand {
     Floor(external::FloorArgs),
     /// Load a running `selfcloud up` and `bench floor` from this separate process, alternating.
     Http(external::HttpArgs),
+    /// Both instance runtimes side by side: provision, wake, GET throughput, disk and memory.
+    Instances(instances::InstancesArgs),
 }
 
 impl BenchArgs {
@@ -132,6 +136,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchCommand::Http(http)) => {
             init_logging();
             return external::http(http).await;
+        }
+        Some(BenchCommand::Instances(a)) => {
+            init_logging();
+            return instances::run(a).await;
         }
         Some(BenchCommand::Store(store)) => {
             init_logging();

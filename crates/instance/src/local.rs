@@ -1,9 +1,9 @@
-//! The in-process runtime: the instance is a set of values inside the server process. Fast, with
-//! logical isolation only (its own directory, file and key).
+//! One instance's parts, opened on its own directory with its own key: today its store and its
+//! access log (the LLM, backup and chain node join here). The service (`crate::service`) is the
+//! only user; it runs in the server process (`inproc`) or in the instance's own (`process`).
 
 use crate::spool::{SpoolReader, SpoolWriter};
-use crate::{archive, AuditEntry, AuditRecord, ByteStream, ImportLimits, Instance, IntegrityReport, StorageUsage};
-use async_trait::async_trait;
+use crate::{archive, AuditEntry, AuditRecord, ByteStream, ImportLimits, IntegrityReport, StorageUsage};
 use selfcloud_core::{Collection, Error, ErrorCode, InstanceId, RecordKey, Result};
 use selfcloud_store::{
     DataKey, EngineKind, ImportRecord, Page, Precondition, Record, Rev, ScanPage, Store, StoreOptions, Usage,
@@ -35,13 +35,62 @@ fn import_spooled(store: &Store, path: &Path, key: &DataKey, max_value_bytes: us
     Ok(usage)
 }
 
-pub struct InprocInstance {
+/// The lock file of an instance directory.
+const LOCK_FILE: &str = "instance.lock";
+/// How long an open waits for the directory's previous holder to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the directory's lock, waiting up to [`LOCK_WAIT`] for a previous holder (a process
+/// still finishing after its server died) to exit.
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| selfcloud_durable::io_err("open", &path, e))?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || std::time::Instant::now() >= deadline {
+            return Err(Error::unavailable(
+                format!("the instance is still held by another process ({e})"),
+                std::time::Duration::from_secs(1),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+pub struct Local {
     id: InstanceId,
     dir: PathBuf,
     engine: EngineKind,
-    store: Arc<Store>,
+    store: Arc<Held>,
     /// Held by the one import under way.
     importing: tokio::sync::Mutex<()>,
+}
+
+/// The store with the directory's lock: one process at a time opens an instance directory,
+/// whatever the runtime (an instance process orphaned by a killed server finishes before the next
+/// opens). The lock goes with the last handle on the store (a write still finishing on the
+/// blocking pool holds one), after the store has closed: fields drop in order.
+struct Held {
+    store: Store,
+    _lock: std::fs::File,
+}
+
+impl std::ops::Deref for Held {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
 }
 
 /// Where an import's archive is spooled while it is checked, inside the instance's directory.
@@ -56,7 +105,7 @@ impl Drop for Spool {
     }
 }
 
-impl InprocInstance {
+impl Local {
     /// Creates the instance's store in `dir` with the chosen engine.
     pub fn create(
         id: InstanceId,
@@ -65,21 +114,24 @@ impl InprocInstance {
         engine: EngineKind,
         options: StoreOptions,
     ) -> Result<Self> {
+        let lock = lock_dir(dir)?;
         let store = Store::create(engine, dir, key, options)?;
-        Ok(Self::over(id, dir, engine, store))
+        Ok(Self::over(lock, id, dir, engine, store))
     }
 
     /// Opens the instance living in `dir`; its engine is told by what is on disk.
     pub fn open(id: InstanceId, dir: &Path, key: &DataKey, options: StoreOptions) -> Result<Self> {
+        let lock = lock_dir(dir)?;
         let engine = EngineKind::detect(dir).ok_or_else(|| Error::not_found("instance has no store"))?;
         let store = Store::open(engine, dir, key, options)?;
         // A spool left by an import the process did not live to finish.
         let _ = std::fs::remove_file(dir.join(IMPORT_SPOOL));
-        Ok(Self::over(id, dir, engine, store))
+        Ok(Self::over(lock, id, dir, engine, store))
     }
 
-    fn over(id: InstanceId, dir: &Path, engine: EngineKind, store: Store) -> Self {
-        InprocInstance { id, dir: dir.to_owned(), engine, store: Arc::new(store), importing: Default::default() }
+    fn over(lock: std::fs::File, id: InstanceId, dir: &Path, engine: EngineKind, store: Store) -> Self {
+        let store = Arc::new(Held { store, _lock: lock });
+        Local { id, dir: dir.to_owned(), engine, store, importing: Default::default() }
     }
 
     /// Streams `archive` into the (sealed) spool file, refusing it past `max_bytes`. Answers the
@@ -109,18 +161,17 @@ impl InprocInstance {
     }
 }
 
-#[async_trait]
-impl Instance for InprocInstance {
-    fn id(&self) -> InstanceId {
+impl Local {
+    pub fn id(&self) -> InstanceId {
         self.id
     }
 
-    async fn get_record(&self, collection: &Collection, key: &RecordKey) -> Result<Option<Record>> {
+    pub async fn get_record(&self, collection: &Collection, key: &RecordKey) -> Result<Option<Record>> {
         // A point read from the page cache takes microseconds: cheaper inline than a thread hop.
         self.store.get(collection, key)
     }
 
-    async fn put_record(
+    pub async fn put_record(
         &self,
         collection: &Collection,
         key: &RecordKey,
@@ -131,12 +182,12 @@ impl Instance for InprocInstance {
         self.blocking(move |s| s.put(&c, &k, &value, cond)).await
     }
 
-    async fn delete_record(&self, collection: &Collection, key: &RecordKey, cond: Precondition) -> Result<()> {
+    pub async fn delete_record(&self, collection: &Collection, key: &RecordKey, cond: Precondition) -> Result<()> {
         let (c, k) = (collection.clone(), key.clone());
         self.blocking(move |s| s.delete(&c, &k, cond)).await
     }
 
-    async fn list_records(
+    pub async fn list_records(
         &self,
         collection: &Collection,
         prefix: &str,
@@ -149,29 +200,29 @@ impl Instance for InprocInstance {
         self.blocking(move |s| s.list(&c, &prefix, limit, max_bytes, cursor.as_deref())).await
     }
 
-    async fn storage_usage(&self) -> Result<StorageUsage> {
+    pub async fn storage_usage(&self) -> Result<StorageUsage> {
         let usage = self.store.usage()?;
         Ok(StorageUsage { records: usage.records, bytes: usage.bytes, quota_bytes: self.store.quota_bytes() })
     }
 
-    async fn set_quota(&self, quota_bytes: u64) -> Result<()> {
+    pub async fn set_quota(&self, quota_bytes: u64) -> Result<()> {
         self.store.set_quota_bytes(quota_bytes);
         Ok(())
     }
 
-    async fn verify(&self) -> Result<IntegrityReport> {
+    pub async fn verify(&self) -> Result<IntegrityReport> {
         let engine = self.engine.as_str().to_owned();
         let usage = self.blocking(|s| s.verify()).await?;
         Ok(IntegrityReport { engine, records: usage.records, bytes: usage.bytes })
     }
 
-    async fn export_records(&self, cursor: Option<&str>, limit: usize, max_bytes: usize) -> Result<ScanPage> {
+    pub async fn export_records(&self, cursor: Option<&str>, limit: usize, max_bytes: usize) -> Result<ScanPage> {
         // A page reads and opens up to `max_bytes` of values: too much for the async runtime.
         let cursor = cursor.map(str::to_owned);
         self.blocking(move |s| s.scan(cursor.as_deref(), limit, max_bytes)).await
     }
 
-    async fn import_archive(&self, archive: ByteStream, limits: ImportLimits) -> Result<StorageUsage> {
+    pub async fn import_archive(&self, archive: ByteStream, limits: ImportLimits) -> Result<StorageUsage> {
         let _one =
             self.importing.try_lock().map_err(|_| Error::conflict("an import into this instance is under way"))?;
         // Refused before the upload is read, when it is bound to be refused after.
@@ -183,13 +234,13 @@ impl Instance for InprocInstance {
         Ok(StorageUsage { records: usage.records, bytes: usage.bytes, quota_bytes: self.store.quota_bytes() })
     }
 
-    async fn append_audit(&self, entries: Vec<AuditEntry>, keep: u64) -> Result<()> {
+    pub async fn append_audit(&self, entries: Vec<AuditEntry>, keep: u64) -> Result<()> {
         let encoded =
             entries.iter().map(|e| serde_json::to_vec(e).map_err(Error::internal)).collect::<Result<Vec<_>>>()?;
         self.blocking(move |s| s.append_log(&encoded, keep).map(drop)).await
     }
 
-    async fn read_audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRecord>> {
+    pub async fn read_audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditRecord>> {
         self.store
             .read_log(before, limit)?
             .into_iter()

@@ -1,0 +1,241 @@
+//! The `process` runtime: each instance in its own process (`<program> instance run --dir
+//! <dir>`), behind the sandbox's walls, in a cgroup with its tier's limits.
+//!
+//! The start message (settings and the data key) goes down the child's stdin, never its command
+//! line or environment (both are readable by other local users through /proc). The child says
+//! `ready` on stdout once its socket takes calls. The server keeps the stdin pipe open for the
+//! child's life: closing it asks the instance to stop, and if the server dies the kernel closes
+//! it, so no instance outlives its server.
+
+use super::{Awake, ResourceUsage, Runtime, RuntimeKind, WakeSpec};
+use async_trait::async_trait;
+use selfcloud_core::config::Resources;
+use selfcloud_core::{Error, Result};
+use selfcloud_instance::protocol::{Start, READY_LINE};
+use selfcloud_instance::transport::SOCKET_FILE;
+use selfcloud_instance::{DataKey, InstanceClient};
+use selfcloud_sandbox::cgroups;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use zeroize::Zeroize;
+
+/// Settings of the process runtime.
+#[derive(Clone, Debug)]
+pub struct ProcessConfig {
+    /// The selfcloud binary that runs `instance run`.
+    pub program: PathBuf,
+    /// Put instances behind the sandbox's walls (namespaces, seccomp, Landlock).
+    pub sandbox: bool,
+    /// Drive cgroups (memory, CPU, pids) for each instance.
+    pub cgroups: bool,
+    /// How long an instance may take to say it is ready.
+    pub start_timeout: Duration,
+    /// Shared files every instance may read (mounted read-only).
+    pub read_only: Vec<PathBuf>,
+}
+
+impl ProcessConfig {
+    pub fn new(program: PathBuf) -> Self {
+        ProcessConfig {
+            program,
+            sandbox: true,
+            cgroups: true,
+            start_timeout: Duration::from_secs(10),
+            read_only: Vec::new(),
+        }
+    }
+}
+
+pub struct Process {
+    config: ProcessConfig,
+    cgroups: Option<cgroups::Hierarchy>,
+}
+
+impl Process {
+    /// Finds the cgroup trees (when asked to drive them).
+    /// Where they cannot be driven, instances run without limits, and the log says why.
+    pub fn new(config: ProcessConfig) -> Result<Self> {
+        let cgroups = match config.cgroups.then(cgroups::Hierarchy::detect) {
+            Some(Ok(h)) => {
+                tracing::info!(trees = %h.describe(), "instance cgroups");
+                Some(h)
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cgroups unavailable: instances run without memory, CPU and pids limits");
+                None
+            }
+            None => None,
+        };
+        Ok(Process { config, cgroups })
+    }
+}
+
+fn limits(r: Resources) -> cgroups::Limits {
+    cgroups::Limits { memory_bytes: r.memory_bytes, cpu_millis: r.cpu_millis, pids: r.pids }
+}
+
+/// The longest path a Unix socket address holds (sun_path, with its terminating zero).
+const SOCKET_PATH_MAX: usize = 107;
+
+#[async_trait]
+impl Runtime for Process {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Process
+    }
+
+    async fn wake(&self, spec: WakeSpec, key: DataKey) -> Result<Box<dyn Awake>> {
+        let id = spec.settings.id;
+        let socket = spec.dir.join(SOCKET_FILE);
+        if socket.as_os_str().len() > SOCKET_PATH_MAX {
+            return Err(Error::internal(format!(
+                "{} is longer than a Unix socket path may be ({SOCKET_PATH_MAX} bytes): choose a shorter --home",
+                socket.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&socket);
+        let group = match &self.cgroups {
+            Some(h) => Some(h.create(&id.to_string(), limits(spec.resources)).map_err(Error::internal)?),
+            None => None,
+        };
+        let mut command = tokio::process::Command::new(&self.config.program);
+        command
+            .arg("instance")
+            .arg("run")
+            .arg("--dir")
+            .arg(&spec.dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            // Its own process group: a terminal's Ctrl-C reaches the server, which drains the
+            // instances, instead of killing them mid-write.
+            .process_group(0)
+            // Nothing of the server's environment: only what says how to log.
+            .env_clear()
+            .kill_on_drop(true);
+        for name in ["RUST_LOG", "SELFCLOUD_LOG_FORMAT"] {
+            if let Some(v) = std::env::var_os(name) {
+                command.env(name, v);
+            }
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| Error::internal(format!("start {} instance run: {e}", self.config.program.display())))?;
+        let pid = child.id().ok_or_else(|| Error::internal("the instance exited at once"))?;
+        let fail = |what: String, group: &Option<cgroups::Group>| {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            if let Some(g) = group {
+                g.remove();
+            }
+            Error::internal(format!("instance {id}: {what}"))
+        };
+        // In its group before it reads its start message, so all it ever does is counted.
+        if let Some(g) = &group {
+            if let Err(e) = g.add(pid) {
+                return Err(fail(format!("cgroup: {e}"), &group));
+            }
+        }
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let start = Start {
+            settings: spec.settings,
+            key: hex::encode(key.as_bytes()),
+            sandbox: self.config.sandbox,
+            read_only: self.config.read_only.clone(),
+        };
+        drop(key);
+        let mut line = serde_json::to_vec(&start).map_err(Error::internal)?;
+        let mut start = start;
+        start.key.zeroize();
+        line.push(b'\n');
+        let sent = stdin.write_all(&line).await;
+        line.zeroize();
+        if let Err(e) = sent.and(stdin.flush().await) {
+            return Err(fail(format!("send the start message: {e}"), &group));
+        }
+        let mut ready = String::new();
+        let mut lines = tokio::io::BufReader::new(stdout);
+        match tokio::time::timeout(self.config.start_timeout, lines.read_line(&mut ready)).await {
+            Ok(Ok(_)) if ready.trim_end() == READY_LINE => {}
+            Ok(_) => {
+                let status = child.wait().await.ok().map(|s| s.to_string()).unwrap_or_default();
+                return Err(fail(format!("exited before it was ready ({status}; its log says why)"), &group));
+            }
+            Err(_) => return Err(fail(format!("not ready after {:?}", self.config.start_timeout), &group)),
+        }
+        let client = match InstanceClient::connect(id, &socket).await {
+            Ok(c) => c,
+            Err(e) => return Err(fail(format!("connect to {}: {e}", socket.display()), &group)),
+        };
+        let exit = Arc::new(OnceLock::new());
+        let (done_tx, done) = tokio::sync::watch::channel(false);
+        let reaped = exit.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let why = match status {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            let _ = reaped.set(why);
+            let _ = done_tx.send(true);
+        });
+        Ok(Box::new(ProcessAwake { client, pid, exit, done, stdin: parking_lot::Mutex::new(Some(stdin)), group }))
+    }
+}
+
+struct ProcessAwake {
+    client: InstanceClient,
+    pid: u32,
+    exit: Arc<OnceLock<String>>,
+    done: tokio::sync::watch::Receiver<bool>,
+    /// Closing it asks the instance to stop.
+    stdin: parking_lot::Mutex<Option<tokio::process::ChildStdin>>,
+    group: Option<cgroups::Group>,
+}
+
+#[async_trait]
+impl Awake for ProcessAwake {
+    fn client(&self) -> InstanceClient {
+        self.client.clone()
+    }
+
+    fn running(&self) -> bool {
+        self.exit.get().is_none() && !self.client.is_closed()
+    }
+
+    fn exit(&self) -> Option<String> {
+        self.exit.get().cloned()
+    }
+
+    fn usage(&self) -> ResourceUsage {
+        let u = self.group.as_ref().map(|g| g.usage()).unwrap_or_default();
+        ResourceUsage { memory_bytes: u.memory_bytes, cpu_usec: u.cpu_usec }
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid)
+    }
+
+    fn limit(&self, resources: Resources) -> Result<()> {
+        match &self.group {
+            Some(g) => g.set_limits(limits(resources)).map_err(Error::internal),
+            None => Ok(()),
+        }
+    }
+
+    async fn stop(&self, grace: Duration) {
+        drop(self.stdin.lock().take());
+        let mut done = self.done.clone();
+        if tokio::time::timeout(grace, done.wait_for(|d| *d)).await.is_err() {
+            tracing::warn!(instance = %self.client.id(), "did not stop in time; killed");
+            if self.exit.get().is_none() {
+                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+            }
+            let _ = done.wait_for(|d| *d).await;
+        }
+        if let Some(g) = &self.group {
+            g.remove();
+        }
+    }
+}

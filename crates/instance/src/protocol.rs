@@ -1,0 +1,217 @@
+//! The instance protocol: what crosses the boundary between the gateway and an instance, in
+//! process or over its socket. It is HTTP: the instance serves its own API (see [`crate::service`])
+//! at the same paths the public API has, plus `/system/…` calls that only control makes. Every
+//! call carries a [`CallContext`] in one header, written by the gateway after it authenticated
+//! the caller; the client's own credentials never cross. Errors cross as the contract's JSON error
+//! (`core::Error::body`); streamed answers (an export, later LLM tokens) are HTTP bodies, with
+//! HTTP's backpressure, and a caller that goes away cancels the call.
+//!
+//! The access rules ([`Need`], [`check`]) are pure functions used on both sides: the gateway checks
+//! before it forwards, the instance checks again on what it is handed.
+
+use base64::Engine as _;
+use selfcloud_core::{Collection, Error, ErrorCode, Result, Scope, ScopeSet};
+use serde::{Deserialize, Serialize};
+
+/// Raised when a request or answer changes shape; an instance refuses a context of another version.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The header that carries the [`CallContext`] (base64url of its JSON).
+pub const CONTEXT_HEADER: &str = "x-selfcloud-context";
+
+/// Who made a request on the instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Actor {
+    /// The instance's owner, with their session.
+    Owner,
+    /// A third-party app, through a grant.
+    App { client_id: String, name: String, grant_id: String },
+    /// Control itself (audit, quota, usage, verify): never a client's request.
+    System,
+}
+
+/// What every call carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallContext {
+    pub v: u32,
+    pub actor: Actor,
+    /// The scopes the gateway granted (an app's token's); empty for the owner and control.
+    pub scopes: String,
+    pub request_id: Option<String>,
+    /// The caller's clock (Unix milliseconds), for what the instance stamps (an export's date).
+    pub now_ms: u64,
+    /// How long the caller waits for the answer's head, from when the instance receives it (a
+    /// duration, not an instant, so the two sides' clocks need not agree).
+    pub timeout_ms: u64,
+}
+
+impl CallContext {
+    pub fn new(actor: Actor, scopes: &ScopeSet, request_id: Option<String>, now_ms: u64, timeout_ms: u64) -> Self {
+        CallContext { v: PROTOCOL_VERSION, actor, scopes: scopes.to_string(), request_id, now_ms, timeout_ms }
+    }
+
+    /// A call control makes on its own behalf.
+    pub fn system(now_ms: u64, timeout_ms: u64) -> Self {
+        Self::new(Actor::System, &ScopeSet::default(), None, now_ms, timeout_ms)
+    }
+
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).expect("a context serializes");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    pub fn decode(header: &str) -> Result<CallContext> {
+        let bad = || Error::invalid("the call context is malformed");
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).map_err(|_| bad())?;
+        let ctx: CallContext = serde_json::from_slice(&json).map_err(|_| bad())?;
+        if ctx.v != PROTOCOL_VERSION {
+            return Err(Error::invalid(format!(
+                "protocol version {} is not this instance's ({PROTOCOL_VERSION})",
+                ctx.v
+            )));
+        }
+        Ok(ctx)
+    }
+
+    /// Checks this call may do what `need` names; answers the scope that allowed it.
+    pub fn check(&self, need: &Need) -> Result<Option<String>> {
+        let scopes = ScopeSet::parse(&self.scopes).unwrap_or_default();
+        check(&self.actor, &scopes, need)
+    }
+}
+
+/// What a call needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A scope (the owner holds every scope of their own instance).
+    Scope(Scope),
+    /// The owner's own session: export, import, the access log.
+    Owner,
+    /// Control: never reachable through the gateway.
+    System,
+}
+
+impl Need {
+    /// A record call: reads need `storage:read:<c>`, writes and deletes `storage:write:<c>`.
+    pub fn record(method: &http::Method, collection: &Collection) -> Need {
+        if method == http::Method::GET || method == http::Method::HEAD {
+            Need::Scope(Scope::storage_read(collection))
+        } else {
+            Need::Scope(Scope::storage_write(collection))
+        }
+    }
+}
+
+/// The one access rule: who may do what `need` names. Answers the scope that allowed it (for the
+/// audit log), `None` when none was needed.
+pub fn check(actor: &Actor, scopes: &ScopeSet, need: &Need) -> Result<Option<String>> {
+    match (need, actor) {
+        (Need::System, Actor::System) => Ok(None),
+        (Need::System, _) => Err(Error::not_found("no such endpoint")),
+        (Need::Owner, Actor::Owner) => Ok(None),
+        (Need::Owner, _) => Err(Error::forbidden("only the instance's owner may do this")),
+        (Need::Scope(s), Actor::Owner) => Ok(Some(s.to_string())),
+        (Need::Scope(_), Actor::System) => Err(Error::forbidden("control does not read instance data")),
+        (Need::Scope(s), Actor::App { .. }) => match scopes.permits(s) {
+            Some(held) => Ok(Some(held.to_string())),
+            None => Err(Error::forbidden(format!("this token does not carry the scope {s}"))),
+        },
+    }
+}
+
+/// What an instance is told at start (in process: passed in; out of process: the first line on
+/// its stdin, with the key, never on its command line or in its environment).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Settings {
+    pub id: selfcloud_core::InstanceId,
+    pub quota_bytes: u64,
+    pub max_value_bytes: usize,
+    pub max_import_bytes: usize,
+    pub list_default: usize,
+    pub list_max: usize,
+    pub list_max_bytes: usize,
+}
+
+impl Settings {
+    pub fn new(id: selfcloud_core::InstanceId, limits: &selfcloud_core::config::Limits, quota_bytes: u64) -> Self {
+        Settings {
+            id,
+            quota_bytes,
+            max_value_bytes: limits.max_value_bytes,
+            max_import_bytes: limits.max_import_bytes,
+            list_default: limits.list_default,
+            list_max: limits.list_max,
+            list_max_bytes: limits.list_max_bytes,
+        }
+    }
+
+    /// A list's page size: the default when none is asked for, otherwise 1 to the maximum.
+    pub fn page_limit(&self, asked: Option<usize>) -> Result<usize> {
+        let limit = asked.unwrap_or(self.list_default);
+        if limit == 0 || limit > self.list_max {
+            return Err(Error::invalid(format!("limit must be 1..={}", self.list_max)));
+        }
+        Ok(limit)
+    }
+}
+
+/// The start message of an instance process.
+#[derive(Serialize, Deserialize)]
+pub struct Start {
+    pub settings: Settings,
+    /// The data key, hex. Zeroized by the reader once turned into a key.
+    pub key: String,
+    /// Put the process behind the sandbox's walls (off only where the kernel lacks them).
+    pub sandbox: bool,
+    /// Shared files mounted read-only in the sandbox.
+    pub read_only: Vec<std::path::PathBuf>,
+}
+
+/// The line an instance process writes on stdout once its socket accepts calls.
+pub const READY_LINE: &str = "ready";
+
+/// The answer to a transport failure: the instance is not reachable now (crashed, restarting).
+pub fn unreachable(retry_after: std::time::Duration) -> Error {
+    Error { ..Error::unavailable("the instance is restarting; try again shortly", retry_after) }
+}
+
+/// Whether an error is the instance being unreachable (as opposed to an answer it gave).
+pub fn is_unreachable(e: &Error) -> bool {
+    e.code == ErrorCode::Unavailable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> Actor {
+        Actor::App { client_id: "app_x".into(), name: "Notes".into(), grant_id: "grt_x".into() }
+    }
+
+    #[test]
+    fn each_actor_reaches_only_what_it_may() {
+        let notes = Collection::parse("notes").unwrap();
+        let read = Need::record(&http::Method::GET, &notes);
+        let write = Need::record(&http::Method::PUT, &notes);
+        let scopes = ScopeSet::parse("storage:read:notes").unwrap();
+        assert_eq!(check(&app(), &scopes, &read).unwrap(), Some("storage:read:notes".into()));
+        assert_eq!(check(&app(), &scopes, &write).unwrap_err().code, ErrorCode::Forbidden);
+        assert_eq!(check(&app(), &scopes, &Need::Owner).unwrap_err().code, ErrorCode::Forbidden);
+        // System calls do not even exist for anyone else.
+        assert_eq!(check(&app(), &scopes, &Need::System).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(check(&Actor::Owner, &ScopeSet::default(), &Need::System).unwrap_err().code, ErrorCode::NotFound);
+        // The owner holds every scope of their instance; control holds none of its data.
+        assert_eq!(check(&Actor::Owner, &ScopeSet::default(), &write).unwrap(), Some("storage:write:notes".into()));
+        assert_eq!(check(&Actor::System, &ScopeSet::default(), &read).unwrap_err().code, ErrorCode::Forbidden);
+        assert!(check(&Actor::System, &ScopeSet::default(), &Need::System).is_ok());
+    }
+
+    #[test]
+    fn a_context_round_trips_and_a_forged_or_foreign_one_is_refused() {
+        let ctx = CallContext::new(app(), &ScopeSet::parse("storage:read:notes").unwrap(), Some("r1".into()), 5, 1000);
+        assert_eq!(CallContext::decode(&ctx.encode()).unwrap(), ctx);
+        assert_eq!(CallContext::decode("not base64!").unwrap_err().code, ErrorCode::InvalidRequest);
+        let other = CallContext { v: PROTOCOL_VERSION + 1, ..ctx };
+        assert!(CallContext::decode(&other.encode()).unwrap_err().message.contains("version"));
+    }
+}

@@ -1,0 +1,95 @@
+//! The instance's own API, served once: an axum router over its [`Local`] parts. In process the
+//! gateway calls it directly; out of process the same router is served on the instance's socket
+//! (`crate::transport`). The paths are the public API's, so the gateway forwards a request as it
+//! came, after authenticating, checking its scope, rate-limiting and auditing it; `/system/…`
+//! holds the calls only control makes.
+//!
+//! Every call must carry a [`CallContext`]; each handler checks the access it needs against it
+//! (the same rule the gateway applied: `protocol::check`).
+
+pub mod portability;
+#[cfg(feature = "attack-probes")]
+mod probes;
+pub mod storage;
+pub mod system;
+
+use crate::api::ApiError;
+use crate::local::Local;
+use crate::protocol::{CallContext, Need, Settings, CONTEXT_HEADER};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use selfcloud_core::{Error, ErrorCode, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the handlers share.
+pub(crate) struct Shared {
+    pub local: Local,
+    pub settings: Settings,
+}
+
+type S = State<Arc<Shared>>;
+
+/// The instance's API over its parts.
+pub fn router(local: Local, settings: Settings) -> Router {
+    let body_limit = settings.max_value_bytes + 64 * 1024;
+    let shared = Arc::new(Shared { local, settings });
+    let api = Router::new()
+        .route("/v1/storage/{collection}", get(storage::list))
+        .route("/v1/storage/{collection}/{key}", put(storage::put).get(storage::get).delete(storage::delete))
+        .route("/v1/export", get(portability::export))
+        .route("/v1/import", post(portability::import))
+        .route("/v1/audit", get(system::read_audit))
+        .route("/system/usage", get(system::usage))
+        .route("/system/quota", put(system::set_quota))
+        .route("/system/verify", post(system::verify))
+        .route("/system/audit", post(system::append_audit));
+    #[cfg(feature = "attack-probes")]
+    let api = api.route("/system/probe", post(probes::run));
+    api.fallback(crate::api::not_found)
+        .method_not_allowed_fallback(crate::api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(context))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(crate::api::panicked))
+        .with_state(shared)
+}
+
+/// Reads the call context and holds the call to its deadline (for the answer's head; a body
+/// then streams for as long as the caller reads it).
+async fn context(mut req: Request, next: Next) -> Response {
+    let ctx = match req.headers().get(CONTEXT_HEADER).map(|v| v.to_str().map(CallContext::decode)) {
+        Some(Ok(Ok(ctx))) => ctx,
+        Some(Ok(Err(e))) => return ApiError(e).into_response(),
+        _ => return ApiError(Error::invalid("a call to an instance carries its context")).into_response(),
+    };
+    let budget = Duration::from_millis(ctx.timeout_ms);
+    req.extensions_mut().insert(Ctx(Arc::new(ctx)));
+    match tokio::time::timeout(budget, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError(Error::new(ErrorCode::Unavailable, "the instance did not answer in time")).into_response(),
+    }
+}
+
+/// The call's context, for handlers.
+#[derive(Clone)]
+pub(crate) struct Ctx(pub Arc<CallContext>);
+
+impl Ctx {
+    pub fn require(&self, need: &Need) -> Result<()> {
+        self.0.check(need).map(drop)
+    }
+}
+
+impl<St: Send + Sync> FromRequestParts<St> for Ctx {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &St) -> std::result::Result<Self, ApiError> {
+        parts.extensions.get::<Ctx>().cloned().ok_or_else(|| ApiError(Error::internal("no call context")))
+    }
+}
+
+#[cfg(test)]
+mod tests;

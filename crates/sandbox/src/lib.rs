@@ -1,0 +1,91 @@
+//! The walls around one instance process, in the order they go up (Sandstorm's supervisor and
+//! bubblewrap do the same in C): new user, mount, pid, ipc, uts and network namespaces; a mount
+//! view holding only the instance's own directory (read-write) and the shared files it may read
+//! (read-only) on an otherwise empty, read-only root; no capabilities and `no_new_privs`;
+//! Landlock where the kernel has it; a seccomp allow-list last. Resource limits come from the
+//! cgroup the parent places the process in ([`cgroups`]).
+//!
+//! [`probe`] says which layers this kernel offers, so the server can say so at start instead of
+//! failing on the first sign-up. No domain types live here: paths, ids and kernel calls.
+
+pub mod cgroups;
+#[cfg(target_os = "linux")]
+mod linux;
+
+use std::path::PathBuf;
+
+/// Where the instance's directory appears inside its mount view.
+pub const INSTANCE_MOUNT: &str = "/instance";
+
+/// What the child asks for.
+#[derive(Clone, Debug, Default)]
+pub struct Spec {
+    /// The instance's directory: the only writable path in the view, at [`INSTANCE_MOUNT`].
+    pub dir: PathBuf,
+    /// Shared files mounted read-only at their own paths (models, later).
+    pub read_only: Vec<PathBuf>,
+}
+
+/// One layer of the sandbox and whether this kernel has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    pub name: &'static str,
+    pub available: bool,
+    /// Why not, when it is not.
+    pub why: Option<String>,
+}
+
+/// Which layers this machine offers. Namespaces are tried in a short-lived child, so the
+/// answer is what `enter` will meet, not what a config file claims.
+pub fn probe() -> Vec<Layer> {
+    #[cfg(target_os = "linux")]
+    {
+        linux::probe()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        vec![Layer { name: "namespaces", available: false, why: Some("not Linux".into()) }]
+    }
+}
+
+/// Whether the process runtime can run here: it needs the namespaces (the other layers add to
+/// them, and their absence is a warning, not a refusal).
+pub fn namespaces_available(layers: &[Layer]) -> bool {
+    layers.iter().any(|l| l.name == "namespaces" && l.available)
+}
+
+/// What `enter` put up, for the instance's start log.
+#[derive(Clone, Debug, Default)]
+pub struct Entered {
+    pub landlock: String,
+}
+
+/// Puts the calling process behind the walls. Must run before any thread is started (user
+/// namespaces refuse a threaded caller). Returns in a new child that is pid 1 of its own pid
+/// namespace; the original process stays behind as its reaper and exits with the child's status,
+/// so it never returns. The listener must be created by the caller *after* this (the network
+/// namespace is empty and the mount view has only the instance directory).
+pub fn enter(spec: &Spec) -> std::io::Result<Entered> {
+    #[cfg(target_os = "linux")]
+    {
+        linux::enter(spec)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = spec;
+        Err(std::io::Error::other("the sandbox needs Linux"))
+    }
+}
+
+/// The last wall: the seccomp allow-list. Separate from [`enter`] because the caller still has
+/// to bind its socket after the mount view is up; nothing may create a socket after this.
+pub fn lock_down() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        linux::seccomp::install()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err(std::io::Error::other("the sandbox needs Linux"))
+    }
+}

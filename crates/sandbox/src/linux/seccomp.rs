@@ -1,0 +1,194 @@
+//! The system calls an instance may make once it serves: what its runtime (tokio, SQLite,
+//! RocksDB, the allocator) was seen to need, and nothing that reaches outside the instance: no
+//! new socket, connect, bind or listen (its listener exists before this; a connected pair,
+//! which reaches nothing, is allowed), no fork or exec, no
+//! kill/ptrace/process_vm_*, no mount, namespace, keyring, BPF or io_uring call. A call off the
+//! list fails with EPERM rather than killing the process, so a library probing an optional call
+//! (an I/O priority, say) degrades instead of crashing.
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+};
+use std::collections::BTreeMap;
+use std::io::{Error, Result};
+
+const ALLOWED: &[libc::c_long] = &[
+    // memory
+    libc::SYS_brk,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mincore,
+    libc::SYS_membarrier,
+    // files (inside the view: only the instance directory exists)
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_openat,
+    libc::SYS_close,
+    libc::SYS_lseek,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_statfs,
+    libc::SYS_fstatfs,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_sync_file_range,
+    libc::SYS_ftruncate,
+    libc::SYS_fallocate,
+    libc::SYS_fadvise64,
+    libc::SYS_readahead,
+    libc::SYS_flock,
+    libc::SYS_fcntl,
+    libc::SYS_getdents64,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_unlinkat,
+    libc::SYS_mkdirat,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_readlinkat,
+    libc::SYS_fchmod,
+    libc::SYS_fchown,
+    libc::SYS_utimensat,
+    libc::SYS_getcwd,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_pipe2,
+    libc::SYS_ioctl,
+    libc::SYS_eventfd2,
+    libc::SYS_copy_file_range,
+    libc::SYS_sendfile,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_rename,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_unlink,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_mkdir,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_rmdir,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_access,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_stat,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_lstat,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_open,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_readlink,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_poll,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_epoll_wait,
+    #[cfg(target_arch = "x86_64")]
+    libc::SYS_dup2,
+    // the already-bound socket and its connections
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_shutdown,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_ppoll,
+    // threads, time, signals to itself
+    libc::SYS_futex,
+    libc::SYS_set_robust_list,
+    libc::SYS_get_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_set_tid_address,
+    libc::SYS_sched_yield,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_sched_setaffinity,
+    libc::SYS_getpriority,
+    libc::SYS_setpriority,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_getres,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_gettimeofday,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sigaltstack,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_getppid,
+    libc::SYS_getuid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getegid,
+    libc::SYS_getrandom,
+    libc::SYS_uname,
+    libc::SYS_prlimit64,
+    libc::SYS_getrusage,
+    libc::SYS_sysinfo,
+    libc::SYS_prctl,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_restart_syscall,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+];
+
+fn filter_err(e: impl std::fmt::Display) -> Error {
+    Error::other(format!("seccomp: {e}"))
+}
+
+fn arch() -> Result<seccompiler::TargetArch> {
+    std::env::consts::ARCH.try_into().map_err(filter_err)
+}
+
+pub fn install() -> Result<()> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED.iter().map(|&nr| (nr, vec![])).collect();
+    // clone only for threads: a new process (fork, or clone without CLONE_THREAD) is refused.
+    let thread = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+        libc::CLONE_THREAD as u64,
+    )
+    .map_err(filter_err)?;
+    rules.insert(libc::SYS_clone, vec![SeccompRule::new(vec![thread]).map_err(filter_err)?]);
+    // Signals only to its own threads (pid 1 is this process inside its pid namespace).
+    let own = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, std::process::id() as u64)
+        .map_err(filter_err)?;
+    rules.insert(libc::SYS_tgkill, vec![SeccompRule::new(vec![own]).map_err(filter_err)?]);
+    // A connected pair of Unix sockets reaches nothing outside (tokio's signal driver makes one).
+    let unix = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::AF_UNIX as u64)
+        .map_err(filter_err)?;
+    rules.insert(libc::SYS_socketpair, vec![SeccompRule::new(vec![unix]).map_err(filter_err)?]);
+    // clone3 passes its flags in memory, which a filter cannot read: allowed here and answered
+    // ENOSYS by the second filter, so the C library falls back to clone, which is checked.
+    rules.insert(libc::SYS_clone3, vec![]);
+    let allow_list = SeccompFilter::new(rules, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow, arch()?)
+        .map_err(filter_err)?;
+    let no_clone3 = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, vec![])]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch()?,
+    )
+    .map_err(filter_err)?;
+    for filter in [no_clone3, allow_list] {
+        let program: BpfProgram = filter.try_into().map_err(filter_err)?;
+        seccompiler::apply_filter(&program).map_err(filter_err)?;
+    }
+    Ok(())
+}
