@@ -159,6 +159,8 @@ const HEALTHY_RUN: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub(crate) struct Table {
     slots: Mutex<HashMap<InstanceId, Arc<Slot>>>,
+    /// Instances whose account is being deleted: never woken again.
+    deleting: Mutex<std::collections::HashSet<InstanceId>>,
     pub(crate) wake_observer: std::sync::OnceLock<WakeObserver>,
 }
 
@@ -232,6 +234,9 @@ impl Control {
             if awake.running() {
                 return Ok(slot.handle(client));
             }
+        }
+        if self.table.deleting.lock().contains(&id) {
+            return Err(Error::not_found("instance not found"));
         }
         if let Some(awake) = inner.awake.take() {
             // It exited without being asked: a crash. Count it and reap what is left.
@@ -325,8 +330,10 @@ impl Control {
         }
     }
 
-    /// Stops the instance (deletion): waits for calls under way, up to the grace time.
+    /// Stops the instance for good (deletion): no wake after this; calls under way finish, up
+    /// to the grace time.
     pub(crate) async fn stop_instance(&self, id: InstanceId) {
+        self.table.deleting.lock().insert(id);
         let slot = self.table.slots.lock().remove(&id);
         if let Some(slot) = slot {
             let deadline = Instant::now() + self.config.stop_grace;
@@ -335,6 +342,11 @@ impl Control {
             }
             stop_slot(id, &slot, self.config.stop_grace, |_| true).await;
         }
+    }
+
+    /// The deletion of `id` has finished (its registry row is a tombstone, which refuses any wake).
+    pub(crate) fn deleted(&self, id: InstanceId) {
+        self.table.deleting.lock().remove(&id);
     }
 
     /// Stops every instance, letting calls under way finish (a clean shutdown, or an upgrade).

@@ -213,6 +213,7 @@ impl Control {
         self.stop_instance(id).await;
         tokio::task::spawn_blocking(move || remove_dir(&dir)).await.map_err(Error::internal)??;
         let revoked = self.blocking(move |r| r.tombstone(user, now)).await?;
+        self.deleted(id);
         self.tokens.remove_user(user, now);
         // The apps the user developed are gone too, with every grant others gave them.
         for grant in revoked {

@@ -58,6 +58,9 @@ impl AuditSink {
     }
 }
 
+/// How long one instance's batch may take to be written.
+const APPEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, failures: Counter, keep: u64) {
     let mut buf = Vec::with_capacity(BATCH);
     loop {
@@ -83,10 +86,17 @@ async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, failures
             }
         }
         for (id, entries) in by_instance {
-            let result = match control.instance(id).await {
-                Ok(instance) => instance.append_audit(entries, keep).await,
-                Err(e) => Err(e),
+            // Bounded: an instance that does not answer loses its own batch, never stalls the
+            // log of every other instance behind it.
+            let append = async {
+                match control.instance(id).await {
+                    Ok(instance) => instance.append_audit(entries, keep).await,
+                    Err(e) => Err(e),
+                }
             };
+            let result = tokio::time::timeout(APPEND_TIMEOUT, append).await.unwrap_or_else(|_| {
+                Err(selfcloud_core::Error::internal("the instance did not take its audit batch in time"))
+            });
             if let Err(e) = result {
                 failures.inc();
                 tracing::error!(instance = %id, error = %e, detail = ?e.detail, "audit batch not written");

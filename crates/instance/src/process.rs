@@ -8,7 +8,7 @@ use crate::protocol::{Start, READY_LINE};
 use crate::transport::{serve_socket, SOCKET_FILE};
 use crate::{local::Local, service, DataKey};
 use selfcloud_store::StoreOptions;
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -21,12 +21,49 @@ fn bad(what: &str, e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(format!("{what}: {e}"))
 }
 
+/// The start message: one line, read byte by byte from the raw descriptor so no buffer outside
+/// this function (std's stdin keeps one) holds a copy of the key.
+fn read_start_line() -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let mut line = zeroize::Zeroizing::new(Vec::with_capacity(1024));
+    loop {
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a local.
+        match unsafe { libc::read(0, (&mut byte as *mut u8).cast(), 1) } {
+            1 if byte == b'\n' => return Ok(line),
+            1 if line.len() < 64 * 1024 => line.push(byte),
+            1 => return Err(std::io::Error::other("the start message is too long")),
+            0 => return Err(std::io::Error::other("stdin closed before the start message")),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
 /// Runs the instance living in `dir`. Call it before any thread is started (the sandbox needs a
 /// single-threaded caller). Returns once the instance has stopped.
 pub fn run(dir: &Path) -> std::io::Result<()> {
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    let parsed: Result<Start, _> = serde_json::from_str(&line);
+    // Only stdin, stdout and stderr cross from the server: any other descriptor a library left
+    // inheritable is closed before anything else runs.
+    // SAFETY: closes descriptors this process has not opened (nothing here uses them).
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
+            // Before Linux 5.9: one by one.
+            for fd in 3..1024 {
+                libc::close(fd);
+            }
+        }
+        // The data key lives in this process: no core dump may carry it off, and nothing of
+        // this user's may read its memory through /proc.
+        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+    let mut line = read_start_line()?;
+    let parsed: Result<Start, _> = serde_json::from_slice(&line);
     line.zeroize();
     let mut start = parsed.map_err(|e| bad("the start message", e))?;
     let mut key = [0u8; 32];
@@ -36,22 +73,24 @@ pub fn run(dir: &Path) -> std::io::Result<()> {
     let data_key = DataKey::from_bytes(key);
     key.zeroize();
 
+    let spec =
+        selfcloud_sandbox::Spec { dir: dir.to_owned(), read_only: start.read_only.clone(), hidden: start.hidden };
     let root = if start.sandbox {
-        let spec = selfcloud_sandbox::Spec { dir: dir.to_owned(), read_only: start.read_only.clone() };
         let entered = selfcloud_sandbox::enter(&spec).map_err(|e| bad("the sandbox", e))?;
         tracing::debug!(landlock = %entered.landlock, "behind the sandbox");
         PathBuf::from(selfcloud_sandbox::INSTANCE_MOUNT)
     } else {
+        // No namespaces on this kernel: the walls that need none still go up.
+        let entered = selfcloud_sandbox::restrict(&spec).map_err(|e| bad("the sandbox", e))?;
+        tracing::debug!(landlock = %entered.landlock, "without namespaces");
         dir.to_owned()
     };
     let socket = root.join(SOCKET_FILE);
     let _ = std::fs::remove_file(&socket);
     let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(|e| bad("bind the socket", e))?;
     listener.set_nonblocking(true)?;
-    if start.sandbox {
-        // From here on no socket can be made, no process started, nothing outside signalled.
-        selfcloud_sandbox::lock_down().map_err(|e| bad("seccomp", e))?;
-    }
+    // From here on no socket can be made, no process started, nothing outside signalled.
+    selfcloud_sandbox::lock_down().map_err(|e| bad("seccomp", e))?;
 
     let settings = start.settings;
     let options = StoreOptions { quota_bytes: settings.quota_bytes };

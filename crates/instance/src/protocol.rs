@@ -165,6 +165,8 @@ pub struct Start {
     pub sandbox: bool,
     /// Shared files mounted read-only in the sandbox.
     pub read_only: Vec<std::path::PathBuf>,
+    /// Names in the instance's directory it must not see (its key file).
+    pub hidden: Vec<String>,
 }
 
 /// The line an instance process writes on stdout once its socket accepts calls.

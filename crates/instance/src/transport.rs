@@ -27,6 +27,11 @@ const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 8 << 20;
 /// How long control's own calls wait for an answer.
 const SYSTEM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Beyond the call's own timeout, which the instance enforces, how long the caller waits.
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
+/// The largest answer to a call of control's own (usage, a verify report): an instance cannot
+/// make the server buffer more.
+const SYSTEM_ANSWER_MAX: usize = 1 << 20;
 
 #[derive(Clone)]
 enum Transport {
@@ -106,8 +111,20 @@ impl InstanceClient {
                     tracing::warn!(instance = %self.id, error = %e, "instance unreachable");
                     protocol::unreachable(Duration::from_secs(1))
                 };
-                sender.ready().await.map_err(unreachable)?;
-                sender.send_request(req).await.map_err(unreachable)?.map(Body::new)
+                // The caller's own clock bounds the wait: an instance that never answers (or is
+                // made not to) cannot hold a gateway task, or the audit writer, forever.
+                let wait = Duration::from_millis(ctx.timeout_ms) + ANSWER_GRACE;
+                let answered = tokio::time::timeout(wait, async {
+                    sender.ready().await.map_err(unreachable)?;
+                    sender.send_request(req).await.map_err(unreachable)
+                })
+                .await;
+                match answered {
+                    Ok(resp) => resp?.map(Body::new),
+                    Err(_) => {
+                        return Err(Error::unavailable("the instance did not answer in time", Duration::from_secs(1)))
+                    }
+                }
             }
         };
         Ok(match self.lease.clone() {
@@ -139,7 +156,12 @@ impl InstanceClient {
         let req = req.body(body.map_or_else(Body::empty, Body::from)).map_err(Error::internal)?;
         let resp = self.call(&ctx, req).await?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.map_err(Error::internal)?.to_bytes();
+        let body = http_body_util::Limited::new(resp.into_body(), SYSTEM_ANSWER_MAX);
+        let bytes = tokio::time::timeout(SYSTEM_TIMEOUT, body.collect())
+            .await
+            .map_err(|_| Error::unavailable("the instance's answer did not end in time", Duration::from_secs(1)))?
+            .map_err(Error::internal)?
+            .to_bytes();
         if !status.is_success() {
             return Err(Error::from_body(&bytes, None)
                 .unwrap_or_else(|| Error::internal(format!("instance answered {status} without an error body"))));

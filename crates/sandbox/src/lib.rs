@@ -24,6 +24,9 @@ pub struct Spec {
     pub dir: PathBuf,
     /// Shared files mounted read-only at their own paths (models, later).
     pub read_only: Vec<PathBuf>,
+    /// Names in `dir` the instance must neither read nor change (its key file): an empty,
+    /// read-only file stands over each in the view.
+    pub hidden: Vec<String>,
 }
 
 /// One layer of the sandbox and whether this kernel has it.
@@ -69,6 +72,21 @@ pub fn enter(spec: &Spec) -> std::io::Result<Entered> {
     #[cfg(target_os = "linux")]
     {
         linux::enter(spec)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = spec;
+        Err(std::io::Error::other("the sandbox needs Linux"))
+    }
+}
+
+/// Where namespaces are missing: the walls that need none (`no_new_privs`, Landlock on the real
+/// directory), so seccomp can still follow. The instance then sees the host's tree, bounded by
+/// Landlock alone where the kernel has it.
+pub fn restrict(spec: &Spec) -> std::io::Result<Entered> {
+    #[cfg(target_os = "linux")]
+    {
+        linux::restrict(spec)
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -182,6 +182,13 @@ async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving
         up.refused(&ada, json!({"probe": "ptrace", "pid": pid})).await;
     }
     up.refused(&ada, json!({"probe": "fork"})).await;
+    // Its own key file (wrapped keys, KDF salt) is not in its view: an empty file stands over it.
+    up.refused(&ada, json!({"probe": "read_own_key_file"})).await;
+    // Nor can it outlive its reaper, or leave a setuid file behind.
+    up.refused(&ada, json!({"probe": "clear_death_signal"})).await;
+    up.refused(&ada, json!({"probe": "setuid"})).await;
+    let tty = up.refused(&ada, json!({"probe": "type_into_terminal"})).await;
+    assert!(tty.contains("not permitted"), "refused by the filter, not for want of a terminal: {tty}");
     up.refused(&ada, json!({"probe": "exec", "path": "/bin/sh"})).await;
     // Threads past the pids limit (48) fail to start.
     let threads = up.refused(&ada, json!({"probe": "threads", "count": 200})).await;

@@ -76,6 +76,13 @@ fn limits(r: Resources) -> cgroups::Limits {
     cgroups::Limits { memory_bytes: r.memory_bytes, cpu_millis: r.cpu_millis, pids: r.pids }
 }
 
+/// SIGKILLs the instance's process group: its reaper and the instance (which started it with
+/// setsid, so the group's id is the reaper's pid, and nothing else is in it).
+fn kill_group(pid: u32) {
+    // SAFETY: a signal to the group this runtime created.
+    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+}
+
 /// The longest path a Unix socket address holds (sun_path, with its terminating zero).
 const SOCKET_PATH_MAX: usize = 107;
 
@@ -108,12 +115,21 @@ impl Runtime for Process {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
-            // Its own process group: a terminal's Ctrl-C reaches the server, which drains the
-            // instances, instead of killing them mid-write.
-            .process_group(0)
             // Nothing of the server's environment: only what says how to log.
             .env_clear()
             .kill_on_drop(true);
+        // Its own session, with no controlling terminal: a terminal's Ctrl-C reaches the server,
+        // which drains the instances instead of their dying mid-write, and the instance cannot
+        // reach the operator's terminal.
+        // SAFETY: setsid is async-signal-safe, which is all that may run between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         for name in ["RUST_LOG", "SELFCLOUD_LOG_FORMAT"] {
             if let Some(v) = std::env::var_os(name) {
                 command.env(name, v);
@@ -124,7 +140,7 @@ impl Runtime for Process {
             .map_err(|e| Error::internal(format!("start {} instance run: {e}", self.config.program.display())))?;
         let pid = child.id().ok_or_else(|| Error::internal("the instance exited at once"))?;
         let fail = |what: String, group: &Option<cgroups::Group>| {
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            kill_group(pid);
             if let Some(g) = group {
                 g.remove();
             }
@@ -143,6 +159,7 @@ impl Runtime for Process {
             key: hex::encode(key.as_bytes()),
             sandbox: self.config.sandbox,
             read_only: self.config.read_only.clone(),
+            hidden: vec![crate::instances::KEY_FILE.to_owned()],
         };
         drop(key);
         let mut line = serde_json::to_vec(&start).map_err(Error::internal)?;
@@ -229,11 +246,12 @@ impl Awake for ProcessAwake {
         let mut done = self.done.clone();
         if tokio::time::timeout(grace, done.wait_for(|d| *d)).await.is_err() {
             tracing::warn!(instance = %self.client.id(), "did not stop in time; killed");
-            if self.exit.get().is_none() {
-                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
-            }
+            kill_group(self.pid);
             let _ = done.wait_for(|d| *d).await;
         }
+        // Whatever is left of its session (it cannot leave it: setsid and setpgid are not in its
+        // allow-list) goes with it.
+        kill_group(self.pid);
         if let Some(g) = &self.group {
             g.remove();
         }

@@ -46,6 +46,14 @@ pub enum Probe {
     Alloc {
         bytes: usize,
     },
+    /// Pushes a character into the terminal behind stderr, were it one (TIOCSTI).
+    TypeIntoTerminal,
+    /// Reads what the mount view shows in place of the instance's key file.
+    ReadOwnKeyFile,
+    /// Clears the signal that ends the instance with its reaper.
+    ClearDeathSignal,
+    /// Makes a setuid file in its own directory.
+    Setuid,
 }
 
 #[derive(Serialize)]
@@ -138,6 +146,29 @@ fn attempt(probe: Probe) -> Outcome {
                 Some(e) => Outcome { got_through: false, detail: format!("{n} threads started, then: {e}") },
                 None => Outcome { got_through: true, detail: format!("{n} threads started") },
             }
+        }
+        Probe::ReadOwnKeyFile => outcome(std::fs::read("/instance/keys.json").and_then(|b| {
+            if b.is_empty() {
+                Err(std::io::Error::other("an empty file stands in for it"))
+            } else {
+                Ok(b.len())
+            }
+        })),
+        Probe::ClearDeathSignal => {
+            outcome(errno(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) } as libc::c_long))
+        }
+        Probe::Setuid => {
+            use std::os::unix::fs::PermissionsExt;
+            let path = "/instance/setuid-probe";
+            // fchmod on the open file: the call an allowed mode change goes through.
+            let made =
+                std::fs::File::create(path).and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o4755)));
+            let _ = std::fs::remove_file(path);
+            outcome(made)
+        }
+        Probe::TypeIntoTerminal => {
+            let c = b'x';
+            outcome(errno(unsafe { libc::ioctl(2, libc::TIOCSTI, &c) } as libc::c_long))
         }
         Probe::Alloc { bytes } => {
             let mut v = vec![0u8; bytes];

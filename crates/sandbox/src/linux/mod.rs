@@ -104,7 +104,7 @@ pub fn enter(spec: &Spec) -> Result<Entered> {
         })
         .collect::<Result<Vec<_>>>()?;
 
-    mount_view(&dir, &shared)?;
+    mount_view(&dir, &shared, &spec.hidden)?;
     drop((dir, shared));
     nix::unistd::sethostname("instance").map_err(|e| io("sethostname", e))?;
 
@@ -126,15 +126,20 @@ pub fn enter(spec: &Spec) -> Result<Entered> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(|e| io("pdeathsig", e))?;
     drop_capabilities()?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| io("no_new_privs", e))?;
-    let landlock = landlock_rules(&spec.read_only);
+    let landlock = landlock_rules(Path::new(INSTANCE_MOUNT), &spec.read_only);
     Ok(Entered { landlock })
+}
+
+pub fn restrict(spec: &Spec) -> Result<Entered> {
+    nix::sys::prctl::set_no_new_privs().map_err(|e| io("no_new_privs", e))?;
+    Ok(Entered { landlock: landlock_rules(&spec.dir, &spec.read_only) })
 }
 
 /// An empty tmpfs becomes the root; the instance directory is bound read-write at /instance and
 /// each shared path read-only at its own path; the old root is detached; the new root is then
 /// made read-only. Nothing of the host (other instances, the registry, the node key, /proc) is
 /// left to name.
-fn mount_view(dir: &std::fs::File, shared: &[(PathBuf, std::fs::File)]) -> Result<()> {
+fn mount_view(dir: &std::fs::File, shared: &[(PathBuf, std::fs::File)], hidden: &[String]) -> Result<()> {
     // Nothing mounted here may propagate back to the host's namespace.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| io("make / private", e))?;
@@ -146,6 +151,14 @@ fn mount_view(dir: &std::fs::File, shared: &[(PathBuf, std::fs::File)]) -> Resul
     let target = root.join(INSTANCE_MOUNT.trim_start_matches('/'));
     std::fs::create_dir(&target)?;
     bind(dir, &target, nosuid)?;
+    // An empty, read-only file over each hidden name: the instance cannot read it, write it,
+    // rename over it or unlink it (a mount point is busy), and has no right to unmount it.
+    let empty = root.join(".empty");
+    std::fs::write(&empty, b"")?;
+    let blank = std::fs::File::open(&empty)?;
+    for name in hidden.iter().filter(|n| !n.contains('/') && target.join(n).exists()) {
+        bind(&blank, &target.join(name), nosuid | MsFlags::MS_RDONLY)?;
+    }
     for (path, file) in shared {
         let target = root.join(path.strip_prefix("/").unwrap_or(path));
         if file.metadata()?.is_dir() {
@@ -234,13 +247,13 @@ fn drop_capabilities() -> Result<()> {
 /// Landlock: the instance directory read-write, the shared paths read-only, nothing else. The
 /// mount view already hides the rest; this holds even if a mount were ever added by mistake.
 /// Best effort: an older kernel enforces fewer rights, one without Landlock none (said at start).
-fn landlock_rules(read_only: &[PathBuf]) -> String {
+fn landlock_rules(own: &Path, read_only: &[PathBuf]) -> String {
     use landlock::{Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI};
     let abi = ABI::V3;
     let attempt = || -> std::result::Result<landlock::RestrictionStatus, String> {
         let text = |e: &dyn std::fmt::Display| e.to_string();
         let fd = |p: &Path| PathFd::new(p).map_err(|e| text(&e));
-        let own = fd(Path::new(INSTANCE_MOUNT))?;
+        let own = fd(own)?;
         let mut ruleset = Ruleset::default()
             .handle_access(AccessFs::from_all(abi))
             .and_then(|r| r.create())

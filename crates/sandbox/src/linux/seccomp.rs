@@ -170,6 +170,30 @@ pub fn install() -> Result<()> {
     let own = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, std::process::id() as u64)
         .map_err(filter_err)?;
     rules.insert(libc::SYS_tgkill, vec![SeccompRule::new(vec![own]).map_err(filter_err)?]);
+    // ioctl, but never to push input into a terminal (TIOCSTI, TIOCLINUX): stderr may be the
+    // operator's terminal, and typed-in commands would run outside every wall.
+    let not =
+        |request: u64| SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, request).map_err(filter_err);
+    // The request's type differs between C libraries and architectures; the cast is a no-op here.
+    #[allow(clippy::unnecessary_cast)]
+    let ioctl = SeccompRule::new(vec![not(libc::TIOCSTI as u64)?, not(libc::TIOCLINUX as u64)?]).map_err(filter_err)?;
+    rules.insert(libc::SYS_ioctl, vec![ioctl]);
+    // prctl only to name threads and read a few settings: not PR_SET_PDEATHSIG (which would let
+    // the instance outlive its reaper), not PR_SET_DUMPABLE, not the seccomp or capability ones.
+    const PR_SET_VMA: u64 = 0x5356_4d41;
+    let options = [libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64, libc::PR_CAPBSET_READ as u64, PR_SET_VMA];
+    let prctl = options
+        .iter()
+        .map(|&o| {
+            let c = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, o).map_err(filter_err)?;
+            SeccompRule::new(vec![c]).map_err(filter_err)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    rules.insert(libc::SYS_prctl, prctl);
+    // Modes, but never setuid or setgid bits.
+    let plain =
+        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(0o6000), 0).map_err(filter_err)?;
+    rules.insert(libc::SYS_fchmod, vec![SeccompRule::new(vec![plain]).map_err(filter_err)?]);
     // A connected pair of Unix sockets reaches nothing outside (tokio's signal driver makes one).
     let unix = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::AF_UNIX as u64)
         .map_err(filter_err)?;

@@ -73,21 +73,23 @@ fn runtime_config(process: bool) -> anyhow::Result<RuntimeConfig> {
     Ok(RuntimeConfig::Process(config))
 }
 
-fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
-            })
-        })
-        .map_or(0, |kib| kib * 1024)
+/// A field of `/proc/<pid>/<file>` in kB, as bytes.
+fn proc_kb(pid: u32, file: &str, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    let kib = text.lines().find_map(|l| l.strip_prefix(field)?.trim().trim_end_matches(" kB").parse::<u64>().ok());
+    kib.map_or(0, |kib| kib * 1024)
 }
 
-/// An instance process's memory: its reaper and the instance it reaps (pid 1 of its namespace).
-fn instance_rss(reaper: u32) -> u64 {
+fn rss_of(pid: u32) -> u64 {
+    proc_kb(pid, "status", "VmRSS:")
+}
+
+/// An instance process's memory: its reaper and the instance it reaps (pid 1 of its namespace),
+/// as PSS: pages shared with the other instances (the binary's, mapped by all) count a share each.
+fn instance_pss(reaper: u32) -> u64 {
+    let pss = |pid| proc_kb(pid, "smaps_rollup", "Pss:");
     let children = std::fs::read_to_string(format!("/proc/{reaper}/task/{reaper}/children")).unwrap_or_default();
-    rss_of(reaper) + children.split_whitespace().filter_map(|p| p.parse().ok()).map(rss_of).sum::<u64>()
+    pss(reaper) + children.split_whitespace().filter_map(|p| p.parse().ok()).map(pss).sum::<u64>()
 }
 
 fn disk_usage(dir: &Path) -> u64 {
@@ -205,7 +207,7 @@ async fn one_runtime(args: &InstancesArgs, process: bool, kdf: &Stats) -> anyhow
     let mut total = rss_of(std::process::id()).saturating_sub(before);
     for id in &ids[..awake] {
         if let Some(pid) = control.run_status(*id).pid {
-            total += instance_rss(pid);
+            total += instance_pss(pid);
         }
     }
     (f.awake_instances, f.memory_per_awake_instance_bytes) = (awake, total / awake.max(1) as u64);
@@ -216,12 +218,14 @@ async fn one_runtime(args: &InstancesArgs, process: bool, kdf: &Stats) -> anyhow
     if args.hibernated > 0 {
         progress(format_args!("{name}: provisioning {} hibernated instances (cheap KDF)", args.hibernated));
         let rt = runtime.clone();
-        let before = rss_of(std::process::id());
         let gw = gateway::start_with(dir.path().join("many"), move |c: &mut ControlConfig| {
             c.runtime = rt;
             c.kdf = KdfParams::INSECURE_FOR_TESTS;
         })
         .await?;
+        // One sign-up first, so what is measured is what each further instance adds.
+        gw.running.state.control.sign_up("h-first", "bench-password-0123456789", 1).await.map_err(super::core_error)?;
+        let before = rss_of(std::process::id());
         let control = gw.running.state.control.clone();
         let started = Instant::now();
         for i in 0..args.hibernated {
@@ -276,7 +280,7 @@ pub async fn run(args: InstancesArgs) -> anyhow::Result<()> {
         format!("{:.0}", process.disk_per_instance_bytes as f64 / 1024.0),
     );
     row(
-        &format!("memory per awake instance ({} awake, MiB)", process.awake_instances),
+        &format!("memory per awake instance ({} awake, PSS MiB)", process.awake_instances),
         format!("{:.2}", mib(inproc.memory_per_awake_instance_bytes)),
         format!("{:.2}", mib(process.memory_per_awake_instance_bytes)),
     );
