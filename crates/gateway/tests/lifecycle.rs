@@ -223,7 +223,7 @@ async fn deleting_an_account_shreds_its_key_removes_its_files_and_ends_every_tok
 #[tokio::test]
 async fn an_idle_instance_hibernates_and_wakes_on_the_next_call_with_data_tokens_and_audit_intact() {
     use selfcloud_control::RunState;
-    let s = Server::start_with(|c| c.hibernate_after = std::time::Duration::from_millis(200)).await;
+    let s = Server::start_with(|c| c.hibernate_after = std::time::Duration::from_secs(1)).await;
     let owner = s.user("ada").await;
     let (_, app) = s.app_token(&owner, &["storage:read:notes"]).await;
     s.put_ok(&owner, "/v1/storage/notes/a", json!({"v": 1})).await;
