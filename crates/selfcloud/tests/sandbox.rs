@@ -167,6 +167,10 @@ async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving
         up.refused(&ada, json!({"probe": "read", "path": path})).await;
     }
     up.refused(&ada, json!({"probe": "list", "path": format!("{home_path}/instances")})).await;
+    // Landlock holds inside the view too: the root's own stand-in file is visible, not readable.
+    if selfcloud_sandbox::probe().iter().any(|l| l.name == "landlock" && l.available) {
+        up.refused(&ada, json!({"probe": "read", "path": "/.empty"})).await;
+    }
     for path in [format!("{home_path}/planted"), "/planted".into(), "/tmp/planted".into(), format!("{bob_dir}/planted")]
     {
         up.refused(&ada, json!({"probe": "write", "path": path})).await;

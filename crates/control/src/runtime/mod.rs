@@ -59,11 +59,7 @@ pub struct WakeSpec {
 }
 
 /// What an awake instance used, from its cgroup (`None` where not measured).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ResourceUsage {
-    pub memory_bytes: Option<u64>,
-    pub cpu_usec: Option<u64>,
-}
+pub use selfcloud_sandbox::cgroups::Usage as ResourceUsage;
 
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {

@@ -226,8 +226,7 @@ impl Awake for ProcessAwake {
     }
 
     fn usage(&self) -> ResourceUsage {
-        let u = self.group.as_ref().map(|g| g.usage()).unwrap_or_default();
-        ResourceUsage { memory_bytes: u.memory_bytes, cpu_usec: u.cpu_usec }
+        self.group.as_ref().map(|g| g.usage()).unwrap_or_default()
     }
 
     fn pid(&self) -> Option<u32> {
