@@ -430,8 +430,14 @@ async fn stop_slot(id: InstanceId, slot: &Slot, grace: Duration, still: impl Fn(
     if !still(slot) {
         return;
     }
+    // Closed to new callers first, then checked again: a caller that took a handle on the fast
+    // path just before holds a lease now, and the instance stays up for it.
+    let taken = slot.ready.write().take();
+    if !still(slot) {
+        *slot.ready.write() = taken;
+        return;
+    }
     let Some(awake) = inner.awake.take() else { return };
-    *slot.ready.write() = None;
     inner.crashed = !awake.running();
     awake.stop(grace).await;
     tracing::debug!(instance = %id, "instance stopped");
