@@ -64,7 +64,8 @@ fn instance_dirs(home: &Path) -> Result<BTreeSet<InstanceId>> {
 
 impl Control {
     /// Checks the registry and every instance it names, one after another. Meant for a home no
-    /// server is using (a running server holds RocksDB stores locked, and this fills the LRU).
+    /// server is using (a running server holds each awake instance's directory lock; this waits
+    /// for it, then wakes every instance in turn).
     pub async fn verify_home(&self) -> Result<HomeReport> {
         let registry = self.blocking(|r| r.integrity_check()).await.map_err(reason);
         let ids = self.blocking(|r| r.instance_ids()).await?;
