@@ -19,6 +19,7 @@ pub enum ErrorCode {
     TooLarge,
     UnsupportedMediaType,
     RateLimited,
+    BudgetExceeded,
     QuotaExceeded,
     Unavailable,
     Internal,
@@ -35,7 +36,7 @@ impl ErrorCode {
             ErrorCode::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited | ErrorCode::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -53,6 +54,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
@@ -98,6 +100,10 @@ impl Error {
     pub fn rate_limited(retry_after: Duration) -> Self {
         Error { retry_after: Some(retry_after), ..Self::new(ErrorCode::RateLimited, "too many requests") }
     }
+    /// A token budget is spent until `retry_after` from now, when its window resets.
+    pub fn budget_exceeded(message: impl Into<String>, retry_after: Duration) -> Self {
+        Error { retry_after: Some(retry_after), ..Self::new(ErrorCode::BudgetExceeded, message) }
+    }
     /// The service cannot answer now; the caller may retry after `retry_after`.
     pub fn unavailable(message: impl Into<String>, retry_after: Duration) -> Self {
         Error { retry_after: Some(retry_after), ..Self::new(ErrorCode::Unavailable, message) }
@@ -137,6 +143,8 @@ mod tests {
         assert_eq!(e.body(), serde_json::json!({"error":{"code":"conflict","message":"username taken"}}));
         assert_eq!(Error::rate_limited(Duration::from_secs(1)).status().as_u16(), 429);
         assert_eq!(ErrorCode::QuotaExceeded.status().as_u16(), 507);
+        let spent = Error::budget_exceeded("spent", Duration::from_secs(60));
+        assert_eq!((spent.status().as_u16(), spent.code.as_str()), (429, "budget_exceeded"));
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! pattern  = collection            ; exactly that collection
 //!          / [collection-prefix] "*" ; every collection starting with the prefix ("*": all)
 //! ```
+//! SELF's own permission words are synonyms where they map cleanly: `ai:chat` is `llm:chat` and
+//! `blockchain:read` is `chain:read`. They parse to the same scope, so a grant shows and stores the
+//! canonical name once. (`storage:read` without a collection is not one of them: it will mean the
+//! app's own collections, which needs the app's namespace, not a rewrite.)
+//!
 //! Owner-only powers (backup, audit, grants, account) have no scope: no app can ever be granted them.
 
 use crate::names::{is_collection_prefix, Collection};
@@ -132,9 +137,9 @@ impl FromStr for Scope {
     fn from_str(s: &str) -> Result<Self, Error> {
         let bad = || Error::invalid(format!("unknown or malformed scope {:?}", truncate(s)));
         match s {
-            "llm:chat" => return Ok(Scope::LlmChat),
+            "llm:chat" | "ai:chat" => return Ok(Scope::LlmChat),
             "llm:embed" => return Ok(Scope::LlmEmbed),
-            "chain:read" => return Ok(Scope::ChainRead),
+            "chain:read" | "blockchain:read" => return Ok(Scope::ChainRead),
             "profile:read" => return Ok(Scope::ProfileRead),
             _ => {}
         }
@@ -269,6 +274,16 @@ mod tests {
         ] {
             assert_eq!(s.parse::<Scope>().unwrap().to_string(), s);
         }
+    }
+
+    #[test]
+    fn self_permission_words_are_synonyms_shown_once() {
+        assert_eq!("ai:chat".parse::<Scope>().unwrap(), Scope::LlmChat);
+        assert_eq!("blockchain:read".parse::<Scope>().unwrap(), Scope::ChainRead);
+        let set = ScopeSet::parse("ai:chat llm:chat blockchain:read").unwrap();
+        assert_eq!(set.to_string(), "llm:chat chain:read");
+        assert!("ai:*".parse::<Scope>().is_err());
+        assert!("AI:CHAT".parse::<Scope>().is_err());
     }
 
     #[test]

@@ -45,11 +45,15 @@ fn the_crate_map_holds() {
     assert_eq!(ours("selfcloud-store"), BTreeSet::from(["selfcloud-core", "selfcloud-durable"]));
     // The sandbox is walls only: no domain types, no crate of ours.
     assert_eq!(ours("selfcloud-sandbox"), BTreeSet::new());
+    // The LLM is a part of an instance: it knows the shared types and nothing of stores or routing.
+    assert_eq!(ours("selfcloud-llm"), BTreeSet::from(["selfcloud-core"]));
+    assert!(!of("selfcloud-llm").contains("axum"), "the LLM part routes HTTP");
     assert!(ours("selfcloud-instance").iter().all(|d| [
         "selfcloud-core",
         "selfcloud-durable",
         "selfcloud-store",
-        "selfcloud-sandbox"
+        "selfcloud-sandbox",
+        "selfcloud-llm"
     ]
     .contains(d)));
     assert!(!ours("selfcloud-control").contains("selfcloud-gateway"));

@@ -1,0 +1,330 @@
+//! OpenAI's chat-completions shape: the request read and checked once into a [`Generation`] an
+//! engine runs, and the answers written back (a whole completion, or stream chunks).
+//!
+//! What we cannot honour is refused with a clear 400 naming the field, never silently ignored:
+//! an app that asks for `n: 3` or tools must not get one plain answer and think it got more.
+
+use selfcloud_core::Error;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The most messages and bytes of message text one request may carry; keeps a prompt bounded
+/// before it is tokenized (the context length bounds it again, in tokens).
+pub const MAX_MESSAGES: usize = 256;
+pub const MAX_PROMPT_BYTES: usize = 256 * 1024;
+
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// `stop`: one string or a list of them.
+#[derive(Deserialize, Debug)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Debug, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// `POST /v1/llm/chat/completions`, as OpenAI's clients send it. Fields we refuse are read too,
+/// so that naming one is an error rather than a silent no-op.
+#[derive(Deserialize, Debug, Default)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Vec<Message>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i32>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u32>,
+    pub stop: Option<Stop>,
+    pub max_tokens: Option<u32>,
+    pub max_completion_tokens: Option<u32>,
+    pub repeat_penalty: Option<f32>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub response_format: Option<ResponseFormat>,
+    pub n: Option<u32>,
+    pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
+    pub functions: Option<Value>,
+    pub logprobs: Option<bool>,
+    pub audio: Option<Value>,
+}
+
+/// How tokens are drawn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    /// 0 means greedy: always the most likely token.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: i32,
+    pub min_p: f32,
+    pub seed: u32,
+    pub repeat_penalty: f32,
+}
+
+/// What an engine runs: the checked request, with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub messages: Vec<Message>,
+    pub sampling: Sampling,
+    pub stop: Vec<String>,
+    pub max_tokens: u32,
+    /// Constrain the answer to one JSON value (`response_format: {"type":"json_object"}`).
+    pub json: bool,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Limits a request is checked against: settings of the instance, with safe defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_tokens: u32,
+    pub default_max_tokens: u32,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits { max_tokens: 4096, default_max_tokens: 512 }
+    }
+}
+
+const MAX_STOPS: usize = 4;
+const ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+impl ChatRequest {
+    pub fn validate(self, limits: RequestLimits) -> Result<Generation, Error> {
+        let unsupported = |field: &str| Err(Error::invalid(format!("`{field}` is not supported here")));
+        if self.n.is_some_and(|n| n != 1) {
+            return unsupported("n");
+        }
+        if self.tools.is_some() || self.tool_choice.is_some() || self.functions.is_some() {
+            return unsupported("tools");
+        }
+        if self.logprobs == Some(true) {
+            return unsupported("logprobs");
+        }
+        if self.audio.is_some() {
+            return unsupported("audio");
+        }
+        if self.messages.is_empty() || self.messages.len() > MAX_MESSAGES {
+            return Err(Error::invalid(format!("`messages` must hold 1 to {MAX_MESSAGES} messages")));
+        }
+        if let Some(m) = self.messages.iter().find(|m| !ROLES.contains(&m.role.as_str())) {
+            return Err(Error::invalid(format!("unsupported message role {:?}", truncate(&m.role))));
+        }
+        if self.messages.iter().map(|m| m.content.len()).sum::<usize>() > MAX_PROMPT_BYTES {
+            return Err(Error::invalid(format!("the messages exceed {MAX_PROMPT_BYTES} bytes")));
+        }
+        let json = match self.response_format.as_ref().map(|f| f.kind.as_str()) {
+            None | Some("text") => false,
+            Some("json_object") => true,
+            Some(other) => return Err(Error::invalid(format!("unsupported response_format {:?}", truncate(other)))),
+        };
+        let stop = match self.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        };
+        if stop.len() > MAX_STOPS || stop.iter().any(|s| s.is_empty() || s.len() > 64) {
+            return Err(Error::invalid(format!("`stop` takes up to {MAX_STOPS} non-empty strings of up to 64 bytes")));
+        }
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens).unwrap_or(limits.default_max_tokens);
+        if max_tokens == 0 || max_tokens > limits.max_tokens {
+            return Err(Error::invalid(format!("`max_tokens` must be 1 to {}", limits.max_tokens)));
+        }
+        let in_range = |name: &str, v: f32, lo: f32, hi: f32| {
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(Error::invalid(format!("`{name}` must be between {lo} and {hi}")))
+            }
+        };
+        let sampling = Sampling {
+            temperature: in_range("temperature", self.temperature.unwrap_or(1.0), 0.0, 2.0)?,
+            top_p: in_range("top_p", self.top_p.unwrap_or(1.0), 0.0, 1.0)?,
+            top_k: match self.top_k.unwrap_or(0) {
+                k if k >= 0 => k,
+                _ => return Err(Error::invalid("`top_k` must not be negative")),
+            },
+            min_p: in_range("min_p", self.min_p.unwrap_or(0.0), 0.0, 1.0)?,
+            seed: self.seed.unwrap_or(0),
+            repeat_penalty: in_range("repeat_penalty", self.repeat_penalty.unwrap_or(1.0), 0.5, 2.0)?,
+        };
+        Ok(Generation {
+            messages: self.messages,
+            sampling,
+            stop,
+            max_tokens,
+            json,
+            stream: self.stream,
+            include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+        })
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// Why a generation ended, in OpenAI's words.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }
+    }
+}
+
+/// What every answer names: its id, when it was made (seconds) and the model that made it.
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub id: String,
+    pub created_s: u64,
+    pub model: String,
+}
+
+/// A whole `chat.completion`.
+pub fn completion(h: &Header, text: &str, finish: FinishReason, usage: Usage) -> Value {
+    json!({
+        "id": h.id, "object": "chat.completion", "created": h.created_s, "model": h.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "usage": usage,
+    })
+}
+
+/// One `chat.completion.chunk`: the first carries the role, the middle ones text, the last the
+/// finish reason. `usage` is `null` on each, as OpenAI sends it when usage was asked for.
+pub fn chunk(h: &Header, delta: Value, finish: Option<FinishReason>, include_usage: bool) -> Value {
+    let mut c = json!({
+        "id": h.id, "object": "chat.completion.chunk", "created": h.created_s, "model": h.model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    });
+    if include_usage {
+        c["usage"] = Value::Null;
+    }
+    c
+}
+
+/// The chunk after the last when `stream_options.include_usage` is set: no choices, the usage.
+pub fn usage_chunk(h: &Header, usage: Usage) -> Value {
+    json!({
+        "id": h.id, "object": "chat.completion.chunk", "created": h.created_s, "model": h.model,
+        "choices": [], "usage": usage,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use selfcloud_core::ErrorCode;
+
+    fn parse(body: Value) -> Result<Generation, Error> {
+        serde_json::from_value::<ChatRequest>(body).unwrap().validate(RequestLimits::default())
+    }
+
+    #[test]
+    fn a_plain_request_gets_every_default() {
+        let g = parse(json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]})).unwrap();
+        assert_eq!(g.max_tokens, 512);
+        assert_eq!(g.sampling.temperature, 1.0);
+        assert!(!g.stream && !g.json && !g.include_usage && g.stop.is_empty());
+    }
+
+    #[test]
+    fn sampling_stop_and_streaming_are_read() {
+        let g = parse(json!({
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+            "temperature": 0, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "seed": 7, "stop": "\n",
+            "max_completion_tokens": 20, "max_tokens": 99, "stream": true,
+            "stream_options": {"include_usage": true}, "response_format": {"type": "json_object"}, "n": 1
+        }))
+        .unwrap();
+        assert_eq!(
+            g.sampling,
+            Sampling { temperature: 0.0, top_p: 0.9, top_k: 40, min_p: 0.05, seed: 7, repeat_penalty: 1.0 }
+        );
+        assert_eq!(
+            (g.stop, g.max_tokens, g.stream, g.include_usage, g.json),
+            (vec!["\n".to_owned()], 20, true, true, true)
+        );
+        let g = parse(json!({"messages": [{"role": "user", "content": "x"}], "stop": ["a", "b"]})).unwrap();
+        assert_eq!(g.stop, ["a", "b"]);
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_a_400_naming_it() {
+        let user = json!([{"role": "user", "content": "x"}]);
+        for (extra, names) in [
+            (json!({"n": 2}), "`n`"),
+            (json!({"tools": []}), "`tools`"),
+            (json!({"tool_choice": "auto"}), "`tools`"),
+            (json!({"logprobs": true}), "`logprobs`"),
+            (json!({"response_format": {"type": "json_schema"}}), "response_format"),
+            (json!({"max_tokens": 0}), "`max_tokens`"),
+            (json!({"max_tokens": 100_000}), "`max_tokens`"),
+            (json!({"temperature": 3}), "`temperature`"),
+            (json!({"top_k": -1}), "`top_k`"),
+            (json!({"stop": ["a", "b", "c", "d", "e"]}), "`stop`"),
+            (json!({"stop": ""}), "`stop`"),
+        ] {
+            let mut body = json!({"messages": user});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            let e = parse(body.clone()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidRequest, "{body}");
+            assert!(e.message.contains(names), "{body}: {}", e.message);
+        }
+        assert!(parse(json!({"messages": []})).is_err());
+        assert!(parse(json!({"messages": [{"role": "tool", "content": "x"}]})).unwrap_err().message.contains("role"));
+        let huge = "x".repeat(MAX_PROMPT_BYTES + 1);
+        assert!(parse(json!({"messages": [{"role": "user", "content": huge}]})).is_err());
+    }
+
+    #[test]
+    fn answers_have_openais_shape() {
+        let h = Header { id: "chatcmpl-1".into(), created_s: 1_700_000_000, model: "smollm2".into() };
+        let c = completion(&h, "Paris", FinishReason::Stop, Usage::new(12, 2));
+        assert_eq!(c["object"], "chat.completion");
+        assert_eq!(c["choices"][0]["message"]["content"], "Paris");
+        assert_eq!(c["choices"][0]["finish_reason"], "stop");
+        assert_eq!(c["usage"]["total_tokens"], 14);
+        let first = chunk(&h, json!({"role": "assistant", "content": ""}), None, true);
+        assert_eq!(
+            (first["object"].as_str(), first["choices"][0]["finish_reason"].is_null()),
+            (Some("chat.completion.chunk"), true)
+        );
+        assert!(first["usage"].is_null() && first.get("usage").is_some());
+        let last = chunk(&h, json!({}), Some(FinishReason::Length), false);
+        assert_eq!(last["choices"][0]["finish_reason"], "length");
+        assert!(last.get("usage").is_none());
+        let u = usage_chunk(&h, Usage::new(3, 4));
+        assert_eq!((u["choices"].as_array().unwrap().len(), &u["usage"]["completion_tokens"]), (0, &json!(4)));
+    }
+}
