@@ -37,7 +37,10 @@ pub fn remaining(budget: Option<u64>, spent: u64, now_ms: u64) -> Result<Option<
         None => {
             let wait = Duration::from_millis(resets_at(now_ms) - now_ms);
             Err(Error::budget_exceeded(
-                format!("the token budget of {budget} a day is spent; it resets at {} ms", resets_at(now_ms)),
+                format!(
+                    "the token budget of {budget} a day is spent; it resets at midnight UTC, in {} s",
+                    wait.as_secs()
+                ),
                 wait,
             ))
         }
@@ -87,6 +90,7 @@ mod tests {
             assert_eq!(e.code, ErrorCode::BudgetExceeded);
             assert_eq!(e.status().as_u16(), 429);
             assert_eq!(e.retry_after, Some(Duration::from_millis(DAY_MS / 2)));
+            assert!(e.message.contains("in 43200 s"), "{}", e.message);
         }
         // A budget of zero allows nothing.
         assert!(remaining(Some(0), 0, NOON).is_err());
