@@ -59,6 +59,8 @@ pub struct ControlConfig {
     pub kdf_concurrency: usize,
     /// How long a password check waits for a KDF slot before the caller is told to retry.
     pub kdf_wait: std::time::Duration,
+    /// The private LLM every instance runs, when the server has a model.
+    pub llm: Option<selfcloud_instance::protocol::LlmSettings>,
 }
 
 impl ControlConfig {
@@ -75,6 +77,7 @@ impl ControlConfig {
             store_engine: EngineKind::default(),
             kdf_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             kdf_wait: std::time::Duration::from_secs(10),
+            llm: None,
         }
     }
 }

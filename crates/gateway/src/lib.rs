@@ -22,7 +22,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use clock::Clock;
 use oauth::handlers as oauth_http;
-use routes::{accounts, admin, apps, portability, storage};
+use routes::{accounts, admin, apps, llm, portability, storage};
 use selfcloud_control::Control;
 use state::AppState;
 use std::net::SocketAddr;
@@ -81,6 +81,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/storage/{collection}/{key}", put(storage::record).get(storage::record).delete(storage::record))
         .route("/v1/export", get(portability::export))
         .route("/v1/import", post(portability::import))
+        .route("/v1/llm/models", get(llm::models))
+        .route("/v1/llm/chat/completions", post(llm::chat))
+        .route("/v1/assistant/chat", post(llm::assistant))
         .route_layer(from_fn_with_state(state.clone(), auth::audited));
 
     // Routes that need a token but are not instance data (the owner's and developer's APIs).

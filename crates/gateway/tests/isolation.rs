@@ -41,6 +41,8 @@ fn endpoints() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::GET, "/v1/storage/notes/secret", None),
         (Method::PUT, "/v1/storage/notes/secret", Some(json!({"pwned": true}))),
         (Method::DELETE, "/v1/storage/notes/secret", None),
+        (Method::GET, "/v1/llm/models", None),
+        (Method::POST, "/v1/llm/chat/completions", Some(json!({"messages": [{"role": "user", "content": "hi"}]}))),
     ];
     all.extend(owner_only_endpoints());
     all
@@ -162,6 +164,8 @@ async fn app_tokens_reach_only_their_scopes_and_never_owner_powers() {
         (Method::GET, "/v1/storage/notes2/x", None),
         (Method::GET, "/v1/storage/note/x", None),
         (Method::GET, "/v1/me", None),
+        (Method::GET, "/v1/llm/models", None),
+        (Method::POST, "/v1/llm/chat/completions", Some(json!({"messages": [{"role": "user", "content": "hi"}]}))),
     ] {
         let (st, _, err) = s.call(method.clone(), path, Some(t), body).await;
         assert_eq!((st, Server::error_code(&err)), (StatusCode::FORBIDDEN, "forbidden"), "{method} {path}");
@@ -192,9 +196,9 @@ async fn app_tokens_reach_only_their_scopes_and_never_owner_powers() {
     assert!(first["at_ms"].as_u64().unwrap() > 1_700_000_000_000);
     assert!(first["request_id"].as_str().is_some());
     let refused: Vec<u64> = app_entries.iter().map(|e| e["status"].as_u64().unwrap()).filter(|s| *s == 403).collect();
-    // Six storage calls, /v1/me, /v1/audit, the export and the import: each refused call on
-    // instance data is audited.
-    assert_eq!(refused.len(), 10, "{audit}");
+    // Six storage calls, /v1/me, two LLM calls, /v1/audit, the export and the import: each
+    // refused call on instance data is audited.
+    assert_eq!(refused.len(), 12, "{audit}");
     assert!(app_entries.iter().any(|e| e["path"] == "/v1/me" && e["status"] == 403), "{audit}");
 }
 

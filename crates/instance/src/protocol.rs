@@ -130,6 +130,16 @@ pub struct Settings {
     pub list_default: usize,
     pub list_max: usize,
     pub list_max_bytes: usize,
+    /// The private LLM, when the server has a model; `None` answers its calls with 503.
+    #[serde(default)]
+    pub llm: Option<LlmSettings>,
+}
+
+/// How an instance runs its LLM part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LlmSettings {
+    pub engine: selfcloud_llm::llama::LlamaOptions,
+    pub limits: selfcloud_llm::openai::RequestLimits,
 }
 
 impl Settings {
@@ -142,6 +152,7 @@ impl Settings {
             list_default: limits.list_default,
             list_max: limits.list_max,
             list_max_bytes: limits.list_max_bytes,
+            llm: None,
         }
     }
 

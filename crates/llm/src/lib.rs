@@ -1,11 +1,20 @@
 //! The private LLM, one part of a user's instance.
 //!
-//! What is here so far is the protocol half, pure and tested: the OpenAI-shaped request read into
-//! what an engine runs ([`openai::ChatRequest::validate`]), the answers and stream chunks written
-//! back, the SSE framing, and the token-budget rule ([`budget`]). The engines (llama.cpp embedded,
-//! shared batching, upstream) come next behind one trait; HTTP routing stays in the instance
-//! service and the gateway.
+//! The protocol half is pure and tested: the OpenAI-shaped request read into what an engine runs
+//! ([`openai::ChatRequest::validate`]), the answers and stream chunks written back, the SSE
+//! framing, stop strings ([`stop`]), the token-budget rule ([`budget`]), the assistant's
+//! retrieval and prompt ([`retrieve`]) and the models `model pull` knows ([`catalog`]). The
+//! engines sit behind one trait ([`engine::Engine`]): llama.cpp embedded in the instance's
+//! process ([`llama`]) is the default. HTTP routing stays in the instance service and the gateway.
 
 pub mod budget;
+pub mod catalog;
+pub mod engine;
+mod json_grammar;
+pub mod llama;
 pub mod openai;
+pub mod retrieve;
 pub mod sse;
+pub mod stop;
+
+pub use engine::{Engine, Event, Events, ModelInfo, Timings};

@@ -92,7 +92,7 @@ pub struct Generation {
 }
 
 /// Limits a request is checked against: settings of the instance, with safe defaults.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestLimits {
     pub max_tokens: u32,
     pub default_max_tokens: u32,
@@ -105,6 +105,9 @@ impl Default for RequestLimits {
 }
 
 const MAX_STOPS: usize = 4;
+/// The seed that asks llama.cpp for a fresh random one (its `LLAMA_DEFAULT_SEED`): without a
+/// `seed`, two samples of the same prompt differ, as OpenAI's do.
+pub const RANDOM_SEED: u32 = u32::MAX;
 const ROLES: [&str; 3] = ["system", "user", "assistant"];
 
 impl ChatRequest {
@@ -163,7 +166,7 @@ impl ChatRequest {
                 _ => return Err(Error::invalid("`top_k` must not be negative")),
             },
             min_p: in_range("min_p", self.min_p.unwrap_or(0.0), 0.0, 1.0)?,
-            seed: self.seed.unwrap_or(0),
+            seed: self.seed.unwrap_or(RANDOM_SEED),
             repeat_penalty: in_range("repeat_penalty", self.repeat_penalty.unwrap_or(1.0), 0.5, 2.0)?,
         };
         Ok(Generation {

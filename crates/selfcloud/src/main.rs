@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod model;
 mod up;
 mod verify;
 
@@ -42,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Up(args) => runtime.block_on(up::run(*args)),
         cli::Command::Bench(args) => runtime.block_on(bench::run(args)),
         cli::Command::Verify(args) => runtime.block_on(verify::run(args)),
+        cli::Command::Model(args) => runtime.block_on(model::run(args)),
         cli::Command::Instance(_) => unreachable!("handled above"),
     }
 }

@@ -22,7 +22,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let mut config = args.settings.control_config(args.home.clone());
+    config.llm = crate::model::resolve(&args.llm, &args.home).await?;
     config.runtime = args.settings.runtime()?;
+    if let (selfcloud_control::RuntimeConfig::Process(process), Some(llm)) = (&mut config.runtime, &config.llm) {
+        // The sandbox shows each instance the model's directory, read-only, and nothing else outside its own.
+        if let Some(dir) = llm.engine.path.parent() {
+            process.read_only.push(dir.to_owned());
+        }
+    }
+    if let Some(llm) = &config.llm {
+        tracing::info!(model = %llm.engine.name, path = %llm.engine.path.display(), "the assistant's model");
+    }
     let control = selfcloud_control::Control::open(config, clock.now())
         .map_err(|e| anyhow::anyhow!("{}: {}", e.message, e.detail.unwrap_or_default()))
         .with_context(|| format!("opening home directory {}", args.home.display()))?;

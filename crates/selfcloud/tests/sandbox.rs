@@ -30,12 +30,18 @@ impl Drop for Up {
     }
 }
 
+/// The model the LLM tests use (`./selfcloud test` sets it), shown to instances read-only.
+fn test_model() -> Option<PathBuf> {
+    std::env::var_os("SELFCLOUD_TEST_MODEL").map(PathBuf::from)
+}
+
 fn start(home: &Path) -> Up {
     let mut child = Command::new(env!("CARGO_BIN_EXE_selfcloud"))
         .args(["up", "--runtime", "process", "--addr", "127.0.0.1:0", "--kdf-memory-kib", "8", "--kdf-iterations", "1"])
         // Tight limits, so the attacks meet them quickly.
         .args(["--free-memory-mib", "96", "--free-pids", "48", "--hibernate-after", "600", "--rate-per-ip", "1000"])
         .env("SELFCLOUD_HOME", home)
+        .env("SELFCLOUD_MODEL", test_model().map_or_else(|| "none".into(), |m| m.display().to_string()))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -176,6 +182,15 @@ async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving
         up.refused(&ada, json!({"probe": "write", "path": path})).await;
     }
     assert!(!home.path().join("planted").exists() && !Path::new("/tmp/planted").exists());
+    // The model's directory is in the view, read-only: every instance maps the same weights and
+    // none can change them for the others.
+    if let Some(model) = test_model() {
+        let models = model.parent().unwrap();
+        let seen = up.probe(&ada, json!({"probe": "list", "path": models})).await.unwrap();
+        assert_eq!(seen["got_through"], true, "{seen}");
+        up.refused(&ada, json!({"probe": "write", "path": models.join("planted")})).await;
+        assert!(!models.join("planted").exists());
+    }
     for domain in ["inet_tcp", "inet_udp", "inet6_tcp", "netlink", "unix"] {
         up.refused(&ada, json!({"probe": "socket", "domain": domain})).await;
     }

@@ -20,6 +20,8 @@ fn start_with(home: &std::path::Path, extra: &[&str]) -> Up {
         .args(["up", "--addr", "127.0.0.1:0", "--kdf-memory-kib", "8", "--kdf-iterations", "1"])
         .args(extra)
         .env("SELFCLOUD_HOME", home)
+        // The test model when this run has one, never a download.
+        .env("SELFCLOUD_MODEL", std::env::var("SELFCLOUD_TEST_MODEL").unwrap_or_else(|_| "none".into()))
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -71,6 +73,15 @@ async fn up_serves_stops_cleanly_and_keeps_acknowledged_writes() {
         http.put(format!("{base}/v1/storage/notes/{key}")).bearer_auth(&token).json(&json!({"k": key})).send()
     };
     assert!(put(&up.base, "before-term").await.unwrap().status().is_success());
+    // With a model, the owner's instance (sandboxed where the kernel allows) answers a chat.
+    if std::env::var_os("SELFCLOUD_TEST_MODEL").is_some() {
+        let question = json!({"messages": [{"role": "user", "content": "What is the capital of France?"}],
+                              "temperature": 0, "max_tokens": 16});
+        let resp =
+            http.post(format!("{}/v1/llm/chat/completions", up.base)).bearer_auth(&token).json(&question).send().await;
+        let answer: Value = resp.unwrap().json().await.unwrap();
+        assert!(answer["choices"][0]["message"]["content"].as_str().unwrap_or("").contains("Paris"), "{answer}");
+    }
 
     // SIGTERM: drains and exits 0, saying so in its log.
     signal(&up.child, "-TERM");
@@ -153,6 +164,16 @@ fn help_names_every_limit() {
         "--pro-memory-mib",
         "--pro-cpu-millis",
         "--pro-pids",
+        "--model",
+        "--models",
+        "--package-index",
+        "--llm-context-tokens",
+        "--llm-slots",
+        "--llm-queue",
+        "--llm-threads",
+        "--llm-max-tokens",
+        "--llm-default-max-tokens",
+        "SELFCLOUD_MODEL",
         "SELFCLOUD_HOME",
         "SELFCLOUD_ADDR",
     ] {
@@ -164,13 +185,26 @@ fn help_names_every_limit() {
 fn a_bad_home_is_a_clear_error() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_selfcloud"))
-        .args(["up", "--addr", "127.0.0.1:0", "--home"])
+        .args(["up", "--addr", "127.0.0.1:0", "--model", "none", "--home"])
         .arg(file.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("opening home directory"), "{err}");
+}
+
+#[test]
+fn a_missing_model_is_a_clear_error() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_selfcloud"))
+        .args(["up", "--addr", "127.0.0.1:0", "--model", "/nowhere/model.gguf"])
+        .env("SELFCLOUD_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--model /nowhere/model.gguf: no such file"), "{err}");
 }
 
 #[cfg(unix)]

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod admin;
 pub mod apps;
 pub mod forward;
+pub mod llm;
 pub mod portability;
 pub mod storage;
 

@@ -205,3 +205,38 @@ pub async fn raw_request(base: &str, request_line_path: &str, method: &str, toke
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
     (status, body)
 }
+
+/// The GGUF model the LLM tests run (`./selfcloud test` pulls SmolLM2 and sets it).
+pub const MODEL_ENV: &str = "SELFCLOUD_TEST_MODEL";
+/// Set by `./selfcloud test` (and so CI): a missing model fails the LLM tests instead of skipping them.
+pub const REQUIRE_MODEL_ENV: &str = "SELFCLOUD_TEST_REQUIRE_MODEL";
+
+/// The test model's path, or `None` (with a note on stderr) when this run has none.
+pub fn test_model() -> Option<std::path::PathBuf> {
+    match std::env::var_os(MODEL_ENV) {
+        Some(path) => Some(path.into()),
+        None if std::env::var_os(REQUIRE_MODEL_ENV).is_some() => {
+            panic!("{REQUIRE_MODEL_ENV} is set but {MODEL_ENV} is not")
+        }
+        None => {
+            eprintln!("skipped: no model ({MODEL_ENV} unset; `./selfcloud test` pulls one and sets it)");
+            None
+        }
+    }
+}
+
+/// Gives every instance the model, and shows its directory to sandboxed instances (read-only).
+pub fn with_model(config: &mut ControlConfig, model: &std::path::Path, slots: usize, queue: usize) {
+    let engine = selfcloud_llm::llama::LlamaOptions {
+        path: model.to_owned(),
+        name: "smollm2".into(),
+        context_tokens: 2048,
+        slots,
+        queue,
+        threads: 0,
+    };
+    config.llm = Some(selfcloud_instance::protocol::LlmSettings { engine, limits: Default::default() });
+    if let selfcloud_control::RuntimeConfig::Process(process) = &mut config.runtime {
+        process.read_only.push(model.parent().unwrap().to_owned());
+    }
+}

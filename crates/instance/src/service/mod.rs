@@ -7,6 +7,8 @@
 //! Every call must carry a [`CallContext`]; each handler checks the access it needs against it
 //! (the same rule the gateway applied: `protocol::check`).
 
+pub mod assistant;
+pub mod llm;
 pub mod portability;
 #[cfg(feature = "attack-probes")]
 mod probes;
@@ -29,6 +31,7 @@ use std::time::Duration;
 /// What the handlers share.
 pub(crate) struct Shared {
     pub local: Local,
+    pub llm: crate::llm::Llm,
     pub settings: Settings,
 }
 
@@ -37,10 +40,14 @@ type S = State<Arc<Shared>>;
 /// The instance's API over its parts.
 pub fn router(local: Local, settings: Settings) -> Router {
     let body_limit = settings.max_value_bytes + 64 * 1024;
-    let shared = Arc::new(Shared { local, settings });
+    let llm = crate::llm::Llm::new(settings.llm.clone());
+    let shared = Arc::new(Shared { local, llm, settings });
     let api = Router::new()
         .route("/v1/storage/{collection}", get(storage::list))
         .route("/v1/storage/{collection}/{key}", put(storage::put).get(storage::get).delete(storage::delete))
+        .route("/v1/llm/models", get(llm::models))
+        .route("/v1/llm/chat/completions", post(llm::chat))
+        .route("/v1/assistant/chat", post(assistant::chat))
         .route("/v1/export", get(portability::export))
         .route("/v1/import", post(portability::import))
         .route("/v1/audit", get(system::read_audit))

@@ -23,7 +23,7 @@ impl Server {
         let log_file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let unlimited = "1000000";
         let mut child = Command::new(exe)
-            .args(["up", "--addr", "127.0.0.1:0", "--kdf-memory-kib", "8", "--kdf-iterations", "1"])
+            .args(["up", "--addr", "127.0.0.1:0", "--kdf-memory-kib", "8", "--kdf-iterations", "1", "--model", "none"])
             .args(["--rate-per-token", unlimited, "--rate-burst", unlimited, "--rate-per-ip", unlimited])
             .args(["--store", store.as_str()])
             .arg("--home")

@@ -1,0 +1,42 @@
+//! The private LLM under `/v1/llm`, answered by the instance
+//! (`selfcloud_instance::service::llm`); here only the access check and the documentation.
+
+use crate::auth::Caller;
+use crate::error::ApiResult;
+use crate::routes::forward::forward;
+use crate::routes::ErrorBody;
+use crate::state::AppState;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use selfcloud_core::Scope;
+use selfcloud_instance::protocol::Need;
+use std::sync::Arc;
+
+/// The model the instance's assistant runs, in OpenAI's list shape.
+#[utoipa::path(get, path = "/v1/llm/models", tag = "llm", security(("bearer" = ["llm:chat"])),
+    responses((status = 200, body = Object), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn models(State(s): State<Arc<AppState>>, caller: Caller, req: Request) -> ApiResult<Response> {
+    forward(&s, &caller, Need::Scope(Scope::LlmChat), req).await
+}
+
+/// An OpenAI chat completion: JSON, or with `stream: true` server-sent `chat.completion.chunk`
+/// events ending in `data: [DONE]`.
+#[utoipa::path(post, path = "/v1/llm/chat/completions", tag = "llm", security(("bearer" = ["llm:chat"])),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn chat(State(s): State<Arc<AppState>>, caller: Caller, req: Request) -> ApiResult<Response> {
+    forward(&s, &caller, Need::Scope(Scope::LlmChat), req).await
+}
+
+/// The owner's assistant: an answer from the owner's own records, with the records it was given
+/// (collection and key) as citations. Body: `{"message": "...", "collections": ["notes"]}`
+/// (collections optional: all by default). Owner only.
+#[utoipa::path(post, path = "/v1/assistant/chat", tag = "llm", security(("bearer" = [])),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn assistant(State(s): State<Arc<AppState>>, caller: Caller, req: Request) -> ApiResult<Response> {
+    caller.check(&Need::Owner)?;
+    forward(&s, &caller, Need::Owner, req).await
+}

@@ -1,0 +1,259 @@
+//! The private LLM through the gateway, on the real model (SmolLM2 through llama.cpp): an app
+//! with `llm:chat` chats with a user's instance, JSON and streamed; one without the scope, or a
+//! server without a model, is refused with the contract's error.
+
+mod common;
+
+use common::{test_model, with_model, Server};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// Greedy, with a pinned system prompt: the same answer every run.
+fn capital_question(stream: bool) -> Value {
+    json!({
+        "model": "smollm2",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        "temperature": 0,
+        "max_tokens": 24,
+        "stream": stream,
+        "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null },
+    })
+}
+
+async fn server_with_model() -> Option<Server> {
+    let model = test_model()?;
+    Some(Server::start_with(|c| with_model(c, &model, 1, 4)).await)
+}
+
+/// The `data:` payloads of a server-sent event stream, in order.
+fn sse_payloads(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|event| event.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_app_with_llm_chat_gets_an_answer_from_the_real_model() {
+    let Some(s) = server_with_model().await else { return };
+    let ada = s.user("ada").await;
+    let (_, app) = s.app_token(&ada, &["llm:chat"]).await;
+    let t = app.access_token.as_str();
+
+    let (st, _, models) = s.call(Method::GET, "/v1/llm/models", Some(t), None).await;
+    assert_eq!(st, StatusCode::OK, "{models}");
+    assert_eq!(models["data"][0]["id"], "smollm2");
+
+    let (st, _, answer) =
+        s.call(Method::POST, "/v1/llm/chat/completions", Some(t), Some(capital_question(false))).await;
+    assert_eq!(st, StatusCode::OK, "{answer}");
+    assert_eq!(answer["object"], "chat.completion");
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["role"], "assistant");
+    let usage = &answer["usage"];
+    assert!(usage["prompt_tokens"].as_u64().unwrap() > 10, "{answer}");
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    assert!((1..=24).contains(&completion), "{answer}");
+    assert_eq!(usage["total_tokens"].as_u64(), Some(usage["prompt_tokens"].as_u64().unwrap() + completion));
+    assert_eq!(answer["timings"]["predicted_n"].as_u64(), Some(completion), "{answer}");
+
+    // The same question again: the slot reuses the prompt it already holds.
+    let (_, _, again) = s.call(Method::POST, "/v1/llm/chat/completions", Some(t), Some(capital_question(false))).await;
+    assert_eq!(again["choices"][0]["message"]["content"], answer["choices"][0]["message"]["content"]);
+    assert!(again["timings"]["cache_n"].as_u64().unwrap() > 0, "{again}");
+
+    // The owner's audit log names the call, never its content.
+    let (_, _, audit) = s.call(Method::GET, "/v1/audit", Some(&ada), None).await;
+    let entry = audit["entries"].as_array().unwrap().iter().find(|e| e["path"] == "/v1/llm/chat/completions");
+    assert_eq!(entry.map(|e| e["scope"].clone()), Some(json!("llm:chat")), "{audit}");
+    assert!(!audit.to_string().contains("capital"), "{audit}");
+}
+
+#[tokio::test]
+async fn a_streamed_answer_arrives_as_chunks_ending_in_done() {
+    let Some(s) = server_with_model().await else { return };
+    let ada = s.user("ada").await;
+    let (_, app) = s.app_token(&ada, &["ai:chat"]).await;
+    let resp = s
+        .http
+        .post(s.url("/v1/llm/chat/completions"))
+        .bearer_auth(&app.access_token)
+        .json(&capital_question(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let body = resp.text().await.unwrap();
+    let payloads = sse_payloads(&body);
+    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"), "{body}");
+    let chunks: Vec<Value> = payloads[..payloads.len() - 1].iter().map(|p| serde_json::from_str(p).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"), "{body}");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect::<Vec<_>>().concat();
+    assert!(text.contains("Paris"), "{body}");
+    // Text came in more than one piece, then the finish reason, then usage with no choices.
+    assert!(
+        chunks.iter().filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty())).count()
+            > 1
+    );
+    let finish = chunks.iter().find_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert!(matches!(finish, Some("stop" | "length")), "{body}");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]), "{body}");
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() >= 1, "{body}");
+}
+
+#[tokio::test]
+async fn stop_strings_max_tokens_and_json_mode_shape_the_answer() {
+    let Some(s) = server_with_model().await else { return };
+    let ada = s.user("ada").await;
+    let (_, app) = s.app_token(&ada, &["llm:chat"]).await;
+    let t = app.access_token.as_str();
+    let chat = |extra: Value| {
+        let mut body = capital_question(false);
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+
+    let (_, _, short) =
+        s.call(Method::POST, "/v1/llm/chat/completions", Some(t), Some(chat(json!({"max_tokens": 2})))).await;
+    assert_eq!(short["choices"][0]["finish_reason"], "length", "{short}");
+    assert_eq!(short["usage"]["completion_tokens"], 2, "{short}");
+
+    let (_, _, stopped) =
+        s.call(Method::POST, "/v1/llm/chat/completions", Some(t), Some(chat(json!({"stop": ["Paris"]})))).await;
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop", "{stopped}");
+    let text = stopped["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!text.contains("Paris") && !text.is_empty(), "{stopped}");
+
+    let json_mode = chat(json!({
+        "messages": [{"role": "user", "content": "Give the capital of France as JSON with a key city."}],
+        "response_format": {"type": "json_object"},
+        "max_tokens": 48,
+    }));
+    let (st, _, answer) = s.call(Method::POST, "/v1/llm/chat/completions", Some(t), Some(json_mode)).await;
+    assert_eq!(st, StatusCode::OK, "{answer}");
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    if answer["choices"][0]["finish_reason"] == "stop" {
+        let parsed: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert!(parsed.is_object(), "{text}");
+    } else {
+        assert!(text.trim_start().starts_with('{'), "{text}");
+    }
+
+    // What is not supported is a clear 400, not a silent difference.
+    for (extra, field) in
+        [(json!({"n": 2}), "n"), (json!({"tools": []}), "tools"), (json!({"max_tokens": 1_000_000}), "max_tokens")]
+    {
+        let (st, _, err) = s.call(Method::POST, "/v1/llm/chat/completions", Some(t), Some(chat(extra))).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{err}");
+        assert!(err["error"]["message"].as_str().unwrap().contains(field), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn without_the_scope_an_app_is_refused_and_without_a_model_the_instance_says_so() {
+    // No model needed: both refusals come before any generation.
+    let s = Server::start().await;
+    let ada = s.user("ada").await;
+    let (_, app) = s.app_token(&ada, &["storage:read:notes"]).await;
+    for (method, path) in [(Method::GET, "/v1/llm/models"), (Method::POST, "/v1/llm/chat/completions")] {
+        let (st, _, err) = s.call(method.clone(), path, Some(&app.access_token), Some(capital_question(false))).await;
+        assert_eq!((st, Server::error_code(&err)), (StatusCode::FORBIDDEN, "forbidden"), "{path}: {err}");
+    }
+    let (_, chat_app) = s.app_token(&ada, &["llm:chat"]).await;
+    let (st, _, err) = s
+        .call(Method::POST, "/v1/llm/chat/completions", Some(&chat_app.access_token), Some(capital_question(false)))
+        .await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("model pull"), "{err}");
+    // A malformed request is still the app's fault first.
+    let (st, _, err) = s
+        .call(Method::POST, "/v1/llm/chat/completions", Some(&chat_app.access_token), Some(json!({"messages": "hi"})))
+        .await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::BAD_REQUEST, "invalid_request"), "{err}");
+}
+
+/// The Python interpreter that has the `openai` package (`./selfcloud test` makes one).
+const PYTHON_ENV: &str = "SELFCLOUD_TEST_PYTHON";
+
+#[tokio::test]
+async fn the_official_openai_client_chats_streamed_and_not() {
+    let Some(s) = server_with_model().await else { return };
+    let Some(python) = std::env::var_os(PYTHON_ENV) else {
+        assert!(std::env::var_os(common::REQUIRE_MODEL_ENV).is_none(), "{PYTHON_ENV} is not set");
+        eprintln!("skipped: {PYTHON_ENV} unset");
+        return;
+    };
+    let ada = s.user("ada").await;
+    let (_, app) = s.app_token(&ada, &["llm:chat"]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let (base, token) = (s.base.clone(), app.access_token.clone());
+    // Off the runtime's thread: the server under test runs on it.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python).arg(script).arg(base).arg(token).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.trim() == "ok", "stdout: {stdout}\nstderr: {stderr}");
+}
+
+async fn ask(s: &Server, token: &str, body: Value) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    s.call(Method::POST, "/v1/assistant/chat", Some(token), Some(body)).await
+}
+
+#[tokio::test]
+async fn the_owners_assistant_answers_from_their_own_records_and_cites_them() {
+    let Some(s) = server_with_model().await else { return };
+    let (ada, bob) = (s.user("ada").await, s.user("bob").await);
+    s.put_ok(&ada, "/v1/storage/notes/trip", json!({"text": "My flight to Lisbon leaves on May 3 at 9am."})).await;
+    s.put_ok(&ada, "/v1/storage/notes/groceries", json!({"text": "Buy milk, bread and eggs."})).await;
+    s.put_ok(&ada, "/v1/storage/diary/monday", json!({"text": "Planning the Lisbon trip went well."})).await;
+    s.put_ok(
+        &bob,
+        "/v1/storage/notes/flight",
+        json!({"text": "Bob's flight to Lisbon leaves on June 9 from gate B12."}),
+    )
+    .await;
+    let question = json!({"message": "When does my flight to Lisbon leave?"});
+
+    let (st, _, answer) = ask(&s, &ada, question.clone()).await;
+    assert_eq!(st, StatusCode::OK, "{answer}");
+    let cited: Vec<(String, String)> = answer["citations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["collection"].as_str().unwrap().to_owned(), c["key"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(cited.first(), Some(&("notes".into(), "trip".into())), "{answer}");
+    assert!(!cited.iter().any(|(_, k)| k == "groceries" || k == "flight"), "{answer}");
+    let text = answer["answer"].as_str().unwrap();
+    assert!(text.contains("May 3"), "{answer}");
+    assert!(!text.contains("June"), "another user's record reached the answer: {answer}");
+
+    // Bob's assistant reads Bob's records only.
+    let (_, _, bobs) = ask(&s, &bob, question.clone()).await;
+    assert_eq!(bobs["citations"][0]["key"], "flight", "{bobs}");
+    assert_eq!(bobs["citations"].as_array().unwrap().len(), 1, "{bobs}");
+
+    // The owner chooses what it reads.
+    let (_, _, diary_only) =
+        ask(&s, &ada, json!({"message": "When does my flight to Lisbon leave?", "collections": ["diary"]})).await;
+    let collections: Vec<&str> =
+        diary_only["citations"].as_array().unwrap().iter().map(|c| c["collection"].as_str().unwrap()).collect();
+    assert_eq!(collections, ["diary"], "{diary_only}");
+
+    // No app reaches the owner's assistant, whatever its scopes; a bad request is a 400.
+    let (_, app) = s.app_token(&ada, &["llm:chat", "storage:read:notes"]).await;
+    let (st, _, err) = ask(&s, &app.access_token, question).await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::FORBIDDEN, "forbidden"), "{err}");
+    let (st, _, err) = ask(&s, &ada, json!({"message": ""})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{err}");
+}

@@ -1,0 +1,94 @@
+//! The owner's assistant: `POST /v1/assistant/chat` answers a question from the owner's own
+//! records and names the ones it was given (collection and key). Owner only: an app reaches the
+//! model through `/v1/llm`, never through the owner's records. Everything happens inside this
+//! instance: its store, its engine; no other instance's records exist here to be retrieved.
+
+use super::{Ctx, S};
+use crate::api::{ApiBytes, ApiResult};
+use crate::protocol::Need;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use selfcloud_core::Error;
+use selfcloud_llm::engine::collect;
+use selfcloud_llm::openai::ChatRequest;
+use selfcloud_llm::retrieve::{self, Passage};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Records the assistant reads for one question, at most (a bigger store is read in part).
+const MAX_RECORDS_READ: usize = 10_000;
+/// Records handed to the model with the question.
+const SOURCES: usize = 3;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssistantRequest {
+    message: String,
+    /// The collections the assistant may read for this question (default: all).
+    collections: Option<Vec<String>>,
+    max_tokens: Option<u32>,
+}
+
+pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
+    ctx.require(&Need::Owner)?;
+    let request: AssistantRequest =
+        serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("the request body: {e}")))?;
+    if request.message.trim().is_empty() {
+        return Err(Error::invalid("`message` is empty").into());
+    }
+    let passages = read_passages(&s, request.collections.as_deref()).await?;
+    let ranked = retrieve::rank(&request.message, &passages, SOURCES);
+    let sources: Vec<&Passage> = ranked.iter().map(|(i, _)| &passages[*i]).collect();
+    // The question goes through the same checks as any chat request.
+    let chat = ChatRequest {
+        messages: retrieve::prompt(&request.message, &sources),
+        temperature: Some(0.0),
+        max_tokens: request.max_tokens,
+        ..ChatRequest::default()
+    };
+    let generation = chat.validate(s.llm.limits())?;
+    let engine = s.llm.engine().await?;
+    let events = {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || engine.generate(generation)).await.map_err(Error::internal)??
+    };
+    let (answer, finish, usage, timings) = collect(events).await?;
+    let citations: Vec<_> = ranked
+        .iter()
+        .map(|(i, score)| json!({"collection": passages[*i].collection, "key": passages[*i].key, "score": score}))
+        .collect();
+    Ok(Json(json!({
+        "answer": answer,
+        "citations": citations,
+        "finish_reason": finish,
+        "model": engine.model().id,
+        "usage": usage,
+        "timings": timings,
+    }))
+    .into_response())
+}
+
+/// The owner's records as passages, from the collections allowed, page by page.
+async fn read_passages(s: &S, collections: Option<&[String]>) -> Result<Vec<Passage>, Error> {
+    let (mut passages, mut cursor) = (Vec::new(), None::<String>);
+    let mut read = 0;
+    loop {
+        let page = s.local.export_records(cursor.as_deref(), 256, 1 << 20).await?;
+        for record in page.records {
+            read += 1;
+            let collection = record.collection.as_str().to_owned();
+            if collections.is_some_and(|allowed| !allowed.contains(&collection)) {
+                continue;
+            }
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.value) else { continue };
+            let text = retrieve::record_text(&value);
+            if !text.is_empty() {
+                passages.push(Passage { collection, key: record.key.as_str().to_owned(), text });
+            }
+        }
+        match page.cursor {
+            Some(next) if read < MAX_RECORDS_READ => cursor = Some(next),
+            _ => return Ok(passages),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The private LLM, OpenAI-shaped: `GET /v1/llm/models`, `POST /v1/llm/chat/completions` (one
+//! JSON answer, or `stream: true` as SSE `chat.completion.chunk` frames ending in `[DONE]`).
+//! Handlers only move HTTP in and out: the request rules are `selfcloud_llm::openai`'s, the
+//! generation the engine's.
+
+use super::{Ctx, S};
+use crate::api::{ApiBytes, ApiResult};
+use crate::protocol::Need;
+use axum::body::Body;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use selfcloud_core::{Error, Scope};
+use selfcloud_llm::engine::collect;
+use selfcloud_llm::openai::{self, ChatRequest, Header};
+use selfcloud_llm::{sse, Event};
+use serde_json::json;
+
+pub(crate) async fn models(s: S, ctx: Ctx) -> ApiResult<Response> {
+    ctx.require(&Need::Scope(Scope::LlmChat))?;
+    let engine = s.llm.engine().await?;
+    let m = engine.model();
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{"id": m.id, "object": "model", "created": 0, "owned_by": "selfcloud",
+                  "context_length": m.context_tokens, "size_bytes": m.size_bytes}],
+    }))
+    .into_response())
+}
+
+pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
+    ctx.require(&Need::Scope(Scope::LlmChat))?;
+    let request: ChatRequest =
+        serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("the request body: {e}")))?;
+    let generation = request.validate(s.llm.limits())?;
+    let engine = s.llm.engine().await?;
+    let header = Header {
+        id: format!("chatcmpl-{}", ctx.0.request_id.as_deref().unwrap_or("local")),
+        created_s: ctx.0.now_ms / 1000,
+        model: engine.model().id.clone(),
+    };
+    let (stream, include_usage) = (generation.stream, generation.include_usage);
+    // Templating and tokenizing a long prompt takes milliseconds: off the async threads.
+    let events = {
+        let engine = engine.clone();
+        tokio::task::spawn_blocking(move || engine.generate(generation)).await.map_err(Error::internal)??
+    };
+    if !stream {
+        let (text, finish, usage, timings) = collect(events).await?;
+        let mut answer = openai::completion(&header, &text, finish, usage);
+        answer["timings"] = json!(timings);
+        return Ok(Json(answer).into_response());
+    }
+    Ok(sse_response(header, events, include_usage))
+}
+
+/// The answer as server-sent events: the role first, then text as it comes, the finish reason,
+/// the usage if asked for, and `[DONE]`. A fault after the head went out arrives as an `error`
+/// event (the OpenAI clients raise it). The client going away drops `events`, which stops the
+/// generation.
+fn sse_response(header: Header, events: selfcloud_llm::Events, include_usage: bool) -> Response {
+    let first = sse::event(&openai::chunk(&header, json!({"role": "assistant", "content": ""}), None, include_usage));
+    let frames = tokio_stream_of(events).flat_map(move |event| {
+        let frames: Vec<String> = match event {
+            Event::Delta(text) => {
+                vec![sse::event(&openai::chunk(&header, json!({"content": text}), None, include_usage))]
+            }
+            Event::Done { finish, usage, timings } => {
+                let mut last = openai::chunk(&header, json!({}), Some(finish), include_usage);
+                last["timings"] = json!(timings);
+                let mut frames = vec![sse::event(&last)];
+                if include_usage {
+                    frames.push(sse::event(&openai::usage_chunk(&header, usage)));
+                }
+                frames.push(sse::DONE.to_owned());
+                frames
+            }
+            Event::Failed(e) => vec![sse::event(&e.body())],
+        };
+        futures_util::stream::iter(frames)
+    });
+    let body = futures_util::stream::once(async move { first })
+        .chain(frames)
+        .map(|frame| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(frame)));
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+fn tokio_stream_of(mut events: selfcloud_llm::Events) -> impl futures_util::Stream<Item = Event> {
+    futures_util::stream::poll_fn(move |cx| events.poll_recv(cx))
+}

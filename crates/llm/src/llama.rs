@@ -1,0 +1,323 @@
+//! The embedded engine: llama.cpp in the instance's own process. The weights are memory-mapped
+//! read-only, so every instance holding the same file shares one copy through the page cache;
+//! the context, KV cache, prompts and answers exist only here.
+//!
+//! A fixed set of slots (threads), each with its own llama.cpp context, takes generations off a
+//! short queue; a slot keeps the tokens of its last request in its KV cache and evaluates only
+//! what a new prompt adds to them (a chat's next turn), as llama-server's `cache_prompt` does.
+
+use crate::engine::{busy, Engine, Event, Events, ModelInfo, Timings};
+use crate::json_grammar::JSON_OBJECT;
+use crate::openai::{FinishReason, Generation, Usage};
+use crate::stop::{scan, Scan};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use selfcloud_core::Error;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+/// How the embedded engine runs; every field is a setting (`selfcloud up --help`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LlamaOptions {
+    pub path: PathBuf,
+    /// The name clients see (`GET /v1/llm/models`).
+    pub name: String,
+    /// Tokens of prompt and answer together, per slot (capped by what the model was trained on).
+    pub context_tokens: u32,
+    /// Generations under way at once.
+    pub slots: usize,
+    /// Generations waiting for a slot before the next is refused with 429 (at least 1: a request
+    /// arriving while a slot turns from one job to the next waits rather than being refused).
+    pub queue: usize,
+    /// Threads each slot computes with.
+    pub threads: usize,
+}
+
+/// Prompt tokens evaluated per llama.cpp batch.
+const BATCH: usize = 512;
+/// Generated tokens the repeat penalty looks back over.
+const PENALTY_WINDOW: i32 = 64;
+
+/// llama.cpp's process-wide state: initialised once, never torn down.
+fn backend() -> Result<&'static LlamaBackend, Error> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            LlamaBackend::init()
+                .map(|mut b| {
+                    // llama.cpp's own logging goes to stderr line by line, outside our log format.
+                    b.void_logs();
+                    b
+                })
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| Error::internal(format!("llama.cpp did not start: {e}")))
+}
+
+/// Contexts are made one at a time: llama.cpp may adjust the model while it makes one.
+static CONTEXT_MADE: Mutex<()> = Mutex::new(());
+
+struct Job {
+    generation: Generation,
+    prompt: Vec<LlamaToken>,
+    events: tokio::sync::mpsc::Sender<Event>,
+}
+
+pub struct LlamaEngine {
+    info: ModelInfo,
+    model: Arc<LlamaModel>,
+    template: LlamaChatTemplate,
+    queue: mpsc::SyncSender<Job>,
+    generated: Arc<AtomicU64>,
+}
+
+impl LlamaEngine {
+    /// Loads the model and starts its slots; each slot's context is made before this returns, so
+    /// a model that cannot run fails here, not on the first request.
+    pub fn load(options: &LlamaOptions) -> Result<Self, Error> {
+        let backend = backend()?;
+        let model = load_model(backend, &options.path)?;
+        let template = model
+            .chat_template(None)
+            // A model without one gets the most common template; llama.cpp knows it by name.
+            .or_else(|_| LlamaChatTemplate::new("chatml").map_err(Error::internal))
+            .map_err(|e| Error::internal(format!("the model's chat template: {e}")))?;
+        let context_tokens = options.context_tokens.min(model.n_ctx_train()).max(64);
+        let info = ModelInfo { id: options.name.clone(), context_tokens, size_bytes: model.size() };
+        let model = Arc::new(model);
+        let (queue, jobs) = mpsc::sync_channel::<Job>(options.queue.max(1));
+        let generated = Arc::new(AtomicU64::new(0));
+        let jobs = Arc::new(Mutex::new(jobs));
+        let threads = options.threads.max(1) as i32;
+        for n in 0..options.slots.max(1) {
+            let (model, jobs, generated) = (model.clone(), jobs.clone(), generated.clone());
+            let (ready_tx, ready) = mpsc::channel();
+            std::thread::Builder::new()
+                .name(format!("llm-slot-{n}"))
+                .spawn(move || {
+                    let ctx = {
+                        let _one = CONTEXT_MADE.lock().unwrap_or_else(|e| e.into_inner());
+                        let params = LlamaContextParams::default()
+                            .with_n_ctx(NonZeroU32::new(context_tokens))
+                            .with_n_batch(BATCH as u32)
+                            .with_n_threads(threads)
+                            .with_n_threads_batch(threads);
+                        model.new_context(backend, params)
+                    };
+                    match ctx {
+                        Ok(ctx) => {
+                            let _ = ready_tx.send(Ok(()));
+                            Slot { model: &model, ctx, cached: Vec::new(), generated }.serve(&jobs);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(Error::internal(format!("a llama.cpp context: {e}"))));
+                        }
+                    }
+                })
+                .map_err(Error::internal)?;
+            ready.recv().map_err(Error::internal)??;
+        }
+        Ok(LlamaEngine { info, model, template, queue, generated })
+    }
+
+    /// Tokens generated by every slot since the engine loaded (answers cut short included).
+    pub fn generated_tokens(&self) -> u64 {
+        self.generated.load(Ordering::Relaxed)
+    }
+
+    /// The prompt as the model's chat template writes it, in tokens.
+    fn prompt(&self, generation: &Generation) -> Result<Vec<LlamaToken>, Error> {
+        let messages = generation
+            .messages
+            .iter()
+            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Error::invalid("a message holds a NUL character"))?;
+        let text = self
+            .model
+            .apply_chat_template(&self.template, &messages, true)
+            .map_err(|e| Error::internal(format!("the chat template: {e}")))?;
+        Ok(self.model.vocab().tokenize(text.as_bytes(), true, true))
+    }
+}
+
+fn load_model(backend: &LlamaBackend, path: &Path) -> Result<LlamaModel, Error> {
+    if !path.is_file() {
+        return Err(Error::not_found(format!("no model file at {}", path.display())));
+    }
+    let params = LlamaModelParams::default().with_use_mmap(true);
+    LlamaModel::load_from_file(backend, path, &params)
+        .map_err(|e| Error::invalid(format!("{} is not a model llama.cpp can load: {e}", path.display())))
+}
+
+impl Engine for LlamaEngine {
+    fn model(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn generate(&self, generation: Generation) -> Result<Events, Error> {
+        let prompt = self.prompt(&generation)?;
+        if prompt.is_empty() {
+            return Err(Error::invalid("the prompt is empty"));
+        }
+        let limit = self.info.context_tokens as usize;
+        if prompt.len() + 1 > limit {
+            return Err(Error::invalid(format!(
+                "the prompt is {} tokens; this model's context holds {limit}",
+                prompt.len()
+            )));
+        }
+        let (events, rx) = tokio::sync::mpsc::channel(64);
+        self.queue.try_send(Job { generation, prompt, events }).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => busy(),
+            mpsc::TrySendError::Disconnected(_) => Error::internal("the engine's slots have stopped"),
+        })?;
+        Ok(rx)
+    }
+}
+
+/// One slot: a context and the tokens its KV cache holds (positions 0..).
+struct Slot<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    cached: Vec<LlamaToken>,
+    generated: Arc<AtomicU64>,
+}
+
+impl Slot<'_> {
+    fn serve(mut self, jobs: &Mutex<mpsc::Receiver<Job>>) {
+        loop {
+            let job = match jobs.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                Ok(job) => job,
+                Err(_) => return, // the engine is gone
+            };
+            if job.events.is_closed() {
+                continue; // the caller went away while it waited
+            }
+            let events = job.events.clone();
+            if let Err(e) = self.run(job) {
+                self.cached.clear();
+                let _ = events.blocking_send(Event::Failed(e));
+            }
+        }
+    }
+
+    /// Evaluates `tokens` from position `from`, asking for logits of the last only.
+    fn eval(&mut self, tokens: &[LlamaToken], from: usize) -> Result<(), Error> {
+        let mut batch = LlamaBatch::new(BATCH, 1);
+        for (chunk_at, chunk) in tokens.chunks(BATCH).enumerate() {
+            batch.clear();
+            let base = from + chunk_at * BATCH;
+            let last_chunk = (chunk_at + 1) * BATCH >= tokens.len();
+            for (i, &t) in chunk.iter().enumerate() {
+                let logits = last_chunk && i + 1 == chunk.len();
+                batch.add(t, (base + i) as i32, &[0], logits).map_err(Error::internal)?;
+            }
+            self.ctx.decode(&mut batch).map_err(|e| Error::internal(format!("llama.cpp decode: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn sampler(&self, g: &Generation) -> Result<LlamaSampler, Error> {
+        let s = &g.sampling;
+        let mut chain = Vec::new();
+        if g.json {
+            chain.push(LlamaSampler::grammar(self.model, JSON_OBJECT, "root").map_err(Error::internal)?);
+        }
+        if s.repeat_penalty != 1.0 {
+            chain.push(LlamaSampler::penalties(self.model.n_vocab(), PENALTY_WINDOW, s.repeat_penalty, 0.0, 0.0));
+        }
+        if s.temperature <= 0.0 {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            if s.top_k > 0 {
+                chain.push(LlamaSampler::top_k(s.top_k));
+            }
+            if s.top_p < 1.0 {
+                chain.push(LlamaSampler::top_p(s.top_p, 1));
+            }
+            if s.min_p > 0.0 {
+                chain.push(LlamaSampler::min_p(s.min_p, 1));
+            }
+            chain.push(LlamaSampler::temp(s.temperature));
+            chain.push(LlamaSampler::dist(s.seed));
+        }
+        Ok(LlamaSampler::chain_simple(chain))
+    }
+
+    fn run(&mut self, job: Job) -> Result<(), Error> {
+        let Job { generation: g, prompt, events } = job;
+        let send = |e: Event| events.blocking_send(e).is_ok();
+        let started = Instant::now();
+
+        // Reuse what the cache holds of this prompt; at least the last token is evaluated anew,
+        // for its logits.
+        let reused = self.cached.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        self.ctx.clear_kv_cache_seq(Some(0), Some(reused as u32), None).map_err(Error::internal)?;
+        self.cached.truncate(reused);
+        self.eval(&prompt[reused..], reused)?;
+        self.cached.extend_from_slice(&prompt[reused..]);
+        let prompt_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+        let decoding = Instant::now();
+        let mut sampler = self.sampler(&g)?;
+        let vocab = self.model.vocab();
+        let limit = self.ctx.n_ctx() as usize;
+        let (mut bytes, mut pending, mut generated) = (Vec::new(), String::new(), 0u64);
+        let finish = loop {
+            let token = sampler.sample(&self.ctx, -1);
+            if vocab.is_eog(token) {
+                break FinishReason::Stop;
+            }
+            generated += 1;
+            self.generated.fetch_add(1, Ordering::Relaxed);
+            vocab.token_to_piece_into(token, &mut bytes, false, None);
+            // Only whole characters leave; a character split across tokens waits for its rest.
+            let whole = match std::str::from_utf8(&bytes) {
+                Ok(_) => bytes.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            pending.push_str(std::str::from_utf8(&bytes[..whole]).expect("checked"));
+            bytes.drain(..whole);
+            match scan(&pending, &g.stop) {
+                Scan::Stop(at) => {
+                    if at > 0 && !send(Event::Delta(pending[..at].to_owned())) {
+                        return Ok(());
+                    }
+                    pending.clear();
+                    break FinishReason::Stop;
+                }
+                Scan::Send(n) if n > 0 => {
+                    if !send(Event::Delta(pending[..n].to_owned())) {
+                        return Ok(()); // the client went away: stop computing for it
+                    }
+                    pending.drain(..n);
+                }
+                Scan::Send(_) => {}
+            }
+            if generated >= u64::from(g.max_tokens) || self.cached.len() + 1 >= limit {
+                break FinishReason::Length;
+            }
+            let at = self.cached.len();
+            self.eval(&[token], at)?;
+            self.cached.push(token);
+        };
+        if !pending.is_empty() && !send(Event::Delta(pending)) {
+            return Ok(());
+        }
+        let predicted_ms = decoding.elapsed().as_secs_f64() * 1000.0;
+        let timings = Timings::new((prompt.len() - reused) as u64, prompt_ms, generated, predicted_ms, reused as u64);
+        send(Event::Done { finish, usage: Usage::new(prompt.len() as u64, generated), timings });
+        Ok(())
+    }
+}

