@@ -127,25 +127,36 @@ pub async fn kdf_baseline(n: usize) -> anyhow::Result<Vec<Duration>> {
 /// fills the collection with `records` copies of `value`, and answers the app's access token.
 pub async fn prepare_reader(base: &str, records: usize, value: &Bytes) -> anyhow::Result<String> {
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
-    let credentials = json!({ "username": "benchreader", "password": PASSWORD });
+    let (session, access_token) = app_token(base, "benchreader", &["storage:read:bench"]).await?;
+    write_records(&http, base, &session, records, value).await?;
+
+    // The app token reads back exactly the bytes written.
+    let response =
+        http.get(format!("{base}/v1/storage/{COLLECTION}/{}", record_key(0))).bearer_auth(&access_token).send().await?;
+    ensure!(response.status() == StatusCode::OK, "app read answered {}", response.status());
+    ensure!(response.bytes().await? == *value, "app read answered other bytes than were written");
+    Ok(access_token)
+}
+
+/// A new user `username` who consents, over the real OAuth flow, to an app asking for `scopes`:
+/// their owner session and the app's access token.
+pub async fn app_token(base: &str, username: &str, scopes: &[&str]) -> anyhow::Result<(String, String)> {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    let credentials = json!({ "username": username, "password": PASSWORD });
     let response = http.post(format!("{base}/v1/accounts")).json(&credentials).send().await?;
-    expect(response, StatusCode::CREATED, "reader sign-up").await?;
+    expect(response, StatusCode::CREATED, "sign-up").await?;
     let response = http.post(format!("{base}/v1/sessions")).json(&credentials).send().await?;
     let session = expect(response, StatusCode::OK, "log-in").await?;
     let session = session["token"].as_str().context("log-in answered no token")?.to_owned();
 
-    let app = json!({
-        "name": "bench",
-        "redirect_uris": [REDIRECT_URI],
-        "scopes": ["storage:read:bench", "storage:write:bench"],
-    });
+    let app = json!({ "name": "bench", "redirect_uris": [REDIRECT_URI], "scopes": scopes });
     let response = http.post(format!("{base}/v1/apps")).bearer_auth(&session).json(&app).send().await?;
     let app = expect(response, StatusCode::CREATED, "app registration").await?;
     let client_id = app["client_id"].as_str().context("app registration answered no client_id")?;
 
     let config =
         AppConfig { base_url: base.parse()?, client_id: client_id.to_owned(), redirect_uri: REDIRECT_URI.to_owned() };
-    let request = AuthorizationRequest::new(&config, &["storage:read:bench"]);
+    let request = AuthorizationRequest::new(&config, scopes);
     let mut form = request.params();
     form.push(("decision".into(), "allow".into()));
     let response = http.post(format!("{base}/oauth/authorize")).bearer_auth(&session).form(&form).send().await?;
@@ -153,21 +164,11 @@ pub async fn prepare_reader(base: &str, records: usize, value: &Bytes) -> anyhow
     let location =
         response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).context("consent answered no Location")?;
     let code = request.finish(location)?;
-    let app_client = Client::new(config);
-    let tokens = app_client.exchange_code(&request, &code).await?;
-    ensure!(tokens.scope.split(' ').any(|s| s == "storage:read:bench"), "granted scope is {:?}", tokens.scope);
-
-    write_records(&http, base, &session, records, value).await?;
-
-    // The app token reads back exactly the bytes written.
-    let response = http
-        .get(format!("{base}/v1/storage/{COLLECTION}/{}", record_key(0)))
-        .bearer_auth(&tokens.access_token)
-        .send()
-        .await?;
-    ensure!(response.status() == StatusCode::OK, "app read answered {}", response.status());
-    ensure!(response.bytes().await? == *value, "app read answered other bytes than were written");
-    Ok(tokens.access_token)
+    let tokens = Client::new(config).exchange_code(&request, &code).await?;
+    for scope in scopes {
+        ensure!(tokens.scope.split(' ').any(|s| s == *scope), "granted scope is {:?}", tokens.scope);
+    }
+    Ok((session, tokens.access_token))
 }
 
 /// Writes the records with the owner's session, a few writers at once.

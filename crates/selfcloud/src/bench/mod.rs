@@ -12,6 +12,7 @@ mod crash;
 mod external;
 mod gateway;
 mod instances;
+mod llm;
 mod load;
 mod report;
 mod store;
@@ -56,12 +57,14 @@ pub enum BenchCommand {
     Http(external::HttpArgs),
     /// Both instance runtimes side by side: provision, wake, GET throughput, disk and memory.
     Instances(instances::InstancesArgs),
+    /// Streamed chat through the gateway beside llama.cpp's `llama-server` on the same model.
+    Llm(llm::LlmBenchArgs),
 }
 
 impl BenchArgs {
     /// `bench http` generates load for servers in other processes.
     pub fn is_load_generator(&self) -> bool {
-        matches!(self.bench, Some(BenchCommand::Http(_)))
+        matches!(self.bench, Some(BenchCommand::Http(_) | BenchCommand::Llm(_)))
     }
 }
 
@@ -136,6 +139,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchCommand::Http(http)) => {
             init_logging();
             return external::http(http).await;
+        }
+        Some(BenchCommand::Llm(a)) => {
+            init_logging();
+            return llm::run(a).await;
         }
         Some(BenchCommand::Instances(a)) => {
             init_logging();
