@@ -16,7 +16,36 @@ pub const MAX_PROMPT_BYTES: usize = 256 * 1024;
 #[derive(Deserialize, Debug, Clone, PartialEq)]
 pub struct Message {
     pub role: String,
+    /// A string, or OpenAI's list of parts, of which text parts are read (joined) and any other
+    /// kind (an image, audio) is refused.
+    #[serde(deserialize_with = "content_text")]
     pub content: String,
+}
+
+fn content_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(String),
+        Parts(Vec<Part>),
+    }
+    #[derive(Deserialize)]
+    struct Part {
+        #[serde(rename = "type")]
+        kind: String,
+        text: Option<String>,
+    }
+    match Content::deserialize(d)? {
+        Content::Text(t) => Ok(t),
+        Content::Parts(parts) => parts
+            .into_iter()
+            .map(|p| match (p.kind.as_str(), p.text) {
+                ("text", Some(t)) => Ok(t),
+                (kind, _) => Err(serde::de::Error::custom(format!("a `{kind}` content part is not supported here"))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|texts| texts.concat()),
+    }
 }
 
 /// `stop`: one string or a list of them.
@@ -259,6 +288,16 @@ mod tests {
         assert_eq!(g.max_tokens, 512);
         assert_eq!(g.sampling.temperature, 1.0);
         assert!(!g.stream && !g.json && !g.include_usage && g.stop.is_empty());
+    }
+
+    #[test]
+    fn content_is_a_string_or_text_parts() {
+        let parts = json!([{"type": "text", "text": "What is "}, {"type": "text", "text": "Paris?"}]);
+        let g = parse(json!({"messages": [{"role": "user", "content": parts}]})).unwrap();
+        assert_eq!(g.messages[0].content, "What is Paris?");
+        let image = json!([{"type": "image_url", "image_url": {"url": "data:,"}}]);
+        let err = serde_json::from_value::<ChatRequest>(json!({"messages": [{"role": "user", "content": image}]}));
+        assert!(err.unwrap_err().to_string().contains("`image_url` content part is not supported"));
     }
 
     #[test]
