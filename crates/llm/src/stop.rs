@@ -18,7 +18,12 @@ pub fn scan(pending: &str, stops: &[String]) -> Scan {
     // The longest tail of `pending` that begins some stop string must wait.
     let held = stops
         .iter()
-        .flat_map(|s| (1..s.len()).rev().filter(|&k| k <= pending.len() && pending.ends_with(&s[..k])).take(1))
+        .flat_map(|s| {
+            (1..s.len())
+                .rev()
+                .filter(|&k| s.is_char_boundary(k) && k <= pending.len() && pending.ends_with(&s[..k]))
+                .take(1)
+        })
         .max()
         .unwrap_or(0);
     let mut send = pending.len() - held;
@@ -51,5 +56,8 @@ mod tests {
         // Never inside a character: "é" is two bytes and the stop begins with its first.
         let odd = stops(&["\u{e9}x"]);
         assert_eq!(scan("caf\u{e9}", &odd), Scan::Send(3));
+        // A stop string's prefixes are cut at its own character boundaries, never inside one.
+        assert_eq!(scan("cafe", &odd), Scan::Send(4));
+        assert_eq!(scan("x\u{e9}", &stops(&["\u{e9}\u{e9}"])), Scan::Send(1));
     }
 }
