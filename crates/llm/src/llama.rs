@@ -205,7 +205,14 @@ impl Slot<'_> {
                 continue; // the caller went away while it waited
             }
             let events = job.events.clone();
-            if let Err(e) = self.run(job) {
+            // A fault in one generation fails that one alone: the slot forgets its cache and
+            // takes the next job (a panic here would otherwise leave the engine a slot short).
+            let failed = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(job))) {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some(Error::internal("the generation failed")),
+            };
+            if let Some(e) = failed {
                 self.cached.clear();
                 let _ = events.blocking_send(Event::Failed(e));
             }
