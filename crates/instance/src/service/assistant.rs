@@ -17,6 +17,8 @@ use serde_json::json;
 
 /// Records the assistant reads for one question, at most (a bigger store is read in part).
 const MAX_RECORDS_READ: usize = 10_000;
+/// The longest question, in bytes.
+const MAX_QUESTION_BYTES: usize = 4096;
 /// Records handed to the model with the question.
 const SOURCES: usize = 3;
 
@@ -33,20 +35,26 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
     ctx.require(&Need::Owner)?;
     let request: AssistantRequest =
         serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("the request body: {e}")))?;
-    if request.message.trim().is_empty() {
-        return Err(Error::invalid("`message` is empty").into());
+    if request.message.trim().is_empty() || request.message.len() > MAX_QUESTION_BYTES {
+        return Err(Error::invalid(format!("`message` must hold 1 to {MAX_QUESTION_BYTES} bytes")).into());
     }
     let passages = read_passages(&s, request.collections.as_deref()).await?;
-    let ranked = retrieve::rank(&request.message, &passages, SOURCES);
+    // Ranking thousands of records is CPU work: off the instance's async threads.
+    let (ranked, passages, message) = tokio::task::spawn_blocking(move || {
+        (retrieve::rank(&request.message, &passages, SOURCES), passages, request.message)
+    })
+    .await
+    .map_err(Error::internal)?;
     let sources: Vec<&Passage> = ranked.iter().map(|(i, _)| &passages[*i]).collect();
     // The question goes through the same checks as any chat request.
     let chat = ChatRequest {
-        messages: retrieve::prompt(&request.message, &sources),
+        messages: retrieve::prompt(&message, &sources),
         temperature: Some(0.0),
         max_tokens: request.max_tokens,
         ..ChatRequest::default()
     };
-    let generation = chat.validate(s.llm.limits())?;
+    let mut generation = chat.validate(s.llm.limits())?;
+    generation.caller = super::llm::caller_key(&ctx);
     let engine = s.llm.engine().await?;
     let events = {
         let engine = engine.clone();
@@ -75,11 +83,11 @@ async fn read_passages(s: &S, collections: Option<&[String]>) -> Result<Vec<Pass
     loop {
         let page = s.local.export_records(cursor.as_deref(), 256, 1 << 20).await?;
         for record in page.records {
-            read += 1;
             let collection = record.collection.as_str().to_owned();
             if collections.is_some_and(|allowed| !allowed.contains(&collection)) {
                 continue;
             }
+            read += 1;
             let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.value) else { continue };
             let text = retrieve::record_text(&value);
             if !text.is_empty() {

@@ -5,7 +5,7 @@
 
 use super::{Ctx, S};
 use crate::api::{ApiBytes, ApiResult};
-use crate::protocol::Need;
+use crate::protocol::{Actor, Need};
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -33,7 +33,8 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
     ctx.require(&Need::Scope(Scope::LlmChat))?;
     let request: ChatRequest =
         serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("the request body: {e}")))?;
-    let generation = request.validate(s.llm.limits())?;
+    let mut generation = request.validate(s.llm.limits())?;
+    generation.caller = caller_key(&ctx);
     let engine = s.llm.engine().await?;
     let header = Header {
         id: format!("chatcmpl-{}", ctx.0.request_id.as_deref().unwrap_or("local")),
@@ -53,6 +54,16 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
         return Ok(Json(answer).into_response());
     }
     Ok(sse_response(header, events, include_usage))
+}
+
+/// Who a generation is for, as the engine's KV cache tells callers apart: the owner, or one
+/// grant (each app's sign-ins share their grant's).
+pub(crate) fn caller_key(ctx: &Ctx) -> String {
+    match &ctx.0.actor {
+        Actor::Owner => "owner".into(),
+        Actor::App { grant_id, .. } => format!("grant:{grant_id}"),
+        Actor::System => "system".into(),
+    }
 }
 
 /// The answer as server-sent events: the role first, then text as it comes, the finish reason,
