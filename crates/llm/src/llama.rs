@@ -112,6 +112,15 @@ impl LlamaEngine {
             // A model without one gets the most common template; llama.cpp knows it by name.
             .or_else(|_| LlamaChatTemplate::new("chatml").map_err(Error::internal))
             .map_err(|e| Error::internal(format!("the model's chat template: {e}")))?;
+        // A template llama.cpp cannot apply would fail every request: chatml instead, now.
+        let probe = [LlamaChatMessage::new("user".into(), "hi".into()).map_err(Error::internal)?];
+        let template = match model.apply_chat_template(&template, &probe, true) {
+            Ok(_) => template,
+            Err(e) => {
+                tracing::warn!(error = %e, "the model's chat template cannot be applied; using chatml");
+                LlamaChatTemplate::new("chatml").map_err(Error::internal)?
+            }
+        };
         let context_tokens = options.context_tokens.min(model.n_ctx_train()).max(64);
         let info = ModelInfo { id: options.name.clone(), context_tokens, size_bytes: model.size() };
         let model = Arc::new(model);
