@@ -170,14 +170,21 @@ impl Table {
     }
 }
 
+/// Threads an instance's engine computes with when the operator left it to us: its CPU allowance
+/// in whole cores (more threads than the cgroup's quota only wait on each other at llama.cpp's
+/// barriers), at least one, at most the machine's cores.
+pub(crate) fn llm_threads(cpu_millis: u32, cores: usize) -> usize {
+    (cpu_millis as usize).div_ceil(1000).clamp(1, cores.max(1))
+}
+
 impl Control {
     fn settings(&self, id: InstanceId) -> Settings {
         let limits = &self.config.limits;
         let tier = self.tier_of(id);
         let settings = Settings::new(id, limits, limits.tier(tier).quota_bytes);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let llm = self.config.llm.clone().map(|mut llm| {
             if llm.engine.threads == 0 {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
                 llm.engine.threads = llm_threads(limits.resources.of(tier).cpu_millis, cores);
             }
             llm
@@ -492,21 +499,9 @@ mod tests {
         // A long export holds its lease: never cut off for idleness.
         assert!(!should_hibernate(Duration::from_secs(3600), true, after));
     }
-}
-
-/// Threads an instance's engine computes with when the operator left it to us: its CPU allowance
-/// in whole cores (more threads than the cgroup's quota only wait on each other at llama.cpp's
-/// barriers), at least one, at most the machine's cores.
-pub(crate) fn llm_threads(cpu_millis: u32, cores: usize) -> usize {
-    (cpu_millis as usize).div_ceil(1000).clamp(1, cores.max(1))
-}
-
-#[cfg(test)]
-mod llm_threads_tests {
-    use super::llm_threads;
 
     #[test]
-    fn follows_the_cpu_allowance_within_the_machine() {
+    fn llm_threads_follow_the_cpu_allowance_within_the_machine() {
         assert_eq!(llm_threads(1000, 16), 1);
         assert_eq!(llm_threads(1500, 16), 2);
         assert_eq!(llm_threads(4000, 2), 2);

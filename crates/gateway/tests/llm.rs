@@ -28,6 +28,14 @@ async fn server_with_model() -> Option<Server> {
     Some(Server::start_with(|c| with_model(c, &model, 1, 4)).await)
 }
 
+/// A server with the model, its user Ada (her session) and an app's `llm:chat` token for her.
+async fn ada_and_a_chat_app() -> Option<(Server, String, String)> {
+    let s = server_with_model().await?;
+    let ada = s.user("ada").await;
+    let (_, app) = s.app_token(&ada, &["llm:chat"]).await;
+    Some((s, ada, app.access_token))
+}
+
 /// The `data:` payloads of a server-sent event stream, in order.
 fn sse_payloads(body: &str) -> Vec<String> {
     body.split("\n\n")
@@ -37,10 +45,8 @@ fn sse_payloads(body: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn an_app_with_llm_chat_gets_an_answer_from_the_real_model() {
-    let Some(s) = server_with_model().await else { return };
-    let ada = s.user("ada").await;
-    let (_, app) = s.app_token(&ada, &["llm:chat"]).await;
-    let t = app.access_token.as_str();
+    let Some((s, ada, t)) = ada_and_a_chat_app().await else { return };
+    let t = t.as_str();
 
     let (st, _, models) = s.call(Method::GET, "/v1/llm/models", Some(t), None).await;
     assert_eq!(st, StatusCode::OK, "{models}");
@@ -110,10 +116,8 @@ async fn a_streamed_answer_arrives_as_chunks_ending_in_done() {
 
 #[tokio::test]
 async fn stop_strings_max_tokens_and_json_mode_shape_the_answer() {
-    let Some(s) = server_with_model().await else { return };
-    let ada = s.user("ada").await;
-    let (_, app) = s.app_token(&ada, &["llm:chat"]).await;
-    let t = app.access_token.as_str();
+    let Some((s, _, t)) = ada_and_a_chat_app().await else { return };
+    let t = t.as_str();
     let chat = |extra: Value| {
         let mut body = capital_question(false);
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -147,9 +151,13 @@ async fn stop_strings_max_tokens_and_json_mode_shape_the_answer() {
     }
 
     // What is not supported is a clear 400, not a silent difference.
-    for (extra, field) in
-        [(json!({"n": 2}), "n"), (json!({"tools": []}), "tools"), (json!({"max_tokens": 1_000_000}), "max_tokens")]
-    {
+    let nul = json!({"messages": [{"role": "user", "content": "a\u{0}b"}]});
+    for (extra, field) in [
+        (json!({"n": 2}), "n"),
+        (json!({"tools": []}), "tools"),
+        (json!({"max_tokens": 1_000_000}), "max_tokens"),
+        (nul, "NUL"),
+    ] {
         let (st, _, err) = s.call(Method::POST, "/v1/llm/chat/completions", Some(t), Some(chat(extra))).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{err}");
         assert!(err["error"]["message"].as_str().unwrap().contains(field), "{err}");
@@ -184,16 +192,14 @@ const PYTHON_ENV: &str = "SELFCLOUD_TEST_PYTHON";
 
 #[tokio::test]
 async fn the_official_openai_client_chats_streamed_and_not() {
-    let Some(s) = server_with_model().await else { return };
     let Some(python) = std::env::var_os(PYTHON_ENV) else {
         assert!(std::env::var_os(common::REQUIRE_MODEL_ENV).is_none(), "{PYTHON_ENV} is not set");
         eprintln!("skipped: {PYTHON_ENV} unset");
         return;
     };
-    let ada = s.user("ada").await;
-    let (_, app) = s.app_token(&ada, &["llm:chat"]).await;
+    let Some((s, _, token)) = ada_and_a_chat_app().await else { return };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let (base, token) = (s.base.clone(), app.access_token.clone());
+    let base = s.base.clone();
     // Off the runtime's thread: the server under test runs on it.
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python).arg(script).arg(base).arg(token).output()

@@ -3,20 +3,20 @@
 //! and an upstream OpenAI server are others behind the same trait.
 
 use crate::openai::{FinishReason, Generation, Usage};
-use selfcloud_core::{Error, ErrorCode};
+use selfcloud_core::Error;
 use serde::Serialize;
 
 /// How long each phase of a generation took, as llama-server reports it in every answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Timings {
-    /// Prompt tokens evaluated (those reused from this instance's previous turn are not).
+    /// Prompt tokens evaluated (those reused from the same caller's previous turn are not).
     pub prompt_n: u64,
     pub prompt_ms: f64,
     pub prompt_per_second: f64,
     pub predicted_n: u64,
     pub predicted_ms: f64,
     pub predicted_per_second: f64,
-    /// Prompt tokens taken from the KV cache of this instance's previous request.
+    /// Prompt tokens taken from the KV cache of the same caller's previous request.
     pub cache_n: u64,
 }
 
@@ -71,9 +71,10 @@ pub trait Engine: Send + Sync + 'static {
 
 /// The answer when every slot is busy and the queue is full.
 pub fn busy() -> Error {
-    let mut e = Error::new(ErrorCode::RateLimited, "the assistant is answering other requests; try again shortly");
-    e.retry_after = Some(std::time::Duration::from_secs(1));
-    e
+    Error {
+        message: "the assistant is answering other requests; try again shortly".into(),
+        ..Error::rate_limited(std::time::Duration::from_secs(1))
+    }
 }
 
 /// Reads a whole answer (for a request without `stream`).

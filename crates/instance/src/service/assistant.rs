@@ -17,6 +17,10 @@ use serde_json::json;
 
 /// Records the assistant reads for one question, at most (a bigger store is read in part).
 const MAX_RECORDS_READ: usize = 10_000;
+/// Text of one record the assistant ranks, at most (the start of a longer one), and of all the
+/// records it reads for one question: it holds them in the instance's memory at once.
+const MAX_RECORD_TEXT_BYTES: usize = 16 * 1024;
+const MAX_TEXT_BYTES: usize = 32 << 20;
 /// The longest question, in bytes.
 const MAX_QUESTION_BYTES: usize = 4096;
 /// Records handed to the model with the question.
@@ -38,6 +42,8 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
     if request.message.trim().is_empty() || request.message.len() > MAX_QUESTION_BYTES {
         return Err(Error::invalid(format!("`message` must hold 1 to {MAX_QUESTION_BYTES} bytes")).into());
     }
+    // Without a model there is nothing to answer with: say so before reading the store.
+    let engine = s.llm.engine().await?;
     let passages = read_passages(&s, request.collections.as_deref()).await?;
     // Ranking thousands of records is CPU work: off the instance's async threads.
     let (ranked, passages, message) = tokio::task::spawn_blocking(move || {
@@ -53,13 +59,8 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
         max_tokens: request.max_tokens,
         ..ChatRequest::default()
     };
-    let mut generation = chat.validate(s.llm.limits())?;
-    generation.caller = super::llm::caller_key(&ctx);
-    let engine = s.llm.engine().await?;
-    let events = {
-        let engine = engine.clone();
-        tokio::task::spawn_blocking(move || engine.generate(generation)).await.map_err(Error::internal)??
-    };
+    let generation = chat.validate(s.llm.limits())?;
+    let events = super::llm::start(&engine, &ctx, generation).await?;
     let (answer, finish, usage, timings) = collect(events).await?;
     let citations: Vec<_> = ranked
         .iter()
@@ -79,7 +80,7 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
 /// The owner's records as passages, from the collections allowed, page by page.
 async fn read_passages(s: &S, collections: Option<&[String]>) -> Result<Vec<Passage>, Error> {
     let (mut passages, mut cursor) = (Vec::new(), None::<String>);
-    let mut read = 0;
+    let (mut read, mut bytes) = (0, 0);
     loop {
         let page = s.local.export_records(cursor.as_deref(), 256, 1 << 20).await?;
         for record in page.records {
@@ -89,13 +90,15 @@ async fn read_passages(s: &S, collections: Option<&[String]>) -> Result<Vec<Pass
             }
             read += 1;
             let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.value) else { continue };
-            let text = retrieve::record_text(&value);
+            let mut text = retrieve::record_text(&value);
+            text.truncate(retrieve::prefix(&text, MAX_RECORD_TEXT_BYTES).len());
+            bytes += text.len();
             if !text.is_empty() {
                 passages.push(Passage { collection, key: record.key.as_str().to_owned(), text });
             }
         }
         match page.cursor {
-            Some(next) if read < MAX_RECORDS_READ => cursor = Some(next),
+            Some(next) if read < MAX_RECORDS_READ && bytes < MAX_TEXT_BYTES => cursor = Some(next),
             _ => return Ok(passages),
         }
     }

@@ -13,9 +13,10 @@ use axum::Json;
 use futures_util::StreamExt;
 use selfcloud_core::{Error, Scope};
 use selfcloud_llm::engine::collect;
-use selfcloud_llm::openai::{self, ChatRequest, Header};
-use selfcloud_llm::{sse, Event};
+use selfcloud_llm::openai::{self, ChatRequest, Generation, Header};
+use selfcloud_llm::{sse, Engine, Event, Events};
 use serde_json::json;
+use std::sync::Arc;
 
 pub(crate) async fn models(s: S, ctx: Ctx) -> ApiResult<Response> {
     ctx.require(&Need::Scope(Scope::LlmChat))?;
@@ -33,8 +34,7 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
     ctx.require(&Need::Scope(Scope::LlmChat))?;
     let request: ChatRequest =
         serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("the request body: {e}")))?;
-    let mut generation = request.validate(s.llm.limits())?;
-    generation.caller = caller_key(&ctx);
+    let generation = request.validate(s.llm.limits())?;
     let engine = s.llm.engine().await?;
     let header = Header {
         id: format!("chatcmpl-{}", ctx.0.request_id.as_deref().unwrap_or("local")),
@@ -42,11 +42,7 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
         model: engine.model().id.clone(),
     };
     let (stream, include_usage) = (generation.stream, generation.include_usage);
-    // Templating and tokenizing a long prompt takes milliseconds: off the async threads.
-    let events = {
-        let engine = engine.clone();
-        tokio::task::spawn_blocking(move || engine.generate(generation)).await.map_err(Error::internal)??
-    };
+    let events = start(&engine, &ctx, generation).await?;
     if !stream {
         let (text, finish, usage, timings) = collect(events).await?;
         let mut answer = openai::completion(&header, &text, finish, usage);
@@ -56,14 +52,17 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
     Ok(sse_response(header, events, include_usage))
 }
 
-/// Who a generation is for, as the engine's KV cache tells callers apart: the owner, or one
-/// grant (each app's sign-ins share their grant's).
-pub(crate) fn caller_key(ctx: &Ctx) -> String {
-    match &ctx.0.actor {
+/// Starts `generation` for the caller: tagged with who asks (the engine's KV cache is reused for
+/// the same caller only: the owner, or one grant, whose sign-ins share it), and off the async
+/// threads (templating and tokenizing a long prompt takes milliseconds).
+pub(crate) async fn start(engine: &Arc<dyn Engine>, ctx: &Ctx, mut generation: Generation) -> Result<Events, Error> {
+    generation.caller = match &ctx.0.actor {
         Actor::Owner => "owner".into(),
         Actor::App { grant_id, .. } => format!("grant:{grant_id}"),
         Actor::System => "system".into(),
-    }
+    };
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || engine.generate(generation)).await.map_err(Error::internal)?
 }
 
 /// The answer as server-sent events: the role first, then text as it comes, the finish reason,
