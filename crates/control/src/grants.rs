@@ -49,11 +49,20 @@ pub struct Grant {
     pub app_name: String,
     pub scopes: ScopeSet,
     pub created_at: u64,
+    /// LLM tokens a day the user allows the app (the tier's ceiling applies above it).
+    pub token_budget: Option<u64>,
 }
 
 impl From<GrantRow> for Grant {
     fn from(g: GrantRow) -> Self {
-        Grant { id: g.id, client_id: g.app_id, app_name: g.app_name, scopes: g.scopes, created_at: g.created_at }
+        Grant {
+            id: g.id,
+            client_id: g.app_id,
+            app_name: g.app_name,
+            scopes: g.scopes,
+            created_at: g.created_at,
+            token_budget: g.token_budget,
+        }
     }
 }
 
@@ -63,6 +72,8 @@ pub struct Consent {
     pub scopes: ScopeSet,
     pub redirect_uri: String,
     pub code_challenge: String,
+    /// LLM tokens a day the user set on the consent page; `None` keeps the grant's (or none).
+    pub token_budget: Option<u64>,
 }
 
 /// What came of presenting a code or refresh token.
@@ -137,7 +148,7 @@ impl Control {
                     scopes: &consent.scopes,
                     expires_at,
                 };
-                r.consent(user, app_id, &consent.scopes, row, now)
+                r.consent(user, app_id, &consent.scopes, consent.token_budget, row, now)
             })
             .await?;
         Ok((grant.into(), code))
@@ -160,6 +171,23 @@ impl Control {
         } else {
             Err(Error::not_found("no such grant"))
         }
+    }
+
+    /// Sets or clears the daily token budget of one of `user`'s grants; `not_found` if the grant
+    /// is not theirs or not active.
+    pub async fn set_token_budget(&self, user: UserId, grant: GrantId, budget: Option<u64>) -> Result<()> {
+        if self.blocking(move |r| r.set_token_budget(user, grant, budget)).await? {
+            Ok(())
+        } else {
+            Err(Error::not_found("no such grant"))
+        }
+    }
+
+    /// The LLM tokens a day an app may spend through `grant` on `instance`.
+    pub async fn token_budget(&self, grant: GrantId, instance: selfcloud_core::InstanceId) -> Result<u64> {
+        let ceiling = self.config.limits.tier(self.tier_of(instance)).llm_app_tokens_per_day;
+        let own = self.blocking(move |r| r.token_budget(grant)).await?;
+        Ok(app_token_budget(own, ceiling))
     }
 
     fn family_plan(&self, now: u64) -> (FamilyPlan, String, String) {
@@ -254,7 +282,26 @@ impl Control {
     }
 }
 
+/// The budget that applies to an app: the user's for its grant, never above the tier's ceiling;
+/// the ceiling alone when the user set none.
+pub fn app_token_budget(own: Option<u64>, tier_ceiling: u64) -> u64 {
+    own.map_or(tier_ceiling, |b| b.min(tier_ceiling))
+}
+
 fn new_code() -> String {
     // Codes share the token generator (256 random bits); the prefix tells them apart.
     new_token(TokenKind::Access).replacen("sca_", "scc_", 1)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::app_token_budget;
+
+    #[test]
+    fn the_smaller_budget_applies() {
+        assert_eq!(app_token_budget(Some(500), 20_000), 500);
+        assert_eq!(app_token_budget(Some(50_000), 20_000), 20_000);
+        assert_eq!(app_token_budget(None, 20_000), 20_000);
+        assert_eq!(app_token_budget(Some(0), 20_000), 0);
+    }
 }

@@ -18,7 +18,9 @@ pub mod tokens;
 mod verify;
 
 pub use accounts::{Account, Profile};
-pub use grants::{App, AppTokens, CodeGrant, Consent, Grant, NewApp, RefreshGrant, TokenOutcome, Verdict};
+pub use grants::{
+    app_token_budget, App, AppTokens, CodeGrant, Consent, Grant, NewApp, RefreshGrant, TokenOutcome, Verdict,
+};
 pub use instances::{instance_dir, restart_backoff, RunState, RunStatus, RuntimeSummary, INSTANCES_DIR};
 pub use lifecycle::Recovered;
 pub use recovery::RecoveryCode;

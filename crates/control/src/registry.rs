@@ -100,6 +100,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX apps_by_owner ON apps(owner_id);
     CREATE INDEX grants_by_app ON grants(app_id);
 "#,
+    "
+    -- LLM tokens a day the user lets the app spend (NULL: the tier's ceiling alone).
+    ALTER TABLE grants ADD COLUMN token_budget INTEGER;
+    ",
 ];
 
 #[derive(Clone, Debug)]

@@ -81,6 +81,7 @@ async fn code_for(c: &Arc<Control>, user: selfcloud_core::UserId, app: &crate::A
         scopes: ScopeSet::parse(scopes).unwrap(),
         redirect_uri: "https://notes.example/cb".into(),
         code_challenge: "c".into(),
+        token_budget: None,
     };
     c.consent(user, app, consent, 1_000).await.unwrap().1
 }

@@ -70,6 +70,9 @@ pub struct Limits {
     pub list_max_bytes: usize,
     /// Storage quota of an instance on the free tier (every new account's), in bytes.
     pub quota_bytes: u64,
+    /// LLM tokens (prompt and answer) one app may spend in a UTC day on a free-tier instance: the
+    /// ceiling of any budget its user sets on the grant.
+    pub llm_app_tokens_per_day: u64,
     /// The paid tiers' quota and rates.
     pub growth: TierLimits,
     pub pro: TierLimits,
@@ -102,8 +105,19 @@ impl Default for Limits {
             list_max: 1000,
             list_max_bytes: 4 * 1024 * 1024,
             quota_bytes: 10_000_000_000,
-            growth: TierLimits { quota_bytes: 50_000_000_000, rate_per_token: 500, rate_burst: 1000 },
-            pro: TierLimits { quota_bytes: 200_000_000_000, rate_per_token: 2000, rate_burst: 4000 },
+            llm_app_tokens_per_day: 20_000,
+            growth: TierLimits {
+                quota_bytes: 50_000_000_000,
+                rate_per_token: 500,
+                rate_burst: 1000,
+                llm_app_tokens_per_day: 200_000,
+            },
+            pro: TierLimits {
+                quota_bytes: 200_000_000_000,
+                rate_per_token: 2000,
+                rate_burst: 4000,
+                llm_app_tokens_per_day: 2_000_000,
+            },
             audit_retention: 100_000,
             audit_field_max: 512,
             sessions_per_user: 32,
@@ -123,6 +137,7 @@ impl Limits {
                 quota_bytes: self.quota_bytes,
                 rate_per_token: self.rate_per_token,
                 rate_burst: self.rate_burst,
+                llm_app_tokens_per_day: self.llm_app_tokens_per_day,
             },
             Tier::Growth => self.growth,
             Tier::Pro => self.pro,
@@ -213,4 +228,6 @@ pub struct TierLimits {
     pub quota_bytes: u64,
     pub rate_per_token: u32,
     pub rate_burst: u32,
+    /// The most LLM tokens one app may spend in a UTC day (see [`Limits::llm_app_tokens_per_day`]).
+    pub llm_app_tokens_per_day: u64,
 }

@@ -39,6 +39,29 @@ impl Collection {
         }
         Ok(Collection(s.to_owned()))
     }
+    /// A collection of the instance's own parts (the token ledger, the assistant's memories): its
+    /// name starts with `_`, which no name a client gives may, so no API path or scope reaches it.
+    /// It lives in the user's store like any record: sealed, counted in the quota, exported.
+    pub fn internal(name: &str) -> Self {
+        assert!(!name.is_empty() && is_collection_prefix(name) && name.len() < MAX_COLLECTION_LEN, "{name}");
+        Collection(format!("_{name}"))
+    }
+
+    /// A name read back from the store or an archive: a client's name, or an internal one.
+    pub fn parse_stored(s: &str) -> Result<Self, Error> {
+        match s.strip_prefix('_') {
+            Some(rest) if !rest.is_empty() && is_collection_prefix(rest) && s.len() <= MAX_COLLECTION_LEN => {
+                Ok(Collection(s.to_owned()))
+            }
+            _ => Self::parse(s),
+        }
+    }
+
+    /// True for a collection of the instance's own parts ([`Collection::internal`]).
+    pub fn is_internal(&self) -> bool {
+        self.0.starts_with('_')
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -109,6 +132,20 @@ mod tests {
         }
         for bad in ["", "Notes", "_notes", ".hidden", "a/b", "..", "a\0b", "no tes", "é", &"a".repeat(65)] {
             assert!(Collection::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn internal_collections_are_out_of_every_client_name() {
+        let ledger = Collection::internal("llm-usage");
+        assert_eq!(ledger.as_str(), "_llm-usage");
+        assert!(ledger.is_internal() && !Collection::parse("notes").unwrap().is_internal());
+        // No client can name it; the store and archives read it back.
+        assert!(Collection::parse(ledger.as_str()).is_err());
+        assert_eq!(Collection::parse_stored(ledger.as_str()).unwrap(), ledger);
+        assert_eq!(Collection::parse_stored("notes").unwrap().as_str(), "notes");
+        for bad in ["_", "__x", "_X", "_a/b", &format!("_{}", "a".repeat(64))] {
+            assert!(Collection::parse_stored(bad).is_err(), "{bad:?}");
         }
     }
 

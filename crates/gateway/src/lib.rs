@@ -83,6 +83,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/import", post(portability::import))
         .route("/v1/llm/models", get(llm::models))
         .route("/v1/llm/chat/completions", post(llm::chat))
+        .route("/v1/llm/usage", get(llm::usage))
         .route("/v1/assistant/chat", post(llm::assistant))
         .route_layer(from_fn_with_state(state.clone(), auth::audited));
 
@@ -94,7 +95,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/apps", post(apps::register).get(apps::list))
         .route("/v1/apps/{id}", axum::routing::delete(apps::delete))
         .route("/v1/grants", get(apps::list_grants))
-        .route("/v1/grants/{id}", axum::routing::delete(apps::revoke_grant))
+        .route("/v1/grants/{id}", axum::routing::delete(apps::revoke_grant).patch(apps::change_grant))
         .merge(instance_api)
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
 

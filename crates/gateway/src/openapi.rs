@@ -11,9 +11,9 @@ use utoipa::{Modify, OpenApi};
         accounts::create_account, accounts::create_session, accounts::delete_session, accounts::me, accounts::audit,
         accounts::change_password, accounts::recover, accounts::delete_account,
         portability::export, portability::import,
-        apps::register, apps::list, apps::delete, apps::list_grants, apps::revoke_grant,
+        apps::register, apps::list, apps::delete, apps::list_grants, apps::change_grant, apps::revoke_grant,
         storage::put, storage::get, storage::delete, storage::list,
-        llm::models, llm::chat, llm::assistant,
+        llm::models, llm::chat, llm::usage, llm::assistant,
         admin::list_instances, admin::set_tier,
     ),
     modifiers(&BearerAuth)

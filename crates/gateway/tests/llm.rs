@@ -263,3 +263,109 @@ async fn the_owners_assistant_answers_from_their_own_records_and_cites_them() {
     let (st, _, err) = ask(&s, &ada, json!({"message": ""})).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{err}");
 }
+
+/// What the owner's usage page says `grant` spent today, once the ledger holds at least `least`.
+async fn spent_today(s: &Server, owner: &str, grant: &str, least: u64) -> u64 {
+    for _ in 0..100 {
+        let (st, _, usage) = s.call(Method::GET, "/v1/llm/usage", Some(owner), None).await;
+        assert_eq!(st, StatusCode::OK, "{usage}");
+        let tokens = usage["apps"].as_array().unwrap().iter().find(|a| a["grant_id"] == grant).map(|a| &a["tokens"]);
+        if let Some(tokens) = tokens.and_then(Value::as_u64).filter(|t| *t >= least) {
+            return tokens;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the ledger never showed {least} tokens for {grant}");
+}
+
+#[tokio::test]
+async fn an_apps_token_budget_is_enforced_and_its_owner_sees_what_it_spent() {
+    let Some(model) = test_model() else { return };
+    let s = Server::start_with(|c| {
+        with_model(c, &model, 1, 4);
+        c.limits.llm_app_tokens_per_day = 5_000;
+    })
+    .await;
+    let ada = s.user("ada").await;
+    let dev = s.user("dev").await;
+    let client_id = s.register_app(&dev, &["llm:chat"]).await;
+    let config = s.app_config(&client_id);
+    let req = selfcloud_sdk::AuthorizationRequest::new(&config, &["llm:chat"]);
+    // A budget that is not a number is refused; one set on the consent page sticks to the grant.
+    let refused = s.decide_with(&ada, &req, "allow", &[("token_budget", "lots")]).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let resp = s.decide_with(&ada, &req, "allow", &[("token_budget", "1000")]).await;
+    let code = req.finish(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let app = selfcloud_sdk::Client::new(config).exchange_code(&req, &code).await.unwrap().access_token;
+    let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    let grant = &grants["grants"][0];
+    assert_eq!((grant["token_budget"].as_u64(), grant["tokens_per_day"].as_u64()), (Some(1000), Some(1000)));
+    let grant_id = grant["id"].as_str().unwrap().to_owned();
+    let set_budget = |budget: Value| {
+        let path = format!("/v1/grants/{grant_id}");
+        let (s, ada) = (&s, &ada);
+        async move { s.call(Method::PATCH, &path, Some(ada), Some(json!({"token_budget": budget}))).await.0 }
+    };
+
+    // One answer: the owner sees what it cost, prompt and answer together.
+    let (st, _, answer) =
+        s.call(Method::POST, "/v1/llm/chat/completions", Some(&app), Some(capital_question(false))).await;
+    assert_eq!(st, StatusCode::OK, "{answer}");
+    let (total, prompt) =
+        (answer["usage"]["total_tokens"].as_u64().unwrap(), answer["usage"]["prompt_tokens"].as_u64().unwrap());
+    assert_eq!(spent_today(&s, &ada, &grant_id, total).await, total);
+
+    // The budget lowered to what was spent: the next call is 429 budget_exceeded until midnight UTC.
+    assert_eq!(set_budget(json!(total)).await, StatusCode::NO_CONTENT);
+    let (st, headers, err) =
+        s.call(Method::POST, "/v1/llm/chat/completions", Some(&app), Some(capital_question(false))).await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"), "{err}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+
+    // Room for the prompt and three more tokens: the answer is cut to three, then the budget is spent.
+    assert_eq!(set_budget(json!(total + prompt + 3)).await, StatusCode::NO_CONTENT);
+    let (st, _, cut) =
+        s.call(Method::POST, "/v1/llm/chat/completions", Some(&app), Some(capital_question(false))).await;
+    assert_eq!(st, StatusCode::OK, "{cut}");
+    assert_eq!(
+        (cut["usage"]["completion_tokens"].as_u64(), cut["choices"][0]["finish_reason"].as_str()),
+        (Some(3), Some("length")),
+        "{cut}"
+    );
+    spent_today(&s, &ada, &grant_id, total + prompt + 3).await;
+    let (st, _, err) =
+        s.call(Method::POST, "/v1/llm/chat/completions", Some(&app), Some(capital_question(false))).await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"), "{err}");
+
+    // The tier's ceiling bounds any budget the user sets.
+    assert_eq!(set_budget(json!(1_000_000)).await, StatusCode::NO_CONTENT);
+    let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    assert_eq!(grants["grants"][0]["tokens_per_day"].as_u64(), Some(5_000), "{grants}");
+    // A stream its client leaves is billed for what it spent.
+    let before = spent_today(&s, &ada, &grant_id, 0).await;
+    let mut long = capital_question(true);
+    long["max_tokens"] = json!(200);
+    let mut resp = s.http.post(s.url("/v1/llm/chat/completions")).bearer_auth(&app).json(&long).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.chunk().await.unwrap();
+    drop(resp);
+    assert!(spent_today(&s, &ada, &grant_id, before + prompt).await >= before + prompt);
+
+    // Only the owner sees the usage or changes a budget; the owner's own chats have none.
+    let (st, _, _) = s.call(Method::GET, "/v1/llm/usage", Some(&app), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _, _) =
+        s.call(Method::PATCH, &format!("/v1/grants/{grant_id}"), Some(&app), Some(json!({"token_budget": null}))).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let bob = s.user("bob").await;
+    let (st, _, _) =
+        s.call(Method::PATCH, &format!("/v1/grants/{grant_id}"), Some(&bob), Some(json!({"token_budget": null}))).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(set_budget(json!(0)).await, StatusCode::NO_CONTENT);
+    let (st, _, _) = s.call(Method::POST, "/v1/llm/chat/completions", Some(&ada), Some(capital_question(false))).await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _, err) =
+        s.call(Method::POST, "/v1/llm/chat/completions", Some(&app), Some(capital_question(false))).await;
+    assert_eq!(Server::error_code(&err), "budget_exceeded", "{st} {err}");
+}

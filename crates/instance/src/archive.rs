@@ -232,7 +232,7 @@ fn part_collection(path: &str) -> Option<Collection> {
     let (collection, file) = rest.split_once('/')?;
     let seq = file.strip_suffix(".jsonl")?;
     (seq.len() == 6 && seq.bytes().all(|b| b.is_ascii_digit())).then_some(())?;
-    Collection::parse(collection).ok()
+    Collection::parse_stored(collection).ok()
 }
 
 /// Reads an archive front to back, holding one line at a time: every record is checked (its
@@ -363,7 +363,7 @@ fn check_against(manifest: &Manifest, seen: Vec<SeenPart>) -> Result<()> {
     let mut total = 0;
     for part in &manifest.parts {
         let collection =
-            Collection::parse(&part.collection).map_err(|e| bad(format!("{}: {}", part.path, e.message)))?;
+            Collection::parse_stored(&part.collection).map_err(|e| bad(format!("{}: {}", part.path, e.message)))?;
         let seq = seq_of.entry(&part.collection).or_default();
         *seq += 1;
         if part.path != part_path(collection.as_str(), *seq) {

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod archive;
+mod ledger;
 mod llm;
 mod local;
 pub mod process;

@@ -43,11 +43,23 @@ pub struct CallContext {
     /// How long the caller waits for the answer's head, from when the instance receives it (a
     /// duration, not an instant, so the two sides' clocks need not agree).
     pub timeout_ms: u64,
+    /// LLM tokens the app may spend in a UTC day (its grant's budget under the tier's ceiling);
+    /// the instance keeps what each app spent. `None` for the owner and control.
+    #[serde(default)]
+    pub token_budget: Option<u64>,
 }
 
 impl CallContext {
     pub fn new(actor: Actor, scopes: &ScopeSet, request_id: Option<String>, now_ms: u64, timeout_ms: u64) -> Self {
-        CallContext { v: PROTOCOL_VERSION, actor, scopes: scopes.to_string(), request_id, now_ms, timeout_ms }
+        CallContext {
+            v: PROTOCOL_VERSION,
+            actor,
+            scopes: scopes.to_string(),
+            request_id,
+            now_ms,
+            timeout_ms,
+            token_budget: None,
+        }
     }
 
     /// A call control makes on its own behalf.

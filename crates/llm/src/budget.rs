@@ -1,11 +1,94 @@
 //! Token budgets: how many tokens an app (or the whole instance) may spend in a UTC day.
 //!
-//! A grant may carry a budget set by the user; the tier sets a ceiling for the instance. The
-//! smaller one applies. These are pure functions of the tokens already spent and `now`, so the
-//! instance that keeps the counts can check them and tests can move the clock.
+//! A grant may carry a budget set by the user under the tier's ceiling (control hands the one that
+//! applies to the instance with each call). These are pure functions of the tokens already spent
+//! and `now`, so the instance that keeps the counts can check them and tests can move the clock.
 
 use selfcloud_core::Error;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// What a generation may spend: the tokens left of its caller's budget today, and how long until
+/// the budget resets (for the 429 when the prompt alone is more than what is left).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    pub tokens: u64,
+    pub resets_in: Duration,
+}
+
+/// Counts what a generation spends (its prompt, then each new token) as the engine goes. A meter
+/// made with [`Meter::billed`] pays once, when its last holder lets go: the engine done with the
+/// generation and the caller done with the answer, so a client that leaves mid-answer, or before
+/// the prompt was even read, is billed for exactly what was computed.
+#[derive(Clone, Default)]
+pub struct Meter(Arc<Tally>);
+
+type Payer = Box<dyn FnOnce(u64) + Send>;
+
+#[derive(Default)]
+struct Tally {
+    spent: AtomicU64,
+    pay: std::sync::Mutex<Option<Payer>>,
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        let pay = self.pay.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(pay) = pay {
+            pay(*self.spent.get_mut());
+        }
+    }
+}
+
+impl Meter {
+    /// A meter `pay` settles with the tokens spent (on whichever thread lets go last).
+    pub fn billed(pay: impl FnOnce(u64) + Send + 'static) -> Self {
+        Meter(Arc::new(Tally { spent: AtomicU64::new(0), pay: std::sync::Mutex::new(Some(Box::new(pay))) }))
+    }
+
+    pub fn add(&self, tokens: u64) {
+        self.0.spent.fetch_add(tokens, Ordering::Relaxed);
+    }
+
+    pub fn spent(&self) -> u64 {
+        self.0.spent.load(Ordering::Relaxed)
+    }
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Meter({})", self.spent())
+    }
+}
+
+impl PartialEq for Meter {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// How many tokens `allowance` lets a generation produce after a `prompt_tokens` prompt; the
+/// budget's 429 when the prompt alone is more than is left.
+pub fn cap(asked: u32, prompt_tokens: u64, allowance: Option<Allowance>) -> Result<u32, Error> {
+    let Some(a) = allowance else { return Ok(asked) };
+    completion_cap(asked, prompt_tokens, Some(a.tokens)).ok_or_else(|| {
+        Error::budget_exceeded(
+            format!(
+                "the prompt is {prompt_tokens} tokens and {} are left of today's budget; it resets in {} s",
+                a.tokens,
+                a.resets_in.as_secs()
+            ),
+            a.resets_in,
+        )
+    })
+}
+
+/// What the caller may still spend today, as the engine takes it; `Ok(None)` without a budget.
+pub fn allowance(budget: Option<u64>, spent: u64, now_ms: u64) -> Result<Option<Allowance>, Error> {
+    Ok(remaining(budget, spent, now_ms)?
+        .map(|tokens| Allowance { tokens, resets_in: Duration::from_millis(resets_at(now_ms) - now_ms) }))
+}
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -17,15 +100,6 @@ pub fn window(now_ms: u64) -> u64 {
 /// When the window holding `now_ms` ends and spending starts again from zero.
 pub fn resets_at(now_ms: u64) -> u64 {
     window(now_ms) + DAY_MS
-}
-
-/// The budget that applies: the grant's own and the tier's ceiling, the smaller of the two; `None`
-/// when neither sets one.
-pub fn effective(grant: Option<u64>, tier_ceiling: Option<u64>) -> Option<u64> {
-    match (grant, tier_ceiling) {
-        (Some(g), Some(t)) => Some(g.min(t)),
-        (one, other) => one.or(other),
-    }
 }
 
 /// How many tokens a call may still spend, given `spent` in the current window. A budget that is
@@ -73,15 +147,6 @@ mod tests {
     }
 
     #[test]
-    fn the_smaller_budget_applies() {
-        assert_eq!(effective(Some(500), Some(20_000)), Some(500));
-        assert_eq!(effective(Some(50_000), Some(20_000)), Some(20_000));
-        assert_eq!(effective(None, Some(20_000)), Some(20_000));
-        assert_eq!(effective(Some(7), None), Some(7));
-        assert_eq!(effective(None, None), None);
-    }
-
-    #[test]
     fn a_spent_budget_answers_429_until_the_window_resets() {
         assert_eq!(remaining(Some(1000), 400, NOON).unwrap(), Some(600));
         assert_eq!(remaining(None, u64::MAX, NOON).unwrap(), None);
@@ -103,5 +168,41 @@ mod tests {
         assert_eq!(completion_cap(16, 40, Some(100)), Some(16));
         assert_eq!(completion_cap(16, 100, Some(100)), None);
         assert_eq!(completion_cap(16, 0, Some(u64::MAX)), Some(16));
+    }
+
+    #[test]
+    fn an_allowance_caps_the_answer_or_refuses_a_prompt_past_it() {
+        let a = allowance(Some(1000), 900, NOON).unwrap().unwrap();
+        assert_eq!(a, Allowance { tokens: 100, resets_in: Duration::from_millis(DAY_MS / 2) });
+        assert_eq!(cap(256, 40, Some(a)).unwrap(), 60);
+        assert_eq!(cap(256, 40, None).unwrap(), 256);
+        let e = cap(256, 100, Some(a)).unwrap_err();
+        assert_eq!((e.code, e.retry_after), (ErrorCode::BudgetExceeded, Some(a.resets_in)));
+        assert_eq!(allowance(None, 5, NOON).unwrap(), None);
+        assert!(allowance(Some(1000), 1000, NOON).is_err());
+    }
+
+    #[test]
+    fn a_meter_is_shared_by_its_clones() {
+        let (m, clone) = (Meter::default(), Meter::default());
+        let same = m.clone();
+        same.add(3);
+        m.add(2);
+        assert_eq!((m.spent(), clone.spent()), (5, 0));
+        assert!(m == same && m != clone);
+    }
+
+    #[test]
+    fn a_billed_meter_pays_once_when_its_last_holder_lets_go() {
+        let paid = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = paid.clone();
+        let m = Meter::billed(move |n| log.lock().unwrap().push(n));
+        let engine = m.clone();
+        m.add(30);
+        drop(m);
+        assert!(paid.lock().unwrap().is_empty(), "paid while the engine still counted");
+        engine.add(1);
+        drop(engine);
+        assert_eq!(*paid.lock().unwrap(), vec![31]);
     }
 }

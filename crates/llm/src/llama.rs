@@ -223,7 +223,7 @@ impl Engine for LlamaEngine {
         &self.info
     }
 
-    fn generate(&self, generation: Generation) -> Result<Events, Error> {
+    fn generate(&self, mut generation: Generation) -> Result<Events, Error> {
         let prompt = self.prompt(&generation)?;
         if prompt.is_empty() {
             return Err(Error::invalid("the prompt is empty"));
@@ -235,6 +235,7 @@ impl Engine for LlamaEngine {
                 prompt.len()
             )));
         }
+        generation.max_tokens = crate::budget::cap(generation.max_tokens, prompt.len() as u64, generation.allowance)?;
         let (events, rx) = tokio::sync::mpsc::channel(64);
         self.queue.try_send(Job { generation, prompt, events }).map_err(|e| match e {
             mpsc::TrySendError::Full(_) => busy(),
@@ -342,6 +343,8 @@ impl Slot<'_> {
         self.cached.truncate(reused);
         self.eval(&prompt[reused..], reused)?;
         self.cached.extend_from_slice(&prompt[reused..]);
+        // A prompt is paid for whole, as OpenAI bills it, even what the cache held.
+        g.meter.add(prompt.len() as u64);
         let prompt_ms = started.elapsed().as_secs_f64() * 1000.0;
 
         let decoding = Instant::now();
@@ -356,6 +359,7 @@ impl Slot<'_> {
             }
             generated += 1;
             self.generated.fetch_add(1, Ordering::Relaxed);
+            g.meter.add(1);
             vocab.token_to_piece_into(token, &mut bytes, false, None);
             take_whole_chars(&mut bytes, &mut pending);
             match scan(&pending, &g.stop) {

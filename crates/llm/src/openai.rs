@@ -122,6 +122,10 @@ pub struct Generation {
     /// prompt only for the same caller, so neither what another caller asked nor how fast a
     /// guess of it is answered crosses between apps, or from the owner to an app.
     pub caller: String,
+    /// What the caller's token budget leaves for this generation; `None` when it has none.
+    pub allowance: Option<crate::budget::Allowance>,
+    /// Counts the tokens this generation spends, for the caller's bill.
+    pub meter: crate::budget::Meter,
 }
 
 /// Limits a request is checked against: settings of the instance, with safe defaults.
@@ -211,6 +215,8 @@ impl ChatRequest {
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             caller: String::new(),
+            allowance: None,
+            meter: Default::default(),
         })
     }
 }

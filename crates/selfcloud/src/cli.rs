@@ -195,6 +195,16 @@ pub struct Settings {
     /// Requests per second per token on the pro tier.
     #[arg(long, env = "SELFCLOUD_PRO_RATE_PER_TOKEN", default_value_t = Limits::default().pro.rate_per_token)]
     pub pro_rate_per_token: u32,
+    /// LLM tokens one app may spend a day on a free-tier instance: the ceiling of the budget a user
+    /// sets on a grant (an app without one gets the ceiling).
+    #[arg(long, env = "SELFCLOUD_LLM_APP_TOKENS_PER_DAY", default_value_t = Limits::default().llm_app_tokens_per_day)]
+    pub llm_app_tokens_per_day: u64,
+    /// LLM tokens one app may spend a day on a growth-tier instance.
+    #[arg(long, env = "SELFCLOUD_GROWTH_LLM_APP_TOKENS_PER_DAY", default_value_t = Limits::default().growth.llm_app_tokens_per_day)]
+    pub growth_llm_app_tokens_per_day: u64,
+    /// LLM tokens one app may spend a day on a pro-tier instance.
+    #[arg(long, env = "SELFCLOUD_PRO_LLM_APP_TOKENS_PER_DAY", default_value_t = Limits::default().pro.llm_app_tokens_per_day)]
+    pub pro_llm_app_tokens_per_day: u64,
     /// Largest page a list may ask for.
     #[arg(long, env = "SELFCLOUD_LIST_MAX", default_value_t = Limits::default().list_max)]
     pub list_max: usize,
@@ -298,16 +308,19 @@ impl Settings {
                 list_max: self.list_max,
                 list_max_bytes: self.list_max_bytes,
                 quota_bytes: self.quota_bytes,
+                llm_app_tokens_per_day: self.llm_app_tokens_per_day,
                 // Paid tiers burst to twice their rate, as the free tier's default does.
                 growth: TierLimits {
                     quota_bytes: self.growth_quota_bytes,
                     rate_per_token: self.growth_rate_per_token,
                     rate_burst: self.growth_rate_per_token.saturating_mul(2),
+                    llm_app_tokens_per_day: self.growth_llm_app_tokens_per_day,
                 },
                 pro: TierLimits {
                     quota_bytes: self.pro_quota_bytes,
                     rate_per_token: self.pro_rate_per_token,
                     rate_burst: self.pro_rate_per_token.saturating_mul(2),
+                    llm_app_tokens_per_day: self.pro_llm_app_tokens_per_day,
                 },
                 audit_retention: self.audit_retention,
                 audit_field_max: self.audit_field_max,

@@ -261,7 +261,7 @@ impl Store {
         let mut records = Vec::with_capacity(rows.len());
         for (collection, key, rev, sealed) in rows {
             let bad = || Error::internal("stored name violates grammar");
-            let collection = Collection::parse(&collection).map_err(|_| bad())?;
+            let collection = Collection::parse_stored(&collection).map_err(|_| bad())?;
             let key = RecordKey::parse(&key).map_err(|_| bad())?;
             let value = self.sealer.open(&record_aad(&collection, &key), sealed)?;
             records.push(ScannedRecord { collection, key, rev, value });
@@ -358,7 +358,7 @@ fn decode_scan_cursor(cursor: &str) -> Result<(Collection, RecordKey)> {
     let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
     let text = std::str::from_utf8(&bytes).map_err(|_| bad())?;
     let (collection, key) = text.split_once('/').ok_or_else(bad)?;
-    Ok((Collection::parse(collection).map_err(|_| bad())?, RecordKey::parse(key).map_err(|_| bad())?))
+    Ok((Collection::parse_stored(collection).map_err(|_| bad())?, RecordKey::parse(key).map_err(|_| bad())?))
 }
 
 fn decode_cursor(cursor: &str) -> Result<RecordKey> {

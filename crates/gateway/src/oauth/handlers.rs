@@ -146,7 +146,11 @@ pub async fn authorize_page(
         Ok(p) => p.username,
         Err(e) => return ApiError(e).into_response(),
     };
-    pages::consent(&req, &username, &borrowed(&pairs), &csrf_token(&caller.token_hash))
+    let token_ceiling =
+        req.scopes.iter().any(|s| matches!(s, Scope::LlmChat)).then(|| {
+            s.control.config().limits.tier(s.control.tier_of(caller.token.instance_id)).llm_app_tokens_per_day
+        });
+    pages::consent(&req, &username, &borrowed(&pairs), &csrf_token(&caller.token_hash), token_ceiling)
 }
 
 /// `POST /oauth/authorize`: the user's decision. Repeated `grant_scope` fields (the ticked boxes)
@@ -214,8 +218,21 @@ pub async fn authorize_decision(
         answer.push(("error", "access_denied".into()));
         return redirect_to(&req.redirect_uri, &borrowed(&answer));
     }
-    let consent =
-        Consent { scopes, redirect_uri: req.redirect_uri.clone(), code_challenge: req.code_challenge.clone() };
+    let token_budget = match field("token_budget").as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(n) => match n.parse::<u64>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return ApiError(Error::invalid("token_budget must be a whole number of tokens a day")).into_response()
+            }
+        },
+    };
+    let consent = Consent {
+        scopes,
+        redirect_uri: req.redirect_uri.clone(),
+        code_challenge: req.code_challenge.clone(),
+        token_budget,
+    };
     match s.control.consent(caller.token.user_id, &req.app, consent, s.clock.now()).await {
         Ok((_, code)) => {
             answer.push(("code", code));

@@ -72,7 +72,14 @@ pub fn login(request: &[(&str, &str)], failed: bool) -> Response {
 }
 
 /// Names the app and each scope in plain words; each scope can be unticked.
-pub fn consent(req: &ValidAuthorize, username: &str, request: &[(&str, &str)], csrf: &str) -> Response {
+/// With `token_ceiling` (the app asks for the assistant) the user may set a daily token budget.
+pub fn consent(
+    req: &ValidAuthorize,
+    username: &str,
+    request: &[(&str, &str)],
+    csrf: &str,
+    token_ceiling: Option<u64>,
+) -> Response {
     let scopes: String = req
         .scopes
         .iter()
@@ -84,12 +91,21 @@ pub fn consent(req: &ValidAuthorize, username: &str, request: &[(&str, &str)], c
             )
         })
         .collect();
+    let budget = token_ceiling
+        .map(|ceiling| {
+            format!(
+                "<p><label>Tokens a day it may spend on your assistant (at most {ceiling}) \
+                 <input type=\"number\" name=\"token_budget\" min=\"0\" max=\"{ceiling}\" \
+                 placeholder=\"{ceiling}\"></label></p>"
+            )
+        })
+        .unwrap_or_default();
     let host =
         url::Url::parse(&req.redirect_uri).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
     let body = format!(
         "<h1>Allow <q>{app}</q> to use your instance?</h1>\
          <p>Logged in as <strong>{user}</strong>. <q>{app}</q> asks to:</p>\
-         <form method=\"post\" action=\"/oauth/authorize\">{hidden}<ul>{scopes}</ul>\
+         <form method=\"post\" action=\"/oauth/authorize\">{hidden}<ul>{scopes}</ul>{budget}\
          <p>You will be sent back to <strong>{host}</strong>. You can revoke this access at any time.</p>\
          <button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
          <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>",

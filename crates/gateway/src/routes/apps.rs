@@ -112,6 +112,11 @@ pub struct GrantView {
     pub app_name: String,
     pub scopes: Vec<String>,
     pub created_at: u64,
+    /// LLM tokens a day the user set for the app (`null`: none of their own).
+    pub token_budget: Option<u64>,
+    /// What applies: the user's budget under the tier's ceiling. `GET /v1/llm/usage` says what
+    /// the app spent of it today.
+    pub tokens_per_day: u64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -125,6 +130,7 @@ pub struct GrantList {
 pub async fn list_grants(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<GrantList>> {
     caller.require_owner()?;
     let grants = s.control.grants(caller.token.user_id).await?;
+    let ceiling = s.control.config().limits.tier(s.control.tier_of(caller.token.instance_id)).llm_app_tokens_per_day;
     Ok(Json(GrantList {
         grants: grants
             .into_iter()
@@ -134,9 +140,34 @@ pub async fn list_grants(State(s): State<Arc<AppState>>, caller: Caller) -> ApiR
                 app_name: g.app_name,
                 scopes: g.scopes.iter().map(|s| s.to_string()).collect(),
                 created_at: g.created_at,
+                token_budget: g.token_budget,
+                tokens_per_day: selfcloud_control::app_token_budget(g.token_budget, ceiling),
             })
             .collect(),
     }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantChange {
+    /// LLM tokens a day the app may spend; `null` leaves only the tier's ceiling.
+    pub token_budget: Option<u64>,
+}
+
+/// Change a grant: its daily LLM token budget (owner only). It applies from the app's next call.
+#[utoipa::path(patch, path = "/v1/grants/{id}", tag = "grants", params(("id" = String, Path)), security(("bearer" = [])),
+    request_body = GrantChange,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn change_grant(
+    State(s): State<Arc<AppState>>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(change): ApiJson<GrantChange>,
+) -> ApiResult<StatusCode> {
+    caller.require_owner()?;
+    let id: GrantId = id.parse().map_err(|_| Error::not_found("no such grant"))?;
+    s.control.set_token_budget(caller.token.user_id, id, change.token_budget).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Revoke a grant: its tokens stop working on the very next request (owner only).

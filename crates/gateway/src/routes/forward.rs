@@ -30,18 +30,31 @@ pub async fn forward_within(
     s: &AppState,
     caller: &Caller,
     need: Need,
+    req: Request,
+    timeout: Duration,
+) -> ApiResult<Response> {
+    forward_with(s, caller, need, req, timeout, None).await
+}
+
+/// [`forward_within`], telling the instance the app's daily LLM token budget.
+pub async fn forward_with(
+    s: &AppState,
+    caller: &Caller,
+    need: Need,
     mut req: Request,
     timeout: Duration,
+    token_budget: Option<u64>,
 ) -> ApiResult<Response> {
     let used = caller.check(&need)?;
     let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let ctx = CallContext::new(
+    let mut ctx = CallContext::new(
         caller.actor(),
         &caller.token.scopes,
         request_id,
         s.clock.now_ms(),
         timeout.as_millis() as u64,
     );
+    ctx.token_budget = token_budget;
     // The instance learns who calls from the context alone; it never sees a credential.
     for name in [header::AUTHORIZATION, header::COOKIE, header::HOST] {
         req.headers_mut().remove(name);

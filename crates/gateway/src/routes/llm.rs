@@ -3,7 +3,7 @@
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
-use crate::routes::forward::forward;
+use crate::routes::forward::{forward, forward_with, CALL_TIMEOUT};
 use crate::routes::ErrorBody;
 use crate::state::AppState;
 use axum::extract::{Request, State};
@@ -26,7 +26,25 @@ pub async fn models(State(s): State<Arc<AppState>>, caller: Caller, req: Request
     responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn chat(State(s): State<Arc<AppState>>, caller: Caller, req: Request) -> ApiResult<Response> {
-    forward(&s, &caller, Need::Scope(Scope::LlmChat), req).await
+    let need = Need::Scope(Scope::LlmChat);
+    caller.check(&need)?;
+    forward_with(&s, &caller, need, req, CALL_TIMEOUT, token_budget(&s, &caller).await?).await
+}
+
+/// An app's daily token budget (its grant's under the tier's ceiling); the owner has none.
+async fn token_budget(s: &AppState, caller: &Caller) -> ApiResult<Option<u64>> {
+    match &caller.token.grant {
+        Some(g) if !caller.is_owner() => Ok(Some(s.control.token_budget(g.grant_id, caller.token.instance_id).await?)),
+        _ => Ok(None),
+    }
+}
+
+/// What each app spent of the LLM today, and when the day's budgets reset (owner only).
+#[utoipa::path(get, path = "/v1/llm/usage", tag = "llm", security(("bearer" = [])),
+    responses((status = 200, body = Object), (status = 403, body = ErrorBody)))]
+pub async fn usage(State(s): State<Arc<AppState>>, caller: Caller, req: Request) -> ApiResult<Response> {
+    caller.check(&Need::Owner)?;
+    forward(&s, &caller, Need::Owner, req).await
 }
 
 /// The owner's assistant: an answer from the owner's own records, with the records it was given

@@ -151,8 +151,20 @@ impl Server {
 
     /// The user (by their session) answers an authorization request; returns the redirect.
     pub async fn decide(&self, session: &str, req: &AuthorizationRequest, decision: &str) -> reqwest::Response {
+        self.decide_with(session, req, decision, &[]).await
+    }
+
+    /// [`Server::decide`] with more fields of the consent form (a token budget).
+    pub async fn decide_with(
+        &self,
+        session: &str,
+        req: &AuthorizationRequest,
+        decision: &str,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut form = req.params();
         form.push(("decision".into(), decision.into()));
+        form.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         self.http.post(self.url("/oauth/authorize")).bearer_auth(session).form(&form).send().await.unwrap()
     }
 

@@ -60,7 +60,7 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
         ..ChatRequest::default()
     };
     let generation = chat.validate(s.llm.limits())?;
-    let events = super::llm::start(&engine, &ctx, generation).await?;
+    let events = super::llm::start(&s, &engine, &ctx, generation).await?;
     let (answer, finish, usage, timings) = collect(events).await?;
     let citations: Vec<_> = ranked
         .iter()
@@ -84,6 +84,10 @@ async fn read_passages(s: &S, collections: Option<&[String]>) -> Result<Vec<Pass
     loop {
         let page = s.local.export_records(cursor.as_deref(), 256, 1 << 20).await?;
         for record in page.records {
+            // The instance's own collections (the token ledger) are not the owner's notes.
+            if record.collection.is_internal() {
+                continue;
+            }
             let collection = record.collection.as_str().to_owned();
             if collections.is_some_and(|allowed| !allowed.contains(&collection)) {
                 continue;

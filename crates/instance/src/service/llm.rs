@@ -3,7 +3,7 @@
 //! Handlers only move HTTP in and out: the request rules are `selfcloud_llm::openai`'s, the
 //! generation the engine's.
 
-use super::{Ctx, S};
+use super::{Ctx, Shared, S};
 use crate::api::{ApiBytes, ApiResult};
 use crate::protocol::{Actor, Need};
 use axum::body::Body;
@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use selfcloud_core::{Error, Scope};
+use selfcloud_llm::budget::{self, Meter};
 use selfcloud_llm::engine::collect;
 use selfcloud_llm::openai::{self, ChatRequest, Generation, Header};
 use selfcloud_llm::{sse, Engine, Event, Events};
@@ -42,7 +43,7 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
         model: engine.model().id.clone(),
     };
     let (stream, include_usage) = (generation.stream, generation.include_usage);
-    let events = start(&engine, &ctx, generation).await?;
+    let events = start(&s, &engine, &ctx, generation).await?;
     if !stream {
         let (text, finish, usage, timings) = collect(events).await?;
         let mut answer = openai::completion(&header, &text, finish, usage);
@@ -52,13 +53,50 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
     Ok(sse_response(header, events, include_usage))
 }
 
+/// `GET /v1/llm/usage`: what each app spent today (owner only), and when the day resets.
+pub(crate) async fn usage(s: S, ctx: Ctx) -> ApiResult<Response> {
+    ctx.require(&Need::Owner)?;
+    let now_ms = ctx.0.now_ms;
+    let apps = s.ledger.day(&s.local, now_ms).await?;
+    Ok(Json(json!({
+        "day_start_ms": budget::window(now_ms),
+        "resets_at_ms": budget::resets_at(now_ms),
+        "apps": apps,
+    }))
+    .into_response())
+}
+
 /// Starts `generation` for the caller: tagged with who asks (the engine's KV cache is reused for
 /// the same caller only: the owner, or one grant, whose sign-ins share it), and off the async
 /// threads (templating and tokenizing a long prompt takes milliseconds).
-pub(crate) async fn start(engine: &Arc<dyn Engine>, ctx: &Ctx, mut generation: Generation) -> Result<Events, Error> {
+/// An app pays from its token budget: what is left of it bounds the answer, and what the
+/// generation spent is written to the ledger once both the engine and the answer are done.
+pub(crate) async fn start(
+    s: &Arc<Shared>,
+    engine: &Arc<dyn Engine>,
+    ctx: &Ctx,
+    mut generation: Generation,
+) -> Result<Events, Error> {
+    let now_ms = ctx.0.now_ms;
     generation.caller = match &ctx.0.actor {
+        Actor::App { grant_id, name, .. } => {
+            generation.allowance = s.ledger.allowance(&s.local, grant_id, ctx.0.token_budget, now_ms).await?;
+            let (shared, grant, app) = (s.clone(), grant_id.clone(), name.clone());
+            // The last holder may be a slot's thread: the charge runs on this runtime.
+            let runtime = tokio::runtime::Handle::current();
+            generation.meter = Meter::billed(move |tokens| {
+                if tokens == 0 {
+                    return;
+                }
+                runtime.spawn(async move {
+                    if let Err(e) = shared.ledger.charge(&shared.local, &grant, &app, now_ms, tokens).await {
+                        tracing::warn!(error = %e.message, "an app's LLM use could not be written to its ledger");
+                    }
+                });
+            });
+            format!("grant:{grant_id}")
+        }
         Actor::Owner => "owner".into(),
-        Actor::App { grant_id, .. } => format!("grant:{grant_id}"),
         Actor::System => "system".into(),
     };
     let engine = engine.clone();

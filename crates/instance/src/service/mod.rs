@@ -32,6 +32,7 @@ use std::time::Duration;
 pub(crate) struct Shared {
     pub local: Local,
     pub llm: crate::llm::Llm,
+    pub ledger: crate::ledger::Ledger,
     pub settings: Settings,
 }
 
@@ -41,12 +42,13 @@ type S = State<Arc<Shared>>;
 pub fn router(local: Local, settings: Settings) -> Router {
     let body_limit = settings.max_value_bytes + 64 * 1024;
     let llm = crate::llm::Llm::new(settings.llm.clone());
-    let shared = Arc::new(Shared { local, llm, settings });
+    let shared = Arc::new(Shared { local, llm, ledger: Default::default(), settings });
     let api = Router::new()
         .route("/v1/storage/{collection}", get(storage::list))
         .route("/v1/storage/{collection}/{key}", put(storage::put).get(storage::get).delete(storage::delete))
         .route("/v1/llm/models", get(llm::models))
         .route("/v1/llm/chat/completions", post(llm::chat))
+        .route("/v1/llm/usage", get(llm::usage))
         .route("/v1/assistant/chat", post(assistant::chat))
         .route("/v1/export", get(portability::export))
         .route("/v1/import", post(portability::import))
