@@ -9,10 +9,12 @@ use selfcloud_durable::sqlite::{open_migrated, Durability, Sharing};
 use std::path::Path;
 
 mod apps;
+mod grants;
 mod lifecycle;
 mod oauth;
+pub use grants::GrantRow;
 pub use lifecycle::DELETED;
-pub use oauth::{AppRow, CodeRow, FamilyPlan, GrantRow, Issued, NewCodeRow, Redeemed, RefreshRow, Verdict};
+pub use oauth::{AppRow, CodeRow, FamilyPlan, Issued, NewCodeRow, Redeemed, RefreshRow, Verdict};
 
 const MIGRATIONS: &[&str] = &[
     "

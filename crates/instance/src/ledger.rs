@@ -9,6 +9,10 @@ use selfcloud_store::Precondition;
 use serde::{Deserialize, Serialize};
 
 const COLLECTION: &str = "llm-usage";
+/// Days of spending kept; older ones are removed as a new day starts, so the ledger stays a few
+/// records per app.
+const KEPT_DAYS: u64 = 31;
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// One app's spending on one day.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,17 +66,33 @@ impl Ledger {
     pub async fn charge(&self, local: &Local, grant_id: &str, app_name: &str, now_ms: u64, tokens: u64) -> Result<()> {
         let _one_at_a_time = self.write.lock().await;
         let day_ms = budget::window(now_ms);
-        let mut spend = self.read(local, day_ms, grant_id).await?.unwrap_or_else(|| Spend {
-            grant_id: grant_id.to_owned(),
-            app_name: app_name.to_owned(),
-            day_ms,
-            ..Spend::default()
-        });
+        let mut spend = match self.read(local, day_ms, grant_id).await? {
+            Some(spend) => spend,
+            None => {
+                self.prune(local, day_ms.saturating_sub(KEPT_DAYS * DAY_MS)).await?;
+                Spend { grant_id: grant_id.to_owned(), app_name: app_name.to_owned(), day_ms, ..Spend::default() }
+            }
+        };
         spend.tokens = spend.tokens.saturating_add(tokens);
         spend.requests += 1;
         let value = serde_json::to_vec(&spend).map_err(Error::internal)?;
         local.put_record(&collection(), &key(day_ms, grant_id)?, value, Precondition::None).await?;
         Ok(())
+    }
+
+    /// Removes the days before `cutoff_ms` (keys sort by day, so they come first).
+    async fn prune(&self, local: &Local, cutoff_ms: u64) -> Result<()> {
+        let cutoff = format!("{cutoff_ms:013}.");
+        loop {
+            let page = local.list_records(&collection(), "", 256, 1 << 20, None).await?;
+            let old: Vec<_> = page.records.iter().filter(|r| r.key.as_str() < cutoff.as_str()).collect();
+            for record in &old {
+                local.delete_record(&collection(), &record.key, Precondition::None).await?;
+            }
+            if old.len() < page.records.len() || page.cursor.is_none() || old.is_empty() {
+                return Ok(());
+            }
+        }
     }
 
     /// Every app's spending on the day `now_ms` falls in.
@@ -89,5 +109,35 @@ impl Ledger {
                 None => return Ok(spends),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn spending_adds_up_per_app_and_day_and_old_days_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, key) = (selfcloud_core::InstanceId::random(), crate::DataKey::generate());
+        let options = selfcloud_store::StoreOptions { quota_bytes: 1 << 30 };
+        let local = Local::create(id, dir.path(), &key, crate::EngineKind::Sqlite, options).unwrap();
+        let ledger = Ledger::default();
+        let day = |n: u64| n * DAY_MS + 1000;
+        ledger.charge(&local, "grt_a", "Notes", day(100), 40).await.unwrap();
+        ledger.charge(&local, "grt_a", "Notes", day(100), 2).await.unwrap();
+        ledger.charge(&local, "grt_b", "Mail", day(100), 5).await.unwrap();
+        let today = ledger.day(&local, day(100)).await.unwrap();
+        let got: Vec<_> = today.iter().map(|s| (s.grant_id.as_str(), s.tokens, s.requests)).collect();
+        assert_eq!(got, [("grt_a", 42, 2), ("grt_b", 5, 1)]);
+        assert_eq!(ledger.allowance(&local, "grt_a", Some(50), day(100)).await.unwrap().unwrap().tokens, 8);
+        assert!(ledger.allowance(&local, "grt_a", Some(42), day(100)).await.is_err());
+        // A new day starts from nothing; once it is past KEPT_DAYS, the old day is gone.
+        assert_eq!(ledger.allowance(&local, "grt_a", Some(50), day(101)).await.unwrap().unwrap().tokens, 50);
+        ledger.charge(&local, "grt_a", "Notes", day(100 + KEPT_DAYS), 1).await.unwrap();
+        assert_eq!(ledger.day(&local, day(100 + KEPT_DAYS)).await.unwrap().len(), 1);
+        ledger.charge(&local, "grt_a", "Notes", day(101 + KEPT_DAYS), 1).await.unwrap();
+        assert!(ledger.day(&local, day(100)).await.unwrap().is_empty(), "day 100 outlived its keep");
+        assert_eq!(ledger.day(&local, day(100 + KEPT_DAYS)).await.unwrap().len(), 1);
     }
 }
