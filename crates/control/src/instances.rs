@@ -183,9 +183,13 @@ impl Control {
         let tier = self.tier_of(id);
         let settings = Settings::new(id, limits, limits.tier(tier).quota_bytes);
         let llm = self.config.llm.clone().map(|mut llm| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let threads = llm_threads(limits.resources.of(tier).cpu_millis, cores);
             if llm.engine.threads == 0 {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                llm.engine.threads = llm_threads(limits.resources.of(tier).cpu_millis, cores);
+                llm.engine.threads = threads;
+            }
+            if let Some(e) = llm.embedding.as_mut().filter(|e| e.threads == 0) {
+                e.threads = threads;
             }
             llm
         });

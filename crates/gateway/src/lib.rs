@@ -22,7 +22,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use clock::Clock;
 use oauth::handlers as oauth_http;
-use routes::{accounts, admin, apps, llm, portability, storage};
+use routes::{accounts, admin, apps, assistant, llm, portability, storage};
 use selfcloud_control::Control;
 use state::AppState;
 use std::net::SocketAddr;
@@ -83,8 +83,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/import", post(portability::import))
         .route("/v1/llm/models", get(llm::models))
         .route("/v1/llm/chat/completions", post(llm::chat))
+        .route("/v1/llm/embeddings", post(llm::embeddings))
         .route("/v1/llm/usage", get(llm::usage))
-        .route("/v1/assistant/chat", post(llm::assistant))
+        .route("/v1/assistant/chat", post(assistant::chat))
+        .route("/v1/assistant/memories", get(assistant::memories).post(assistant::memories))
+        .route("/v1/assistant/memories/{id}", axum::routing::delete(assistant::memory))
+        .route("/v1/assistant/conversations", get(assistant::conversations))
+        .route("/v1/assistant/conversations/{id}", get(assistant::conversation).delete(assistant::conversation))
+        .route("/v1/assistant/settings", get(assistant::settings).put(assistant::settings))
         .route_layer(from_fn_with_state(state.clone(), auth::audited));
 
     // Routes that need a token but are not instance data (the owner's and developer's APIs).

@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' annotations and served at `/openapi.json`.
 
-use crate::routes::{accounts, admin, apps, llm, portability, storage};
+use crate::routes::{accounts, admin, apps, assistant, llm, portability, storage};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -13,7 +13,9 @@ use utoipa::{Modify, OpenApi};
         portability::export, portability::import,
         apps::register, apps::list, apps::delete, apps::list_grants, apps::change_grant, apps::revoke_grant,
         storage::put, storage::get, storage::delete, storage::list,
-        llm::models, llm::chat, llm::usage, llm::assistant,
+        llm::models, llm::chat, llm::embeddings, llm::usage,
+        assistant::chat, assistant::memories, assistant::memory, assistant::conversations, assistant::conversation,
+        assistant::settings,
         admin::list_instances, admin::set_tier,
     ),
     modifiers(&BearerAuth)

@@ -191,18 +191,21 @@ async fn without_the_scope_an_app_is_refused_and_without_a_model_the_instance_sa
 const PYTHON_ENV: &str = "SELFCLOUD_TEST_PYTHON";
 
 #[tokio::test]
-async fn the_official_openai_client_chats_streamed_and_not() {
+async fn the_official_openai_client_chats_streamed_and_not_and_embeds() {
     let Some(python) = std::env::var_os(PYTHON_ENV) else {
         assert!(std::env::var_os(common::REQUIRE_MODEL_ENV).is_none(), "{PYTHON_ENV} is not set");
         eprintln!("skipped: {PYTHON_ENV} unset");
         return;
     };
-    let Some((s, _, token)) = ada_and_a_chat_app().await else { return };
+    let Some(s) = server_with_model().await else { return };
+    let ada = s.user("ada").await;
+    let (_, app) = s.app_token(&ada, &["llm:chat", "llm:embed"]).await;
+    let embeddings = if common::test_embed_model().is_some() { "embeddings" } else { "no-embeddings" };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
     let base = s.base.clone();
     // Off the runtime's thread: the server under test runs on it.
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python).arg(script).arg(base).arg(token).output()
+        std::process::Command::new(python).arg(script).arg(base).arg(app.access_token).arg(embeddings).output()
     })
     .await
     .unwrap()
@@ -264,20 +267,6 @@ async fn the_owners_assistant_answers_from_their_own_records_and_cites_them() {
     assert_eq!(st, StatusCode::BAD_REQUEST, "{err}");
 }
 
-/// What the owner's usage page says `grant` spent today, once the ledger holds at least `least`.
-async fn spent_today(s: &Server, owner: &str, grant: &str, least: u64) -> u64 {
-    for _ in 0..100 {
-        let (st, _, usage) = s.call(Method::GET, "/v1/llm/usage", Some(owner), None).await;
-        assert_eq!(st, StatusCode::OK, "{usage}");
-        let tokens = usage["apps"].as_array().unwrap().iter().find(|a| a["grant_id"] == grant).map(|a| &a["tokens"]);
-        if let Some(tokens) = tokens.and_then(Value::as_u64).filter(|t| *t >= least) {
-            return tokens;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the ledger never showed {least} tokens for {grant}");
-}
-
 #[tokio::test]
 async fn an_apps_token_budget_is_enforced_and_its_owner_sees_what_it_spent() {
     let Some(model) = test_model() else { return };
@@ -313,7 +302,7 @@ async fn an_apps_token_budget_is_enforced_and_its_owner_sees_what_it_spent() {
     assert_eq!(st, StatusCode::OK, "{answer}");
     let (total, prompt) =
         (answer["usage"]["total_tokens"].as_u64().unwrap(), answer["usage"]["prompt_tokens"].as_u64().unwrap());
-    assert_eq!(spent_today(&s, &ada, &grant_id, total).await, total);
+    assert_eq!(s.spent_today(&ada, &grant_id, total).await, total);
 
     // The budget lowered to what was spent: the next call is 429 budget_exceeded until midnight UTC.
     assert_eq!(set_budget(json!(total)).await, StatusCode::NO_CONTENT);
@@ -333,7 +322,7 @@ async fn an_apps_token_budget_is_enforced_and_its_owner_sees_what_it_spent() {
         (Some(3), Some("length")),
         "{cut}"
     );
-    spent_today(&s, &ada, &grant_id, total + prompt + 3).await;
+    s.spent_today(&ada, &grant_id, total + prompt + 3).await;
     let (st, _, err) =
         s.call(Method::POST, "/v1/llm/chat/completions", Some(&app), Some(capital_question(false))).await;
     assert_eq!((st, Server::error_code(&err)), (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"), "{err}");
@@ -343,7 +332,7 @@ async fn an_apps_token_budget_is_enforced_and_its_owner_sees_what_it_spent() {
     let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
     assert_eq!(grants["grants"][0]["tokens_per_day"].as_u64(), Some(5_000), "{grants}");
     // A stream its client leaves is billed for what it spent.
-    let before = spent_today(&s, &ada, &grant_id, 0).await;
+    let before = s.spent_today(&ada, &grant_id, 0).await;
     let mut long = capital_question(true);
     long["max_tokens"] = json!(200);
     let mut resp = s.http.post(s.url("/v1/llm/chat/completions")).bearer_auth(&app).json(&long).send().await.unwrap();
@@ -355,7 +344,7 @@ async fn an_apps_token_budget_is_enforced_and_its_owner_sees_what_it_spent() {
         seen.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().expect("the stream ended early")));
     }
     drop(resp);
-    assert!(spent_today(&s, &ada, &grant_id, before + prompt).await >= before + prompt);
+    assert!(s.spent_today(&ada, &grant_id, before + prompt).await >= before + prompt);
 
     // Only the owner sees the usage or changes a budget; the owner's own chats have none.
     let (st, _, _) = s.call(Method::GET, "/v1/llm/usage", Some(&app), None).await;

@@ -1,12 +1,13 @@
 """The official OpenAI Python client against a user's instance, with an app's access token.
 
-Usage: openai_client.py BASE_URL ACCESS_TOKEN. Prints "ok" when every check passed.
+Usage: openai_client.py BASE_URL ACCESS_TOKEN embeddings|no-embeddings. Prints "ok" when every
+check passed.
 """
 import sys
 
 import openai
 
-base, token = sys.argv[1], sys.argv[2]
+base, token, embeddings = sys.argv[1], sys.argv[2], sys.argv[3] == "embeddings"
 client = openai.OpenAI(base_url=f"{base}/v1/llm", api_key=token, max_retries=0)
 question = [
     {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
@@ -48,5 +49,17 @@ except openai.BadRequestError as e:
     assert "`n`" in str(e), e
 else:
     raise AssertionError("n=2 was accepted")
+
+if embeddings:
+    texts = ["When does my plane take off?", "My flight leaves at 9am.", "Buy milk and bread."]
+    # Without encoding_format the client asks for base64 and decodes it itself.
+    for answer in (client.embeddings.create(model="all-minilm-l6-v2", input=texts),
+                   client.embeddings.create(model="all-minilm-l6-v2", input=texts, encoding_format="float")):
+        v = [d.embedding for d in answer.data]
+        assert [len(x) for x in v] == [384] * 3, answer
+        dot = lambda a, b: sum(x * y for x, y in zip(a, b))
+        assert abs(dot(v[0], v[0]) - 1) < 1e-3, v[0][:4]
+        assert dot(v[0], v[1]) > dot(v[0], v[2]) + 0.2, (dot(v[0], v[1]), dot(v[0], v[2]))
+        assert answer.usage.prompt_tokens > 10, answer.usage
 
 print("ok")

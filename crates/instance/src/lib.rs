@@ -10,11 +10,13 @@ pub mod archive;
 mod ledger;
 mod llm;
 mod local;
+mod memory;
 pub mod process;
 pub mod protocol;
 pub mod service;
 mod spool;
 pub mod transport;
+mod vectors;
 
 pub use protocol::{Actor, CallContext, Settings};
 pub use selfcloud_store::{DataKey, EngineKind};

@@ -1,8 +1,10 @@
-//! The instance's LLM part: its engine, loaded on the first call that needs it (an instance that
-//! is only ever asked for records never maps the model), then kept while the instance is awake.
+//! The instance's LLM part: its chat engine and its embedding model, each loaded on the first
+//! call that needs it (an instance that is only ever asked for records never maps a model), then
+//! kept while the instance is awake.
 
 use crate::protocol::LlmSettings;
 use selfcloud_core::{Error, Result};
+use selfcloud_llm::embed::Embedder;
 use selfcloud_llm::llama::LlamaEngine;
 use selfcloud_llm::Engine;
 use std::sync::Arc;
@@ -11,11 +13,12 @@ use std::time::Duration;
 pub struct Llm {
     settings: Option<LlmSettings>,
     engine: tokio::sync::OnceCell<Arc<dyn Engine>>,
+    embedder: tokio::sync::OnceCell<Arc<Embedder>>,
 }
 
 impl Llm {
     pub fn new(settings: Option<LlmSettings>) -> Self {
-        Llm { settings, engine: Default::default() }
+        Llm { settings, engine: Default::default(), embedder: Default::default() }
     }
 
     pub fn limits(&self) -> selfcloud_llm::openai::RequestLimits {
@@ -48,5 +51,41 @@ impl Llm {
             })
             .await?;
         Ok(engine.clone())
+    }
+
+    /// The embedding model, loading it on first use; 503 when the server has none.
+    pub async fn embedder(&self) -> Result<Arc<Embedder>> {
+        let Some(options) = self.settings.as_ref().and_then(|s| s.embedding.clone()) else {
+            return Err(Error::unavailable(
+                "no embedding model is installed on this server (the operator runs `selfcloud model pull all-minilm-l6-v2`)",
+                Duration::from_secs(60),
+            ));
+        };
+        let embedder = self
+            .embedder
+            .get_or_try_init(|| async {
+                let started = std::time::Instant::now();
+                let embedder = tokio::task::spawn_blocking(move || Embedder::load(&options))
+                    .await
+                    .map_err(Error::internal)?
+                    .map_err(|e| {
+                        tracing::error!(error = %e.message, "the embedding model did not load");
+                        Error::unavailable("the embedding model could not be loaded", Duration::from_secs(60))
+                    })?;
+                tracing::info!(model = %embedder.model().id, ms = started.elapsed().as_millis() as u64, "embedding model loaded");
+                Ok::<_, Error>(Arc::new(embedder))
+            })
+            .await?;
+        Ok(embedder.clone())
+    }
+
+    /// True when the server gave this instance an embedding model.
+    pub fn has_embedder(&self) -> bool {
+        self.settings.as_ref().is_some_and(|s| s.embedding.is_some())
+    }
+
+    /// Texts one embeddings request may carry.
+    pub fn max_embedding_inputs(&self) -> usize {
+        self.limits().max_embedding_inputs
     }
 }

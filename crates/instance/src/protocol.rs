@@ -152,6 +152,9 @@ pub struct Settings {
 pub struct LlmSettings {
     pub engine: selfcloud_llm::llama::LlamaOptions,
     pub limits: selfcloud_llm::openai::RequestLimits,
+    /// The embedding model; `None` answers `/v1/llm/embeddings` with 503.
+    #[serde(default)]
+    pub embedding: Option<selfcloud_llm::embed::EmbedOptions>,
 }
 
 impl Settings {

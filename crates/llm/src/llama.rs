@@ -93,7 +93,7 @@ const BATCH: usize = 512;
 const PENALTY_WINDOW: i32 = 64;
 
 /// llama.cpp's process-wide state: initialised once, never torn down.
-fn backend() -> Result<&'static LlamaBackend, Error> {
+pub(crate) fn backend() -> Result<&'static LlamaBackend, Error> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
@@ -110,7 +110,7 @@ fn backend() -> Result<&'static LlamaBackend, Error> {
 }
 
 /// Contexts are made one at a time: llama.cpp may adjust the model while it makes one.
-static CONTEXT_MADE: Mutex<()> = Mutex::new(());
+pub(crate) static CONTEXT_MADE: Mutex<()> = Mutex::new(());
 
 struct Job {
     generation: Generation,
@@ -209,7 +209,7 @@ impl LlamaEngine {
     }
 }
 
-fn load_model(backend: &LlamaBackend, path: &Path) -> Result<LlamaModel, Error> {
+pub(crate) fn load_model(backend: &LlamaBackend, path: &Path) -> Result<LlamaModel, Error> {
     if !path.is_file() {
         return Err(Error::not_found(format!("no model file at {}", path.display())));
     }

@@ -130,14 +130,31 @@ pub struct Generation {
 
 /// Limits a request is checked against: settings of the instance, with safe defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RequestLimits {
     pub max_tokens: u32,
     pub default_max_tokens: u32,
+    /// Texts one embeddings request may carry.
+    pub max_embedding_inputs: usize,
+    /// Records the owner's assistant reads for one question (a bigger store is read in part).
+    pub assistant_max_records: usize,
+    /// Memories the assistant keeps; past it a new one is refused.
+    pub assistant_max_memories: usize,
+    /// New or changed records one pass of the assistant's index embeds (a question waits for
+    /// them; the rest are found by their words until a later pass).
+    pub assistant_embeds_per_pass: usize,
 }
 
 impl Default for RequestLimits {
     fn default() -> Self {
-        RequestLimits { max_tokens: 4096, default_max_tokens: 512 }
+        RequestLimits {
+            max_tokens: 4096,
+            default_max_tokens: 512,
+            max_embedding_inputs: 64,
+            assistant_max_records: 10_000,
+            assistant_max_memories: 1000,
+            assistant_embeds_per_pass: 512,
+        }
     }
 }
 

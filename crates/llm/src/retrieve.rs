@@ -1,8 +1,11 @@
 //! The assistant's retrieval: which of the owner's records a question is about, and the prompt
 //! that hands them to the model with their names, so the answer can cite them.
 //!
-//! Ranking is BM25 over the words of each record's text values, computed over the records the
-//! assistant may read; it needs no model and gives the same sources for the same question.
+//! Ranking is hybrid: BM25 over the words of each record's text values (it needs no model and
+//! finds the records that share the question's rare words) and, when the instance has an
+//! embedding model, the cosine similarity of the record's vector to the question's (it finds the
+//! records that say the same in other words); the two lists are fused by reciprocal rank. Both
+//! give the same sources for the same question and records.
 
 use crate::openai::Message;
 use std::collections::HashMap;
@@ -102,6 +105,58 @@ pub fn rank(query: &str, passages: &[Passage], k: usize) -> Vec<(usize, f64)> {
     scored
 }
 
+/// The least cosine similarity for a record to count as being about the question (all-MiniLM's
+/// unrelated sentences score about 0 to 0.2, paraphrases 0.45 and more).
+pub const MIN_SIMILARITY: f32 = 0.3;
+
+/// The indexes of the passages whose vectors are nearest `query` (unit vectors: the dot product
+/// is the cosine), best first, at most `k`, only those at least [`MIN_SIMILARITY`] alike.
+/// A passage without a vector (not indexed yet) is left to BM25.
+pub fn nearest(query: &[f32], vectors: &[Option<&[f32]>], k: usize) -> Vec<(usize, f32)> {
+    let mut scored: Vec<(usize, f32)> = vectors
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.map(|v| (i, v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>())))
+        .filter(|(_, s)| *s >= MIN_SIMILARITY)
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored.truncate(k);
+    scored
+}
+
+/// Reciprocal rank fusion of ranked lists: each passage scores the sum of 1 / (60 + its rank)
+/// over the lists it is in, so one that both find comes first and neither list's scale matters.
+pub fn fuse(lists: &[Vec<usize>], k: usize) -> Vec<(usize, f64)> {
+    const K: f64 = 60.0;
+    let mut scores: HashMap<usize, f64> = HashMap::new();
+    for list in lists {
+        for (rank, &i) in list.iter().enumerate() {
+            *scores.entry(i).or_insert(0.0) += 1.0 / (K + rank as f64 + 1.0);
+        }
+    }
+    let mut fused: Vec<(usize, f64)> = scores.into_iter().collect();
+    fused.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    fused.truncate(k);
+    fused
+}
+
+/// The best `k` passages for a question, by its words and, given its vector and the passages'
+/// (`None` for one not embedded), by its meaning: the two rankings fused.
+pub fn hybrid(
+    question: &str,
+    question_vector: Option<&[f32]>,
+    passages: &[Passage],
+    vectors: &[Option<Vec<f32>>],
+    k: usize,
+) -> Vec<(usize, f64)> {
+    let by_words = rank(question, passages, k).into_iter().map(|r| r.0).collect();
+    let by_meaning = question_vector.map_or_else(Vec::new, |q| {
+        let vectors: Vec<Option<&[f32]>> = vectors.iter().map(Option::as_deref).collect();
+        nearest(q, &vectors, k).into_iter().map(|r| r.0).collect()
+    });
+    fuse(&[by_words, by_meaning], k)
+}
+
 /// The longest start of `text` of at most `max_bytes` that ends on a character boundary.
 pub fn prefix(text: &str, max_bytes: usize) -> &str {
     let mut end = max_bytes.min(text.len());
@@ -160,6 +215,39 @@ mod tests {
         assert!(ranked.iter().all(|(i, _)| *i != 0), "nothing shared with the groceries: {ranked:?}");
         assert!(rank("What is the weather on Mars?", &passages, 3).is_empty());
         assert_eq!(rank("flight", &passages, 0), vec![]);
+    }
+
+    #[test]
+    fn nearest_keeps_the_alike_and_skips_the_unindexed() {
+        let (q, near, far, opposite) = ([1.0, 0.0], [0.8, 0.6], [0.1, 0.995], [-1.0, 0.0]);
+        let vectors = [Some(&far[..]), None, Some(&near[..]), Some(&opposite[..]), Some(&q[..])];
+        assert_eq!(nearest(&q, &vectors, 5), vec![(4, 1.0), (2, 0.8)]);
+        assert_eq!(nearest(&q, &vectors, 1), vec![(4, 1.0)]);
+    }
+
+    #[test]
+    fn what_both_rankings_find_comes_first() {
+        // 7 is second in both lists, 1 and 5 each first in one: 7 wins, then the tie by index.
+        assert_eq!(fuse(&[vec![1, 7], vec![5, 7]], 3).iter().map(|f| f.0).collect::<Vec<_>>(), [7, 1, 5]);
+        assert_eq!(fuse(&[vec![2, 3], vec![]], 1).iter().map(|f| f.0).collect::<Vec<_>>(), [2]);
+        assert!(fuse(&[vec![], vec![]], 3).is_empty());
+    }
+
+    #[test]
+    fn hybrid_ranking_finds_by_words_by_meaning_and_best_by_both() {
+        let passages = vec![
+            passage("notes", "groceries", json!({"text": "Buy milk"})),
+            passage("notes", "trip", json!({"text": "My flight to Lisbon"})),
+            passage("notes", "plane", json!({"text": "Boarding at gate 9"})),
+        ];
+        // The question's vector is nearest the boarding note, then the trip; far from the milk.
+        let vectors = vec![Some(vec![0.0, 1.0]), Some(vec![0.6, 0.8]), Some(vec![1.0, 0.0])];
+        let found = |q: Option<&[f32]>| -> Vec<usize> {
+            hybrid("when is my flight", q, &passages, &vectors, 3).into_iter().map(|r| r.0).collect()
+        };
+        assert_eq!(found(None), [1], "by words alone");
+        assert_eq!(found(Some(&[0.995, 0.0999])), [1, 2], "the trip, found both ways, before the boarding");
+        assert_eq!(hybrid("when does it leave", Some(&[1.0, 0.0]), &passages, &vectors, 3)[0].0, 2, "by meaning alone");
     }
 
     #[test]

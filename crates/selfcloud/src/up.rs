@@ -26,12 +26,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.runtime = args.settings.runtime()?;
     if let (selfcloud_control::RuntimeConfig::Process(process), Some(llm)) = (&mut config.runtime, &config.llm) {
         // The sandbox shows each instance the model's directory, read-only, and nothing else outside its own.
-        if let Some(dir) = llm.engine.path.parent() {
-            process.read_only.push(dir.to_owned());
+        let embedding = llm.embedding.iter().map(|e| &e.path);
+        for dir in std::iter::once(&llm.engine.path).chain(embedding).filter_map(|p| p.parent()) {
+            if !process.read_only.iter().any(|d| d == dir) {
+                process.read_only.push(dir.to_owned());
+            }
         }
     }
     if let Some(llm) = &config.llm {
         tracing::info!(model = %llm.engine.name, path = %llm.engine.path.display(), "the assistant's model");
+        if let Some(e) = &llm.embedding {
+            tracing::info!(model = %e.name, path = %e.path.display(), "the embedding model");
+        }
     }
     let control = selfcloud_control::Control::open(config, clock.now())
         .map_err(|e| anyhow::anyhow!("{}: {}", e.message, e.detail.unwrap_or_default()))

@@ -42,6 +42,7 @@ fn start(home: &Path) -> Up {
         .args(["--free-memory-mib", "96", "--free-pids", "48", "--hibernate-after", "600", "--rate-per-ip", "1000"])
         .env("SELFCLOUD_HOME", home)
         .env("SELFCLOUD_MODEL", test_model().map_or_else(|| "none".into(), |m| m.display().to_string()))
+        .env("SELFCLOUD_EMBEDDING_MODEL", std::env::var("SELFCLOUD_TEST_EMBED_MODEL").unwrap_or_else(|_| "none".into()))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()

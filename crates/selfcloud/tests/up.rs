@@ -22,6 +22,7 @@ fn start_with(home: &std::path::Path, extra: &[&str]) -> Up {
         .env("SELFCLOUD_HOME", home)
         // The test model when this run has one, never a download.
         .env("SELFCLOUD_MODEL", std::env::var("SELFCLOUD_TEST_MODEL").unwrap_or_else(|_| "none".into()))
+        .env("SELFCLOUD_EMBEDDING_MODEL", std::env::var("SELFCLOUD_TEST_EMBED_MODEL").unwrap_or_else(|_| "none".into()))
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -176,7 +177,13 @@ fn help_names_every_limit() {
         "--llm-threads",
         "--llm-max-tokens",
         "--llm-default-max-tokens",
+        "--embedding-model",
+        "--llm-max-embedding-inputs",
+        "--assistant-max-records",
+        "--assistant-max-memories",
+        "--assistant-embeds-per-pass",
         "SELFCLOUD_MODEL",
+        "SELFCLOUD_EMBEDDING_MODEL",
         "SELFCLOUD_HOME",
         "SELFCLOUD_ADDR",
     ] {

@@ -31,6 +31,18 @@ pub async fn chat(State(s): State<Arc<AppState>>, caller: Caller, req: Request) 
     forward_with(&s, &caller, need, req, CALL_TIMEOUT, token_budget(&s, &caller).await?).await
 }
 
+/// OpenAI embeddings of one text or a list: unit-length vectors (floats, or base64 with
+/// `encoding_format: "base64"`), paid from the app's token budget like a chat.
+#[utoipa::path(post, path = "/v1/llm/embeddings", tag = "llm", security(("bearer" = ["llm:embed"])),
+    request_body(content = Object, content_type = "application/json"),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn embeddings(State(s): State<Arc<AppState>>, caller: Caller, req: Request) -> ApiResult<Response> {
+    let need = Need::Scope(Scope::LlmEmbed);
+    caller.check(&need)?;
+    forward_with(&s, &caller, need, req, CALL_TIMEOUT, token_budget(&s, &caller).await?).await
+}
+
 /// An app's daily token budget (its grant's under the tier's ceiling); the owner has none.
 async fn token_budget(s: &AppState, caller: &Caller) -> ApiResult<Option<u64>> {
     match &caller.token.grant {
@@ -43,18 +55,6 @@ async fn token_budget(s: &AppState, caller: &Caller) -> ApiResult<Option<u64>> {
 #[utoipa::path(get, path = "/v1/llm/usage", tag = "llm", security(("bearer" = [])),
     responses((status = 200, body = Object), (status = 403, body = ErrorBody)))]
 pub async fn usage(State(s): State<Arc<AppState>>, caller: Caller, req: Request) -> ApiResult<Response> {
-    caller.check(&Need::Owner)?;
-    forward(&s, &caller, Need::Owner, req).await
-}
-
-/// The owner's assistant: an answer from the owner's own records, with the records it was given
-/// (collection and key) as citations. Body: `{"message": "...", "collections": ["notes"]}`
-/// (collections optional: all by default). Owner only.
-#[utoipa::path(post, path = "/v1/assistant/chat", tag = "llm", security(("bearer" = [])),
-    request_body(content = Object, content_type = "application/json"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn assistant(State(s): State<Arc<AppState>>, caller: Caller, req: Request) -> ApiResult<Response> {
     caller.check(&Need::Owner)?;
     forward(&s, &caller, Need::Owner, req).await
 }

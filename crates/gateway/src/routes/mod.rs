@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod apps;
+pub mod assistant;
 pub mod forward;
 pub mod llm;
 pub mod portability;

@@ -189,6 +189,21 @@ impl Server {
         (client_id, tokens)
     }
 
+    /// What the owner's usage page says `grant` spent today, once the ledger holds at least `least`.
+    pub async fn spent_today(&self, owner: &str, grant: &str, least: u64) -> u64 {
+        for _ in 0..100 {
+            let (st, _, usage) = self.call(Method::GET, "/v1/llm/usage", Some(owner), None).await;
+            assert_eq!(st, StatusCode::OK, "{usage}");
+            let apps = usage["apps"].as_array().unwrap();
+            let tokens = apps.iter().find(|a| a["grant_id"] == grant).and_then(|a| a["tokens"].as_u64());
+            if let Some(tokens) = tokens.filter(|t| *t >= least) {
+                return tokens;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the ledger never showed {least} tokens for {grant}");
+    }
+
     pub fn error_code(body: &Value) -> &str {
         body["error"]["code"].as_str().unwrap_or_else(|| panic!("not a contract error: {body}"))
     }
@@ -237,7 +252,25 @@ pub fn test_model() -> Option<std::path::PathBuf> {
     }
 }
 
-/// Gives every instance the model, and shows its directory to sandboxed instances (read-only).
+/// The embedding model (`./selfcloud test` pulls all-MiniLM-L6-v2 and sets it).
+pub const EMBED_MODEL_ENV: &str = "SELFCLOUD_TEST_EMBED_MODEL";
+
+/// The test embedding model's path, or `None` (with a note) when this run has none.
+pub fn test_embed_model() -> Option<std::path::PathBuf> {
+    match std::env::var_os(EMBED_MODEL_ENV) {
+        Some(path) => Some(path.into()),
+        None if std::env::var_os(REQUIRE_MODEL_ENV).is_some() => {
+            panic!("{REQUIRE_MODEL_ENV} is set but {EMBED_MODEL_ENV} is not")
+        }
+        None => {
+            eprintln!("skipped: no embedding model ({EMBED_MODEL_ENV} unset)");
+            None
+        }
+    }
+}
+
+/// Gives every instance the model (and the embedding model, when this run has one), and shows
+/// their directories to sandboxed instances (read-only).
 pub fn with_model(config: &mut ControlConfig, model: &std::path::Path, slots: usize, queue: usize) {
     let engine = selfcloud_llm::llama::LlamaOptions {
         path: model.to_owned(),
@@ -247,8 +280,18 @@ pub fn with_model(config: &mut ControlConfig, model: &std::path::Path, slots: us
         queue,
         threads: 0,
     };
-    config.llm = Some(selfcloud_instance::protocol::LlmSettings { engine, limits: Default::default() });
+    let embedding = std::env::var_os(EMBED_MODEL_ENV).map(|path| selfcloud_llm::embed::EmbedOptions {
+        path: path.into(),
+        name: "all-minilm-l6-v2".into(),
+        input_tokens: 256,
+        queue,
+        threads: 0,
+    });
     if let selfcloud_control::RuntimeConfig::Process(process) = &mut config.runtime {
         process.read_only.push(model.parent().unwrap().to_owned());
+        if let Some(e) = &embedding {
+            process.read_only.push(e.path.parent().unwrap().to_owned());
+        }
     }
+    config.llm = Some(selfcloud_instance::protocol::LlmSettings { engine, limits: Default::default(), embedding });
 }

@@ -2,9 +2,13 @@
 //! records and names the ones it was given (collection and key). Owner only: an app reaches the
 //! model through `/v1/llm`, never through the owner's records. Everything happens inside this
 //! instance: its store, its engine; no other instance's records exist here to be retrieved.
+//!
+//! Sources are found by their words (BM25) and, with an embedding model, by their meaning
+//! (the vector index, `crate::vectors`, brought up to date before each question and after writes).
 
-use super::{Ctx, S};
+use super::{Ctx, Shared, S};
 use crate::api::{ApiBytes, ApiResult};
+use crate::memory::{self, Conversation};
 use crate::protocol::Need;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,8 +19,6 @@ use selfcloud_llm::retrieve::{self, Passage};
 use serde::Deserialize;
 use serde_json::json;
 
-/// Records the assistant reads for one question, at most (a bigger store is read in part).
-const MAX_RECORDS_READ: usize = 10_000;
 /// Text of one record the assistant ranks, at most (the start of a longer one), and of all the
 /// records it reads for one question: it holds them in the instance's memory at once.
 const MAX_RECORD_TEXT_BYTES: usize = 16 * 1024;
@@ -25,6 +27,8 @@ const MAX_TEXT_BYTES: usize = 32 << 20;
 const MAX_QUESTION_BYTES: usize = 4096;
 /// Records handed to the model with the question.
 const SOURCES: usize = 3;
+/// How long after a write the index is brought up to date (writes in a burst share one pass).
+const INDEX_AFTER_WRITE: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +37,9 @@ struct AssistantRequest {
     /// The collections the assistant may read for this question (default: all).
     collections: Option<Vec<String>>,
     max_tokens: Option<u32>,
+    /// A conversation to go on with (its last turns are read with the question); a new one
+    /// starts without.
+    conversation: Option<String>,
 }
 
 pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
@@ -44,24 +51,50 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
     }
     // Without a model there is nothing to answer with: say so before reading the store.
     let engine = s.llm.engine().await?;
-    let passages = read_passages(&s, request.collections.as_deref()).await?;
+    let now_ms = ctx.0.now_ms;
+    let mut conversation = match &request.conversation {
+        Some(id) => memory::conversation(&s.local, id).await?,
+        None => Conversation::new(memory::new_id(now_ms), &request.message, now_ms),
+    };
+    let settings = memory::settings(&s.local).await?;
+    let (passages, complete) = read_passages(&s).await?;
+    // Each record's vector (remade where stale) and the question's, with an embedding model.
+    let (vectors, question) = match embedder(&s).await {
+        Some(embedder) => {
+            let budget = s.llm.limits().assistant_embeds_per_pass;
+            let vectors = s.vectors.refresh(&s.local, &embedder, &passages, complete, budget).await?;
+            let question = embedder.embed(vec![request.message.clone()])?.await.map_err(Error::internal)??;
+            (vectors, question.vectors.into_iter().next())
+        }
+        None => (vec![None; passages.len()], None),
+    };
+    // Only what the owner lets it read for this question is ranked.
+    let (passages, vectors): (Vec<Passage>, Vec<Option<Vec<f32>>>) = passages
+        .into_iter()
+        .zip(vectors)
+        .filter(|(p, _)| settings.may_read(request.collections.as_deref(), &p.collection))
+        .unzip();
     // Ranking thousands of records is CPU work: off the instance's async threads.
     let (ranked, passages, message) = tokio::task::spawn_blocking(move || {
-        (retrieve::rank(&request.message, &passages, SOURCES), passages, request.message)
+        let ranked = retrieve::hybrid(&request.message, question.as_deref(), &passages, &vectors, SOURCES);
+        (ranked, passages, request.message)
     })
     .await
     .map_err(Error::internal)?;
     let sources: Vec<&Passage> = ranked.iter().map(|(i, _)| &passages[*i]).collect();
-    // The question goes through the same checks as any chat request.
-    let chat = ChatRequest {
-        messages: retrieve::prompt(&message, &sources),
-        temperature: Some(0.0),
-        max_tokens: request.max_tokens,
-        ..ChatRequest::default()
-    };
+    // The question goes through the same checks as any chat request; the conversation's last
+    // turns come between the notes and the question.
+    let mut messages = retrieve::prompt(&message, &sources);
+    let question = messages.pop().expect("the prompt ends with the question");
+    messages.extend(conversation.recent());
+    messages.push(question);
+    let chat =
+        ChatRequest { messages, temperature: Some(0.0), max_tokens: request.max_tokens, ..ChatRequest::default() };
     let generation = chat.validate(s.llm.limits())?;
     let events = super::llm::start(&s, &engine, &ctx, generation).await?;
     let (answer, finish, usage, timings) = collect(events).await?;
+    conversation.add(&message, &answer, now_ms);
+    memory::save_conversation(&s.local, &conversation).await?;
     let citations: Vec<_> = ranked
         .iter()
         .map(|(i, score)| json!({"collection": passages[*i].collection, "key": passages[*i].key, "score": score}))
@@ -69,6 +102,7 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
     Ok(Json(json!({
         "answer": answer,
         "citations": citations,
+        "conversation": conversation.id,
         "finish_reason": finish,
         "model": engine.model().id,
         "usage": usage,
@@ -77,24 +111,63 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
     .into_response())
 }
 
-/// The owner's records as passages, from the collections allowed, page by page.
-async fn read_passages(s: &S, collections: Option<&[String]>) -> Result<Vec<Passage>, Error> {
+/// The embedding model, when the server has one that loads (without, sources are found by their
+/// words alone).
+async fn embedder(s: &Shared) -> Option<std::sync::Arc<selfcloud_llm::embed::Embedder>> {
+    match s.llm.embedder().await {
+        Ok(embedder) => Some(embedder),
+        Err(e) if s.llm.has_embedder() => {
+            tracing::warn!(error = %e.message, "the assistant searches by words alone");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// After a write: once the owner has asked the assistant, the index is brought up to date
+/// shortly after. The pass holds the instance only while it runs (a hibernated instance is not
+/// kept open by a pass that waits).
+pub(crate) fn after_write(s: &std::sync::Arc<Shared>) {
+    if !s.vectors.should_schedule() {
+        return;
+    }
+    let weak = std::sync::Arc::downgrade(s);
+    tokio::spawn(async move {
+        tokio::time::sleep(INDEX_AFTER_WRITE).await;
+        let Some(s) = weak.upgrade() else { return };
+        s.vectors.starting_scheduled();
+        let Some(embedder) = embedder(&s).await else { return };
+        let pass = async {
+            let (passages, complete) = read_passages(&s).await?;
+            s.vectors.refresh(&s.local, &embedder, &passages, complete, s.llm.limits().assistant_embeds_per_pass).await
+        };
+        if let Err(e) = pass.await {
+            tracing::warn!(error = %e.message, "the assistant's index was not brought up to date");
+        }
+    });
+}
+
+/// The owner's records as passages, page by page, and whether they are all of them (a store
+/// past the reading bounds is read in part).
+async fn read_passages(s: &Shared) -> Result<(Vec<Passage>, bool), Error> {
     let (mut passages, mut cursor) = (Vec::new(), None::<String>);
     let (mut read, mut bytes) = (0, 0);
     loop {
         let page = s.local.export_records(cursor.as_deref(), 256, 1 << 20).await?;
         for record in page.records {
-            // The instance's own collections (the token ledger) are not the owner's notes.
-            if record.collection.is_internal() {
+            // The instance's own collections (the token ledger, the index) are not the owner's
+            // notes; the memories the owner gave it are.
+            let is_memory = record.collection == memory::memories();
+            if record.collection.is_internal() && !is_memory {
                 continue;
             }
             let collection = record.collection.as_str().to_owned();
-            if collections.is_some_and(|allowed| !allowed.contains(&collection)) {
-                continue;
-            }
             read += 1;
             let Ok(value) = serde_json::from_slice::<serde_json::Value>(&record.value) else { continue };
-            let mut text = retrieve::record_text(&value);
+            let mut text = match is_memory {
+                true => value["text"].as_str().unwrap_or_default().to_owned(),
+                false => retrieve::record_text(&value),
+            };
             text.truncate(retrieve::prefix(&text, MAX_RECORD_TEXT_BYTES).len());
             bytes += text.len();
             if !text.is_empty() {
@@ -102,8 +175,9 @@ async fn read_passages(s: &S, collections: Option<&[String]>) -> Result<Vec<Pass
             }
         }
         match page.cursor {
-            Some(next) if read < MAX_RECORDS_READ && bytes < MAX_TEXT_BYTES => cursor = Some(next),
-            _ => return Ok(passages),
+            Some(next) if read < s.llm.limits().assistant_max_records && bytes < MAX_TEXT_BYTES => cursor = Some(next),
+            Some(_) => return Ok((passages, false)),
+            None => return Ok((passages, true)),
         }
     }
 }

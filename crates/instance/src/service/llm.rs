@@ -1,5 +1,6 @@
 //! The private LLM, OpenAI-shaped: `GET /v1/llm/models`, `POST /v1/llm/chat/completions` (one
-//! JSON answer, or `stream: true` as SSE `chat.completion.chunk` frames ending in `[DONE]`).
+//! JSON answer, or `stream: true` as SSE `chat.completion.chunk` frames ending in `[DONE]`) and
+//! `POST /v1/llm/embeddings`.
 //! Handlers only move HTTP in and out: the request rules are `selfcloud_llm::openai`'s, the
 //! generation the engine's.
 
@@ -13,6 +14,7 @@ use axum::Json;
 use futures_util::StreamExt;
 use selfcloud_core::{Error, Scope};
 use selfcloud_llm::budget::{self, Meter};
+use selfcloud_llm::embeddings::{self, EmbeddingsRequest};
 use selfcloud_llm::engine::collect;
 use selfcloud_llm::openai::{self, ChatRequest, Generation, Header};
 use selfcloud_llm::{sse, Engine, Event, Events};
@@ -51,6 +53,31 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
         return Ok(Json(answer).into_response());
     }
     Ok(sse_response(header, events, include_usage))
+}
+
+/// Vectors of the texts, by the embedding model. An app pays the tokens the model read from its
+/// budget: a spent budget is a 429 before anything is computed, and one request may run past
+/// what is left by at most its own size (texts are tokenized by the worker, after the check).
+pub(crate) async fn embeddings(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
+    ctx.require(&Need::Scope(Scope::LlmEmbed))?;
+    let request: EmbeddingsRequest =
+        serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("the request body: {e}")))?;
+    let embedder = s.llm.embedder().await?;
+    let embedding = request.validate(s.llm.max_embedding_inputs(), embedder.dimensions())?;
+    let now_ms = ctx.0.now_ms;
+    if let Actor::App { grant_id, .. } = &ctx.0.actor {
+        s.ledger.allowance(&s.local, grant_id, ctx.0.token_budget, now_ms).await?;
+    }
+    let embedded = embedder.embed(embedding.texts)?.await.map_err(Error::internal)??;
+    if let Actor::App { grant_id, name, .. } = &ctx.0.actor {
+        // As for a chat: the answer is computed, so a ledger that cannot be written (a full
+        // quota) is the operator's warning, not the app's error.
+        if let Err(e) = s.ledger.charge(&s.local, grant_id, name, now_ms, embedded.tokens).await {
+            tracing::warn!(error = %e.message, "an app's LLM use could not be written to its ledger");
+        }
+    }
+    let answer = embeddings::answer(&embedder.model().id, &embedded.vectors, embedded.tokens, embedding.base64);
+    Ok(Json(answer).into_response())
 }
 
 /// `GET /v1/llm/usage`: what each app spent today (owner only), and when the day resets.

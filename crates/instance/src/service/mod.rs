@@ -9,6 +9,7 @@
 
 pub mod assistant;
 pub mod llm;
+pub mod memories;
 pub mod portability;
 #[cfg(feature = "attack-probes")]
 mod probes;
@@ -22,7 +23,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use selfcloud_core::{Error, ErrorCode, Result};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub(crate) struct Shared {
     pub local: Local,
     pub llm: crate::llm::Llm,
     pub ledger: crate::ledger::Ledger,
+    pub vectors: crate::vectors::VectorIndex,
     pub settings: Settings,
 }
 
@@ -42,14 +44,20 @@ type S = State<Arc<Shared>>;
 pub fn router(local: Local, settings: Settings) -> Router {
     let body_limit = settings.max_value_bytes + 64 * 1024;
     let llm = crate::llm::Llm::new(settings.llm.clone());
-    let shared = Arc::new(Shared { local, llm, ledger: Default::default(), settings });
+    let shared = Arc::new(Shared { local, llm, ledger: Default::default(), vectors: Default::default(), settings });
     let api = Router::new()
         .route("/v1/storage/{collection}", get(storage::list))
         .route("/v1/storage/{collection}/{key}", put(storage::put).get(storage::get).delete(storage::delete))
         .route("/v1/llm/models", get(llm::models))
         .route("/v1/llm/chat/completions", post(llm::chat))
+        .route("/v1/llm/embeddings", post(llm::embeddings))
         .route("/v1/llm/usage", get(llm::usage))
         .route("/v1/assistant/chat", post(assistant::chat))
+        .route("/v1/assistant/memories", get(memories::list).post(memories::add))
+        .route("/v1/assistant/memories/{id}", delete(memories::delete))
+        .route("/v1/assistant/conversations", get(memories::conversations))
+        .route("/v1/assistant/conversations/{id}", get(memories::conversation).delete(memories::delete_conversation))
+        .route("/v1/assistant/settings", get(memories::settings).put(memories::set_settings))
         .route("/v1/export", get(portability::export))
         .route("/v1/import", post(portability::import))
         .route("/v1/audit", get(system::read_audit))

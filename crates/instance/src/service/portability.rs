@@ -108,5 +108,6 @@ pub(crate) async fn import(s: S, ctx: Ctx, headers: HeaderMap, body: Body) -> Ap
     let limits = ImportLimits { max_bytes, max_value_bytes: s.settings.max_value_bytes };
     let usage = s.local.import_archive(Box::pin(stream), limits).await?;
     tracing::info!(instance = %s.settings.id, records = usage.records, "archive imported");
+    super::assistant::after_write(&s);
     Ok(Json(Imported { records: usage.records, bytes: usage.bytes, quota_bytes: usage.quota_bytes }))
 }

@@ -88,6 +88,7 @@ pub(crate) async fn put(
     selfcloud_core::json::check_value(text).map_err(|e| Error::invalid(format!("body: {}", e.message)))?;
     let cond = precondition(&headers)?;
     let rev = s.local.put_record(&collection, &key, body.to_vec(), cond).await?;
+    super::assistant::after_write(&s);
     Ok(([(header::ETAG, etag(rev))], Json(PutAnswer { rev: rev.to_string() })).into_response())
 }
 
@@ -114,6 +115,7 @@ pub(crate) async fn delete(
     ctx.require(&Need::record(&Method::DELETE, &collection))?;
     let cond = precondition(&headers)?;
     s.local.delete_record(&collection, &key, cond).await?;
+    super::assistant::after_write(&s);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

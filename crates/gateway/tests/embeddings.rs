@@ -1,0 +1,99 @@
+//! Embeddings through the gateway, on the real model (all-MiniLM-L6-v2 as `model pull` converts
+//! it, run by llama.cpp in the user's instance).
+
+mod common;
+
+use common::{test_embed_model, test_model, with_model, Server};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// A server with both models, or `None` when this run has them not.
+async fn server() -> Option<Server> {
+    let model = test_model()?;
+    test_embed_model()?;
+    Some(Server::start_with(|c| with_model(c, &model, 1, 4)).await)
+}
+
+fn vectors(answer: &Value) -> Vec<Vec<f32>> {
+    let data = answer["data"].as_array().unwrap_or_else(|| panic!("no data: {answer}"));
+    data.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            assert_eq!((d["object"].as_str(), d["index"].as_u64()), (Some("embedding"), Some(i as u64)), "{answer}");
+            d["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+        })
+        .collect()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[tokio::test]
+async fn an_app_with_llm_embed_gets_vectors_and_pays_for_them() {
+    let Some(s) = server().await else { return };
+    let ada = s.user("ada").await;
+    let body = json!({
+        "model": "all-minilm-l6-v2",
+        "input": ["When does my plane take off?", "My flight to Lisbon leaves at 9am.", "Buy milk and bread."],
+    });
+
+    // The scope is needed: an app that may chat may not embed, and a wrong token gets nothing.
+    let (_, chat_only) = s.app_token(&ada, &["llm:chat"]).await;
+    let (st, _, err) =
+        s.call(Method::POST, "/v1/llm/embeddings", Some(&chat_only.access_token), Some(body.clone())).await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::FORBIDDEN, "forbidden"), "{err}");
+    let (st, _, _) = s.call(Method::POST, "/v1/llm/embeddings", Some("not-a-token"), Some(body.clone())).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
+    let (client_id, app) = s.app_token(&ada, &["llm:embed"]).await;
+    let (st, _, answer) = s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(body)).await;
+    assert_eq!(st, StatusCode::OK, "{answer}");
+    assert_eq!((answer["object"].as_str(), answer["model"].as_str()), (Some("list"), Some("all-minilm-l6-v2")));
+    let v = vectors(&answer);
+    assert!(v.iter().all(|v| v.len() == 384 && (dot(v, v) - 1.0).abs() < 1e-3), "unit vectors of 384");
+    assert!(dot(&v[0], &v[1]) > dot(&v[0], &v[2]) + 0.2, "the plane is nearer the flight than the milk");
+
+    // What it read is billed to the app, and the owner sees it.
+    let tokens = answer["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(tokens > 10 && answer["usage"]["total_tokens"].as_u64() == Some(tokens), "{answer}");
+    let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    let grant = grants["grants"].as_array().unwrap().iter().find(|g| g["client_id"] == client_id.as_str()).unwrap();
+    assert_eq!(s.spent_today(&ada, grant["id"].as_str().unwrap(), tokens).await, tokens);
+
+    // Base64, as OpenAI's Python client asks by default: the same vector, little-endian f32s.
+    let (st, _, b64) = s
+        .call(
+            Method::POST,
+            "/v1/llm/embeddings",
+            Some(&app.access_token),
+            Some(json!({"input": "When does my plane take off?", "encoding_format": "base64"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b64}");
+    use base64::Engine as _;
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(b64["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let back: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    assert!(dot(&back, &v[0]) > 0.9999);
+
+    // What the model cannot take is a clear 400.
+    for bad in [json!({"input": []}), json!({"input": [[1, 2, 3]]}), json!({"input": "a", "dimensions": 8})] {
+        let (st, _, err) = s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(bad.clone())).await;
+        assert_eq!((st, Server::error_code(&err)), (StatusCode::BAD_REQUEST, "invalid_request"), "{bad}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_without_an_embedding_model_says_so() {
+    let Some(model) = test_model() else { return };
+    let s = Server::start_with(|c| {
+        with_model(c, &model, 1, 4);
+        c.llm.as_mut().unwrap().embedding = None;
+    })
+    .await;
+    let ada = s.user("ada").await;
+    let (st, _, err) = s.call(Method::POST, "/v1/llm/embeddings", Some(&ada), Some(json!({"input": "hello"}))).await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("embedding model"), "{err}");
+}

@@ -1,0 +1,213 @@
+//! The embedded engine on a tiny random-weight llama model that this test writes (ggml's GGUF
+//! writer, then llama.cpp's real loader, chat template, tokenizer, sampler and KV cache): no
+//! download, a few milliseconds a generation, the same paths as the real model's
+//! (`tests/engine.rs`).
+//!
+//! The model: one layer, 32 wide, a byte-level SentencePiece vocabulary with ChatML's specials,
+//! and an output head that can only prefer lower-case letters and the space (the other rows are
+//! zero), so its answers are printable words of random letters, never the end-of-turn token.
+
+use selfcloud_core::ErrorCode;
+use selfcloud_llm::engine::collect;
+use selfcloud_llm::gguf::GgufWriter;
+use selfcloud_llm::llama::{LlamaEngine, LlamaOptions};
+use selfcloud_llm::openai::{ChatRequest, FinishReason, Generation, RequestLimits};
+use selfcloud_llm::Event;
+use serde_json::{json, Value};
+use std::path::Path;
+
+const EMBED: usize = 32;
+const FF: usize = 64;
+const HEADS: u32 = 2;
+const CONTEXT: u32 = 512;
+
+/// The vocabulary: SentencePiece's three specials, ChatML's two, then every byte.
+fn vocabulary() -> (Vec<String>, Vec<i32>) {
+    const NORMAL_OR_CONTROL: [(&str, i32); 5] =
+        [("<unk>", 2), ("<s>", 3), ("</s>", 3), ("<|im_start|>", 3), ("<|im_end|>", 3)];
+    let mut tokens: Vec<String> = NORMAL_OR_CONTROL.iter().map(|(t, _)| t.to_string()).collect();
+    let mut types: Vec<i32> = NORMAL_OR_CONTROL.iter().map(|(_, ty)| *ty).collect();
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6); // byte
+    }
+    (tokens, types)
+}
+const BYTES_FROM: usize = 5;
+const IM_END: u32 = 4;
+
+/// xorshift: the same weights every run.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn fill(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+}
+
+fn write_tiny_model(path: &Path) {
+    let (tokens, types) = vocabulary();
+    let vocab = tokens.len();
+    let mut rng = Rng(0x5eed_cafe);
+    let ones = vec![1.0f32; EMBED];
+    let embeddings = rng.fill(EMBED * vocab, 1.0);
+    // The head: random rows for 'a'..='z' and ' ', zero for every other token.
+    let mut head = vec![0.0f32; EMBED * vocab];
+    for b in (b'a'..=b'z').chain([b' ']) {
+        let row = BYTES_FROM + b as usize;
+        head[row * EMBED..(row + 1) * EMBED].copy_from_slice(&rng.fill(EMBED, 1.0));
+    }
+    let square = |rng: &mut Rng| rng.fill(EMBED * EMBED, 0.3);
+    let (q, k, v, o) = (square(&mut rng), square(&mut rng), square(&mut rng), square(&mut rng));
+    let (gate, up, down) = (rng.fill(EMBED * FF, 0.3), rng.fill(EMBED * FF, 0.3), rng.fill(FF * EMBED, 0.3));
+
+    let mut w = GgufWriter::new().unwrap();
+    w.set_str("general.architecture", "llama").unwrap();
+    w.set_str("general.name", "tiny").unwrap();
+    for (key, value) in [
+        ("llama.context_length", CONTEXT),
+        ("llama.embedding_length", EMBED as u32),
+        ("llama.block_count", 1),
+        ("llama.feed_forward_length", FF as u32),
+        ("llama.attention.head_count", HEADS),
+        ("llama.attention.head_count_kv", HEADS),
+        ("llama.rope.dimension_count", EMBED as u32 / HEADS),
+        ("tokenizer.ggml.bos_token_id", 1),
+        ("tokenizer.ggml.eos_token_id", IM_END),
+        ("tokenizer.ggml.unknown_token_id", 0),
+    ] {
+        w.set_u32(key, value).unwrap();
+    }
+    w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5).unwrap();
+    w.set_str("tokenizer.ggml.model", "llama").unwrap();
+    w.set_strings("tokenizer.ggml.tokens", &tokens).unwrap();
+    w.set_f32s("tokenizer.ggml.scores", &vec![0.0; vocab]).unwrap();
+    w.set_i32s("tokenizer.ggml.token_type", &types).unwrap();
+    w.set_bool("tokenizer.ggml.add_bos_token", false).unwrap();
+    let chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}\
+                  {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    w.set_str("tokenizer.chat_template", chatml).unwrap();
+    w.add_f32("token_embd.weight", &[EMBED, vocab], &embeddings).unwrap();
+    w.add_f32("output_norm.weight", &[EMBED], &ones).unwrap();
+    w.add_f32("output.weight", &[EMBED, vocab], &head).unwrap();
+    w.add_f32("blk.0.attn_norm.weight", &[EMBED], &ones).unwrap();
+    w.add_f32("blk.0.attn_q.weight", &[EMBED, EMBED], &q).unwrap();
+    w.add_f32("blk.0.attn_k.weight", &[EMBED, EMBED], &k).unwrap();
+    w.add_f32("blk.0.attn_v.weight", &[EMBED, EMBED], &v).unwrap();
+    w.add_f32("blk.0.attn_output.weight", &[EMBED, EMBED], &o).unwrap();
+    w.add_f32("blk.0.ffn_norm.weight", &[EMBED], &ones).unwrap();
+    w.add_f32("blk.0.ffn_gate.weight", &[EMBED, FF], &gate).unwrap();
+    w.add_f32("blk.0.ffn_up.weight", &[EMBED, FF], &up).unwrap();
+    w.add_f32("blk.0.ffn_down.weight", &[FF, EMBED], &down).unwrap();
+    w.write(path).unwrap();
+}
+
+/// The tiny model's engine (the file lives as long as the returned directory).
+fn engine(queue: usize) -> (tempfile::TempDir, LlamaEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_model(&path);
+    let options = LlamaOptions { path, name: "tiny".into(), context_tokens: CONTEXT, slots: 1, queue, threads: 1 };
+    let engine = LlamaEngine::load(&options).unwrap();
+    (dir, engine)
+}
+
+fn generation(user: &str, extra: Value) -> Generation {
+    let mut body = json!({"messages": [{"role": "user", "content": user}], "temperature": 0, "max_tokens": 12});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    serde_json::from_value::<ChatRequest>(body).unwrap().validate(RequestLimits::default()).unwrap()
+}
+
+fn events(engine: &LlamaEngine, g: Generation) -> Vec<Event> {
+    let mut rx = selfcloud_llm::Engine::generate(engine, g).unwrap();
+    std::iter::from_fn(|| rx.blocking_recv()).collect()
+}
+
+fn text_of(events: &[Event]) -> String {
+    events.iter().filter_map(|e| if let Event::Delta(t) = e { Some(t.as_str()) } else { None }).collect()
+}
+
+fn done(events: &[Event]) -> (FinishReason, u64, u64) {
+    match events.last() {
+        Some(Event::Done { finish, usage, timings }) => (*finish, usage.completion_tokens, timings.cache_n),
+        other => panic!("the last event is not Done: {other:?}"),
+    }
+}
+
+#[test]
+fn the_written_model_loads_streams_its_answer_and_reuses_the_cache() {
+    let (_dir, engine) = engine(4);
+    assert_eq!(selfcloud_llm::Engine::model(&engine).context_tokens, CONTEXT);
+    let first = events(&engine, generation("hello", json!({})));
+    let text = text_of(&first);
+    assert_eq!(done(&first).0, FinishReason::Length, "{text:?}");
+    assert_eq!(done(&first).1, 12);
+    assert_eq!(text.len(), 12, "one letter a token: {text:?}");
+    assert!(text.bytes().all(|b| b.is_ascii_lowercase() || b == b' '), "{text:?}");
+    assert!(first.iter().filter(|e| matches!(e, Event::Delta(_))).count() > 1, "streamed in pieces");
+    assert_eq!(done(&first).2, 0);
+
+    let again = events(&engine, generation("hello", json!({})));
+    assert_eq!(text_of(&again), text, "greedy is deterministic");
+    assert!(done(&again).2 > 5, "the same prompt comes from the KV cache");
+    // Sampling with a seed is repeatable, and differs from greedy.
+    let seeded = |seed: u32| text_of(&events(&engine, generation("hello", json!({"temperature": 1.5, "seed": seed}))));
+    assert_eq!(seeded(7), seeded(7));
+    assert_ne!(seeded(7), text);
+}
+
+#[test]
+fn a_stop_string_ends_the_answer_before_it() {
+    let (_dir, engine) = engine(4);
+    let whole = text_of(&events(&engine, generation("hello", json!({}))));
+    let stop = &whole[4..6];
+    let cut = events(&engine, generation("hello", json!({"stop": [stop]})));
+    let text = text_of(&cut);
+    assert_eq!(done(&cut).0, FinishReason::Stop, "{whole:?} with stop {stop:?}: {text:?}");
+    assert_eq!(text, whole[..whole.find(stop).unwrap()], "{whole:?} stop {stop:?}");
+}
+
+#[test]
+fn json_mode_bends_a_model_that_prefers_letters() {
+    let (_dir, engine) = engine(4);
+    let g = generation("hello", json!({"response_format": {"type": "json_object"}, "max_tokens": 24}));
+    let (text, _, _, _) = block_on(collect(selfcloud_llm::Engine::generate(&engine, g).unwrap())).unwrap();
+    // Unconstrained it writes only letters and spaces; the grammar makes it open an object.
+    assert!(text.trim_start().starts_with('{'), "{text:?}");
+}
+
+#[test]
+fn a_client_that_leaves_stops_the_generation_and_a_full_queue_is_429() {
+    let (_dir, engine) = engine(1);
+    let before = engine.generated_tokens();
+    let mut rx = selfcloud_llm::Engine::generate(&engine, generation("story", json!({"max_tokens": 480}))).unwrap();
+    assert!(matches!(rx.blocking_recv(), Some(Event::Delta(_))));
+    let waiting = selfcloud_llm::Engine::generate(&engine, generation("hi", json!({"max_tokens": 2}))).unwrap();
+    let refused = selfcloud_llm::Engine::generate(&engine, generation("hi", json!({}))).unwrap_err();
+    assert_eq!(refused.code, ErrorCode::RateLimited);
+    drop(rx);
+    let answer: Vec<Event> = std::iter::from_fn({
+        let mut waiting = waiting;
+        move || waiting.blocking_recv()
+    })
+    .collect();
+    let spent = engine.generated_tokens() - before - done(&answer).1;
+    // It stops when its next piece finds no reader (the channel holds 64): far short of 480.
+    assert!(spent < 100, "the abandoned generation went on for {spent} tokens");
+}
+
+#[test]
+fn a_prompt_past_the_context_is_a_400() {
+    let (_dir, engine) = engine(1);
+    let err = selfcloud_llm::Engine::generate(&engine, generation(&"x".repeat(2000), json!({}))).unwrap_err();
+    assert_eq!(err.status().as_u16(), 400, "{}", err.message);
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+}
