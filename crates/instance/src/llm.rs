@@ -33,24 +33,11 @@ impl Llm {
                 Duration::from_secs(60),
             ));
         };
-        let engine = self
-            .engine
-            .get_or_try_init(|| async {
-                let options = settings.engine.clone();
-                let started = std::time::Instant::now();
-                let engine = tokio::task::spawn_blocking(move || LlamaEngine::load(&options))
-                    .await
-                    .map_err(Error::internal)?
-                    // The server's model is at fault, not the caller: 503, the path in the log only.
-                    .map_err(|e| {
-                        tracing::error!(error = %e.message, "the model did not load");
-                        Error::unavailable("the assistant's model could not be loaded", Duration::from_secs(60))
-                    })?;
-                tracing::info!(model = %engine.model().id, ms = started.elapsed().as_millis() as u64, "model loaded");
-                Ok::<_, Error>(Arc::new(engine) as Arc<dyn Engine>)
-            })
-            .await?;
-        Ok(engine.clone())
+        let options = settings.engine.clone();
+        loaded(&self.engine, "the assistant's model", move || {
+            LlamaEngine::load(&options).map(|e| Arc::new(e) as Arc<dyn Engine>)
+        })
+        .await
     }
 
     /// The embedding model, loading it on first use; 503 when the server has none.
@@ -61,22 +48,7 @@ impl Llm {
                 Duration::from_secs(60),
             ));
         };
-        let embedder = self
-            .embedder
-            .get_or_try_init(|| async {
-                let started = std::time::Instant::now();
-                let embedder = tokio::task::spawn_blocking(move || Embedder::load(&options))
-                    .await
-                    .map_err(Error::internal)?
-                    .map_err(|e| {
-                        tracing::error!(error = %e.message, "the embedding model did not load");
-                        Error::unavailable("the embedding model could not be loaded", Duration::from_secs(60))
-                    })?;
-                tracing::info!(model = %embedder.model().id, ms = started.elapsed().as_millis() as u64, "embedding model loaded");
-                Ok::<_, Error>(Arc::new(embedder))
-            })
-            .await?;
-        Ok(embedder.clone())
+        loaded(&self.embedder, "the embedding model", move || Embedder::load(&options).map(Arc::new)).await
     }
 
     /// True when the server gave this instance an embedding model.
@@ -88,4 +60,25 @@ impl Llm {
     pub fn max_embedding_inputs(&self) -> usize {
         self.limits().max_embedding_inputs
     }
+}
+
+/// What `cell` holds, made by `load` off the async threads the first time. A model that does
+/// not load is the server's fault, not the caller's: 503, the cause in the log only.
+async fn loaded<T: ?Sized + Send + Sync + 'static>(
+    cell: &tokio::sync::OnceCell<Arc<T>>,
+    what: &'static str,
+    load: impl FnOnce() -> Result<Arc<T>> + Send + 'static,
+) -> Result<Arc<T>> {
+    let part = cell
+        .get_or_try_init(|| async {
+            let started = std::time::Instant::now();
+            let part = tokio::task::spawn_blocking(load).await.map_err(Error::internal)?.map_err(|e| {
+                tracing::error!(error = %e.message, "{what} did not load");
+                Error::unavailable(format!("{what} could not be loaded"), Duration::from_secs(60))
+            })?;
+            tracing::info!(ms = started.elapsed().as_millis() as u64, "{what} loaded");
+            Ok::<_, Error>(part)
+        })
+        .await?;
+    Ok(part.clone())
 }

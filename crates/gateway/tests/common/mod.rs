@@ -240,16 +240,7 @@ pub const REQUIRE_MODEL_ENV: &str = "SELFCLOUD_TEST_REQUIRE_MODEL";
 
 /// The test model's path, or `None` (with a note on stderr) when this run has none.
 pub fn test_model() -> Option<std::path::PathBuf> {
-    match std::env::var_os(MODEL_ENV) {
-        Some(path) => Some(path.into()),
-        None if std::env::var_os(REQUIRE_MODEL_ENV).is_some() => {
-            panic!("{REQUIRE_MODEL_ENV} is set but {MODEL_ENV} is not")
-        }
-        None => {
-            eprintln!("skipped: no model ({MODEL_ENV} unset; `./selfcloud test` pulls one and sets it)");
-            None
-        }
-    }
+    model_from(MODEL_ENV)
 }
 
 /// The embedding model (`./selfcloud test` pulls all-MiniLM-L6-v2 and sets it).
@@ -257,13 +248,15 @@ pub const EMBED_MODEL_ENV: &str = "SELFCLOUD_TEST_EMBED_MODEL";
 
 /// The test embedding model's path, or `None` (with a note) when this run has none.
 pub fn test_embed_model() -> Option<std::path::PathBuf> {
-    match std::env::var_os(EMBED_MODEL_ENV) {
+    model_from(EMBED_MODEL_ENV)
+}
+
+fn model_from(env: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os(env) {
         Some(path) => Some(path.into()),
-        None if std::env::var_os(REQUIRE_MODEL_ENV).is_some() => {
-            panic!("{REQUIRE_MODEL_ENV} is set but {EMBED_MODEL_ENV} is not")
-        }
+        None if std::env::var_os(REQUIRE_MODEL_ENV).is_some() => panic!("{REQUIRE_MODEL_ENV} is set but {env} is not"),
         None => {
-            eprintln!("skipped: no embedding model ({EMBED_MODEL_ENV} unset)");
+            eprintln!("skipped: no model ({env} unset; `./selfcloud test` pulls one and sets it)");
             None
         }
     }
