@@ -97,3 +97,68 @@ async fn a_server_without_an_embedding_model_says_so() {
     assert_eq!((st, Server::error_code(&err)), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "{err}");
     assert!(err["error"]["message"].as_str().unwrap().contains("embedding model"), "{err}");
 }
+
+#[tokio::test]
+async fn an_apps_budget_holds_against_one_large_request_and_many_at_once() {
+    let Some(s) = server().await else { return };
+    let ada = s.user("ada").await;
+    let (client_id, app) = s.app_token(&ada, &["llm:embed", "llm:chat"]).await;
+    let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    let grant = grants["grants"].as_array().unwrap().iter().find(|g| g["client_id"] == client_id.as_str()).unwrap();
+    let path = format!("/v1/grants/{}", grant["id"].as_str().unwrap());
+    let (st, _, _) = s.call(Method::PATCH, &path, Some(&ada), Some(json!({"token_budget": 100}))).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let usage = || async {
+        let (_, _, u) = s.call(Method::GET, "/v1/llm/usage", Some(&ada), None).await;
+        u["apps"].as_array().unwrap().iter().map(|a| a["tokens"].as_u64().unwrap()).sum::<u64>()
+    };
+
+    // One request larger than what is left is refused whole: nothing computed, nothing billed.
+    let large = json!({"input": ["word ".repeat(300)]});
+    let (st, headers, err) = s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(large)).await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"), "{err}");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(usage().await, 0);
+
+    // Many at once (each about 45 tokens): they take turns, so together they stay within it.
+    let small = json!({"input": vec!["Paris is the capital of France."; 5]});
+    let calls =
+        (0..6).map(|_| s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(small.clone())));
+    let answers = futures_util::future::join_all(calls).await;
+    let ok = answers.iter().filter(|(st, _, _)| *st == StatusCode::OK).count();
+    assert!(answers.iter().all(|(st, _, _)| [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].contains(st)));
+    assert!((1..=2).contains(&ok), "{ok} of 6 ran within a budget of 100");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let total = usage().await;
+    assert!(total <= 100 && total == ok as u64 * 45, "{total} tokens billed for {ok} calls of 45");
+}
+
+#[tokio::test]
+async fn a_full_store_refuses_an_apps_call_rather_than_let_it_go_unrecorded() {
+    let Some(model) = test_model() else { return };
+    if test_embed_model().is_none() {
+        return;
+    }
+    let s = Server::start_with(|c| {
+        with_model(c, &model, 1, 4);
+        c.limits.quota_bytes = 20_000;
+    })
+    .await;
+    let ada = s.user("ada").await;
+    let (_, app) = s.app_token(&ada, &["llm:embed", "storage:write:junk"]).await;
+    let body = json!({"input": "hello"});
+    let (st, _, _) = s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(body.clone())).await;
+    assert_eq!(st, StatusCode::OK);
+    // The app fills the user's store itself, then asks again.
+    let filler = json!({"text": "x".repeat(1500)});
+    for n in 0.. {
+        let path = format!("/v1/storage/junk/{n}");
+        let (st, _, _) = s.call(Method::PUT, &path, Some(&app.access_token), Some(filler.clone())).await;
+        if st != StatusCode::OK {
+            assert_eq!(st, StatusCode::INSUFFICIENT_STORAGE);
+            break;
+        }
+    }
+    let (st, _, err) = s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(body)).await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"), "{err}");
+}

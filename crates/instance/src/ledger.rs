@@ -7,6 +7,7 @@ use selfcloud_core::{Collection, Error, RecordKey, Result};
 use selfcloud_llm::budget::{self, Allowance};
 use selfcloud_store::Precondition;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 const COLLECTION: &str = "llm-usage";
 /// Days of spending kept; older ones are removed as a new day starts, so the ledger stays a few
@@ -26,11 +27,26 @@ pub struct Spend {
     pub requests: u64,
 }
 
-/// Serializes the ledger's read-modify-writes (two answers of one app ending at once).
+/// Serializes the ledger's read-modify-writes (two answers of one app ending at once), and
+/// gives each app its turn at the LLM.
 #[derive(Default)]
 pub struct Ledger {
     write: tokio::sync::Mutex<()>,
+    turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// An app's turn at the LLM: while one call of a grant holds it, no other starts, so the check
+/// of what its budget leaves and the charge of what the call spent cannot interleave with
+/// another call's (concurrent calls would each see what was left before any of them).
+pub struct Turn {
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// How long a call waits for its app's turn before it is refused with 429.
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Room the store must have for a call to start: enough to record what it spent (a call
+/// whose use could not be recorded would be free).
+const RECORD_ROOM: u64 = 4096;
 
 fn collection() -> Collection {
     Collection::internal(COLLECTION)
@@ -45,6 +61,36 @@ impl Ledger {
     async fn read(&self, local: &Local, day_ms: u64, grant_id: &str) -> Result<Option<Spend>> {
         let Some(record) = local.get_record(&collection(), &key(day_ms, grant_id)?).await? else { return Ok(None) };
         serde_json::from_slice(&record.value).map(Some).map_err(Error::internal)
+    }
+
+    /// Starts one call of `grant_id` under `budget`: waits for the app's turn (429 after
+    /// [`TURN_WAIT`]), makes sure the user's store has room to record the call (507 when it is
+    /// full) and answers what the budget leaves (429 `budget_exceeded` when it is spent). The
+    /// call holds the turn until what it spent is charged.
+    pub async fn begin(
+        &self,
+        local: &Local,
+        grant_id: &str,
+        budget: Option<u64>,
+        now_ms: u64,
+    ) -> Result<(Turn, Option<Allowance>)> {
+        let turn = {
+            let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            turns.retain(|_, t| Arc::strong_count(t) > 1 || t.try_lock().is_err());
+            turns.entry(grant_id.to_owned()).or_default().clone()
+        };
+        let held = tokio::time::timeout(TURN_WAIT, turn.lock_owned()).await.map_err(|_| Error {
+            message: "this app's earlier calls to the assistant are still running; try again shortly".into(),
+            ..Error::rate_limited(std::time::Duration::from_secs(1))
+        })?;
+        let usage = local.storage_usage().await?;
+        if usage.quota_bytes.saturating_sub(usage.bytes) < RECORD_ROOM {
+            return Err(Error::new(
+                selfcloud_core::ErrorCode::QuotaExceeded,
+                "the user's storage is full: the assistant's use by this app could not be recorded",
+            ));
+        }
+        Ok((Turn { _held: held }, self.allowance(local, grant_id, budget, now_ms).await?))
     }
 
     /// What `grant_id` may still spend now under `budget`: the budget's 429 when it is spent.

@@ -105,7 +105,7 @@ impl VectorIndex {
         }
         for batch in missing.chunks(EMBED_BATCH) {
             let texts = batch.iter().map(|&i| passages[i].text.clone()).collect();
-            let embedded = embedder.embed(texts)?.await.map_err(Error::internal)??;
+            let embedded = embedder.embed(texts, None, Default::default())?.await.map_err(Error::internal)??;
             for (&i, vector) in batch.iter().zip(embedded.vectors) {
                 let p = &passages[i];
                 let entry = Entry {

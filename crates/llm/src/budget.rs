@@ -84,6 +84,22 @@ pub fn cap(asked: u32, prompt_tokens: u64, allowance: Option<Allowance>) -> Resu
     })
 }
 
+/// An input of `tokens` that no answer follows (texts to embed) against `allowance`: the
+/// budget's 429 when it is more than is left.
+pub fn fits(tokens: u64, allowance: Option<Allowance>) -> Result<(), Error> {
+    match allowance {
+        Some(a) if tokens > a.tokens => Err(Error::budget_exceeded(
+            format!(
+                "the input is {tokens} tokens and {} are left of today's budget; it resets in {} s",
+                a.tokens,
+                a.resets_in.as_secs()
+            ),
+            a.resets_in,
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What the caller may still spend today, as the engine takes it; `Ok(None)` without a budget.
 pub fn allowance(budget: Option<u64>, spent: u64, now_ms: u64) -> Result<Option<Allowance>, Error> {
     Ok(remaining(budget, spent, now_ms)?
@@ -137,6 +153,15 @@ mod tests {
     use selfcloud_core::error::ErrorCode;
 
     const NOON: u64 = 20_000 * DAY_MS + DAY_MS / 2;
+
+    #[test]
+    fn an_input_fits_what_is_left_or_is_refused_whole() {
+        let left = |tokens| Some(Allowance { tokens, resets_in: Duration::from_secs(60) });
+        assert!(fits(100, left(100)).is_ok() && fits(u64::MAX, None).is_ok());
+        let e = fits(101, left(100)).unwrap_err();
+        assert_eq!((e.code, e.retry_after), (ErrorCode::BudgetExceeded, Some(Duration::from_secs(60))));
+        assert!(e.message.contains("101 tokens and 100 are left"), "{}", e.message);
+    }
 
     #[test]
     fn the_window_is_the_utc_day() {

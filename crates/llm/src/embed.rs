@@ -7,6 +7,7 @@
 //! answers each text with its mean-pooled vector scaled to length 1 (so a dot product is the
 //! cosine similarity), as sentence-transformers does.
 
+use crate::budget::{fits, Allowance, Meter};
 use crate::engine::{busy, ModelInfo};
 use crate::llama::{backend, load_model, CONTEXT_MADE};
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
@@ -44,6 +45,8 @@ pub type Reply = tokio::sync::oneshot::Receiver<Result<Embedded, Error>>;
 
 struct Job {
     texts: Vec<String>,
+    allowance: Option<Allowance>,
+    meter: Meter,
     reply: tokio::sync::oneshot::Sender<Result<Embedded, Error>>,
 }
 
@@ -121,10 +124,12 @@ impl Embedder {
         self.dimensions
     }
 
-    /// Queues `texts`; 429 at once when the queue is full.
-    pub fn embed(&self, texts: Vec<String>) -> Result<Reply, Error> {
+    /// Queues `texts`; 429 at once when the queue is full. Once tokenized, texts that are more
+    /// than `allowance` leaves are refused whole (429 `budget_exceeded`); each batch computed
+    /// is counted into `meter`, and a caller that goes away stops the rest.
+    pub fn embed(&self, texts: Vec<String>, allowance: Option<Allowance>, meter: Meter) -> Result<Reply, Error> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.queue.try_send(Job { texts, reply }).map_err(|e| match e {
+        self.queue.try_send(Job { texts, allowance, meter, reply }).map_err(|e| match e {
             mpsc::TrySendError::Full(_) => busy(),
             mpsc::TrySendError::Disconnected(_) => Error::internal("the embedding worker has stopped"),
         })?;
@@ -182,23 +187,28 @@ impl Worker<'_> {
             if job.reply.is_closed() {
                 continue; // the caller went away while it waited
             }
-            let texts = job.texts;
-            let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&texts)))
+            let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&job)))
                 .unwrap_or_else(|_| Err(Error::internal("the embedding failed")));
             let _ = job.reply.send(answer);
         }
     }
 
-    fn run(&mut self, texts: &[String]) -> Result<Embedded, Error> {
+    fn run(&mut self, job: &Job) -> Result<Embedded, Error> {
         // Specials are not parsed: a text that spells "[SEP]" gets the letters, not the token.
-        let inputs: Vec<Vec<LlamaToken>> = texts
+        let inputs: Vec<Vec<LlamaToken>> = job
+            .texts
             .iter()
             .map(|t| truncate(self.model.vocab().tokenize(t.as_bytes(), true, false), self.input_tokens))
             .collect();
         let lengths: Vec<usize> = inputs.iter().map(Vec::len).collect();
-        let mut vectors = Vec::with_capacity(texts.len());
+        let total = lengths.iter().sum::<usize>() as u64;
+        fits(total, job.allowance)?;
+        let mut vectors = Vec::with_capacity(inputs.len());
         let mut batch = LlamaBatch::new(BATCH as usize, SEQUENCES as i32);
         for pack in packs(&lengths, BATCH as usize, SEQUENCES as usize) {
+            if job.reply.is_closed() {
+                return Err(Error::internal("the caller went away")); // nobody reads this
+            }
             batch.clear();
             for (seq, tokens) in inputs[pack.clone()].iter().enumerate() {
                 for (pos, &t) in tokens.iter().enumerate() {
@@ -207,12 +217,13 @@ impl Worker<'_> {
             }
             self.ctx.clear_kv_cache();
             self.ctx.decode(&mut batch).map_err(|e| Error::internal(format!("llama.cpp decode: {e}")))?;
+            job.meter.add(lengths[pack.clone()].iter().sum::<usize>() as u64);
             for seq in 0..pack.len() {
                 let pooled = self.ctx.embeddings_seq_ith(seq as i32).map_err(Error::internal)?;
                 vectors.push(normalized(pooled));
             }
         }
-        Ok(Embedded { vectors, tokens: lengths.iter().sum::<usize>() as u64 })
+        Ok(Embedded { vectors, tokens: total })
     }
 }
 

@@ -1,6 +1,7 @@
 //! The embedding engine on the real model: all-MiniLM-L6-v2 as `model pull` converts it, run by
 //! llama.cpp. `./selfcloud test` pulls it and sets `SELFCLOUD_TEST_EMBED_MODEL`.
 
+use selfcloud_llm::budget::{Allowance, Meter};
 use selfcloud_llm::embed::{EmbedOptions, Embedded, Embedder};
 use std::path::PathBuf;
 
@@ -24,7 +25,11 @@ fn embedder() -> Option<Embedder> {
 }
 
 fn embed(e: &Embedder, texts: &[&str]) -> Embedded {
-    e.embed(texts.iter().map(|t| t.to_string()).collect()).unwrap().blocking_recv().unwrap().unwrap()
+    e.embed(texts.iter().map(|t| t.to_string()).collect(), None, Meter::default())
+        .unwrap()
+        .blocking_recv()
+        .unwrap()
+        .unwrap()
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -66,7 +71,7 @@ fn texts_embedded_together_are_embedded_as_if_alone() {
     }
     // More texts than one batch takes, in order.
     let many: Vec<String> = (0..20).map(|i| format!("note number {i} about the garden")).collect();
-    let out = e.embed(many.clone()).unwrap().blocking_recv().unwrap().unwrap();
+    let out = e.embed(many.clone(), None, Meter::default()).unwrap().blocking_recv().unwrap().unwrap();
     assert_eq!(out.vectors.len(), 20);
     let seventh = embed(&e, &[&many[7]]);
     assert!(dot(&out.vectors[7], &seventh.vectors[0]) > 0.9999);
@@ -87,4 +92,17 @@ fn a_long_text_is_cut_and_specials_in_text_are_only_letters() {
     assert_eq!(embed(&e, &[&long]).tokens, 256);
     // "[SEP]" written in a text is five characters' worth of word pieces, not the separator.
     assert!(embed(&e, &["[SEP]"]).tokens > 3);
+}
+
+#[test]
+fn texts_past_the_budget_are_refused_whole_and_what_is_computed_is_metered() {
+    let Some(e) = embedder() else { return };
+    let texts = vec!["Paris is the capital of France.".to_owned(); 3]; // 9 tokens each
+    let left = |tokens| Some(Allowance { tokens, resets_in: std::time::Duration::from_secs(5) });
+    let meter = Meter::default();
+    let refused = e.embed(texts.clone(), left(26), meter.clone()).unwrap().blocking_recv().unwrap().unwrap_err();
+    assert_eq!(refused.code, selfcloud_core::ErrorCode::BudgetExceeded, "{}", refused.message);
+    assert_eq!(meter.spent(), 0, "nothing computed, nothing billed");
+    let out = e.embed(texts, left(27), meter.clone()).unwrap().blocking_recv().unwrap().unwrap();
+    assert_eq!((out.tokens, meter.spent()), (27, 27));
 }

@@ -63,7 +63,10 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
         Some(embedder) => {
             let budget = s.llm.limits().assistant_embeds_per_pass;
             let vectors = s.vectors.refresh(&s.local, &embedder, &passages, complete, budget).await?;
-            let question = embedder.embed(vec![request.message.clone()])?.await.map_err(Error::internal)??;
+            let question = embedder
+                .embed(vec![request.message.clone()], None, Default::default())?
+                .await
+                .map_err(Error::internal)??;
             (vectors, question.vectors.into_iter().next())
         }
         None => (vec![None; passages.len()], None),

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use selfcloud_core::{Error, Scope};
-use selfcloud_llm::budget::{self, Meter};
+use selfcloud_llm::budget::{self, Allowance, Meter};
 use selfcloud_llm::embeddings::{self, EmbeddingsRequest};
 use selfcloud_llm::engine::collect;
 use selfcloud_llm::openai::{self, ChatRequest, Generation, Header};
@@ -56,26 +56,16 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
 }
 
 /// Vectors of the texts, by the embedding model. An app pays the tokens the model read from its
-/// budget: a spent budget is a 429 before anything is computed, and one request may run past
-/// what is left by at most its own size (texts are tokenized by the worker, after the check).
+/// budget: texts that are more than it leaves are refused whole (429 `budget_exceeded`) before
+/// anything is computed.
 pub(crate) async fn embeddings(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
     ctx.require(&Need::Scope(Scope::LlmEmbed))?;
     let request: EmbeddingsRequest =
         serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("the request body: {e}")))?;
     let embedder = s.llm.embedder().await?;
     let embedding = request.validate(s.llm.max_embedding_inputs(), embedder.dimensions())?;
-    let now_ms = ctx.0.now_ms;
-    if let Actor::App { grant_id, .. } = &ctx.0.actor {
-        s.ledger.allowance(&s.local, grant_id, ctx.0.token_budget, now_ms).await?;
-    }
-    let embedded = embedder.embed(embedding.texts)?.await.map_err(Error::internal)??;
-    if let Actor::App { grant_id, name, .. } = &ctx.0.actor {
-        // As for a chat: the answer is computed, so a ledger that cannot be written (a full
-        // quota) is the operator's warning, not the app's error.
-        if let Err(e) = s.ledger.charge(&s.local, grant_id, name, now_ms, embedded.tokens).await {
-            tracing::warn!(error = %e.message, "an app's LLM use could not be written to its ledger");
-        }
-    }
+    let (_, allowance, meter) = payment(&s, &ctx).await?;
+    let embedded = embedder.embed(embedding.texts, allowance, meter)?.await.map_err(Error::internal)??;
     let answer = embeddings::answer(&embedder.model().id, &embedded.vectors, embedded.tokens, embedding.base64);
     Ok(Json(answer).into_response())
 }
@@ -95,39 +85,46 @@ pub(crate) async fn usage(s: S, ctx: Ctx) -> ApiResult<Response> {
 
 /// Starts `generation` for the caller: tagged with who asks (the engine's KV cache is reused for
 /// the same caller only: the owner, or one grant, whose sign-ins share it), and off the async
-/// threads (templating and tokenizing a long prompt takes milliseconds).
-/// An app pays from its token budget: what is left of it bounds the answer, and what the
-/// generation spent is written to the ledger once both the engine and the answer are done.
+/// threads (templating and tokenizing a long prompt takes milliseconds). An app pays from its
+/// token budget ([`payment`]).
 pub(crate) async fn start(
     s: &Arc<Shared>,
     engine: &Arc<dyn Engine>,
     ctx: &Ctx,
     mut generation: Generation,
 ) -> Result<Events, Error> {
-    let now_ms = ctx.0.now_ms;
-    generation.caller = match &ctx.0.actor {
-        Actor::App { grant_id, name, .. } => {
-            generation.allowance = s.ledger.allowance(&s.local, grant_id, ctx.0.token_budget, now_ms).await?;
-            let (shared, grant, app) = (s.clone(), grant_id.clone(), name.clone());
-            // The last holder may be a slot's thread: the charge runs on this runtime.
-            let runtime = tokio::runtime::Handle::current();
-            generation.meter = Meter::billed(move |tokens| {
-                if tokens == 0 {
-                    return;
-                }
-                runtime.spawn(async move {
-                    if let Err(e) = shared.ledger.charge(&shared.local, &grant, &app, now_ms, tokens).await {
-                        tracing::warn!(error = %e.message, "an app's LLM use could not be written to its ledger");
-                    }
-                });
-            });
-            format!("grant:{grant_id}")
-        }
-        Actor::Owner => "owner".into(),
-        Actor::System => "system".into(),
-    };
+    (generation.caller, generation.allowance, generation.meter) = payment(s, ctx).await?;
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || engine.generate(generation)).await.map_err(Error::internal)?
+}
+
+/// Who pays for a call, what their budget leaves it, and the meter that bills it. An app waits
+/// for its turn ([`crate::ledger::Ledger::begin`]); what the call computed is written to the
+/// ledger once the engine and the answer are both done with the meter, and only then does the
+/// app's next call start. The owner has no budget.
+pub(crate) async fn payment(s: &Arc<Shared>, ctx: &Ctx) -> Result<(String, Option<Allowance>, Meter), Error> {
+    let now_ms = ctx.0.now_ms;
+    match &ctx.0.actor {
+        Actor::App { grant_id, name, .. } => {
+            let (turn, allowance) = s.ledger.begin(&s.local, grant_id, ctx.0.token_budget, now_ms).await?;
+            let (shared, grant, app) = (s.clone(), grant_id.clone(), name.clone());
+            // The last holder may be an engine's thread: the charge runs on this runtime.
+            let runtime = tokio::runtime::Handle::current();
+            let meter = Meter::billed(move |tokens| {
+                runtime.spawn(async move {
+                    if tokens > 0 {
+                        if let Err(e) = shared.ledger.charge(&shared.local, &grant, &app, now_ms, tokens).await {
+                            tracing::warn!(error = %e.message, "an app's LLM use could not be written to its ledger");
+                        }
+                    }
+                    drop(turn);
+                });
+            });
+            Ok((format!("grant:{grant_id}"), allowance, meter))
+        }
+        Actor::Owner => Ok(("owner".into(), None, Meter::default())),
+        Actor::System => Ok(("system".into(), None, Meter::default())),
+    }
 }
 
 /// The answer as server-sent events: the role first, then text as it comes, the finish reason,
