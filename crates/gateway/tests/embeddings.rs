@@ -77,6 +77,29 @@ async fn an_app_with_llm_embed_gets_vectors_and_pays_for_them() {
     let back: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     assert!(dot(&back, &v[0]) > 0.9999);
 
+    // A body that does not say it is JSON is a 415, one nested past what records may be a 400.
+    let resp = s
+        .http
+        .post(s.url("/v1/llm/embeddings"))
+        .bearer_auth(&app.access_token)
+        .header("content-type", "text/plain")
+        .body(r#"{"input": "hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let deep = format!(r#"{{"input": "hi", "x": {}{}}}"#, "[".repeat(5000), "]".repeat(5000));
+    let resp = s
+        .http
+        .post(s.url("/v1/llm/embeddings"))
+        .bearer_auth(&app.access_token)
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
     // What the model cannot take is a clear 400.
     for bad in [json!({"input": []}), json!({"input": [[1, 2, 3]]}), json!({"input": "a", "dimensions": 8})] {
         let (st, _, err) = s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(bad.clone())).await;

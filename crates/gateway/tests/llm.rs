@@ -162,6 +162,8 @@ async fn stop_strings_max_tokens_and_json_mode_shape_the_answer() {
         assert_eq!(st, StatusCode::BAD_REQUEST, "{err}");
         assert!(err["error"]["message"].as_str().unwrap().contains(field), "{err}");
     }
+    let untyped = s.http.post(s.url("/v1/llm/chat/completions")).bearer_auth(t).body(chat(json!({})).to_string());
+    assert_eq!(untyped.send().await.unwrap().status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
 
 #[tokio::test]

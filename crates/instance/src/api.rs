@@ -87,6 +87,30 @@ impl<S: Send + Sync> FromRequest<S> for ApiBytes {
     }
 }
 
+/// Whether the request says its body is JSON (`Content-Type: application/json`, any parameters).
+pub fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// A JSON request body read into `T`: 415 unless it says it is JSON, 400 unless it is one value
+/// standard parsers read back (depth, numbers, escapes: the rules records are held to) of `T`'s
+/// shape.
+pub fn json_body<T: serde::de::DeserializeOwned>(headers: &axum::http::HeaderMap, body: &[u8]) -> Result<T, Error> {
+    if !is_json(headers) {
+        return Err(Error::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the body as JSON: Content-Type: application/json",
+        ));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| Error::invalid(format!("the body is not UTF-8: {e}")))?;
+    selfcloud_core::json::check_value(text).map_err(|e| Error::invalid(format!("the request body: {}", e.message)))?;
+    serde_json::from_str(text).map_err(|e| Error::invalid(format!("the request body: {e}")))
+}
+
 /// Unknown routes answer the contract's 404, not an empty body.
 pub async fn not_found() -> ApiError {
     ApiError(Error::not_found("no such endpoint"))

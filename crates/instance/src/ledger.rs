@@ -9,7 +9,7 @@ use selfcloud_store::Precondition;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-const COLLECTION: &str = "llm-usage";
+pub(crate) const COLLECTION: &str = "llm-usage";
 /// Days of spending kept; older ones are removed as a new day starts, so the ledger stays a few
 /// records per app.
 const KEPT_DAYS: u64 = 31;
@@ -148,7 +148,10 @@ impl Ledger {
         loop {
             let page = local.list_records(&collection(), &prefix, 1000, 1 << 20, cursor.as_deref()).await?;
             for record in page.records {
-                spends.push(serde_json::from_slice(&record.value).map_err(Error::internal)?);
+                // A record that does not read (an imported archive's) is left out, not a 500.
+                if let Ok(spend) = serde_json::from_slice(&record.value) {
+                    spends.push(spend);
+                }
             }
             match page.cursor {
                 Some(next) => cursor = Some(next),

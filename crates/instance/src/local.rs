@@ -18,7 +18,7 @@ fn import_spooled(store: &Store, path: &Path, key: &DataKey, max_value_bytes: us
         Ok(SpoolReader::new(std::io::BufReader::new(file), key))
     };
     // First pass: nothing is written, so a damaged archive costs one read.
-    archive::walk(open()?, max_value_bytes, |_| Ok(()))?;
+    archive::walk(open()?, max_value_bytes, |r| known_collection(&r.collection))?;
     // Second pass: a reader thread walks the archive again and hands records over a short
     // queue; a fault it meets arrives as an error, and the import rolls back.
     let usage = std::thread::scope(|scope| {
@@ -33,6 +33,18 @@ fn import_spooled(store: &Store, path: &Path, key: &DataKey, max_value_bytes: us
         store.import(rx)
     })?;
     Ok(usage)
+}
+
+/// An archive's collection is a client's name or one of the instance's own: an unknown internal
+/// one is refused (nothing reads it, and it would only take up the quota).
+fn known_collection(collection: &Collection) -> Result<()> {
+    let name = collection.as_str();
+    match name.strip_prefix('_') {
+        Some(internal) if !crate::INTERNAL_COLLECTIONS.contains(&internal) => {
+            Err(Error::invalid(format!("the archive holds {name}, which is no part of an instance")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The lock file of an instance directory.
@@ -248,5 +260,21 @@ impl Local {
                 Ok(AuditRecord { seq, entry: serde_json::from_slice(&bytes).map_err(Error::internal)? })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_archive_may_hold_the_instances_own_collections_and_no_other_internal_one() {
+        for name in crate::INTERNAL_COLLECTIONS {
+            assert!(known_collection(&Collection::internal(name)).is_ok(), "{name}");
+        }
+        assert!(known_collection(&Collection::parse("notes").unwrap()).is_ok());
+        let e = known_collection(&Collection::internal("evil")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert!(e.message.contains("_evil"), "{}", e.message);
     }
 }

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::hash::{BuildHasher, Hasher};
 
 pub const MEMORIES: &str = "memories";
-const CONVERSATIONS: &str = "conversations";
-const SETTINGS: &str = "assistant";
+pub(crate) const CONVERSATIONS: &str = "conversations";
+pub(crate) const SETTINGS: &str = "assistant";
 const SETTINGS_KEY: &str = "settings";
 
 /// The longest memory, in bytes.
@@ -40,13 +40,9 @@ pub fn new_id(now_ms: u64) -> String {
     format!("{now_ms:013}-{random:016x}")
 }
 
+/// An id as the key it is stored under; one outside the key grammar is no id at all (404).
 fn id_key(id: &str) -> Result<RecordKey> {
-    // Ids are ours: anything else is not one (and never reaches the store as a key).
-    let ok = id.len() == 30 && id.as_bytes()[13] == b'-' && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    if !ok {
-        return Err(Error::not_found("no such id"));
-    }
-    RecordKey::parse(id)
+    RecordKey::parse(id).map_err(|_| Error::not_found("no such id"))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -136,7 +132,11 @@ async fn all<T: serde::de::DeserializeOwned>(local: &Local, collection: &Collect
     loop {
         let page = local.list_records(collection, "", 1000, 4 << 20, cursor.as_deref()).await?;
         for record in page.records {
-            items.push(serde_json::from_slice(&record.value).map_err(Error::internal)?);
+            // One that does not read (an imported archive's, say) is left out, not a 500.
+            match serde_json::from_slice(&record.value) {
+                Ok(item) => items.push(item),
+                Err(e) => tracing::warn!(key = %record.key, error = %e, "an assistant record does not read"),
+            }
         }
         match page.cursor {
             Some(next) => cursor = Some(next),
@@ -188,7 +188,9 @@ fn not_found_as(what: &'static str) -> impl Fn(Error) -> Error {
 pub async fn conversation(local: &Local, id: &str) -> Result<Conversation> {
     let record = local.get_record(&conversations(), &id_key(id)?).await?;
     let record = record.ok_or_else(|| Error::not_found("no such conversation"))?;
-    serde_json::from_slice(&record.value).map_err(Error::internal)
+    // One that does not read (an imported archive's) is one the assistant cannot go on with.
+    serde_json::from_slice(&record.value)
+        .map_err(|_| Error::conflict("this conversation's record does not read; delete it"))
 }
 
 pub async fn save_conversation(local: &Local, c: &Conversation) -> Result<()> {
@@ -218,7 +220,8 @@ pub async fn delete_conversation(local: &Local, id: &str) -> Result<()> {
 
 pub async fn settings(local: &Local) -> Result<AssistantSettings> {
     let record = local.get_record(&Collection::internal(SETTINGS), &RecordKey::parse(SETTINGS_KEY)?).await?;
-    record.map_or(Ok(AssistantSettings::default()), |r| serde_json::from_slice(&r.value).map_err(Error::internal))
+    // Settings that do not read (an imported archive's) are the defaults until set again.
+    Ok(record.and_then(|r| serde_json::from_slice(&r.value).ok()).unwrap_or_default())
 }
 
 pub async fn set_settings(local: &Local, settings: &AssistantSettings) -> Result<()> {
@@ -233,12 +236,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_sort_by_time_and_only_ours_are_keys() {
+    fn ids_sort_by_time_and_a_path_trick_is_no_id() {
         let (a, b) = (new_id(5), new_id(6));
         assert!(a < b && a.len() == 30, "{a} {b}");
         assert_ne!(new_id(5), new_id(5));
         assert!(id_key(&a).is_ok());
-        for bad in ["", "..", "0000000000005-xyz", &format!("{a}0"), "../../etc/passwd"] {
+        for bad in ["", "..", "../../etc/passwd", "a/b", &"k".repeat(513)] {
             assert_eq!(id_key(bad).unwrap_err().code, selfcloud_core::ErrorCode::NotFound, "{bad}");
         }
     }

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-const COLLECTION: &str = "vectors";
+pub(crate) const COLLECTION: &str = "vectors";
 /// Texts sent to the embedding model at once.
 const EMBED_BATCH: usize = 32;
 

@@ -7,9 +7,10 @@
 //! (the vector index, `crate::vectors`, brought up to date before each question and after writes).
 
 use super::{Ctx, Shared, S};
-use crate::api::{ApiBytes, ApiResult};
+use crate::api::{json_body, ApiBytes, ApiResult};
 use crate::memory::{self, Conversation};
 use crate::protocol::Need;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use selfcloud_core::Error;
@@ -42,10 +43,12 @@ struct AssistantRequest {
     conversation: Option<String>,
 }
 
-pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
+pub(crate) async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
     ctx.require(&Need::Owner)?;
-    let request: AssistantRequest =
-        serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("the request body: {e}")))?;
+    let request: AssistantRequest = json_body(&headers, &body)?;
+    for c in request.collections.iter().flatten() {
+        selfcloud_core::Collection::parse(c)?;
+    }
     if request.message.trim().is_empty() || request.message.len() > MAX_QUESTION_BYTES {
         return Err(Error::invalid(format!("`message` must hold 1 to {MAX_QUESTION_BYTES} bytes")).into());
     }

@@ -5,10 +5,10 @@
 //! generation the engine's.
 
 use super::{Ctx, Shared, S};
-use crate::api::{ApiBytes, ApiResult};
+use crate::api::{json_body, ApiBytes, ApiResult};
 use crate::protocol::{Actor, Need};
 use axum::body::Body;
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
@@ -33,10 +33,9 @@ pub(crate) async fn models(s: S, ctx: Ctx) -> ApiResult<Response> {
     .into_response())
 }
 
-pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
+pub(crate) async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
     ctx.require(&Need::Scope(Scope::LlmChat))?;
-    let request: ChatRequest =
-        serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("the request body: {e}")))?;
+    let request: ChatRequest = json_body(&headers, &body)?;
     let generation = request.validate(s.llm.limits())?;
     let engine = s.llm.engine().await?;
     let header = Header {
@@ -58,10 +57,9 @@ pub(crate) async fn chat(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<
 /// Vectors of the texts, by the embedding model. An app pays the tokens the model read from its
 /// budget: texts that are more than it leaves are refused whole (429 `budget_exceeded`) before
 /// anything is computed.
-pub(crate) async fn embeddings(s: S, ctx: Ctx, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
+pub(crate) async fn embeddings(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
     ctx.require(&Need::Scope(Scope::LlmEmbed))?;
-    let request: EmbeddingsRequest =
-        serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("the request body: {e}")))?;
+    let request: EmbeddingsRequest = json_body(&headers, &body)?;
     let embedder = s.llm.embedder().await?;
     let embedding = request.validate(s.llm.max_embedding_inputs(), embedder.dimensions())?;
     let (_, allowance, meter) = payment(&s, &ctx).await?;

@@ -64,12 +64,7 @@ pub(crate) async fn put(
 ) -> ApiResult<Response> {
     let (collection, key) = names(&collection, &key)?;
     ctx.require(&Need::record(&Method::PUT, &collection))?;
-    let json_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !json_type {
+    if !crate::api::is_json(&headers) {
         return Err(Error::new(
             ErrorCode::UnsupportedMediaType,
             "records are JSON: send Content-Type: application/json",
