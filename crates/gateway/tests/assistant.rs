@@ -132,7 +132,12 @@ async fn the_owner_chooses_the_collections_it_reads_and_no_app_reaches_any_of_it
     assert_eq!(collections, ["diary"], "{answer}");
     // A question names collections as a client does: not the instance's own.
     let (st, _, err) = s
-        .call(Method::POST, "/v1/assistant/chat", Some(&ada), Some(json!({"message": "hi", "collections": ["_memories"]})))
+        .call(
+            Method::POST,
+            "/v1/assistant/chat",
+            Some(&ada),
+            Some(json!({"message": "hi", "collections": ["_memories"]})),
+        )
         .await;
     assert_eq!((st, Server::error_code(&err)), (StatusCode::BAD_REQUEST, "invalid_request"), "{err}");
     // A question cannot widen what the owner allowed.

@@ -25,7 +25,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
-use selfcloud_core::{Error, ErrorCode, Result};
+use selfcloud_core::{Error, Result};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +87,9 @@ async fn context(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(Ctx(Arc::new(ctx)));
     match tokio::time::timeout(budget, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => ApiError(Error::new(ErrorCode::Unavailable, "the instance did not answer in time")).into_response(),
+        Err(_) => {
+            ApiError(Error::unavailable("the instance did not answer in time", Duration::from_secs(1))).into_response()
+        }
     }
 }
 
