@@ -22,5 +22,6 @@ pub mod openai;
 pub mod retrieve;
 pub mod sse;
 pub mod stop;
+mod tokens;
 
 pub use engine::{Engine, Event, Events, ModelInfo, Timings};
