@@ -365,3 +365,26 @@ async fn an_apps_token_budget_is_enforced_and_its_owner_sees_what_it_spent() {
         s.call(Method::POST, "/v1/llm/chat/completions", Some(&app), Some(capital_question(false))).await;
     assert_eq!(Server::error_code(&err), "budget_exceeded", "{st} {err}");
 }
+
+#[tokio::test]
+async fn in_shared_mode_several_users_chat_at_once_through_one_batching_engine() {
+    let Some(model) = test_model() else { return };
+    let s = Server::start_with(|c| {
+        with_model(c, &model, 4, 8);
+        c.llm.as_mut().unwrap().shared = true;
+    })
+    .await;
+    let mut tokens = Vec::new();
+    for name in ["ada", "bob", "cyd", "dee"] {
+        let user = s.user(name).await;
+        tokens.push(s.app_token(&user, &["llm:chat"]).await.1.access_token);
+    }
+    let calls =
+        tokens.iter().map(|t| s.call(Method::POST, "/v1/llm/chat/completions", Some(t), Some(capital_question(false))));
+    for (st, _, answer) in futures_util::future::join_all(calls).await {
+        assert_eq!(st, StatusCode::OK, "{answer}");
+        assert!(answer["choices"][0]["message"]["content"].as_str().unwrap().contains("Paris"), "{answer}");
+        // Nothing is kept between requests: no caller's prompt is ever served from the cache.
+        assert_eq!(answer["timings"]["cache_n"], 0, "{answer}");
+    }
+}

@@ -4,6 +4,7 @@
 
 use crate::protocol::LlmSettings;
 use selfcloud_core::{Error, Result};
+use selfcloud_llm::batched::BatchedEngine;
 use selfcloud_llm::embed::Embedder;
 use selfcloud_llm::llama::LlamaEngine;
 use selfcloud_llm::Engine;
@@ -33,9 +34,10 @@ impl Llm {
                 Duration::from_secs(60),
             ));
         };
-        let options = settings.engine.clone();
-        loaded(&self.engine, "the assistant's model", move || {
-            LlamaEngine::load(&options).map(|e| Arc::new(e) as Arc<dyn Engine>)
+        let (options, shared) = (settings.engine.clone(), settings.shared);
+        loaded(&self.engine, "the assistant's model", move || match shared {
+            true => BatchedEngine::shared(&options).map(|e| e as Arc<dyn Engine>),
+            false => LlamaEngine::load(&options).map(|e| Arc::new(e) as Arc<dyn Engine>),
         })
         .await
     }

@@ -155,6 +155,10 @@ pub struct LlmSettings {
     /// The embedding model; `None` answers `/v1/llm/embeddings` with 503.
     #[serde(default)]
     pub embedding: Option<selfcloud_llm::embed::EmbedOptions>,
+    /// Shared mode: one batching engine for every instance of this process (in-process
+    /// runtime only), instead of each instance's own.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 impl Settings {

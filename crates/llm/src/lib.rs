@@ -9,6 +9,7 @@
 //! in the instance's process ([`llama`]) is the default; embeddings run on the same llama.cpp
 //! ([`embed`]). HTTP routing stays in the instance service and the gateway.
 
+pub mod batched;
 pub mod budget;
 pub mod catalog;
 pub mod convert;

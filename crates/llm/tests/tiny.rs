@@ -8,6 +8,7 @@
 //! zero), so its answers are printable words of random letters, never the end-of-turn token.
 
 use selfcloud_core::ErrorCode;
+use selfcloud_llm::batched::BatchedEngine;
 use selfcloud_llm::engine::collect;
 use selfcloud_llm::gguf::GgufWriter;
 use selfcloud_llm::llama::{LlamaEngine, LlamaOptions};
@@ -107,14 +108,17 @@ fn write_tiny_model(path: &Path) {
     w.write(path).unwrap();
 }
 
-/// The tiny model's engine (the file lives as long as the returned directory).
-fn engine(queue: usize) -> (tempfile::TempDir, LlamaEngine) {
+/// The tiny model's options (the file lives as long as the returned directory).
+fn tiny(slots: usize, queue: usize) -> (tempfile::TempDir, LlamaOptions) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     write_tiny_model(&path);
-    let options = LlamaOptions { path, name: "tiny".into(), context_tokens: CONTEXT, slots: 1, queue, threads: 1 };
-    let engine = LlamaEngine::load(&options).unwrap();
-    (dir, engine)
+    (dir, LlamaOptions { path, name: "tiny".into(), context_tokens: CONTEXT, slots, queue, threads: 1 })
+}
+
+fn engine(queue: usize) -> (tempfile::TempDir, LlamaEngine) {
+    let (dir, options) = tiny(1, queue);
+    (dir, LlamaEngine::load(&options).unwrap())
 }
 
 fn generation(user: &str, extra: Value) -> Generation {
@@ -123,7 +127,7 @@ fn generation(user: &str, extra: Value) -> Generation {
     serde_json::from_value::<ChatRequest>(body).unwrap().validate(RequestLimits::default()).unwrap()
 }
 
-fn events(engine: &LlamaEngine, g: Generation) -> Vec<Event> {
+fn events(engine: &impl selfcloud_llm::Engine, g: Generation) -> Vec<Event> {
     let mut rx = selfcloud_llm::Engine::generate(engine, g).unwrap();
     std::iter::from_fn(|| rx.blocking_recv()).collect()
 }
@@ -224,4 +228,53 @@ fn a_prompt_past_the_context_is_a_400() {
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+}
+
+fn receive(mut rx: selfcloud_llm::Events) -> Vec<Event> {
+    std::iter::from_fn(move || rx.blocking_recv()).collect()
+}
+
+#[test]
+fn the_batching_engine_answers_many_at_once_each_as_if_alone() {
+    let (_dir, alone) = engine(4);
+    let (_dir2, options) = tiny(4, 8);
+    let batched = BatchedEngine::load(&options).unwrap();
+    let prompts = ["hello", "a longer prompt about the garden and its bees", "x", "what is up", "hello"];
+    let ask = |p: &str| generation(p, json!({"max_tokens": 20}));
+    let expected: Vec<String> = prompts.iter().map(|p| text_of(&events(&alone, ask(p)))).collect();
+    // Five at once on four places: the fifth joins when one leaves.
+    let streams: Vec<_> = prompts.iter().map(|p| selfcloud_llm::Engine::generate(&batched, ask(p)).unwrap()).collect();
+    let answers: Vec<Vec<Event>> = streams.into_iter().map(receive).collect();
+    let texts: Vec<String> = answers.iter().map(|a| text_of(a)).collect();
+    assert_eq!(texts, expected, "a sequence's answer changed in company");
+    for a in &answers {
+        let (finish, completion, cache_n) = done(a);
+        assert_eq!((finish, completion, cache_n), (FinishReason::Length, 20, 0), "nothing is reused between requests");
+    }
+    // A stop string and the end of a stream work as they do alone.
+    let whole = &expected[0];
+    let stop = &whole[3..5];
+    let cut = receive(selfcloud_llm::Engine::generate(&batched, generation("hello", json!({"stop": [stop]}))).unwrap());
+    assert_eq!((text_of(&cut).as_str(), done(&cut).0), (&whole[..whole.find(stop).unwrap()], FinishReason::Stop));
+}
+
+#[test]
+fn the_batching_engine_stops_for_a_client_that_left_and_refuses_past_its_queue() {
+    let (_dir, options) = tiny(2, 1);
+    let batched = BatchedEngine::load(&options).unwrap();
+    let long = |p: &str| generation(p, json!({"max_tokens": 480}));
+    let mut left = selfcloud_llm::Engine::generate(&batched, long("story")).unwrap();
+    assert!(matches!(left.blocking_recv(), Some(Event::Delta(_))));
+    let stays = selfcloud_llm::Engine::generate(&batched, generation("hi", json!({"max_tokens": 30}))).unwrap();
+    drop(left);
+    let answer = receive(stays);
+    assert_eq!(done(&answer).1, 30, "the other sequence finished");
+    // The one that left stopped far short of its 480 (its outbox and channel hold 128).
+    assert!(batched.generated_tokens() < 250, "{} tokens", batched.generated_tokens());
+
+    // Two places and a queue of one: a fourth request is refused with 429.
+    let running: Vec<_> = (0..3).map(|_| selfcloud_llm::Engine::generate(&batched, long("story"))).collect();
+    let refused = (0..3).map(|_| selfcloud_llm::Engine::generate(&batched, long("story"))).find_map(Result::err);
+    assert_eq!(refused.map(|e| e.code), Some(ErrorCode::RateLimited));
+    drop(running);
 }

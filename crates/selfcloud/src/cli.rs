@@ -106,9 +106,15 @@ pub struct LlmArgs {
     /// Tokens of prompt and answer together in one chat (each slot's KV cache holds this many).
     #[arg(long, env = "SELFCLOUD_LLM_CONTEXT_TOKENS", default_value_t = 2048)]
     pub llm_context_tokens: u32,
-    /// Chats one instance generates at once.
+    /// Chats one instance generates at once (in shared mode: all instances together).
     #[arg(long, env = "SELFCLOUD_LLM_SLOTS", default_value_t = 1)]
     pub llm_slots: usize,
+    /// Shared mode: one batching engine for every instance (continuous batching, a sequence per
+    /// chat, nothing kept between chats) for throughput, instead of each instance's own engine
+    /// in its own process. Needs `--runtime inproc`: prompts then pass through the server's
+    /// process, not only the user's instance.
+    #[arg(long, env = "SELFCLOUD_LLM_SHARED")]
+    pub llm_shared: bool,
     /// Chats one instance holds waiting for a slot; past it a chat is refused with 429.
     #[arg(long, env = "SELFCLOUD_LLM_QUEUE", default_value_t = 4)]
     pub llm_queue: usize,
@@ -156,6 +162,7 @@ impl LlmArgs {
                 assistant_embeds_per_pass: self.assistant_embeds_per_pass,
             },
             embedding,
+            shared: self.llm_shared,
         }
     }
 }

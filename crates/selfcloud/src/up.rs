@@ -24,6 +24,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut config = args.settings.control_config(args.home.clone());
     config.llm = crate::model::resolve(&args.llm, &args.home).await?;
     config.runtime = args.settings.runtime()?;
+    if args.llm.llm_shared && !matches!(config.runtime, selfcloud_control::RuntimeConfig::Inproc) {
+        anyhow::bail!(
+            "--llm-shared needs --runtime inproc: the shared engine serves every instance from the server's process \
+             (each instance's own sandboxed process cannot reach it yet)"
+        );
+    }
     if let (selfcloud_control::RuntimeConfig::Process(process), Some(llm)) = (&mut config.runtime, &config.llm) {
         // The sandbox shows each instance the model's directory, read-only, and nothing else outside its own.
         let embedding = llm.embedding.iter().map(|e| &e.path);

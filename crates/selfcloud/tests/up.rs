@@ -179,6 +179,7 @@ fn help_names_every_limit() {
         "--llm-default-max-tokens",
         "--embedding-model",
         "--llm-max-embedding-inputs",
+        "--llm-shared",
         "--assistant-max-records",
         "--assistant-max-memories",
         "--assistant-embeds-per-pass",
@@ -252,4 +253,17 @@ async fn every_file_and_directory_under_the_home_is_the_server_users_alone() {
         }
     }
     assert!(files > 10, "{files}");
+}
+
+#[test]
+fn the_shared_engine_needs_the_inproc_runtime() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_selfcloud"))
+        .args(["up", "--addr", "127.0.0.1:0", "--model", "none", "--llm-shared", "--runtime", "process"])
+        .env("SELFCLOUD_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--llm-shared needs --runtime inproc"), "{err}");
 }

@@ -286,5 +286,10 @@ pub fn with_model(config: &mut ControlConfig, model: &std::path::Path, slots: us
             process.read_only.push(e.path.parent().unwrap().to_owned());
         }
     }
-    config.llm = Some(selfcloud_instance::protocol::LlmSettings { engine, limits: Default::default(), embedding });
+    config.llm = Some(selfcloud_instance::protocol::LlmSettings {
+        engine,
+        limits: Default::default(),
+        embedding,
+        shared: false,
+    });
 }

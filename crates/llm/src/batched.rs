@@ -1,0 +1,354 @@
+//! The batching engine: one llama.cpp context whose KV cache holds one sequence per request
+//! under way, and one loop that advances every sequence by a token per decode (continuous
+//! batching, as llama-server does): a new request joins between two steps, with its prompt fed
+//! in chunks beside the others' tokens, and a finished one leaves. Many callers' generations
+//! share the weights' reads and the matrix work of each step, for throughput.
+//!
+//! What it promises callers: a sequence sees only its own tokens (each attends to its own
+//! sequence of the cache), and nothing of a request is kept after it (its sequence is cleared
+//! when it ends), so no prompt prefix is ever shared between callers, or its timing. What it
+//! does not: that a caller's prompt and answer stay in the caller's own process (they pass
+//! through this engine's), which is what per-instance mode (`crate::llama`) promises.
+
+use crate::engine::{busy, Engine, Event, Events, ModelInfo, Timings};
+use crate::llama::{backend, load_model, LlamaOptions, CONTEXT_MADE};
+use crate::openai::{FinishReason, Generation, Usage};
+use crate::tokens::{chat_template, prompt_tokens, sampler, TextOut};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use selfcloud_core::Error;
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Tokens in one decode, all sequences together (prompts are fed in chunks within it).
+const BATCH: usize = 512;
+/// Events a sequence holds for a client that is slow to read before it stops computing for it,
+/// and how long it waits for one that does not read at all.
+const OUTBOX: usize = 64;
+const STALLED_CLIENT: Duration = Duration::from_secs(30);
+
+struct Job {
+    generation: Generation,
+    prompt: Vec<LlamaToken>,
+    events: tokio::sync::mpsc::Sender<Event>,
+}
+
+pub struct BatchedEngine {
+    info: ModelInfo,
+    model: Arc<LlamaModel>,
+    template: LlamaChatTemplate,
+    queue: mpsc::SyncSender<Job>,
+    generated: Arc<AtomicU64>,
+}
+
+impl BatchedEngine {
+    /// Loads the model and makes the shared context: `options.slots` sequences at once, each of
+    /// up to `options.context_tokens`.
+    pub fn load(options: &LlamaOptions) -> Result<Self, Error> {
+        let backend = backend()?;
+        let model = load_model(backend, &options.path)?;
+        let template = chat_template(&model)?;
+        let context_tokens = options.context_tokens.min(model.n_ctx_train()).max(64);
+        let info = ModelInfo { id: options.name.clone(), context_tokens, size_bytes: model.size() };
+        let model = Arc::new(model);
+        let slots = options.slots.max(1);
+        let (queue, jobs) = mpsc::sync_channel::<Job>(options.queue.max(1));
+        let generated = Arc::new(AtomicU64::new(0));
+        let threads = match options.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        } as i32;
+        let (ready_tx, ready) = mpsc::channel();
+        let (model_for_loop, counter) = (model.clone(), generated.clone());
+        std::thread::Builder::new()
+            .name("llm-batch".into())
+            .spawn(move || {
+                let model = model_for_loop;
+                let ctx = {
+                    let _one = CONTEXT_MADE.lock().unwrap_or_else(|e| e.into_inner());
+                    let params = LlamaContextParams::default()
+                        .with_n_ctx(NonZeroU32::new(context_tokens * slots as u32))
+                        .with_n_batch(BATCH as u32)
+                        .with_n_seq_max(slots as u32)
+                        .with_n_threads(threads)
+                        .with_n_threads_batch(threads);
+                    model.new_context(backend, params)
+                };
+                match ctx {
+                    Ok(ctx) => {
+                        let _ = ready_tx.send(Ok(()));
+                        let seqs = (0..slots).map(|_| None).collect();
+                        Batcher { model: &model, ctx, seqs, limit: context_tokens as usize, generated: counter }
+                            .serve(jobs);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(Error::internal(format!("a llama.cpp context: {e}"))));
+                    }
+                }
+            })
+            .map_err(Error::internal)?;
+        ready.recv().map_err(Error::internal)??;
+        Ok(BatchedEngine { info, model, template, queue, generated })
+    }
+
+    /// The one engine for `options` in this process, loaded by the first instance that asks
+    /// (shared mode with the in-process runtime: every instance's requests batch together).
+    pub fn shared(options: &LlamaOptions) -> Result<Arc<BatchedEngine>, Error> {
+        static SHARED: Mutex<Vec<(LlamaOptions, Arc<BatchedEngine>)>> = Mutex::new(Vec::new());
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, engine)) = shared.iter().find(|(o, _)| o == options) {
+            return Ok(engine.clone());
+        }
+        let engine = Arc::new(BatchedEngine::load(options)?);
+        shared.push((options.clone(), engine.clone()));
+        Ok(engine)
+    }
+
+    /// Tokens generated for every sequence since the engine loaded.
+    pub fn generated_tokens(&self) -> u64 {
+        self.generated.load(Ordering::Relaxed)
+    }
+}
+
+impl Engine for BatchedEngine {
+    fn model(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn generate(&self, mut generation: Generation) -> Result<Events, Error> {
+        let prompt = prompt_tokens(&self.model, &self.template, &generation)?;
+        let limit = self.info.context_tokens as usize;
+        if prompt.is_empty() || prompt.len() + 1 > limit {
+            return Err(Error::invalid(format!(
+                "the prompt is {} tokens; this model's context holds {limit}",
+                prompt.len()
+            )));
+        }
+        generation.max_tokens = crate::budget::cap(generation.max_tokens, prompt.len() as u64, generation.allowance)?;
+        let (events, rx) = tokio::sync::mpsc::channel(OUTBOX);
+        self.queue.try_send(Job { generation, prompt, events }).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => busy(),
+            mpsc::TrySendError::Disconnected(_) => Error::internal("the batching engine has stopped"),
+        })?;
+        Ok(rx)
+    }
+}
+
+/// One request under way: its place in the cache is its index among the batcher's sequences.
+struct Seq {
+    job: Job,
+    sampler: LlamaSampler,
+    /// Prompt tokens in the cache so far; then every token the sequence holds.
+    fed: usize,
+    /// The token sampled last, to be fed at the next step.
+    next: Option<LlamaToken>,
+    /// Where in this step's batch the sequence's logits are.
+    logits_at: Option<i32>,
+    text: TextOut,
+    generated: u64,
+    started: Instant,
+    prompt_ms: f64,
+    decoding: Option<Instant>,
+    outbox: VecDeque<Event>,
+    stalled_since: Option<Instant>,
+    done: bool,
+}
+
+struct Batcher<'m> {
+    model: &'m LlamaModel,
+    ctx: LlamaContext<'m>,
+    seqs: Vec<Option<Seq>>,
+    /// Tokens one sequence may hold.
+    limit: usize,
+    generated: Arc<AtomicU64>,
+}
+
+impl Batcher<'_> {
+    fn serve(mut self, jobs: mpsc::Receiver<Job>) {
+        let mut batch = LlamaBatch::new(BATCH, self.seqs.len() as i32);
+        loop {
+            if !self.admit(&jobs) {
+                return; // the engine is gone and nothing is under way
+            }
+            // A fault fails the sequences under way, not the engine: each gets the error, the
+            // cache is emptied, and the next requests start afresh.
+            let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(&mut batch)))
+                .unwrap_or_else(|_| Err(Error::internal("the generation failed")));
+            if let Err(e) = stepped {
+                for seq in self.seqs.iter_mut().flatten() {
+                    seq.outbox.push_back(Event::Failed(e.clone()));
+                    seq.done = true;
+                }
+                self.ctx.clear_kv_cache();
+            }
+            self.deliver();
+        }
+    }
+
+    /// Takes waiting requests into free places: waits for one when nothing is under way.
+    /// False once the engine is gone and nothing is left to do.
+    fn admit(&mut self, jobs: &mpsc::Receiver<Job>) -> bool {
+        while let Some(free) = self.seqs.iter().position(Option::is_none) {
+            let busy = self.seqs.iter().any(Option::is_some);
+            let job = if busy {
+                match jobs.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => return true,
+                }
+            } else {
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => return false,
+                }
+            };
+            if job.events.is_closed() {
+                continue; // the caller went away while it waited
+            }
+            match sampler(self.model, &job.generation) {
+                Ok(sampler) => {
+                    // A prompt is paid for whole, as OpenAI bills it.
+                    job.generation.meter.add(job.prompt.len() as u64);
+                    self.seqs[free] = Some(Seq {
+                        job,
+                        sampler,
+                        fed: 0,
+                        next: None,
+                        logits_at: None,
+                        text: TextOut::default(),
+                        generated: 0,
+                        started: Instant::now(),
+                        prompt_ms: 0.0,
+                        decoding: None,
+                        outbox: VecDeque::new(),
+                        stalled_since: None,
+                        done: false,
+                    });
+                }
+                Err(e) => {
+                    let _ = job.events.try_send(Event::Failed(e));
+                }
+            }
+        }
+        true
+    }
+
+    /// One decode: every sequence's next token, and chunks of the prompts still being fed;
+    /// then a token sampled for each sequence whose logits it computed.
+    fn step(&mut self, batch: &mut LlamaBatch) -> Result<(), Error> {
+        batch.clear();
+        let mut room = BATCH;
+        for (id, seq) in self.seqs.iter_mut().enumerate() {
+            let Some(seq) = seq.as_mut().filter(|s| !s.done && s.outbox.len() < OUTBOX) else { continue };
+            seq.logits_at = None;
+            let prompt = &seq.job.prompt;
+            if seq.fed < prompt.len() {
+                let n = room.min(prompt.len() - seq.fed);
+                for (i, &t) in prompt[seq.fed..seq.fed + n].iter().enumerate() {
+                    let last = seq.fed + i + 1 == prompt.len();
+                    batch.add(t, (seq.fed + i) as i32, &[id as i32], last).map_err(Error::internal)?;
+                }
+                seq.fed += n;
+                room -= n;
+                if seq.fed == prompt.len() {
+                    seq.logits_at = Some(batch.n_tokens() - 1);
+                }
+            } else if let Some(t) = seq.next.take() {
+                batch.add(t, seq.fed as i32, &[id as i32], true).map_err(Error::internal)?;
+                seq.fed += 1;
+                room -= 1;
+                seq.logits_at = Some(batch.n_tokens() - 1);
+            }
+            if room == 0 {
+                break;
+            }
+        }
+        if batch.n_tokens() == 0 {
+            // Every sequence waits on its reader: give them a moment rather than spin.
+            std::thread::sleep(Duration::from_millis(2));
+            return Ok(());
+        }
+        self.ctx.decode(batch).map_err(|e| Error::internal(format!("llama.cpp decode: {e}")))?;
+        for seq in self.seqs.iter_mut().flatten() {
+            let Some(at) = seq.logits_at.take() else { continue };
+            let token = seq.sampler.sample(&self.ctx, at);
+            self.generated.fetch_add(1, Ordering::Relaxed);
+            Self::take(self.model, self.limit, seq, token);
+        }
+        Ok(())
+    }
+
+    /// What a sampled token does to its sequence: more text, or the end of the answer.
+    fn take(model: &LlamaModel, limit: usize, seq: &mut Seq, token: LlamaToken) {
+        let decoding = *seq.decoding.get_or_insert_with(|| {
+            seq.prompt_ms = seq.started.elapsed().as_secs_f64() * 1000.0;
+            Instant::now()
+        });
+        let g = &seq.job.generation;
+        let finish = if model.vocab().is_eog(token) {
+            Some(FinishReason::Stop)
+        } else {
+            seq.generated += 1;
+            g.meter.add(1);
+            let said = seq.text.push(model, token, &g.stop);
+            if !said.send.is_empty() {
+                seq.outbox.push_back(Event::Delta(said.send));
+            }
+            if said.stopped {
+                Some(FinishReason::Stop)
+            } else if seq.generated >= u64::from(g.max_tokens) || seq.fed + 1 >= limit {
+                Some(FinishReason::Length)
+            } else {
+                seq.next = Some(token);
+                None
+            }
+        };
+        if let Some(finish) = finish {
+            let rest = seq.text.rest();
+            if !rest.is_empty() {
+                seq.outbox.push_back(Event::Delta(rest));
+            }
+            let prompt_n = seq.job.prompt.len() as u64;
+            let predicted_ms = decoding.elapsed().as_secs_f64() * 1000.0;
+            let timings = Timings::new(prompt_n, seq.prompt_ms, seq.generated, predicted_ms, 0);
+            seq.outbox.push_back(Event::Done { finish, usage: Usage::new(prompt_n, seq.generated), timings });
+            seq.done = true;
+        }
+    }
+
+    /// Hands each sequence's events to its client as far as it reads them; a sequence whose
+    /// client left, stalled too long, or has its whole answer delivered leaves, and its place
+    /// in the cache is cleared.
+    fn deliver(&mut self) {
+        for id in 0..self.seqs.len() {
+            let Some(seq) = self.seqs[id].as_mut() else { continue };
+            let mut gone = false;
+            while let Some(event) = seq.outbox.pop_front() {
+                match seq.job.events.try_send(event) {
+                    Ok(()) => seq.stalled_since = None,
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(event)) => {
+                        seq.outbox.push_front(event);
+                        let since = *seq.stalled_since.get_or_insert_with(Instant::now);
+                        gone = since.elapsed() > STALLED_CLIENT;
+                        break;
+                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                        gone = true;
+                        break;
+                    }
+                }
+            }
+            gone |= seq.job.events.is_closed();
+            if gone || (seq.done && seq.outbox.is_empty()) {
+                self.seqs[id] = None;
+                let _ = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None);
+            }
+        }
+    }
+}
