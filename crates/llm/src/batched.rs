@@ -10,14 +10,14 @@
 //! does not: that a caller's prompt and answer stay in the caller's own process (they pass
 //! through this engine's), which is what per-instance mode (`crate::llama`) promises.
 
-use crate::engine::{busy, Engine, Event, Events, ModelInfo, Timings};
-use crate::llama::{backend, load_model, LlamaOptions, CONTEXT_MADE};
+use crate::engine::{Engine, Event, Events, ModelInfo, Timings};
+use crate::llama::{backend, Front, Job, LlamaOptions, CONTEXT_MADE, EVENTS};
 use crate::openai::{FinishReason, Generation, Usage};
-use crate::tokens::{chat_template, prompt_tokens, sampler, TextOut};
+use crate::tokens::{sampler, TextOut};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::{LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use selfcloud_core::Error;
@@ -29,48 +29,28 @@ use std::time::{Duration, Instant};
 
 /// Tokens in one decode, all sequences together (prompts are fed in chunks within it).
 const BATCH: usize = 512;
-/// Events a sequence holds for a client that is slow to read before it stops computing for it,
-/// and how long it waits for one that does not read at all.
-const OUTBOX: usize = 64;
+/// Events a sequence holds for a client that is slow to read before it stops computing for it
+/// (beside the [`EVENTS`] its channel holds), and how long it waits for one that does not read.
+const OUTBOX: usize = EVENTS;
 const STALLED_CLIENT: Duration = Duration::from_secs(30);
 
-struct Job {
-    generation: Generation,
-    prompt: Vec<LlamaToken>,
-    events: tokio::sync::mpsc::Sender<Event>,
-}
-
 pub struct BatchedEngine {
-    info: ModelInfo,
-    model: Arc<LlamaModel>,
-    template: LlamaChatTemplate,
-    queue: mpsc::SyncSender<Job>,
-    generated: Arc<AtomicU64>,
+    front: Front,
 }
 
 impl BatchedEngine {
     /// Loads the model and makes the shared context: `options.slots` sequences at once, each of
     /// up to `options.context_tokens`.
     pub fn load(options: &LlamaOptions) -> Result<Self, Error> {
-        let backend = backend()?;
-        let model = load_model(backend, &options.path)?;
-        let template = chat_template(&model)?;
-        let context_tokens = options.context_tokens.min(model.n_ctx_train()).max(64);
-        let info = ModelInfo { id: options.name.clone(), context_tokens, size_bytes: model.size() };
-        let model = Arc::new(model);
+        let (front, jobs) = Front::open(options)?;
         let slots = options.slots.max(1);
-        let (queue, jobs) = mpsc::sync_channel::<Job>(options.queue.max(1));
-        let generated = Arc::new(AtomicU64::new(0));
-        let threads = match options.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        } as i32;
+        let threads = Front::threads(options);
+        let context_tokens = front.info.context_tokens;
         let (ready_tx, ready) = mpsc::channel();
-        let (model_for_loop, counter) = (model.clone(), generated.clone());
+        let (model, counter) = (front.model.clone(), front.generated.clone());
         std::thread::Builder::new()
             .name("llm-batch".into())
             .spawn(move || {
-                let model = model_for_loop;
                 let ctx = {
                     let _one = CONTEXT_MADE.lock().unwrap_or_else(|e| e.into_inner());
                     let params = LlamaContextParams::default()
@@ -79,7 +59,7 @@ impl BatchedEngine {
                         .with_n_seq_max(slots as u32)
                         .with_n_threads(threads)
                         .with_n_threads_batch(threads);
-                    model.new_context(backend, params)
+                    model.new_context(backend().expect("started by Front::open"), params)
                 };
                 match ctx {
                     Ok(ctx) => {
@@ -95,7 +75,7 @@ impl BatchedEngine {
             })
             .map_err(Error::internal)?;
         ready.recv().map_err(Error::internal)??;
-        Ok(BatchedEngine { info, model, template, queue, generated })
+        Ok(BatchedEngine { front })
     }
 
     /// The one engine for `options` in this process, loaded by the first instance that asks
@@ -113,31 +93,17 @@ impl BatchedEngine {
 
     /// Tokens generated for every sequence since the engine loaded.
     pub fn generated_tokens(&self) -> u64 {
-        self.generated.load(Ordering::Relaxed)
+        self.front.generated.load(Ordering::Relaxed)
     }
 }
 
 impl Engine for BatchedEngine {
     fn model(&self) -> &ModelInfo {
-        &self.info
+        &self.front.info
     }
 
-    fn generate(&self, mut generation: Generation) -> Result<Events, Error> {
-        let prompt = prompt_tokens(&self.model, &self.template, &generation)?;
-        let limit = self.info.context_tokens as usize;
-        if prompt.is_empty() || prompt.len() + 1 > limit {
-            return Err(Error::invalid(format!(
-                "the prompt is {} tokens; this model's context holds {limit}",
-                prompt.len()
-            )));
-        }
-        generation.max_tokens = crate::budget::cap(generation.max_tokens, prompt.len() as u64, generation.allowance)?;
-        let (events, rx) = tokio::sync::mpsc::channel(OUTBOX);
-        self.queue.try_send(Job { generation, prompt, events }).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => busy(),
-            mpsc::TrySendError::Disconnected(_) => Error::internal("the batching engine has stopped"),
-        })?;
-        Ok(rx)
+    fn generate(&self, generation: Generation) -> Result<Events, Error> {
+        self.front.generate(generation)
     }
 }
 

@@ -83,39 +83,83 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, Error> {
 /// Contexts are made one at a time: llama.cpp may adjust the model while it makes one.
 pub(crate) static CONTEXT_MADE: Mutex<()> = Mutex::new(());
 
-struct Job {
-    generation: Generation,
-    prompt: Vec<LlamaToken>,
-    events: tokio::sync::mpsc::Sender<Event>,
+pub(crate) struct Job {
+    pub generation: Generation,
+    pub prompt: Vec<LlamaToken>,
+    pub events: tokio::sync::mpsc::Sender<Event>,
+}
+
+/// Events a generation may have waiting for its reader.
+pub(crate) const EVENTS: usize = 64;
+
+/// What both chat engines on llama.cpp share: the model and its template, and the queue a
+/// generation joins once its prompt is tokenized and checked against the context and budget.
+pub(crate) struct Front {
+    pub info: ModelInfo,
+    pub model: Arc<LlamaModel>,
+    template: LlamaChatTemplate,
+    queue: mpsc::SyncSender<Job>,
+    pub generated: Arc<AtomicU64>,
+}
+
+impl Front {
+    /// Loads the model (its contexts hold `context_tokens` each, at most what it was trained
+    /// on); its engine takes the jobs from the receiver.
+    pub fn open(options: &LlamaOptions) -> Result<(Front, mpsc::Receiver<Job>), Error> {
+        let model = load_model(backend()?, &options.path)?;
+        let template = chat_template(&model)?;
+        let context_tokens = options.context_tokens.min(model.n_ctx_train()).max(64);
+        let info = ModelInfo { id: options.name.clone(), context_tokens, size_bytes: model.size() };
+        let (queue, jobs) = mpsc::sync_channel::<Job>(options.queue.max(1));
+        let front = Front { info, model: Arc::new(model), template, queue, generated: Arc::new(AtomicU64::new(0)) };
+        Ok((front, jobs))
+    }
+
+    pub fn generate(&self, mut generation: Generation) -> Result<Events, Error> {
+        let prompt = prompt_tokens(&self.model, &self.template, &generation)?;
+        if prompt.is_empty() {
+            return Err(Error::invalid("the prompt is empty"));
+        }
+        let limit = self.info.context_tokens as usize;
+        if prompt.len() + 1 > limit {
+            return Err(Error::invalid(format!(
+                "the prompt is {} tokens; this model's context holds {limit}",
+                prompt.len()
+            )));
+        }
+        generation.max_tokens = crate::budget::cap(generation.max_tokens, prompt.len() as u64, generation.allowance)?;
+        let (events, rx) = tokio::sync::mpsc::channel(EVENTS);
+        self.queue.try_send(Job { generation, prompt, events }).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => busy(),
+            mpsc::TrySendError::Disconnected(_) => Error::internal("the engine has stopped"),
+        })?;
+        Ok(rx)
+    }
+
+    /// Threads a context computes with: the setting, or every core the process may use.
+    pub fn threads(options: &LlamaOptions) -> i32 {
+        let threads = match options.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        threads as i32
+    }
 }
 
 pub struct LlamaEngine {
-    info: ModelInfo,
-    model: Arc<LlamaModel>,
-    template: LlamaChatTemplate,
-    queue: mpsc::SyncSender<Job>,
-    generated: Arc<AtomicU64>,
+    front: Front,
 }
 
 impl LlamaEngine {
     /// Loads the model and starts its slots; each slot's context is made before this returns, so
     /// a model that cannot run fails here, not on the first request.
     pub fn load(options: &LlamaOptions) -> Result<Self, Error> {
-        let backend = backend()?;
-        let model = load_model(backend, &options.path)?;
-        let template = chat_template(&model)?;
-        let context_tokens = options.context_tokens.min(model.n_ctx_train()).max(64);
-        let info = ModelInfo { id: options.name.clone(), context_tokens, size_bytes: model.size() };
-        let model = Arc::new(model);
-        let (queue, jobs) = mpsc::sync_channel::<Job>(options.queue.max(1));
-        let generated = Arc::new(AtomicU64::new(0));
+        let (front, jobs) = Front::open(options)?;
         let jobs = Arc::new(Mutex::new(jobs));
-        let threads = match options.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        } as i32;
+        let threads = Front::threads(options);
+        let context_tokens = front.info.context_tokens;
         for n in 0..options.slots.max(1) {
-            let (model, jobs, generated) = (model.clone(), jobs.clone(), generated.clone());
+            let (model, jobs, generated) = (front.model.clone(), jobs.clone(), front.generated.clone());
             let (ready_tx, ready) = mpsc::channel();
             std::thread::Builder::new()
                 .name(format!("llm-slot-{n}"))
@@ -127,7 +171,7 @@ impl LlamaEngine {
                             .with_n_batch(BATCH as u32)
                             .with_n_threads(threads)
                             .with_n_threads_batch(threads);
-                        model.new_context(backend, params)
+                        model.new_context(backend().expect("started by Front::open"), params)
                     };
                     match ctx {
                         Ok(ctx) => {
@@ -143,12 +187,12 @@ impl LlamaEngine {
                 .map_err(Error::internal)?;
             ready.recv().map_err(Error::internal)??;
         }
-        Ok(LlamaEngine { info, model, template, queue, generated })
+        Ok(LlamaEngine { front })
     }
 
     /// Tokens generated by every slot since the engine loaded (answers cut short included).
     pub fn generated_tokens(&self) -> u64 {
-        self.generated.load(Ordering::Relaxed)
+        self.front.generated.load(Ordering::Relaxed)
     }
 }
 
@@ -163,28 +207,11 @@ pub(crate) fn load_model(backend: &LlamaBackend, path: &Path) -> Result<LlamaMod
 
 impl Engine for LlamaEngine {
     fn model(&self) -> &ModelInfo {
-        &self.info
+        &self.front.info
     }
 
-    fn generate(&self, mut generation: Generation) -> Result<Events, Error> {
-        let prompt = prompt_tokens(&self.model, &self.template, &generation)?;
-        if prompt.is_empty() {
-            return Err(Error::invalid("the prompt is empty"));
-        }
-        let limit = self.info.context_tokens as usize;
-        if prompt.len() + 1 > limit {
-            return Err(Error::invalid(format!(
-                "the prompt is {} tokens; this model's context holds {limit}",
-                prompt.len()
-            )));
-        }
-        generation.max_tokens = crate::budget::cap(generation.max_tokens, prompt.len() as u64, generation.allowance)?;
-        let (events, rx) = tokio::sync::mpsc::channel(64);
-        self.queue.try_send(Job { generation, prompt, events }).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => busy(),
-            mpsc::TrySendError::Disconnected(_) => Error::internal("the engine's slots have stopped"),
-        })?;
-        Ok(rx)
+    fn generate(&self, generation: Generation) -> Result<Events, Error> {
+        self.front.generate(generation)
     }
 }
 
