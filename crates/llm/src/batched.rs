@@ -209,30 +209,32 @@ impl Batcher<'_> {
     /// then a token sampled for each sequence whose logits it computed.
     fn step(&mut self, batch: &mut LlamaBatch) -> Result<(), Error> {
         batch.clear();
-        let mut room = BATCH;
+        // The answers under way first, a token each, so a long prompt that joins never holds
+        // them back; then the prompts being fed, in what room is left.
         for (id, seq) in self.seqs.iter_mut().enumerate() {
             let Some(seq) = seq.as_mut().filter(|s| !s.done && s.outbox.len() < OUTBOX) else { continue };
-            seq.logits_at = None;
-            let prompt = &seq.job.prompt;
-            if seq.fed < prompt.len() {
-                let n = room.min(prompt.len() - seq.fed);
-                for (i, &t) in prompt[seq.fed..seq.fed + n].iter().enumerate() {
-                    let last = seq.fed + i + 1 == prompt.len();
-                    batch.add(t, (seq.fed + i) as i32, &[id as i32], last).map_err(Error::internal)?;
-                }
-                seq.fed += n;
-                room -= n;
-                if seq.fed == prompt.len() {
-                    seq.logits_at = Some(batch.n_tokens() - 1);
-                }
-            } else if let Some(t) = seq.next.take() {
+            if let Some(t) = seq.next.take() {
                 batch.add(t, seq.fed as i32, &[id as i32], true).map_err(Error::internal)?;
                 seq.fed += 1;
-                room -= 1;
                 seq.logits_at = Some(batch.n_tokens() - 1);
             }
+        }
+        let mut room = BATCH - batch.n_tokens() as usize;
+        for (id, seq) in self.seqs.iter_mut().enumerate() {
+            let Some(seq) = seq.as_mut().filter(|s| !s.done && s.fed < s.job.prompt.len()) else { continue };
             if room == 0 {
                 break;
+            }
+            let prompt = &seq.job.prompt;
+            let n = room.min(prompt.len() - seq.fed);
+            for (i, &t) in prompt[seq.fed..seq.fed + n].iter().enumerate() {
+                let last = seq.fed + i + 1 == prompt.len();
+                batch.add(t, (seq.fed + i) as i32, &[id as i32], last).map_err(Error::internal)?;
+            }
+            seq.fed += n;
+            room -= n;
+            if seq.fed == prompt.len() {
+                seq.logits_at = Some(batch.n_tokens() - 1);
             }
         }
         if batch.n_tokens() == 0 {

@@ -239,10 +239,13 @@ fn the_batching_engine_answers_many_at_once_each_as_if_alone() {
     let (_dir, alone) = engine(4);
     let (_dir2, options) = tiny(4, 8);
     let batched = BatchedEngine::load(&options).unwrap();
-    let prompts = ["hello", "a longer prompt about the garden and its bees", "x", "what is up", "hello"];
+    // Two long prompts (about 300 tokens each) that cannot both join in one step: fed in chunks while
+    // the others decode.
+    let (long, longer) = ("garden ".repeat(30), "bees ".repeat(40));
+    let prompts = ["hello", long.as_str(), "x", longer.as_str(), "what is up", "hello"];
     let ask = |p: &str| generation(p, json!({"max_tokens": 20}));
     let expected: Vec<String> = prompts.iter().map(|p| text_of(&events(&alone, ask(p)))).collect();
-    // Five at once on four places: the fifth joins when one leaves.
+    // Six at once on four places: the last two join when others leave.
     let streams: Vec<_> = prompts.iter().map(|p| selfcloud_llm::Engine::generate(&batched, ask(p)).unwrap()).collect();
     let answers: Vec<Vec<Event>> = streams.into_iter().map(receive).collect();
     let texts: Vec<String> = answers.iter().map(|a| text_of(a)).collect();
