@@ -45,7 +45,7 @@ impl BatchedEngine {
         let (front, jobs) = Front::open(options)?;
         let slots = options.slots.max(1);
         let threads = Front::threads(options);
-        let context_tokens = front.info.context_tokens;
+        let (context_tokens, queue) = (front.info.context_tokens, options.queue.max(1));
         let (ready_tx, ready) = mpsc::channel();
         let (model, counter) = (front.model.clone(), front.generated.clone());
         std::thread::Builder::new()
@@ -65,8 +65,17 @@ impl BatchedEngine {
                     Ok(ctx) => {
                         let _ = ready_tx.send(Ok(()));
                         let seqs = (0..slots).map(|_| None).collect();
-                        Batcher { model: &model, ctx, seqs, limit: context_tokens as usize, generated: counter }
-                            .serve(jobs);
+                        let deferred = VecDeque::new();
+                        Batcher {
+                            model: &model,
+                            ctx,
+                            seqs,
+                            deferred,
+                            queue,
+                            limit: context_tokens as usize,
+                            generated: counter,
+                        }
+                        .serve(jobs);
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(Error::internal(format!("a llama.cpp context: {e}"))));
@@ -127,10 +136,21 @@ struct Seq {
     done: bool,
 }
 
+/// The places one instance may hold at once: half of them (at least one), so that with two or
+/// more places there is always room for another user.
+pub fn share(places: usize) -> usize {
+    (places / 2).max(1)
+}
+
 struct Batcher<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
     seqs: Vec<Option<Seq>>,
+    /// Requests taken off the queue whose instance already holds its share of the places: they
+    /// join, in order, as that instance's sequences end. At most `queue` of them: past it the
+    /// queue fills, and a new request is refused with 429.
+    deferred: VecDeque<Job>,
+    queue: usize,
     /// Tokens one sequence may hold.
     limit: usize,
     generated: Arc<AtomicU64>,
@@ -158,20 +178,34 @@ impl Batcher<'_> {
         }
     }
 
-    /// Takes waiting requests into free places: waits for one when nothing is under way.
-    /// False once the engine is gone and nothing is left to do.
+    /// Takes waiting requests into free places: waits for one when nothing is under way. One
+    /// instance holds at most its [`share`] of the places, so a user who opens many streams (and
+    /// never reads them) cannot shut the others out. False once the engine is gone and nothing is
+    /// left to do.
     fn admit(&mut self, jobs: &mpsc::Receiver<Job>) -> bool {
-        while let Some(free) = self.seqs.iter().position(Option::is_none) {
-            let busy = self.seqs.iter().any(Option::is_some);
-            let job = if busy {
-                match jobs.try_recv() {
-                    Ok(job) => job,
-                    Err(_) => return true,
-                }
-            } else {
-                match jobs.recv() {
-                    Ok(job) => job,
-                    Err(_) => return false,
+        let share = share(self.seqs.len());
+        loop {
+            let Some(free) = self.seqs.iter().position(Option::is_none) else { return true };
+            let holds = |seqs: &[Option<Seq>], tenant: &str| {
+                seqs.iter().flatten().filter(|s| s.job.generation.tenant == tenant).count()
+            };
+            // First the deferred request whose instance now has room, in the order they came.
+            let ready = self.deferred.iter().position(|j| holds(&self.seqs, &j.generation.tenant) < share);
+            let job = match ready {
+                Some(at) => self.deferred.remove(at).expect("found"),
+                None if self.deferred.len() >= self.queue => return true,
+                None => {
+                    let busy = self.seqs.iter().any(Option::is_some);
+                    let next = if busy || !self.deferred.is_empty() { jobs.try_recv().ok() } else { jobs.recv().ok() };
+                    match next {
+                        Some(job) if holds(&self.seqs, &job.generation.tenant) >= share => {
+                            self.deferred.push_back(job);
+                            continue;
+                        }
+                        Some(job) => job,
+                        None if busy || !self.deferred.is_empty() => return true,
+                        None => return false,
+                    }
                 }
             };
             if job.events.is_closed() {
@@ -202,7 +236,6 @@ impl Batcher<'_> {
                 }
             }
         }
-        true
     }
 
     /// One decode: every sequence's next token, and chunks of the prompts still being fed;

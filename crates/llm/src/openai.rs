@@ -122,6 +122,9 @@ pub struct Generation {
     /// prompt only for the same caller, so neither what another caller asked nor how fast a
     /// guess of it is answered crosses between apps, or from the owner to an app.
     pub caller: String,
+    /// Whose instance the request comes from: an engine that serves many instances (shared
+    /// mode) shares its places fairly between them.
+    pub tenant: String,
     /// What the caller's token budget leaves for this generation; `None` when it has none.
     pub allowance: Option<crate::budget::Allowance>,
     /// Counts the tokens this generation spends, for the caller's bill.
@@ -235,6 +238,7 @@ impl ChatRequest {
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             caller: String::new(),
+            tenant: String::new(),
             allowance: None,
             meter: Default::default(),
         })

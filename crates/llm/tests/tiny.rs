@@ -281,3 +281,23 @@ fn the_batching_engine_stops_for_a_client_that_left_and_refuses_past_its_queue()
     assert_eq!(refused.map(|e| e.code), Some(ErrorCode::RateLimited));
     drop(running);
 }
+
+#[test]
+fn in_the_batching_engine_one_instance_cannot_take_every_place() {
+    let (_dir, options) = tiny(2, 4);
+    let batched = BatchedEngine::load(&options).unwrap();
+    let from = |tenant: &str, max_tokens: u32| Generation {
+        tenant: tenant.into(),
+        ..generation("story", json!({"max_tokens": max_tokens}))
+    };
+    // One instance opens two long streams and never reads them.
+    let hog: Vec<_> = (0..2).map(|_| selfcloud_llm::Engine::generate(&batched, from("a", 480)).unwrap()).collect();
+    // Another instance's short request still gets a place (one instance holds half of them at
+    // most): it finishes at once, not after the hog's streams time out.
+    let other = selfcloud_llm::Engine::generate(&batched, from("b", 10)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(receive(other)).unwrap());
+    let answer = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the other instance waited on the hog");
+    assert_eq!(done(&answer).1, 10);
+    drop(hog);
+}

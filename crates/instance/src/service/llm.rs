@@ -92,6 +92,7 @@ pub(crate) async fn start(
     mut generation: Generation,
 ) -> Result<Events, Error> {
     (generation.caller, generation.allowance, generation.meter) = payment(s, ctx).await?;
+    generation.tenant = s.settings.id.to_string();
     let engine = engine.clone();
     tokio::task::spawn_blocking(move || engine.generate(generation)).await.map_err(Error::internal)?
 }
