@@ -97,6 +97,11 @@ async fn a_conversation_is_kept_and_goes_on_where_it_left_off() {
     assert_eq!(turns[1].1, first["answer"].as_str().unwrap());
     let (_, _, listed) = s.call(Method::GET, "/v1/assistant/conversations", Some(&ada), None).await;
     assert_eq!(listed["conversations"][0]["turns"], 4, "{listed}");
+    // Two follow-ups of one conversation at once: both exchanges stay.
+    let follow_up = |q: &str| ask_in(&s, &ada, json!({"message": q, "conversation": id}));
+    tokio::join!(follow_up("And of Italy?"), follow_up("And of Portugal?"));
+    let (_, _, kept) = s.call(Method::GET, &format!("/v1/assistant/conversations/{id}"), Some(&ada), None).await;
+    assert_eq!(kept["turns"].as_array().unwrap().len(), 8, "{kept}");
     assert_eq!(listed["conversations"][0]["title"], "What is the capital of France?");
 
     // Not another user's, not one that does not exist.

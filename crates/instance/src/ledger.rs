@@ -76,7 +76,8 @@ impl Ledger {
     ) -> Result<(Turn, Option<Allowance>)> {
         let turn = {
             let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
-            turns.retain(|_, t| Arc::strong_count(t) > 1 || t.try_lock().is_err());
+            // A turn no call holds or waits for is dropped (a held one is also a guard's Arc).
+            turns.retain(|_, t| Arc::strong_count(t) > 1);
             turns.entry(grant_id.to_owned()).or_default().clone()
         };
         let held = tokio::time::timeout(TURN_WAIT, turn.lock_owned()).await.map_err(|_| Error {

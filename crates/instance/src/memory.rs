@@ -193,8 +193,27 @@ pub async fn conversation(local: &Local, id: &str) -> Result<Conversation> {
         .map_err(|_| Error::conflict("this conversation's record does not read; delete it"))
 }
 
-pub async fn save_conversation(local: &Local, c: &Conversation) -> Result<()> {
-    put(local, &conversations(), &c.id, c).await
+/// Adds a question and its answer to `asked` as it is in the store now, one writer at a time
+/// (`writes`), so two answers of one conversation ending together both stay. A new
+/// conversation is written whole; one the owner deleted while it was being answered stays
+/// deleted.
+pub async fn add_exchange(
+    local: &Local,
+    writes: &tokio::sync::Mutex<()>,
+    asked: &Conversation,
+    is_new: bool,
+    (question, answer): (&str, &str),
+    now_ms: u64,
+) -> Result<()> {
+    let _one = writes.lock().await;
+    let mut current = match conversation(local, &asked.id).await {
+        Ok(current) => current,
+        Err(e) if e.code == selfcloud_core::ErrorCode::NotFound && is_new => asked.clone(),
+        Err(e) if e.code == selfcloud_core::ErrorCode::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    current.add(question, answer, now_ms);
+    put(local, &conversations(), &current.id, &current).await
 }
 
 pub async fn list_conversations(local: &Local) -> Result<Vec<ConversationSummary>> {

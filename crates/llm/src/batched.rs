@@ -11,7 +11,7 @@
 //! through this engine's), which is what per-instance mode (`crate::llama`) promises.
 
 use crate::engine::{Engine, Event, Events, ModelInfo, Timings};
-use crate::llama::{backend, Front, Job, LlamaOptions, CONTEXT_MADE, EVENTS};
+use crate::llama::{start_worker, threads, Front, Job, LlamaOptions, EVENTS, STALLED_CLIENT};
 use crate::openai::{FinishReason, Generation, Usage};
 use crate::tokens::{sampler, TextOut};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 /// Tokens in one decode, all sequences together (prompts are fed in chunks within it).
 const BATCH: usize = 512;
 /// Events a sequence holds for a client that is slow to read before it stops computing for it
-/// (beside the [`EVENTS`] its channel holds), and how long it waits for one that does not read.
+/// (beside the [`EVENTS`] its channel holds); one that does not read at all it waits for up to
+/// [`STALLED_CLIENT`].
 const OUTBOX: usize = EVENTS;
-const STALLED_CLIENT: Duration = Duration::from_secs(30);
 
 pub struct BatchedEngine {
     front: Front,
@@ -44,46 +44,22 @@ impl BatchedEngine {
     pub fn load(options: &LlamaOptions) -> Result<Self, Error> {
         let (front, jobs) = Front::open(options)?;
         let slots = options.slots.max(1);
-        let threads = Front::threads(options);
+        let threads = threads(options.threads);
         let (context_tokens, queue) = (front.info.context_tokens, options.queue.max(1));
-        let (ready_tx, ready) = mpsc::channel();
-        let (model, counter) = (front.model.clone(), front.generated.clone());
-        std::thread::Builder::new()
-            .name("llm-batch".into())
-            .spawn(move || {
-                let ctx = {
-                    let _one = CONTEXT_MADE.lock().unwrap_or_else(|e| e.into_inner());
-                    let params = LlamaContextParams::default()
-                        .with_n_ctx(NonZeroU32::new(context_tokens * slots as u32))
-                        .with_n_batch(BATCH as u32)
-                        .with_n_seq_max(slots as u32)
-                        .with_n_threads(threads)
-                        .with_n_threads_batch(threads);
-                    model.new_context(backend().expect("started by Front::open"), params)
-                };
-                match ctx {
-                    Ok(ctx) => {
-                        let _ = ready_tx.send(Ok(()));
-                        let seqs = (0..slots).map(|_| None).collect();
-                        let deferred = VecDeque::new();
-                        Batcher {
-                            model: &model,
-                            ctx,
-                            seqs,
-                            deferred,
-                            queue,
-                            limit: context_tokens as usize,
-                            generated: counter,
-                        }
-                        .serve(jobs);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(Error::internal(format!("a llama.cpp context: {e}"))));
-                    }
-                }
-            })
-            .map_err(Error::internal)?;
-        ready.recv().map_err(Error::internal)??;
+        let counter = front.generated.clone();
+        let params = move || {
+            LlamaContextParams::default()
+                .with_n_ctx(NonZeroU32::new(context_tokens * slots as u32))
+                .with_n_batch(BATCH as u32)
+                .with_n_seq_max(slots as u32)
+                .with_n_threads(threads)
+                .with_n_threads_batch(threads)
+        };
+        start_worker("llm-batch".into(), front.model.clone(), params, move |model, ctx| {
+            let seqs = (0..slots).map(|_| None).collect();
+            let (deferred, limit) = (VecDeque::new(), context_tokens as usize);
+            Batcher { model, ctx, seqs, deferred, queue, limit, generated: counter }.serve(jobs)
+        })?;
         Ok(BatchedEngine { front })
     }
 

@@ -9,7 +9,7 @@
 
 use crate::budget::{fits, Allowance, Meter};
 use crate::engine::{busy, ModelInfo};
-use crate::llama::{backend, load_model, CONTEXT_MADE};
+use crate::llama::{backend, load_model, start_worker, threads};
 use llama_cpp_2::context::params::{LlamaContextParams, LlamaPoolingType};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -18,7 +18,7 @@ use llama_cpp_2::token::LlamaToken;
 use selfcloud_core::Error;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 /// How the embedding engine runs; every field is a setting (`selfcloud up --help`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -76,41 +76,23 @@ impl Embedder {
         }
         .max(2);
         let info = ModelInfo { id: options.name.clone(), context_tokens: input_tokens, size_bytes: model.size() };
-        let threads = match options.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        } as i32;
+        let threads = threads(options.threads);
         let (queue, jobs) = mpsc::sync_channel::<Job>(options.queue.max(1));
-        let (ready_tx, ready) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("llm-embed".into())
-            .spawn(move || {
-                let ctx = {
-                    let _one = CONTEXT_MADE.lock().unwrap_or_else(|e| e.into_inner());
-                    let params = LlamaContextParams::default()
-                        .with_embeddings(true)
-                        .with_pooling_type(LlamaPoolingType::Mean)
-                        .with_n_ctx(NonZeroU32::new(BATCH))
-                        .with_n_batch(BATCH)
-                        .with_n_ubatch(BATCH)
-                        .with_n_seq_max(SEQUENCES)
-                        .with_kv_unified(true)
-                        .with_n_threads(threads)
-                        .with_n_threads_batch(threads);
-                    model.new_context(backend, params)
-                };
-                match ctx {
-                    Ok(ctx) => {
-                        let _ = ready_tx.send(Ok(()));
-                        Worker { model: &model, ctx, input_tokens: input_tokens as usize }.serve(jobs);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(Error::internal(format!("a llama.cpp embedding context: {e}"))));
-                    }
-                }
-            })
-            .map_err(Error::internal)?;
-        ready.recv().map_err(Error::internal)??;
+        let params = move || {
+            LlamaContextParams::default()
+                .with_embeddings(true)
+                .with_pooling_type(LlamaPoolingType::Mean)
+                .with_n_ctx(NonZeroU32::new(BATCH))
+                .with_n_batch(BATCH)
+                .with_n_ubatch(BATCH)
+                .with_n_seq_max(SEQUENCES)
+                .with_kv_unified(true)
+                .with_n_threads(threads)
+                .with_n_threads_batch(threads)
+        };
+        start_worker("llm-embed".into(), Arc::new(model), params, move |model, ctx| {
+            Worker { model, ctx, input_tokens: input_tokens as usize }.serve(jobs)
+        })?;
         Ok(Embedder { info, dimensions, queue })
     }
 

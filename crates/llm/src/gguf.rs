@@ -73,31 +73,19 @@ impl<'data> GgufWriter<'data> {
     }
 
     pub fn set_i32s(&mut self, key: &str, values: &[i32]) -> Result<(), Error> {
-        let key = c_string(key)?;
-        // SAFETY: gguf copies the array.
-        unsafe {
-            llama_cpp_sys_2::gguf_set_arr_data(
-                self.gguf,
-                key.as_ptr(),
-                llama_cpp_sys_2::GGUF_TYPE_INT32,
-                values.as_ptr().cast(),
-                values.len(),
-            )
-        };
-        Ok(())
+        self.set_array(key, llama_cpp_sys_2::GGUF_TYPE_INT32, values)
     }
 
     pub fn set_f32s(&mut self, key: &str, values: &[f32]) -> Result<(), Error> {
+        self.set_array(key, llama_cpp_sys_2::GGUF_TYPE_FLOAT32, values)
+    }
+
+    /// An array of plain numbers; `kind` is theirs (4 bytes each, as both callers' are).
+    fn set_array<T: Copy>(&mut self, key: &str, kind: llama_cpp_sys_2::gguf_type, values: &[T]) -> Result<(), Error> {
         let key = c_string(key)?;
-        // SAFETY: gguf copies the array.
+        // SAFETY: gguf copies the array (`values.len()` items of `kind`'s size).
         unsafe {
-            llama_cpp_sys_2::gguf_set_arr_data(
-                self.gguf,
-                key.as_ptr(),
-                llama_cpp_sys_2::GGUF_TYPE_FLOAT32,
-                values.as_ptr().cast(),
-                values.len(),
-            )
+            llama_cpp_sys_2::gguf_set_arr_data(self.gguf, key.as_ptr(), kind, values.as_ptr().cast(), values.len())
         };
         Ok(())
     }

@@ -42,7 +42,49 @@ pub struct LlamaOptions {
 
 /// How long a slot waits for a client that stopped reading before it ends that generation (a
 /// stalled reader must not hold a slot, and the queue behind it, forever).
-const STALLED_CLIENT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const STALLED_CLIENT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Threads a context computes with: the setting, or every core the process may use (0).
+pub(crate) fn threads(setting: usize) -> i32 {
+    let threads = match setting {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    threads as i32
+}
+
+/// Starts a thread that makes a context of `model` (one context at a time: llama.cpp may adjust
+/// the model while it makes one) and hands it to `serve`. Answers once the context is made, so a
+/// model that cannot run fails at load, not on the first request.
+pub(crate) fn start_worker(
+    name: String,
+    model: Arc<LlamaModel>,
+    params: impl FnOnce() -> LlamaContextParams + Send + 'static,
+    serve: impl for<'m> FnOnce(&'m LlamaModel, LlamaContext<'m>) + Send + 'static,
+) -> Result<(), Error> {
+    let (ready_tx, ready) = mpsc::channel();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let ctx = {
+                let _one = CONTEXT_MADE.lock().unwrap_or_else(|e| e.into_inner());
+                backend().and_then(|b| {
+                    model.new_context(b, params()).map_err(|e| Error::internal(format!("a llama.cpp context: {e}")))
+                })
+            };
+            match ctx {
+                Ok(ctx) => {
+                    let _ = ready_tx.send(Ok(()));
+                    serve(&model, ctx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(Error::internal)?;
+    ready.recv().map_err(Error::internal)?
+}
 
 /// Sends `event`, waiting up to `patience` for room; false when the client is gone or stalled.
 fn send_within(events: &tokio::sync::mpsc::Sender<Event>, mut event: Event, patience: std::time::Duration) -> bool {
@@ -81,7 +123,7 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, Error> {
 }
 
 /// Contexts are made one at a time: llama.cpp may adjust the model while it makes one.
-pub(crate) static CONTEXT_MADE: Mutex<()> = Mutex::new(());
+static CONTEXT_MADE: Mutex<()> = Mutex::new(());
 
 pub(crate) struct Job {
     pub generation: Generation,
@@ -135,15 +177,6 @@ impl Front {
         })?;
         Ok(rx)
     }
-
-    /// Threads a context computes with: the setting, or every core the process may use.
-    pub fn threads(options: &LlamaOptions) -> i32 {
-        let threads = match options.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        threads as i32
-    }
 }
 
 pub struct LlamaEngine {
@@ -156,36 +189,19 @@ impl LlamaEngine {
     pub fn load(options: &LlamaOptions) -> Result<Self, Error> {
         let (front, jobs) = Front::open(options)?;
         let jobs = Arc::new(Mutex::new(jobs));
-        let threads = Front::threads(options);
-        let context_tokens = front.info.context_tokens;
+        let (threads, context_tokens) = (threads(options.threads), front.info.context_tokens);
         for n in 0..options.slots.max(1) {
-            let (model, jobs, generated) = (front.model.clone(), jobs.clone(), front.generated.clone());
-            let (ready_tx, ready) = mpsc::channel();
-            std::thread::Builder::new()
-                .name(format!("llm-slot-{n}"))
-                .spawn(move || {
-                    let ctx = {
-                        let _one = CONTEXT_MADE.lock().unwrap_or_else(|e| e.into_inner());
-                        let params = LlamaContextParams::default()
-                            .with_n_ctx(NonZeroU32::new(context_tokens))
-                            .with_n_batch(BATCH as u32)
-                            .with_n_threads(threads)
-                            .with_n_threads_batch(threads);
-                        model.new_context(backend().expect("started by Front::open"), params)
-                    };
-                    match ctx {
-                        Ok(ctx) => {
-                            let _ = ready_tx.send(Ok(()));
-                            Slot { model: &model, ctx, cached: Vec::new(), cached_for: String::new(), generated }
-                                .serve(&jobs);
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(Error::internal(format!("a llama.cpp context: {e}"))));
-                        }
-                    }
-                })
-                .map_err(Error::internal)?;
-            ready.recv().map_err(Error::internal)??;
+            let (jobs, generated) = (jobs.clone(), front.generated.clone());
+            let params = move || {
+                LlamaContextParams::default()
+                    .with_n_ctx(NonZeroU32::new(context_tokens))
+                    .with_n_batch(BATCH as u32)
+                    .with_n_threads(threads)
+                    .with_n_threads_batch(threads)
+            };
+            start_worker(format!("llm-slot-{n}"), front.model.clone(), params, move |model, ctx| {
+                Slot { model, ctx, cached: Vec::new(), cached_for: String::new(), generated }.serve(&jobs)
+            })?;
         }
         Ok(LlamaEngine { front })
     }

@@ -2,10 +2,13 @@
 //! template, the sampler, the KV cache, streaming, stop strings, length, JSON mode, cancellation
 //! and the queue. `./selfcloud test` pulls the model and sets `SELFCLOUD_TEST_MODEL`.
 
+mod common;
+
+use common::{block_on, done, events, generation_of, text_of};
 use selfcloud_core::ErrorCode;
 use selfcloud_llm::engine::collect;
 use selfcloud_llm::llama::{LlamaEngine, LlamaOptions};
-use selfcloud_llm::openai::{ChatRequest, FinishReason, Generation, RequestLimits};
+use selfcloud_llm::openai::{FinishReason, Generation};
 use selfcloud_llm::{Engine, Event};
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -27,7 +30,7 @@ fn engine(path: PathBuf, context_tokens: u32, queue: usize) -> LlamaEngine {
 }
 
 fn generation(user: &str, extra: Value) -> Generation {
-    let mut body = json!({
+    let body = json!({
         "messages": [
             {"role": "system", "content": "You are a helpful assistant. Answer in one short sentence."},
             {"role": "user", "content": user},
@@ -35,26 +38,7 @@ fn generation(user: &str, extra: Value) -> Generation {
         "temperature": 0,
         "max_tokens": 24,
     });
-    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    let request: ChatRequest = serde_json::from_value(body).unwrap();
-    request.validate(RequestLimits::default()).unwrap()
-}
-
-/// Every event of one generation, in order.
-fn events(engine: &LlamaEngine, g: Generation) -> Vec<Event> {
-    let mut rx = engine.generate(g).unwrap();
-    std::iter::from_fn(|| rx.blocking_recv()).collect()
-}
-
-fn text_of(events: &[Event]) -> String {
-    events.iter().filter_map(|e| if let Event::Delta(t) = e { Some(t.as_str()) } else { None }).collect()
-}
-
-fn done(events: &[Event]) -> (FinishReason, u64, u64) {
-    match events.last() {
-        Some(Event::Done { finish, usage, timings }) => (*finish, usage.completion_tokens, timings.cache_n),
-        other => panic!("the last event is not Done: {other:?}"),
-    }
+    generation_of(body, extra)
 }
 
 const CAPITAL: &str = "What is the capital of France?";
@@ -107,7 +91,7 @@ fn stop_strings_length_and_json_mode() {
         "Describe the city of Paris as JSON with the keys name and country.",
         json!({"response_format": {"type": "json_object"}, "max_tokens": 64}),
     );
-    let (text, finish, _, _) = tokio_block_on(collect(engine.generate(json_mode).unwrap())).unwrap();
+    let (text, finish, _, _) = block_on(collect(engine.generate(json_mode).unwrap())).unwrap();
     let trimmed = text.trim();
     assert!(trimmed.starts_with('{'), "{text}");
     if finish == FinishReason::Stop {
@@ -163,8 +147,4 @@ fn what_the_engine_cannot_run_is_a_clear_error() {
     assert_eq!(err.status().as_u16(), 400, "{}", err.message);
     let missing = LlamaOptions { path: dir.path().join("absent.gguf"), ..options };
     assert_eq!(LlamaEngine::load(&missing).err().expect("absent loads").status().as_u16(), 404);
-}
-
-fn tokio_block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 }

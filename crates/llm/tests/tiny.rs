@@ -7,12 +7,15 @@
 //! and an output head that can only prefer lower-case letters and the space (the other rows are
 //! zero), so its answers are printable words of random letters, never the end-of-turn token.
 
+mod common;
+
+use common::{block_on, done, events, generation_of, receive, text_of};
 use selfcloud_core::ErrorCode;
 use selfcloud_llm::batched::BatchedEngine;
 use selfcloud_llm::engine::collect;
 use selfcloud_llm::gguf::GgufWriter;
 use selfcloud_llm::llama::{LlamaEngine, LlamaOptions};
-use selfcloud_llm::openai::{ChatRequest, FinishReason, Generation, RequestLimits};
+use selfcloud_llm::openai::{FinishReason, Generation};
 use selfcloud_llm::Event;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -122,25 +125,7 @@ fn engine(queue: usize) -> (tempfile::TempDir, LlamaEngine) {
 }
 
 fn generation(user: &str, extra: Value) -> Generation {
-    let mut body = json!({"messages": [{"role": "user", "content": user}], "temperature": 0, "max_tokens": 12});
-    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-    serde_json::from_value::<ChatRequest>(body).unwrap().validate(RequestLimits::default()).unwrap()
-}
-
-fn events(engine: &impl selfcloud_llm::Engine, g: Generation) -> Vec<Event> {
-    let mut rx = selfcloud_llm::Engine::generate(engine, g).unwrap();
-    std::iter::from_fn(|| rx.blocking_recv()).collect()
-}
-
-fn text_of(events: &[Event]) -> String {
-    events.iter().filter_map(|e| if let Event::Delta(t) = e { Some(t.as_str()) } else { None }).collect()
-}
-
-fn done(events: &[Event]) -> (FinishReason, u64, u64) {
-    match events.last() {
-        Some(Event::Done { finish, usage, timings }) => (*finish, usage.completion_tokens, timings.cache_n),
-        other => panic!("the last event is not Done: {other:?}"),
-    }
+    generation_of(json!({"messages": [{"role": "user", "content": user}], "temperature": 0, "max_tokens": 12}), extra)
 }
 
 #[test]
@@ -224,14 +209,6 @@ fn a_prompt_past_the_context_is_a_400() {
     let (_dir, engine) = engine(1);
     let err = selfcloud_llm::Engine::generate(&engine, generation(&"x".repeat(2000), json!({}))).unwrap_err();
     assert_eq!(err.status().as_u16(), 400, "{}", err.message);
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
-}
-
-fn receive(mut rx: selfcloud_llm::Events) -> Vec<Event> {
-    std::iter::from_fn(move || rx.blocking_recv()).collect()
 }
 
 #[test]

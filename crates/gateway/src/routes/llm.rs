@@ -26,9 +26,7 @@ pub async fn models(State(s): State<Arc<AppState>>, caller: Caller, req: Request
     responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn chat(State(s): State<Arc<AppState>>, caller: Caller, req: Request) -> ApiResult<Response> {
-    let need = Need::Scope(Scope::LlmChat);
-    caller.check(&need)?;
-    forward_with(&s, &caller, need, req, CALL_TIMEOUT, token_budget(&s, &caller).await?).await
+    budgeted(&s, &caller, Scope::LlmChat, req).await
 }
 
 /// OpenAI embeddings of one text or a list: unit-length vectors (floats, or base64 with
@@ -38,9 +36,15 @@ pub async fn chat(State(s): State<Arc<AppState>>, caller: Caller, req: Request) 
     responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn embeddings(State(s): State<Arc<AppState>>, caller: Caller, req: Request) -> ApiResult<Response> {
-    let need = Need::Scope(Scope::LlmEmbed);
+    budgeted(&s, &caller, Scope::LlmEmbed, req).await
+}
+
+/// A call the app pays for in tokens: the scope checked, then forwarded with the budget that
+/// applies.
+async fn budgeted(s: &AppState, caller: &Caller, scope: Scope, req: Request) -> ApiResult<Response> {
+    let need = Need::Scope(scope);
     caller.check(&need)?;
-    forward_with(&s, &caller, need, req, CALL_TIMEOUT, token_budget(&s, &caller).await?).await
+    forward_with(s, caller, need, req, CALL_TIMEOUT, token_budget(s, caller).await?).await
 }
 
 /// An app's daily token budget (its grant's under the tier's ceiling); the owner has none.

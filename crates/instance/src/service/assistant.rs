@@ -55,7 +55,7 @@ pub(crate) async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): Api
     // Without a model there is nothing to answer with: say so before reading the store.
     let engine = s.llm.engine().await?;
     let now_ms = ctx.0.now_ms;
-    let mut conversation = match &request.conversation {
+    let conversation = match &request.conversation {
         Some(id) => memory::conversation(&s.local, id).await?,
         None => Conversation::new(memory::new_id(now_ms), &request.message, now_ms),
     };
@@ -99,8 +99,8 @@ pub(crate) async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): Api
     let generation = chat.validate(s.llm.limits())?;
     let events = super::llm::start(&s, &engine, &ctx, generation).await?;
     let (answer, finish, usage, timings) = collect(events).await?;
-    conversation.add(&message, &answer, now_ms);
-    memory::save_conversation(&s.local, &conversation).await?;
+    let is_new = request.conversation.is_none();
+    memory::add_exchange(&s.local, &s.conversation_writes, &conversation, is_new, (&message, &answer), now_ms).await?;
     let citations: Vec<_> = ranked
         .iter()
         .map(|(i, score)| json!({"collection": passages[*i].collection, "key": passages[*i].key, "score": score}))

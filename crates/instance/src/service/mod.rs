@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub llm: crate::llm::Llm,
     pub ledger: crate::ledger::Ledger,
     pub vectors: crate::vectors::VectorIndex,
+    /// One conversation write at a time (`memory::add_exchange`).
+    pub conversation_writes: tokio::sync::Mutex<()>,
     pub settings: Settings,
 }
 
@@ -44,7 +46,14 @@ type S = State<Arc<Shared>>;
 pub fn router(local: Local, settings: Settings) -> Router {
     let body_limit = settings.max_value_bytes + 64 * 1024;
     let llm = crate::llm::Llm::new(settings.llm.clone());
-    let shared = Arc::new(Shared { local, llm, ledger: Default::default(), vectors: Default::default(), settings });
+    let shared = Arc::new(Shared {
+        local,
+        llm,
+        ledger: Default::default(),
+        vectors: Default::default(),
+        conversation_writes: Default::default(),
+        settings,
+    });
     let api = Router::new()
         .route("/v1/storage/{collection}", get(storage::list))
         .route("/v1/storage/{collection}/{key}", put(storage::put).get(storage::get).delete(storage::delete))
