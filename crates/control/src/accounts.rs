@@ -190,6 +190,14 @@ impl Control {
     /// Starts a session of `kind` for a user who just proved their password: the owner's API
     /// session (`Session`), or the browser's short-lived web session for the consent pages
     /// (`Web`), never an API credential.
+    /// A session for `user` right after this process verified them (a sign-up, a recovery, a
+    /// password change) without a second password derivation. Callers must have just verified
+    /// the person: no request reaches this on its own.
+    pub async fn start_session_for(self: &Arc<Self>, user: UserId, kind: TokenKind, now: u64) -> Result<(String, u64)> {
+        let u = self.blocking(move |r| r.user_by_id(user)).await?.ok_or_else(|| Error::not_found("no such user"))?;
+        self.create_session(&u, kind, now).await
+    }
+
     pub async fn create_session(self: &Arc<Self>, user: &UserRow, kind: TokenKind, now: u64) -> Result<(String, u64)> {
         if !matches!(kind, TokenKind::Session | TokenKind::Web) {
             return Err(Error::internal("only owner and web sessions start from a log-in"));

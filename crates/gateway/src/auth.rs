@@ -49,8 +49,10 @@ pub fn resolve(state: &AppState, headers: &HeaderMap) -> Result<Caller, Error> {
 }
 
 impl Caller {
+    /// The owner: their API session, or (on the Super-App's pages only, which alone accept it)
+    /// their web session.
     pub fn is_owner(&self) -> bool {
-        self.token.kind == TokenKind::Session
+        matches!(self.token.kind, TokenKind::Session | TokenKind::Web)
     }
 
     /// Owner-only APIs (grants, audit, apps, account): never reachable with an app token.

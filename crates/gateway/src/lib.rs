@@ -14,6 +14,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod web;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
@@ -124,6 +125,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/oauth/revoke", post(oauth_http::revoke));
 
     public
+        .merge(web::router())
         .merge(authenticated)
         .merge(operator)
         .fallback(error::not_found)

@@ -6,12 +6,13 @@
 
 use super::token::{self, TokenError, TokenErrorKind, TokenForm, TokenRequest};
 use super::{
-    check_authorize, csrf_matches, csrf_token, pages, redirect_with, sent_from_our_pages, AuthorizeError,
-    AuthorizeParams, ValidAuthorize,
+    check_authorize, csrf_matches, csrf_token, granted_scopes, pages, redirect_with, sent_from_our_pages,
+    AuthorizeError, AuthorizeParams, ValidAuthorize,
 };
 use crate::auth::{bearer, Caller};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::web::session::{cookie, session_cookies, web_cookie_name, with_cookies};
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -23,38 +24,6 @@ use selfcloud_core::{AppId, Error, ErrorCode, Scope, ScopeSet};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// The browser's web session cookie. Over HTTPS it is `__Host-` prefixed (Secure, Path=/, no
-/// Domain: only this origin can set or read it); over plain HTTP it is limited to `/oauth`, so an
-/// app's loopback callback on another port, which receives this host's cookies, does not get it
-/// at `/cb`. Either way it opens the consent pages only, never the API.
-pub fn web_cookie_name(secure: bool) -> &'static str {
-    if secure {
-        "__Host-selfcloud_web"
-    } else {
-        "selfcloud_web"
-    }
-}
-
-/// `now` is the instant the session was made at, so the cookie lives exactly as long as the
-/// session (read again here, a second boundary passed in between would shorten it by one).
-fn web_cookie(s: &AppState, token: &str, expires_at: u64, now: u64) -> String {
-    let max_age = expires_at.saturating_sub(now);
-    let name = web_cookie_name(s.secure_cookies);
-    let scope = if s.secure_cookies { "Path=/; Secure" } else { "Path=/oauth" };
-    format!("{name}={token}; {scope}; HttpOnly; SameSite=Lax; Max-Age={max_age}")
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v)
-}
 
 /// Who is deciding on the consent page: the web session cookie, or an owner session as a bearer
 /// (an API client driving the flow; a header is never sent on its own). `true` with the cookie,
@@ -146,11 +115,31 @@ pub async fn authorize_page(
         Ok(p) => p.username,
         Err(e) => return ApiError(e).into_response(),
     };
-    let token_ceiling =
-        req.scopes.iter().any(|s| matches!(s, Scope::LlmChat)).then(|| {
-            s.control.config().limits.tier(s.control.tier_of(caller.token.instance_id)).llm_app_tokens_per_day
-        });
-    pages::consent(&req, &username, &borrowed(&pairs), &csrf_token(&caller.token_hash), token_ceiling)
+    let tier = s.control.tier_of(caller.token.instance_id);
+    let token_ceiling = req
+        .scopes
+        .iter()
+        .any(|s| matches!(s, Scope::LlmChat | Scope::LlmEmbed))
+        .then(|| s.control.config().limits.tier(tier).llm_app_tokens_per_day);
+    // Incremental authorization: what the app already holds is shown, not asked again.
+    let held = match s.control.grants(caller.token.user_id).await {
+        Ok(grants) => grants
+            .into_iter()
+            .find(|g| g.client_id == req.app.client_id)
+            .map(|g| g.scopes.iter().cloned().collect())
+            .unwrap_or_default(),
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let request = borrowed(&pairs);
+    let csrf = csrf_token(&caller.token_hash);
+    pages::consent(&pages::ConsentView {
+        req: &req,
+        username: &username,
+        request: &request,
+        csrf: &csrf,
+        token_ceiling,
+        held,
+    })
 }
 
 /// `POST /oauth/authorize`: the user's decision. Repeated `grant_scope` fields (the ticked boxes)
@@ -206,14 +195,18 @@ pub async fn authorize_decision(
         _ => return ApiError(Error::invalid("decision must be allow or deny")).into_response(),
     }
     let ticked: Vec<&str> = fields.iter().filter(|(k, _)| k == "grant_scope").map(|(_, v)| v.as_str()).collect();
-    let scopes = if ticked.is_empty() {
-        req.scopes.clone()
-    } else {
-        match ScopeSet::parse(&ticked.join(" ")) {
-            Ok(allowed) => req.scopes.restricted_to(&allowed),
-            Err(e) => return ApiError(e).into_response(),
-        }
+    let ticked = match (field("consent_boxes").is_some() || !ticked.is_empty(), ScopeSet::parse(&ticked.join(" "))) {
+        (false, _) => None,
+        (true, Ok(ticked)) => Some(ticked),
+        (true, Err(e)) => return ApiError(e).into_response(),
     };
+    let held: ScopeSet = match s.control.grants(caller.token.user_id).await {
+        Ok(grants) => {
+            grants.into_iter().find(|g| g.client_id == req.app.client_id).map(|g| g.scopes).unwrap_or_default()
+        }
+        Err(e) => return ApiError(e).into_response(),
+    };
+    let scopes = granted_scopes(&req.scopes, ticked.as_ref(), &held);
     if scopes.is_empty() {
         answer.push(("error", "access_denied".into()));
         return redirect_to(&req.redirect_uri, &borrowed(&answer));
@@ -281,8 +274,8 @@ pub async fn login(
     };
     // Back to our own authorize endpoint only: the target is built here, never taken from input.
     let query = serde_urlencoded::to_string(&form.request).unwrap_or_default();
-    let cookie = web_cookie(&s, &token, expires, now);
-    ([(header::SET_COOKIE, cookie)], Redirect::to(&format!("/oauth/authorize?{query}"))).into_response()
+    let cookies = session_cookies(s.secure_cookies, &token, expires, now);
+    with_cookies(Redirect::to(&format!("/oauth/authorize?{query}")).into_response(), cookies)
 }
 
 /// An error of the token and revoke endpoints, in RFC 6749's shape.

@@ -126,6 +126,17 @@ pub fn check_authorize(p: &AuthorizeParams, app: Option<App>) -> Result<ValidAut
     Ok(ValidAuthorize { app, redirect_uri, scopes, state: p.state.clone(), code_challenge })
 }
 
+/// What a consent grants: the request narrowed to the boxes the user left ticked, plus whatever
+/// of it the app already holds (incremental authorization: those are not asked again). `None`
+/// for the boxes is an API client driving the flow without a page: it takes the whole request.
+/// Unticking every box grants nothing new, never everything.
+pub fn granted_scopes(requested: &ScopeSet, ticked: Option<&ScopeSet>, held: &ScopeSet) -> ScopeSet {
+    match ticked {
+        None => requested.clone(),
+        Some(ticked) => requested.restricted_to(&ticked.union(held)),
+    }
+}
+
 /// RFC 7636: the verifier is 43 to 128 unreserved characters and hashes to the challenge.
 pub fn verify_pkce(verifier: &str, challenge: &str) -> bool {
     let well_formed = (43..=128).contains(&verifier.len())

@@ -200,3 +200,16 @@ fn forms_are_taken_only_from_our_own_pages() {
     // Not a browser at all.
     assert!(ours(None, None));
 }
+
+#[test]
+fn a_consent_grants_the_ticked_boxes_and_what_the_app_held() {
+    let set = |s: &str| ScopeSet::parse(s).unwrap();
+    let asked = set("storage:read:notes storage:write:notes llm:chat");
+    assert_eq!(granted_scopes(&asked, None, &set("")), asked, "no page, no boxes: the whole request");
+    let ticked = set("storage:read:notes");
+    assert_eq!(granted_scopes(&asked, Some(&ticked), &set("")), ticked);
+    assert!(granted_scopes(&asked, Some(&set("")), &set("")).is_empty(), "every box unticked grants nothing");
+    let held = set("llm:chat");
+    assert_eq!(granted_scopes(&asked, Some(&set("")), &held), held, "what it held stays without a box");
+    assert_eq!(granted_scopes(&asked, Some(&set("storage:write:*")), &set("")), set("storage:write:notes"));
+}

@@ -13,10 +13,12 @@ use crate::protocol::Need;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use selfcloud_core::Error;
 use selfcloud_llm::engine::collect;
 use selfcloud_llm::openai::ChatRequest;
 use selfcloud_llm::retrieve::{self, Passage};
+use selfcloud_llm::{sse, Event, Events};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -41,6 +43,9 @@ struct AssistantRequest {
     /// A conversation to go on with (its last turns are read with the question); a new one
     /// starts without.
     conversation: Option<String>,
+    /// Answer as server-sent events: the sources first, then the text as it comes.
+    #[serde(default)]
+    stream: bool,
 }
 
 pub(crate) async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
@@ -98,23 +103,78 @@ pub(crate) async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): Api
         ChatRequest { messages, temperature: Some(0.0), max_tokens: request.max_tokens, ..ChatRequest::default() };
     let generation = chat.validate(s.llm.limits())?;
     let events = super::llm::start(&s, &engine, &ctx, generation).await?;
-    let (answer, finish, usage, timings) = collect(events).await?;
-    let is_new = request.conversation.is_none();
-    memory::add_exchange(&s.local, &s.conversation_writes, &conversation, is_new, (&message, &answer), now_ms).await?;
     let citations: Vec<_> = ranked
         .iter()
         .map(|(i, score)| json!({"collection": passages[*i].collection, "key": passages[*i].key, "score": score}))
         .collect();
-    Ok(Json(json!({
-        "answer": answer,
-        "citations": citations,
-        "conversation": conversation.id,
-        "finish_reason": finish,
-        "model": engine.model().id,
-        "usage": usage,
-        "timings": timings,
-    }))
-    .into_response())
+    let head = json!({"citations": citations, "conversation": conversation.id, "model": engine.model().id});
+    let exchange = Exchange { conversation, is_new: request.conversation.is_none(), question: message, now_ms };
+    if request.stream {
+        return Ok(stream_answer(s, head, exchange, events));
+    }
+    let (answer, finish, usage, timings) = collect(events).await?;
+    exchange.keep(&s, &answer).await?;
+    let mut body = head;
+    body["answer"] = json!(answer);
+    body["finish_reason"] = json!(finish);
+    body["usage"] = json!(usage);
+    body["timings"] = json!(timings);
+    Ok(Json(body).into_response())
+}
+
+/// A question on its way to its conversation: kept once its answer is complete.
+struct Exchange {
+    conversation: Conversation,
+    is_new: bool,
+    question: String,
+    now_ms: u64,
+}
+
+impl Exchange {
+    async fn keep(self, s: &Shared, answer: &str) -> Result<(), Error> {
+        let Exchange { conversation, is_new, question, now_ms } = self;
+        memory::add_exchange(&s.local, &s.conversation_writes, &conversation, is_new, (&question, answer), now_ms).await
+    }
+}
+
+/// The answer as server-sent events: `{"type":"sources",...}` (citations, conversation, model),
+/// `{"type":"delta","text":...}` as the text comes, then `{"type":"done",...}` (finish reason,
+/// usage, timings) once the exchange is kept, or `{"type":"error","error":...}`. A reader that
+/// leaves stops the generation, and an answer never finished is not kept.
+fn stream_answer(s: S, mut head: serde_json::Value, exchange: Exchange, mut events: Events) -> Response {
+    head["type"] = json!("sources");
+    let (frames, mut out) = tokio::sync::mpsc::channel::<String>(16);
+    tokio::spawn(async move {
+        let mut answer = String::new();
+        let last = loop {
+            let Some(event) = events.recv().await else {
+                break Error::internal("the engine stopped without finishing the answer").body();
+            };
+            match event {
+                Event::Delta(text) => {
+                    answer.push_str(&text);
+                    if frames.send(sse::event(&json!({"type": "delta", "text": text}))).await.is_err() {
+                        return; // the reader left: dropping `events` stops the generation
+                    }
+                }
+                Event::Done { finish, usage, timings } => match exchange.keep(&s, &answer).await {
+                    Ok(()) => {
+                        break json!({"type": "done", "finish_reason": finish, "usage": usage, "timings": timings})
+                    }
+                    Err(e) => break e.body(),
+                },
+                Event::Failed(e) => break e.body(),
+            }
+        };
+        let mut last = last;
+        if last.get("error").is_some() {
+            last["type"] = json!("error");
+        }
+        let _ = frames.send(sse::event(&last)).await;
+        let _ = frames.send(sse::DONE.to_owned()).await;
+    });
+    let out = futures_util::stream::poll_fn(move |cx| out.poll_recv(cx));
+    super::llm::sse_body(futures_util::stream::once(async move { sse::event(&head) }).chain(out))
 }
 
 /// The embedding model, when the server has one that loads (without, sources are found by their

@@ -151,9 +151,12 @@ fn sse_response(header: Header, events: selfcloud_llm::Events, include_usage: bo
         };
         futures_util::stream::iter(frames)
     });
-    let body = futures_util::stream::once(async move { first })
-        .chain(frames)
-        .map(|frame| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(frame)));
+    sse_body(futures_util::stream::once(async move { first }).chain(frames))
+}
+
+/// A response streaming `frames` (whole SSE events) as they come.
+pub(crate) fn sse_body(frames: impl futures_util::Stream<Item = String> + Send + 'static) -> Response {
+    let body = frames.map(|frame| Ok::<_, std::convert::Infallible>(bytes::Bytes::from(frame)));
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
