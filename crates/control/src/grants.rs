@@ -13,6 +13,8 @@ pub use crate::registry::{CodeRow as CodeGrant, RefreshRow as RefreshGrant, Verd
 
 #[derive(Clone, Debug)]
 pub struct NewApp {
+    /// Chosen before registering: the app's scopes may name its own namespace, derived from it.
+    pub id: AppId,
     pub name: String,
     pub redirect_uris: Vec<String>,
     pub scopes: ScopeSet,
@@ -100,7 +102,7 @@ pub struct AppTokens {
 impl Control {
     pub async fn register_app(&self, owner: UserId, app: NewApp, now: u64) -> Result<App> {
         let row = AppRow {
-            id: AppId::random(),
+            id: app.id,
             owner_id: owner,
             name: app.name,
             redirect_uris: app.redirect_uris,

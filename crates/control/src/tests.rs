@@ -88,6 +88,7 @@ async fn code_for(c: &Arc<Control>, user: selfcloud_core::UserId, app: &crate::A
 
 async fn notes_app(c: &Arc<Control>, owner: selfcloud_core::UserId, scopes: &str) -> crate::App {
     let app = crate::NewApp {
+        id: selfcloud_core::AppId::random(),
         name: "Notes".into(),
         redirect_uris: vec!["https://notes.example/cb".into()],
         scopes: ScopeSet::parse(scopes).unwrap(),

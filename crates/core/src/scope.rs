@@ -8,13 +8,16 @@
 //! ```
 //! SELF's own permission words are synonyms where they map cleanly: `ai:chat` is `llm:chat` and
 //! `blockchain:read` is `chain:read`. They parse to the same scope, so a grant shows and stores the
-//! canonical name once. (`storage:read` without a collection is not one of them: it will mean the
-//! app's own collections, which needs the app's namespace, not a rewrite.)
+//! canonical name once. `storage:read` and `storage:write` without a collection mean the app's
+//! own collections: a namespace derived from its client id ([`app_namespace`], `app-<16 hex>`),
+//! as atproto's per-collection scopes do, never the user's whole store. So they parse only where
+//! the app is known ([`ScopeSet::parse_for`]), and names starting `app-` are reserved for those
+//! namespaces: no app may name another's.
 //!
 //! Owner-only powers (backup, audit, grants, account) have no scope: no app can ever be granted them.
 
 use crate::names::{is_collection_prefix, Collection};
-use crate::Error;
+use crate::{AppId, Error};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
@@ -103,6 +106,7 @@ impl Scope {
             match p {
                 CollectionPattern::Exact(c) => format!("your \u{201c}{c}\u{201d} records"),
                 CollectionPattern::Prefix(p) if p.is_empty() => "all your records, in every collection".into(),
+                CollectionPattern::Prefix(p) if is_app_namespace(p) => "the records it keeps in your instance".into(),
                 CollectionPattern::Prefix(p) => {
                     format!("your records in every collection whose name starts with \u{201c}{p}\u{201d}")
                 }
@@ -159,6 +163,29 @@ impl FromStr for Scope {
     }
 }
 
+/// The collections an app owns in every user's store: `app-` and the first 16 hex digits of its
+/// client id. Its bare `storage:read`/`storage:write` reach these and nothing else.
+pub fn app_namespace(app: &AppId) -> String {
+    format!("app-{}", hex::encode(&app.as_bytes()[..8]))
+}
+
+const APP_PREFIX: &str = "app-";
+
+fn is_app_namespace(prefix: &str) -> bool {
+    prefix
+        .strip_prefix(APP_PREFIX)
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// Whether a pattern names collections reserved for app namespaces (`app-...`) outside `own`.
+fn reaches_into_others(p: &CollectionPattern, own: &str) -> bool {
+    let text = match p {
+        CollectionPattern::Exact(c) => c.as_str(),
+        CollectionPattern::Prefix(p) => p.as_str(),
+    };
+    text.starts_with(APP_PREFIX) && !text.starts_with(own)
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
 }
@@ -172,10 +199,42 @@ pub struct ScopeSet(BTreeSet<Scope>);
 pub const MAX_SCOPES: usize = 64;
 
 impl ScopeSet {
+    /// Parses scopes that name their collections (a grant's, a token's, a consent form's).
     pub fn parse(s: &str) -> Result<Self, Error> {
+        Self::parse_with(s, None)
+    }
+
+    /// Parses what `app` asks for (its registration, its authorization request): bare
+    /// `storage:read`/`storage:write` become its own namespace, and no scope of it may name
+    /// another app's (`app-...` collections, other than its own).
+    pub fn parse_for(s: &str, app: &AppId) -> Result<Self, Error> {
+        Self::parse_with(s, Some(app))
+    }
+
+    fn parse_with(s: &str, app: Option<&AppId>) -> Result<Self, Error> {
+        let namespace = app.map(app_namespace);
+        let own = namespace.clone().map(CollectionPattern::Prefix);
         let mut set = BTreeSet::new();
         for part in s.split(' ').filter(|p| !p.is_empty()) {
-            set.insert(part.parse()?);
+            let scope = match (part, &own) {
+                ("storage:read", Some(own)) => Scope::StorageRead(own.clone()),
+                ("storage:write", Some(own)) => Scope::StorageWrite(own.clone()),
+                ("storage:read" | "storage:write", None) => {
+                    return Err(Error::invalid(format!(
+                        "{part} without a collection means an app's own collections: only an app asks for it"
+                    )))
+                }
+                _ => part.parse()?,
+            };
+            if let (Some(own), Scope::StorageRead(p) | Scope::StorageWrite(p)) = (&namespace, &scope) {
+                if reaches_into_others(p, own) {
+                    return Err(Error::invalid(format!(
+                        "{}: collections named app-... belong to apps; ask for storage:read or storage:write for your own",
+                        truncate(part)
+                    )));
+                }
+            }
+            set.insert(scope);
             if set.len() > MAX_SCOPES {
                 return Err(Error::invalid(format!("at most {MAX_SCOPES} scopes")));
             }
@@ -284,6 +343,35 @@ mod tests {
         assert_eq!(set.to_string(), "llm:chat chain:read");
         assert!("ai:*".parse::<Scope>().is_err());
         assert!("AI:CHAT".parse::<Scope>().is_err());
+    }
+
+    #[test]
+    fn bare_storage_scopes_are_the_apps_own_collections_only() {
+        let app: AppId = "app_0123456789abcdef0123456789abcdef".parse().unwrap();
+        let other: AppId = "app_fedcba9876543210fedcba9876543210".parse().unwrap();
+        let set = ScopeSet::parse_for("storage:read storage:write ai:chat", &app).unwrap();
+        assert_eq!(set.to_string(), "storage:read:app-0123456789abcdef* storage:write:app-0123456789abcdef* llm:chat");
+        let own = c("app-0123456789abcdef-notes");
+        assert!(set.permits(&Scope::storage_read(&own)).is_some());
+        assert!(set.permits(&Scope::storage_write(&own)).is_some());
+        for elsewhere in ["notes", "app-fedcba9876543210-notes", "diary"] {
+            assert!(set.permits(&Scope::storage_read(&c(elsewhere))).is_none(), "{elsewhere}");
+        }
+        assert_eq!(set.iter().next().unwrap().describe(), "Read the records it keeps in your instance");
+        // Naming its own namespace outright is the same scope; naming another's, or all of them, is refused.
+        let explicit = ScopeSet::parse_for("storage:read:app-0123456789abcdef*", &app).unwrap();
+        assert_eq!(explicit, ScopeSet::parse_for("storage:read", &app).unwrap());
+        for theft in [
+            format!("storage:read:{}*", app_namespace(&other)),
+            format!("storage:write:{}-notes", app_namespace(&other)),
+            "storage:read:app-*".to_owned(),
+            "storage:read:app-01234567*".to_owned(),
+        ] {
+            assert!(ScopeSet::parse_for(&theft, &app).is_err(), "{theft}");
+        }
+        assert!(ScopeSet::parse_for("storage:read:app-0123456789abcdef-notes", &app).is_ok(), "one of its own");
+        // Without an app there is no namespace to mean.
+        assert!(ScopeSet::parse("storage:read").is_err());
     }
 
     #[test]

@@ -497,3 +497,38 @@ async fn developers_hold_a_bounded_number_of_apps_and_deleting_one_ends_every_gr
     let req = AuthorizationRequest::new(&s.app_config(&ids[1]), &["storage:read:notes"]);
     assert_eq!(s.decide(&ada, &req, "allow").await.status(), StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn self_storage_words_reach_the_apps_own_collections_only() {
+    let s = Server::start().await;
+    let dev = s.user("developer").await;
+    let client_id = s.register_app(&dev, &["storage:read", "storage:write", "ai:chat"]).await;
+    let ns = selfcloud_core::scope::app_namespace(&client_id.parse().unwrap());
+    let ada = s.user("ada").await;
+    s.put_ok(&ada, "/v1/storage/diary/secret", json!("private")).await;
+    let (client, tokens) = s.authorize(&ada, &client_id, &["storage:read", "storage:write"]).await;
+    assert_eq!(tokens.scope, format!("storage:read:{ns}* storage:write:{ns}*"));
+    let own = format!("{ns}-notes");
+    client.storage().put(&own, "first", &json!({"text": "mine"})).await.unwrap();
+    assert_eq!(client.storage().get(&own, "first").await.unwrap().unwrap().value["text"], "mine");
+    for elsewhere in ["diary", "notes"] {
+        let e = client.storage().get(elsewhere, "secret").await.unwrap_err();
+        assert_eq!(e.status(), Some(403), "{elsewhere}: {e}");
+        let e = client.storage().put(elsewhere, "x", &json!(1)).await.unwrap_err();
+        assert_eq!(e.status(), Some(403), "{elsewhere}: {e}");
+    }
+    // No app may register, or ask for, another app's namespace.
+    let theft = format!("storage:read:{ns}*");
+    let body = json!({"name": "Thief", "redirect_uris": [REDIRECT], "scopes": [theft]});
+    let (status, _, answer) = s.call(Method::POST, "/v1/apps", Some(&dev), Some(body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let (status, _, answer) = s
+        .call(
+            Method::POST,
+            "/v1/apps",
+            Some(&dev),
+            Some(json!({"name": "Any", "redirect_uris": [REDIRECT], "scopes": ["storage:read:app-*"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+}

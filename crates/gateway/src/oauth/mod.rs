@@ -116,7 +116,8 @@ pub fn check_authorize(p: &AuthorizeParams, app: Option<App>) -> Result<ValidAut
     if code_challenge.len() != 43 || URL_SAFE_NO_PAD.decode(&code_challenge).map_or(true, |d| d.len() != 32) {
         return Err(fail("invalid_request", "code_challenge must be base64url(SHA-256(code_verifier))"));
     }
-    let scopes = ScopeSet::parse(p.scope.as_deref().unwrap_or("")).map_err(|e| fail("invalid_scope", &e.message))?;
+    let scopes = ScopeSet::parse_for(p.scope.as_deref().unwrap_or(""), &app.client_id)
+        .map_err(|e| fail("invalid_scope", &e.message))?;
     if scopes.is_empty() {
         return Err(fail("invalid_scope", "ask for at least one scope"));
     }

@@ -55,11 +55,12 @@ pub async fn register(
     for uri in &req.redirect_uris {
         validate_redirect_uri(uri)?;
     }
-    let scopes = ScopeSet::parse(&req.scopes.join(" "))?;
+    let id = AppId::random();
+    let scopes = ScopeSet::parse_for(&req.scopes.join(" "), &id)?;
     if scopes.is_empty() || req.scopes.iter().any(|s| s.contains(' ')) {
         return Err(Error::invalid("scopes must be a non-empty list of single scopes").into());
     }
-    let app = NewApp { name: name.to_owned(), redirect_uris: req.redirect_uris, scopes };
+    let app = NewApp { id, name: name.to_owned(), redirect_uris: req.redirect_uris, scopes };
     let app = s.control.register_app(caller.token.user_id, app, s.clock.now()).await?;
     Ok((StatusCode::CREATED, Json(AppCreated::from(app))).into_response())
 }
