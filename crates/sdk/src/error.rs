@@ -51,6 +51,19 @@ impl Error {
         }
     }
 
+    /// SELF's name for the error: `PERMISSION_DENIED` (a permission the user did not allow,
+    /// 403), `RATE_LIMITED` (429, also a spent token budget: wait `retry_after`),
+    /// `UNAUTHENTICATED` (401: the grant ended, connect again), `NOT_FOUND`; `None` for others.
+    pub fn self_code(&self) -> Option<&'static str> {
+        match self {
+            Error::Api { status: 403, .. } => Some("PERMISSION_DENIED"),
+            Error::Api { status: 429, .. } => Some("RATE_LIMITED"),
+            Error::Api { status: 401, .. } => Some("UNAUTHENTICATED"),
+            Error::Api { status: 404, .. } => Some("NOT_FOUND"),
+            _ => None,
+        }
+    }
+
     /// Maps an error answer's body: the contract's `{"error":{"code","message"}}`, OAuth's
     /// `{"error","error_description"}` (token and revoke endpoints), or anything else verbatim
     /// under the code `unknown`, so nothing the server said is lost.

@@ -26,6 +26,7 @@
 //! # }
 //! ```
 
+mod app;
 mod auth;
 mod client;
 mod error;
@@ -34,6 +35,7 @@ mod storage;
 #[cfg(test)]
 mod testserver;
 
+pub use app::{app_namespace, Ai, App, AppStorage, Session};
 pub use auth::{code_challenge, AppConfig, AuthorizationRequest};
 pub use client::{Client, TokenSet};
 pub use error::{Error, Result};

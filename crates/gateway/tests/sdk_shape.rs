@@ -1,0 +1,64 @@
+//! The Rust SDK in SELF's shape (`App`, `Session`), as an app written against SELF's sketch uses
+//! it, against a real server: connect, keep records, ask for more, chat (streaming too).
+
+mod common;
+
+use common::{test_model, with_model, Server, REDIRECT};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use selfcloud_sdk::{App, Session};
+use serde_json::json;
+
+/// The user (by their session) allows what the connection URL asks; the app handles the callback.
+async fn consent(s: &Server, user: &str, app: &App, url: &str) -> Session {
+    let query = url.split_once('?').unwrap().1;
+    let mut form: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    form.push(("decision".into(), "allow".into()));
+    let resp = s.http.post(s.url("/oauth/authorize")).bearer_auth(user).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    app.handle_callback(resp.headers()["location"].to_str().unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_app_in_selfs_shape_connects_keeps_records_and_asks_for_more() {
+    let model = test_model();
+    let s = match &model {
+        Some(m) => Server::start_with(|c| with_model(c, m, 1, 4)).await,
+        None => Server::start().await,
+    };
+    let dev = s.user("developer").await;
+    let app_id = s.register_app(&dev, &["ai:chat", "storage:read", "storage:write"]).await;
+    let ada = s.user("ada").await;
+    s.put_ok(&ada, "/v1/storage/diary/secret", json!("private")).await;
+
+    let app = App::new(&app_id, &s.base, REDIRECT).unwrap();
+    let url = app.create_connection_url(&["storage:read", "storage:write"]);
+    let session = consent(&s, &ada, &app, &url).await;
+    session.storage().set("greeting", &json!({"text": "hello"})).await.unwrap();
+    assert_eq!(session.storage().get("greeting").await.unwrap().unwrap()["text"], "hello");
+    assert_eq!(session.storage().list(Some("gr"), Some(10)).await.unwrap().len(), 1);
+    // Its storage is its own namespace: the user's other records are out of reach.
+    let diary = session.client().storage().get("diary", "secret").await.unwrap_err();
+    assert_eq!(diary.self_code(), Some("PERMISSION_DENIED"));
+    assert!(session.has_permission("storage:read") && session.has_permission("storage:write"));
+    assert!(!session.has_permission("ai:chat"));
+    let refused = session.ai().chat("hi").await.unwrap_err();
+    assert_eq!(refused.self_code(), Some("PERMISSION_DENIED"), "{refused}");
+    session.storage().delete("greeting").await.unwrap();
+    assert!(session.storage().get("greeting").await.unwrap().is_none());
+
+    // Asking for more: the grant gains it, the old permissions stay.
+    let more = session.request_permissions(&app, &["ai:chat"]);
+    let session = consent(&s, &ada, &app, &more).await;
+    assert!(session.has_permission("ai:chat") && session.has_permission("storage:write"));
+    let (_, _, grants) = s.call(reqwest::Method::GET, "/v1/grants", Some(&ada), None).await;
+    assert_eq!(grants["grants"].as_array().unwrap().len(), 1, "one grant, merged: {grants}");
+    if model.is_some() {
+        assert!(!session.ai().chat("Say hello").await.unwrap().is_empty());
+        let pieces: Vec<String> =
+            session.ai().chat_stream("Count to five").await.unwrap().map(|p| p.unwrap()).collect().await;
+        assert!(pieces.len() > 1, "the answer streams: {pieces:?}");
+    }
+    // A callback that answers no connection this app started is refused.
+    assert!(app.handle_callback(&format!("{REDIRECT}?code=x&state=forged")).await.is_err());
+}

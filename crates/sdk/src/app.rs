@@ -1,0 +1,240 @@
+//! SELF's developer shape over the protocol: an [`App`] makes connection URLs and turns the
+//! callback into a [`Session`], which talks to the user's assistant (`session.ai()`) and keeps
+//! the app's records (`session.storage()`), and knows what it was allowed.
+//!
+//! ```no_run
+//! # async fn demo(callback_url: &str) -> selfcloud_sdk::Result<()> {
+//! let app = selfcloud_sdk::App::new("app_…", "http://127.0.0.1:8080", "http://127.0.0.1:9000/callback")?;
+//! let connect = app.create_connection_url(&["ai:chat", "storage:read", "storage:write"]);
+//! // Send the user to `connect`; selfcloud sends them back to the redirect URL:
+//! let session = app.handle_callback(callback_url).await?;
+//! let answer = session.ai().chat("Hello").await?;
+//! session.storage().set("greeting", &answer).await?;
+//! # Ok(()) }
+//! ```
+
+use crate::{AppConfig, AuthorizationRequest, Client, Error, Result, TokenSet};
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// An app registered with a selfcloud server.
+pub struct App {
+    config: AppConfig,
+    /// Connection requests on their way, by `state`: the callback must match one.
+    pending: Mutex<HashMap<String, AuthorizationRequest>>,
+}
+
+/// The collections an app owns in each user's store, as the server derives them from its client
+/// id (`app-` and its first 16 hex digits): where bare `storage:read`/`storage:write` reach.
+pub fn app_namespace(client_id: &str) -> Option<String> {
+    let hex = client_id.strip_prefix("app_").filter(|h| h.len() == 32)?;
+    Some(format!("app-{}", &hex[..16]))
+}
+
+impl App {
+    /// `app_id` is the client id the server gave at registration; `redirect_url` one of the
+    /// app's registered redirect URIs, written exactly as registered.
+    pub fn new(app_id: &str, server: &str, redirect_url: &str) -> Result<App> {
+        let base_url = server.parse().map_err(|e| Error::InvalidInput(format!("server URL {server:?}: {e}")))?;
+        let config = AppConfig { base_url, client_id: app_id.into(), redirect_uri: redirect_url.into() };
+        Ok(App { config, pending: Mutex::default() })
+    }
+
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    /// Where to send the user to ask for `permissions` (SELF's words or ours: `ai:chat`,
+    /// `storage:read`, `storage:write:notes`...). Each call is one attempt, remembered until its
+    /// callback.
+    pub fn create_connection_url(&self, permissions: &[&str]) -> String {
+        let request = AuthorizationRequest::new(&self.config, permissions);
+        let url = request.url().to_string();
+        self.pending.lock().unwrap().insert(request.state().to_owned(), request);
+        url
+    }
+
+    /// The user came back: `callback` is the URL (or just its query) the server redirected to.
+    /// Answers a session with the tokens, or [`Error::Denied`] when the user said no.
+    pub async fn handle_callback(&self, callback: &str) -> Result<Session> {
+        let query = callback.split_once('?').map_or(callback, |(_, q)| q);
+        let state =
+            url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "state").map(|(_, v)| v.into_owned());
+        let request = state
+            .and_then(|s| self.pending.lock().unwrap().remove(&s))
+            .ok_or_else(|| Error::Protocol("the callback answers no connection this app started".into()))?;
+        let code = request.finish(&format!("{}?{query}", self.config.redirect_uri))?;
+        let client = Client::new(self.config.clone());
+        let tokens = client.exchange_code(&request, &code).await?;
+        Ok(Session::new(client, tokens))
+    }
+}
+
+/// One user's connection to the app: their tokens, refreshed as they expire.
+pub struct Session {
+    client: Client,
+    granted: Vec<String>,
+}
+
+impl Session {
+    /// A session from tokens the app kept (a refresh token in its database).
+    pub fn new(client: Client, tokens: TokenSet) -> Session {
+        let granted = tokens.scope.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        Session { client, granted }
+    }
+
+    /// The protocol client under the session, for the full storage, LLM and grant APIs.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// What the user allowed, as the server wrote it.
+    pub fn permissions(&self) -> &[String] {
+        &self.granted
+    }
+
+    /// Whether the user allowed `permission` (SELF's words or ours). A collection scope is held
+    /// when a granted pattern covers it.
+    pub fn has_permission(&self, permission: &str) -> bool {
+        let wanted = canonical(permission, &self.client.config().client_id);
+        self.granted.iter().any(|held| covers(held, &wanted))
+    }
+
+    /// A URL asking for `more` permissions: the consent page shows only what the app lacks, and
+    /// the user's grant gains what they allow (the callback gives a new session).
+    pub fn request_permissions(&self, app: &App, more: &[&str]) -> String {
+        let mut all: Vec<&str> = self.granted.iter().map(String::as_str).collect();
+        all.extend(more.iter().copied().filter(|p| !self.has_permission(p)));
+        app.create_connection_url(&all)
+    }
+
+    pub fn ai(&self) -> Ai<'_> {
+        Ai { client: &self.client }
+    }
+
+    /// The app's own records in the user's store (its namespace collection), as SELF's
+    /// key-value storage.
+    pub fn storage(&self) -> AppStorage<'_> {
+        let collection = app_namespace(&self.client.config().client_id).unwrap_or_default();
+        AppStorage { client: &self.client, collection }
+    }
+}
+
+/// SELF's words in ours: `ai:chat` is `llm:chat`, `blockchain:read` is `chain:read`, bare
+/// storage scopes are the app's namespace.
+fn canonical(permission: &str, client_id: &str) -> String {
+    let ns = app_namespace(client_id).unwrap_or_default();
+    match permission {
+        "ai:chat" => "llm:chat".into(),
+        "blockchain:read" => "chain:read".into(),
+        "storage:read" => format!("storage:read:{ns}*"),
+        "storage:write" => format!("storage:write:{ns}*"),
+        other => other.into(),
+    }
+}
+
+fn covers(held: &str, wanted: &str) -> bool {
+    match held.strip_suffix('*') {
+        Some(prefix) if prefix.starts_with("storage:") => {
+            let kind = |s: &str| s.splitn(3, ':').take(2).collect::<Vec<_>>().join(":");
+            kind(held) == kind(wanted) && wanted.trim_end_matches('*').starts_with(prefix)
+        }
+        _ => held == wanted,
+    }
+}
+
+/// The user's private assistant, OpenAI-shaped underneath.
+pub struct Ai<'a> {
+    client: &'a Client,
+}
+
+impl Ai<'_> {
+    /// One answer to `message`.
+    pub async fn chat(&self, message: &str) -> Result<String> {
+        let body = json!({"messages": [{"role": "user", "content": message}]});
+        let answer = self.client.send_json(reqwest::Method::POST, "/v1/llm/chat/completions", Some(&body)).await?;
+        Ok(answer["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// The answer to `message` as it is written: each item is more text.
+    pub async fn chat_stream(&self, message: &str) -> Result<impl futures_util::Stream<Item = Result<String>>> {
+        let body = json!({"messages": [{"role": "user", "content": message}], "stream": true});
+        let url = self.client.config().resolve("/v1/llm/chat/completions")?;
+        let response = self.client.send_authed(|http| http.post(url.clone()).json(&body)).await?;
+        let response = crate::client::check(response).await?;
+        let mut buffered = String::new();
+        let frames = response.bytes_stream().map(move |chunk| -> Result<Vec<String>> {
+            buffered.push_str(&String::from_utf8_lossy(&chunk?));
+            let mut texts = Vec::new();
+            while let Some(end) = buffered.find("\n\n") {
+                let frame: String = buffered.drain(..end + 2).collect();
+                for data in frame.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                    if data == "[DONE]" {
+                        continue;
+                    }
+                    let event: Value =
+                        serde_json::from_str(data).map_err(|e| Error::Protocol(format!("event: {e}")))?;
+                    if let Some(e) = event.get("error") {
+                        return Err(Error::from_answer(500, None, &json!({"error": e}).to_string()));
+                    }
+                    if let Some(text) = event["choices"][0]["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
+                        texts.push(text.to_owned());
+                    }
+                }
+            }
+            Ok(texts)
+        });
+        Ok(frames.flat_map(|texts| {
+            futures_util::stream::iter(match texts {
+                Ok(texts) => texts.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
+        }))
+    }
+}
+
+/// The app's key-value records in the user's instance.
+pub struct AppStorage<'a> {
+    client: &'a Client,
+    collection: String,
+}
+
+impl AppStorage<'_> {
+    /// Stores `value` under `key`; answers its revision.
+    pub async fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<String> {
+        self.client.storage().put(&self.collection, key, value).await
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Value>> {
+        Ok(self.client.storage().get(&self.collection, key).await?.map(|r| r.value))
+    }
+
+    /// Up to `limit` records whose key starts with `prefix`, in key order.
+    pub async fn list(&self, prefix: Option<&str>, limit: Option<usize>) -> Result<Vec<(String, Value)>> {
+        let page = self.client.storage().list(&self.collection, prefix, limit, None).await?;
+        Ok(page.records.into_iter().map(|r| (r.key, r.value)).collect())
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.client.storage().delete(&self.collection, key).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_read_in_self_words_and_ours() {
+        let id = "app_0123456789abcdef0123456789abcdef";
+        assert_eq!(app_namespace(id).unwrap(), "app-0123456789abcdef");
+        let held = ["storage:read:app-0123456789abcdef*", "llm:chat", "storage:write:notes"];
+        let has = |p: &str| held.iter().any(|h| covers(h, &canonical(p, id)));
+        assert!(has("ai:chat") && has("llm:chat") && has("storage:read") && has("storage:write:notes"));
+        assert!(has("storage:read:app-0123456789abcdef-x"));
+        assert!(!has("storage:write") && !has("storage:read:notes") && !has("blockchain:read") && !has("llm:embed"));
+    }
+}
