@@ -1,0 +1,117 @@
+// The TypeScript SDK against a real selfcloud server (the binary `./selfcloud test` built), as
+// an app uses it: connect, keep records, ask for more, chat and stream, be revoked.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { App, SelfError, appNamespace } from "../dist/src/index.js";
+
+const bin = process.env.SELFCLOUD_TEST_BIN;
+const model = process.env.SELFCLOUD_TEST_MODEL;
+const REDIRECT = "http://127.0.0.1:9/callback";
+const PASSWORD = "correct horse battery";
+let server, base, home;
+
+before(async () => {
+  assert.ok(bin, "SELFCLOUD_TEST_BIN names the selfcloud binary (./selfcloud test sets it)");
+  home = mkdtempSync(join(tmpdir(), "selfcloud-sdk-"));
+  const args = ["up", "--addr", "127.0.0.1:0", "--home", home, "--runtime", "inproc", "--kdf-memory-kib", "8", "--kdf-iterations", "1", "--model", model ?? "none", "--embedding-model", "none"];
+  server = spawn(bin, args, { stdio: ["ignore", "pipe", "inherit"] });
+  const lines = createInterface({ input: server.stdout });
+  base = await new Promise((resolve, reject) => {
+    server.once("exit", (code) => reject(new Error(`selfcloud exited with ${code}`)));
+    lines.on("line", (line) => line.startsWith("selfcloud listening on ") && resolve(line.slice("selfcloud listening on ".length).trim()));
+  });
+});
+
+after(() => {
+  server?.kill("SIGTERM");
+  if (home) rmSync(home, { recursive: true, force: true });
+});
+
+async function call(method, path, token, body) {
+  const headers = { "content-type": "application/json" };
+  if (token) headers.authorization = `Bearer ${token}`;
+  const response = await fetch(`${base}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await response.text();
+  return { status: response.status, body: text ? JSON.parse(text) : null };
+}
+
+async function user(name) {
+  const created = await call("POST", "/v1/accounts", null, { username: name, password: PASSWORD });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  return (await call("POST", "/v1/sessions", null, { username: name, password: PASSWORD })).body.token;
+}
+
+// The user allows what `url` asks; answers the redirect the app's callback receives.
+async function consent(userToken, url) {
+  const form = new URLSearchParams(new URL(url).search);
+  form.set("decision", "allow");
+  const response = await fetch(`${base}/oauth/authorize`, {
+    method: "POST",
+    redirect: "manual",
+    headers: { authorization: `Bearer ${userToken}`, "content-type": "application/x-www-form-urlencoded" },
+    body: form.toString(),
+  });
+  assert.equal(response.status, 302);
+  return response.headers.get("location");
+}
+
+test("an app connects, keeps its records, asks for more, chats, and is revoked", async () => {
+  const dev = await user("developer");
+  const registered = await call("POST", "/v1/apps", dev, { name: "Hello", redirect_uris: [REDIRECT], scopes: ["ai:chat", "storage:read", "storage:write"] });
+  assert.equal(registered.status, 201, JSON.stringify(registered.body));
+  const appId = registered.body.client_id;
+  const ada = await user("ada");
+  assert.equal((await call("PUT", "/v1/storage/diary/secret", ada, "private")).status, 200);
+
+  // The first authorized call, as the README shows it.
+  const app = new App({ appId, server: base, redirectUrl: REDIRECT });
+  const url = await app.createConnectionUrl({ permissions: ["storage:read", "storage:write"] });
+  const session = await app.handleCallback(await consent(ada, url));
+  await session.storage.set("greeting", { text: "hello" });
+
+  assert.deepEqual(await session.storage.get("greeting"), { text: "hello" });
+  assert.equal((await session.storage.list({ prefix: "gr", limit: 10 })).length, 1);
+  assert.equal(session.storage.collection, appNamespace(appId));
+  assert.ok(session.hasPermission("storage:read") && session.hasPermission("storage:write") && !session.hasPermission("ai:chat"));
+  await assert.rejects(session.json("GET", "/v1/storage/diary/secret"), (e) => e instanceof SelfError && e.code === "PERMISSION_DENIED");
+  await assert.rejects(session.ai.chat({ message: "hi" }), (e) => e instanceof SelfError && e.code === "PERMISSION_DENIED" && e.status === 403);
+  await session.storage.delete("greeting");
+  assert.equal(await session.storage.get("greeting"), undefined);
+
+  // Asking for more: one grant, merged.
+  const more = await app.handleCallback(await consent(ada, await session.requestPermissions(["ai:chat"])));
+  assert.ok(more.hasPermission("ai:chat") && more.hasPermission("storage:write"));
+  const grants = (await call("GET", "/v1/grants", ada)).body.grants;
+  assert.equal(grants.length, 1);
+  if (model) {
+    assert.ok((await more.ai.chat({ message: "Say hello", maxTokens: 16 })).length > 0);
+    const pieces = [];
+    for await (const piece of more.ai.chatStream({ message: "Count to five", maxTokens: 24 })) pieces.push(piece);
+    assert.ok(pieces.length > 1, `the answer streams: ${JSON.stringify(pieces)}`);
+  } else {
+    await assert.rejects(more.ai.chat({ message: "hi" }), (e) => e.status === 503);
+  }
+  // A refresh rotates the tokens; after a revocation nothing works, refresh included.
+  const before = more.tokens.refreshToken;
+  await more.refresh();
+  assert.notEqual(more.tokens.refreshToken, before);
+  assert.equal((await call("DELETE", `/v1/grants/${grants[0].id}`, ada)).status, 204);
+  await assert.rejects(more.storage.get("greeting"), (e) => e.code === "UNAUTHENTICATED");
+  await assert.rejects(more.refresh(), (e) => e instanceof SelfError && e.serverCode === "invalid_grant");
+});
+
+test("a callback this app did not start, or from another server, is refused", async () => {
+  const app = new App({ appId: "app_0123456789abcdef0123456789abcdef", server: base, redirectUrl: REDIRECT });
+  await assert.rejects(app.handleCallback(`${REDIRECT}?code=x&state=forged`), (e) => e.code === "INVALID_REQUEST");
+  const url = await app.createConnectionUrl({ permissions: ["storage:read"] });
+  const state = new URL(url).searchParams.get("state");
+  await assert.rejects(app.handleCallback(`${REDIRECT}?code=x&state=${state}&iss=http://evil.example`), /not http/);
+  const denied = await app.createConnectionUrl({ permissions: ["storage:read"] });
+  const s2 = new URL(denied).searchParams.get("state");
+  await assert.rejects(app.handleCallback(`?error=access_denied&state=${s2}`), (e) => e.code === "ACCESS_DENIED");
+});
