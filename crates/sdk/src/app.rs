@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo(callback_url: &str) -> selfcloud_sdk::Result<()> {
-//! let app = selfcloud_sdk::App::new("app_…", "http://127.0.0.1:8080", "http://127.0.0.1:9000/callback")?;
+//! let app = selfcloud_sdk::App::new("app_…", "http://127.0.0.1:8420", "http://127.0.0.1:9000/callback")?;
 //! let connect = app.create_connection_url(&["ai:chat", "storage:read", "storage:write"]);
 //! // Send the user to `connect`; selfcloud sends them back to the redirect URL:
 //! let session = app.handle_callback(callback_url).await?;

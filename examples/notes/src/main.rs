@@ -1,4 +1,4 @@
-//! `selfcloud-example-notes --selfcloud http://127.0.0.1:8080 --client-id <id>`: serves Notes on
+//! `selfcloud-example-notes --selfcloud http://127.0.0.1:8420 --client-id <id>`: serves Notes on
 //! its own loopback port (the client id comes from registering it: see the README's tour).
 
 use clap::Parser;
@@ -6,7 +6,7 @@ use clap::Parser;
 #[derive(Parser)]
 struct Args {
     /// The selfcloud server's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    #[arg(long, default_value = "http://127.0.0.1:8420")]
     selfcloud: String,
     /// The client id selfcloud gave Notes when it was registered.
     #[arg(long)]

@@ -6,7 +6,7 @@
  * browsers and Node 18+.
  *
  * ```ts
- * const app = new App({ appId, server: "http://127.0.0.1:8080", redirectUrl: "http://127.0.0.1:9000/callback" });
+ * const app = new App({ appId, server: "http://127.0.0.1:8420", redirectUrl: "http://127.0.0.1:9000/callback" });
  * location.href = await app.createConnectionUrl({ permissions: ["ai:chat", "storage:read", "storage:write"] });
  * // ... on the redirect URL:
  * const session = await app.handleCallback(location.href);
