@@ -18,6 +18,9 @@ pub struct NewApp {
     pub name: String,
     pub redirect_uris: Vec<String>,
     pub scopes: ScopeSet,
+    /// A confidential client (a server-side app): it gets a secret to authenticate with at the
+    /// token endpoint (`client_secret_basic`), besides PKCE.
+    pub confidential: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -28,6 +31,8 @@ pub struct App {
     pub redirect_uris: Vec<String>,
     pub scopes: ScopeSet,
     pub created_at: u64,
+    /// SHA-256 of its client secret, when it is a confidential client.
+    pub secret_hash: Option<[u8; 32]>,
 }
 
 impl From<AppRow> for App {
@@ -39,6 +44,7 @@ impl From<AppRow> for App {
             redirect_uris: a.redirect_uris,
             scopes: a.scopes,
             created_at: a.created_at,
+            secret_hash: a.secret_hash,
         }
     }
 }
@@ -100,7 +106,9 @@ pub struct AppTokens {
 }
 
 impl Control {
-    pub async fn register_app(&self, owner: UserId, app: NewApp, now: u64) -> Result<App> {
+    /// Registers an app; a confidential one's secret is answered this once (only its hash is kept).
+    pub async fn register_app(&self, owner: UserId, app: NewApp, now: u64) -> Result<(App, Option<String>)> {
+        let secret = app.confidential.then(crate::tokens::new_client_secret);
         let row = AppRow {
             id: app.id,
             owner_id: owner,
@@ -108,9 +116,11 @@ impl Control {
             redirect_uris: app.redirect_uris,
             scopes: app.scopes,
             created_at: now,
+            secret_hash: secret.as_deref().map(hash_token),
         };
         let max = self.config.limits.apps_per_user;
-        self.blocking(move |r| r.insert_app(&row, max).map(|_| row.into())).await
+        let app = self.blocking(move |r| r.insert_app(&row, max).map(|_| App::from(row))).await?;
+        Ok((app, secret))
     }
 
     /// A live app (a deleted one is unknown).

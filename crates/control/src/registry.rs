@@ -106,6 +106,10 @@ const MIGRATIONS: &[&str] = &[
     -- LLM tokens a day the user lets the app spend (NULL: the tier's ceiling alone).
     ALTER TABLE grants ADD COLUMN token_budget INTEGER;
     ",
+    "
+    -- A confidential client's secret, hashed (NULL: a public client, which proves itself with PKCE alone).
+    ALTER TABLE apps ADD COLUMN secret_hash BLOB;
+    ",
 ];
 
 #[derive(Clone, Debug)]

@@ -89,11 +89,12 @@ async fn code_for(c: &Arc<Control>, user: selfcloud_core::UserId, app: &crate::A
 async fn notes_app(c: &Arc<Control>, owner: selfcloud_core::UserId, scopes: &str) -> crate::App {
     let app = crate::NewApp {
         id: selfcloud_core::AppId::random(),
+        confidential: false,
         name: "Notes".into(),
         redirect_uris: vec!["https://notes.example/cb".into()],
         scopes: ScopeSet::parse(scopes).unwrap(),
     };
-    c.register_app(owner, app, 1_000).await.unwrap()
+    c.register_app(owner, app, 1_000).await.unwrap().0
 }
 
 fn issue_all<R>(_: &R) -> Verdict<()> {

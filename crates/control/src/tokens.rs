@@ -115,6 +115,16 @@ pub fn hash_token(token: &str) -> TokenHash {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// A confidential client's secret: 32 random bytes, `sck_` and base64url (no character a Basic
+/// header or a form would need to escape).
+pub(crate) fn new_client_secret() -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("sck_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
 pub(crate) fn new_token(kind: TokenKind) -> String {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;

@@ -532,3 +532,66 @@ async fn self_storage_words_reach_the_apps_own_collections_only() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
 }
+
+#[tokio::test]
+async fn a_confidential_client_proves_itself_with_its_secret_as_well() {
+    let s = Server::start().await;
+    let dev = s.user("developer").await;
+    let body = json!({"name": "Server app", "redirect_uris": [REDIRECT], "scopes": ["storage:read:notes"], "confidential": true});
+    let (status, _, app) = s.call(Method::POST, "/v1/apps", Some(&dev), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{app}");
+    assert_eq!(app["token_endpoint_auth_method"], "client_secret_basic");
+    let (client_id, secret) =
+        (app["client_id"].as_str().unwrap().to_owned(), app["client_secret"].as_str().unwrap().to_owned());
+    let (_, _, listed) = s.call(Method::GET, "/v1/apps", Some(&dev), None).await;
+    assert!(listed["apps"][0].get("client_secret").is_none(), "the secret is shown once: {listed}");
+    let ada = s.user("ada").await;
+    let config = s.app_config(&client_id);
+
+    // One code per attempt, each refused without, or with a wrong, secret; then redeemed with it.
+    let code_for = |req: &AuthorizationRequest| {
+        let req = req.clone();
+        let s = &s;
+        let ada = ada.clone();
+        async move {
+            let resp = s.decide(&ada, &req, "allow").await;
+            req.finish(resp.headers()["location"].to_str().unwrap()).unwrap()
+        }
+    };
+    let req = AuthorizationRequest::new(&config, &["storage:read:notes"]);
+    let code = code_for(&req).await;
+    let without = Client::new(config.clone()).exchange_code(&req, &code).await.unwrap_err();
+    assert_eq!((without.status(), without.code()), (Some(400), Some("invalid_client")), "{without}");
+    let wrong =
+        Client::new(config.clone()).with_client_secret("sck_wrong").exchange_code(&req, &code).await.unwrap_err();
+    assert_eq!((wrong.status(), wrong.code()), (Some(401), Some("invalid_client")), "{wrong}");
+    let raw = s
+        .http
+        .post(s.url("/oauth/token"))
+        .basic_auth(&client_id, Some("sck_wrong"))
+        .form(&[("grant_type", "authorization_code"), ("code", &code)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.headers()["www-authenticate"], "Basic realm=\"selfcloud\"");
+    let client = Client::new(config.clone()).with_client_secret(&secret);
+    client.exchange_code(&req, &code).await.unwrap();
+    client.refresh().await.unwrap();
+    let stolen = Client::with_tokens(config.clone(), client.tokens().unwrap());
+    assert_eq!(
+        stolen.refresh().await.unwrap_err().code(),
+        Some("invalid_client"),
+        "a refresh token alone is not enough"
+    );
+
+    // A public client has no secret to send.
+    let public = s.register_app(&dev, &["storage:read:notes"]).await;
+    let req = AuthorizationRequest::new(&s.app_config(&public), &["storage:read:notes"]);
+    let resp = s.decide(&ada, &req, "allow").await;
+    let code = req.finish(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let e =
+        Client::new(s.app_config(&public)).with_client_secret(&secret).exchange_code(&req, &code).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(401), Some("invalid_client")), "{e}");
+    let (_, _, meta) = s.call(Method::GET, "/.well-known/oauth-authorization-server", None, None).await;
+    assert_eq!(meta["token_endpoint_auth_methods_supported"], json!(["none", "client_secret_basic"]));
+}

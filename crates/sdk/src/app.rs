@@ -23,6 +23,7 @@ use std::sync::Mutex;
 /// An app registered with a selfcloud server.
 pub struct App {
     config: AppConfig,
+    client_secret: Option<String>,
     /// Connection requests on their way, by `state`: the callback must match one.
     pending: Mutex<HashMap<String, AuthorizationRequest>>,
 }
@@ -40,7 +41,13 @@ impl App {
     pub fn new(app_id: &str, server: &str, redirect_url: &str) -> Result<App> {
         let base_url = server.parse().map_err(|e| Error::InvalidInput(format!("server URL {server:?}: {e}")))?;
         let config = AppConfig { base_url, client_id: app_id.into(), redirect_uri: redirect_url.into() };
-        Ok(App { config, pending: Mutex::default() })
+        Ok(App { config, client_secret: None, pending: Mutex::default() })
+    }
+
+    /// A confidential client (a server-side app): its secret goes with every token request.
+    pub fn with_client_secret(mut self, secret: impl Into<String>) -> Self {
+        self.client_secret = Some(secret.into());
+        self
     }
 
     pub fn config(&self) -> &AppConfig {
@@ -67,7 +74,10 @@ impl App {
             .and_then(|s| self.pending.lock().unwrap().remove(&s))
             .ok_or_else(|| Error::Protocol("the callback answers no connection this app started".into()))?;
         let code = request.finish(&format!("{}?{query}", self.config.redirect_uri))?;
-        let client = Client::new(self.config.clone());
+        let mut client = Client::new(self.config.clone());
+        if let Some(secret) = &self.client_secret {
+            client = client.with_client_secret(secret.clone());
+        }
         let tokens = client.exchange_code(&request, &code).await?;
         Ok(Session::new(client, tokens))
     }

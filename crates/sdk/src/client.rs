@@ -49,6 +49,8 @@ pub struct Client {
     config: AppConfig,
     http: reqwest::Client,
     tokens: Mutex<Option<TokenSet>>,
+    /// A confidential client's secret, sent as `client_secret_basic` to the token endpoint.
+    client_secret: Option<String>,
     /// Held while refreshing or revoking, so two refreshes never race with one refresh token.
     refresh_gate: tokio::sync::Mutex<()>,
 }
@@ -67,7 +69,30 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("reqwest client without TLS always builds");
-        Client { config, http, tokens: Mutex::new(None), refresh_gate: tokio::sync::Mutex::new(()) }
+        Client {
+            config,
+            http,
+            tokens: Mutex::new(None),
+            client_secret: None,
+            refresh_gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// For a confidential client (a server-side app registered with `"confidential": true`):
+    /// its secret authenticates every token and revocation request (`client_secret_basic`).
+    pub fn with_client_secret(mut self, secret: impl Into<String>) -> Self {
+        self.client_secret = Some(secret.into());
+        self
+    }
+
+    /// A POST to an OAuth endpoint, with the client's secret when it has one.
+    fn oauth_post(&self, url: url::Url) -> RequestBuilder {
+        let request = self.http.post(url);
+        match &self.client_secret {
+            // Client ids and secrets are URL-safe, so their form-encoding (RFC 6749 2.3.1) is themselves.
+            Some(secret) => request.basic_auth(&self.config.client_id, Some(secret)),
+            None => request,
+        }
     }
 
     /// A client resuming a grant whose tokens were saved earlier.
@@ -125,7 +150,7 @@ impl Client {
     /// POSTs `form` to the token endpoint; what the answer leaves out is kept from before (RFC 6749 §5.1, §6).
     async fn token_request(&self, form: &[(&str, &str)], refresh_token: Option<&str>, scope: &str) -> Result<TokenSet> {
         let url = self.config.endpoint(&["oauth", "token"])?;
-        let answer: TokenAnswer = read_json(check(self.http.post(url).form(form).send().await?).await?).await?;
+        let answer: TokenAnswer = read_json(check(self.oauth_post(url).form(form).send().await?).await?).await?;
         if !answer.token_type.eq_ignore_ascii_case("bearer") {
             return Err(Error::Protocol(format!("token type {:?}, not Bearer", answer.token_type)));
         }
@@ -155,7 +180,7 @@ impl Client {
     async fn revoke_one(&self, token: &str, hint: &str) -> Result<()> {
         let url = self.config.endpoint(&["oauth", "revoke"])?;
         let form = [("token", token), ("token_type_hint", hint), ("client_id", &self.config.client_id)];
-        check(self.http.post(url).form(&form).send().await?).await?;
+        check(self.oauth_post(url).form(&form).send().await?).await?;
         Ok(())
     }
 

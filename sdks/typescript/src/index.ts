@@ -126,6 +126,8 @@ export interface AppOptions {
   server: string;
   /** One of the app's registered redirect URIs, exactly as registered. */
   redirectUrl: string;
+  /** A confidential client's secret (server-side apps only: never ship it to a browser). */
+  clientSecret?: string;
   pending?: PendingStore;
   fetch?: typeof fetch;
 }
@@ -143,6 +145,7 @@ export class App {
   readonly server: string;
   readonly redirectUrl: string;
   private readonly pending: PendingStore;
+  private readonly clientSecret?: string;
   readonly fetch: typeof fetch;
 
   constructor(options: AppOptions) {
@@ -150,6 +153,7 @@ export class App {
     this.server = options.server.replace(/\/+$/, "");
     this.redirectUrl = options.redirectUrl;
     this.pending = options.pending ?? defaultStore();
+    this.clientSecret = options.clientSecret;
     this.fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
   }
 
@@ -198,9 +202,12 @@ export class App {
 
   /** The token endpoint (codes and refreshes). */
   async token(form: Record<string, string>): Promise<Tokens> {
+    const headers: Record<string, string> = { "content-type": "application/x-www-form-urlencoded" };
+    // client_secret_basic; ids and secrets are URL-safe, so their form-encoding is themselves.
+    if (this.clientSecret) headers.authorization = `Basic ${btoa(`${this.appId}:${this.clientSecret}`)}`;
     const response = await this.fetch(`${this.server}/oauth/token`, {
       method: "POST",
-      headers: { "content-type": "application/x-www-form-urlencoded" },
+      headers,
       body: new URLSearchParams(form).toString(),
     });
     if (!response.ok) throw await errorOf(response);

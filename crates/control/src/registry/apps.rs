@@ -14,6 +14,7 @@ fn app_of(r: &rusqlite::Row, id: AppId) -> rusqlite::Result<AppRow> {
         redirect_uris: redirect_uris(&r.get::<_, String>(2)?),
         scopes: scopes(r.get(3)?),
         created_at: r.get::<_, i64>(4)? as u64,
+        secret_hash: r.get::<_, Option<Vec<u8>>>(5)?.and_then(|h| h.try_into().ok()),
     })
 }
 
@@ -70,8 +71,17 @@ impl Registry {
             return Err(Error::conflict(format!("an account registers at most {max} apps; delete one first")));
         }
         tx.execute(
-            "INSERT INTO apps (id, owner_id, name, redirect_uris, scopes, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![a.id.to_string(), a.owner_id.to_string(), a.name, uris, a.scopes.to_string(), a.created_at as i64],
+            "INSERT INTO apps (id, owner_id, name, redirect_uris, scopes, created_at, secret_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                a.id.to_string(),
+                a.owner_id.to_string(),
+                a.name,
+                uris,
+                a.scopes.to_string(),
+                a.created_at as i64,
+                a.secret_hash.map(|h| h.to_vec())
+            ],
         )
         .map_err(db_err)?;
         tx.commit().map_err(db_err)
@@ -82,7 +92,7 @@ impl Registry {
         self.conn
             .lock()
             .prepare_cached(
-                "SELECT owner_id, name, redirect_uris, scopes, created_at FROM apps WHERE id = ?1 AND deleted_at IS NULL",
+                "SELECT owner_id, name, redirect_uris, scopes, created_at, secret_hash FROM apps WHERE id = ?1 AND deleted_at IS NULL",
             )
             .and_then(|mut s| s.query_row([id.to_string()], |r| app_of(r, id)).optional())
             .map_err(db_err)
@@ -93,11 +103,11 @@ impl Registry {
         let conn = self.conn.lock();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT owner_id, name, redirect_uris, scopes, created_at, id FROM apps
+                "SELECT owner_id, name, redirect_uris, scopes, created_at, secret_hash, id FROM apps
                  WHERE owner_id = ?1 AND deleted_at IS NULL ORDER BY created_at, id",
             )
             .map_err(db_err)?;
-        let rows = stmt.query_map([owner.to_string()], |r| app_of(r, parse(r.get(5)?)?)).map_err(db_err)?;
+        let rows = stmt.query_map([owner.to_string()], |r| app_of(r, parse(r.get(6)?)?)).map_err(db_err)?;
         rows.collect::<rusqlite::Result<_>>().map_err(db_err)
     }
 

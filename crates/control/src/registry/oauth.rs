@@ -17,6 +17,8 @@ pub struct AppRow {
     pub redirect_uris: Vec<String>,
     pub scopes: ScopeSet,
     pub created_at: u64,
+    /// SHA-256 of a confidential client's secret.
+    pub secret_hash: Option<[u8; 32]>,
 }
 
 /// A token as loaded into memory at start (refresh tokens stay on disk: they are not API

@@ -283,11 +283,18 @@ struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: String,
+    /// Answer with `WWW-Authenticate: Basic` (a failed client authentication by header).
+    challenge: bool,
 }
 
 impl From<TokenError> for OAuthError {
     fn from(e: TokenError) -> Self {
-        OAuthError { status: StatusCode::BAD_REQUEST, error: e.kind.as_str(), description: e.description }
+        OAuthError {
+            status: StatusCode::BAD_REQUEST,
+            error: e.kind.as_str(),
+            description: e.description,
+            challenge: false,
+        }
     }
 }
 
@@ -302,26 +309,77 @@ impl From<Error> for OAuthError {
             _ if status.is_server_error() => "server_error",
             _ => "invalid_request",
         };
-        OAuthError { status, error, description: e.message }
+        OAuthError { status, error, description: e.message, challenge: false }
     }
 }
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": self.error, "error_description": self.description});
-        (self.status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+        let mut resp = (self.status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response();
+        if self.challenge {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"selfcloud\""));
+        }
+        resp
     }
+}
+
+/// Authenticates the client of a token or revocation request: the secret of a confidential
+/// client in `Authorization: Basic`, nothing for a public one. Answers the client id the Basic
+/// header named, which a form may then leave out.
+async fn client_authenticated(
+    s: &AppState,
+    headers: &HeaderMap,
+    form_client: Option<&str>,
+) -> Result<Option<String>, OAuthError> {
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let basic = token::basic_credentials(header).map_err(|e| unauthorized_client(e, header.is_some()))?;
+    let client = match (&basic, form_client) {
+        (Some((id, _)), Some(form)) if id != form => {
+            return Err(
+                TokenError::new(TokenErrorKind::InvalidRequest, "client_id differs from the Basic credentials").into()
+            )
+        }
+        (Some((id, _)), _) => Some(id.clone()),
+        (None, form) => form.map(str::to_owned),
+    };
+    let Some(id) = client.as_deref().and_then(|c| c.parse::<AppId>().ok()) else { return Ok(client) };
+    let Some(app) = s.control.app(id).await? else {
+        // Credentials for no client are refused; without any, the request goes on to meet the
+        // code or token, which answers for a client that is gone (its grants went with it).
+        return match basic {
+            Some(_) => {
+                Err(unauthorized_client(TokenError::new(TokenErrorKind::InvalidClient, "unknown client_id"), true))
+            }
+            None => Ok(client),
+        };
+    };
+    token::authenticate_client(app.secret_hash.as_ref(), basic.as_ref().map(|(_, secret)| secret.as_str()))
+        .map_err(|e| unauthorized_client(e, header.is_some()))?;
+    Ok(client)
+}
+
+/// RFC 6749 5.2: a client that tried the Authorization header and failed hears 401 with a challenge.
+fn unauthorized_client(e: TokenError, tried_header: bool) -> OAuthError {
+    let mut e = OAuthError::from(e);
+    if tried_header && e.error == "invalid_client" {
+        e.status = StatusCode::UNAUTHORIZED;
+        e.challenge = true;
+    }
+    e
 }
 
 /// `POST /oauth/token`: parse, let the protocol decide inside control's transaction, answer.
 pub async fn token(
     State(s): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     form: Result<Form<TokenForm>, FormRejection>,
 ) -> Response {
     let result: Result<serde_json::Value, OAuthError> = async {
         s.rate.check_ip(peer.ip())?;
-        let Form(f) = form.map_err(|e| TokenError::new(TokenErrorKind::InvalidRequest, e.body_text()))?;
+        let Form(mut f) = form.map_err(|e| TokenError::new(TokenErrorKind::InvalidRequest, e.body_text()))?;
+        f.client_id = client_authenticated(&s, &headers, f.client_id.as_deref()).await?;
         let now = s.clock.now();
         let (outcome, unknown) = match token::parse(f)? {
             TokenRequest::Code(req) => {
@@ -370,13 +428,15 @@ pub struct RevokeForm {
 pub async fn revoke(
     State(s): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     form: Result<Form<RevokeForm>, FormRejection>,
 ) -> Response {
     let result: Result<(), OAuthError> = async {
         s.rate.check_ip(peer.ip())?;
         let Form(f) = form.map_err(|e| TokenError::new(TokenErrorKind::InvalidRequest, e.body_text()))?;
         let token = f.token.ok_or_else(|| TokenError::new(TokenErrorKind::InvalidRequest, "token is required"))?;
-        let client: Option<AppId> = f.client_id.as_deref().and_then(|c| c.parse().ok());
+        let client = client_authenticated(&s, &headers, f.client_id.as_deref()).await?;
+        let client: Option<AppId> = client.as_deref().and_then(|c| c.parse().ok());
         s.control.revoke_app_token(&token, client, s.clock.now()).await?;
         Ok(())
     }
@@ -399,8 +459,8 @@ pub async fn metadata(State(s): State<Arc<AppState>>) -> Json<serde_json::Value>
         "response_types_supported": ["code"],
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["none"],
-        "revocation_endpoint_auth_methods_supported": ["none"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_basic"],
+        "revocation_endpoint_auth_methods_supported": ["none", "client_secret_basic"],
         "authorization_response_iss_parameter_supported": true,
         "scopes_supported": scopes,
     }))

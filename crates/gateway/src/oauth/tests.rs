@@ -11,6 +11,7 @@ fn app() -> App {
         redirect_uris: vec!["https://notes.example/cb".into()],
         scopes: ScopeSet::parse("storage:read:notes* llm:chat").unwrap(),
         created_at: 0,
+        secret_hash: None,
     }
 }
 
@@ -212,4 +213,22 @@ fn a_consent_grants_the_ticked_boxes_and_what_the_app_held() {
     let held = set("llm:chat");
     assert_eq!(granted_scopes(&asked, Some(&set("")), &held), held, "what it held stays without a box");
     assert_eq!(granted_scopes(&asked, Some(&set("storage:write:*")), &set("")), set("storage:write:notes"));
+}
+
+#[test]
+fn client_credentials_come_from_a_basic_header_and_must_match_the_client() {
+    use super::token::{authenticate_client, basic_credentials, TokenErrorKind};
+    use base64::Engine as _;
+    let header = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("app_x:s%3Acret"));
+    assert_eq!(basic_credentials(Some(&header)).unwrap(), Some(("app_x".into(), "s:cret".into())));
+    assert_eq!(basic_credentials(None).unwrap(), None);
+    for bad in ["Bearer abc", "Basic !!!", "Basic YWJj"] {
+        assert_eq!(basic_credentials(Some(bad)).unwrap_err().kind, TokenErrorKind::InvalidClient, "{bad}");
+    }
+    let hash = selfcloud_control::tokens::hash_token("sck_right");
+    assert!(authenticate_client(Some(&hash), Some("sck_right")).is_ok());
+    assert!(authenticate_client(Some(&hash), Some("sck_wrong")).is_err());
+    assert!(authenticate_client(Some(&hash), None).is_err(), "a confidential client must authenticate");
+    assert!(authenticate_client(None, Some("sck_right")).is_err(), "a public client has no secret");
+    assert!(authenticate_client(None, None).is_ok());
 }

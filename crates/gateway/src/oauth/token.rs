@@ -91,6 +91,44 @@ fn required(field: Option<String>, name: &str) -> Result<String, TokenError> {
     field.filter(|v| !v.is_empty()).ok_or_else(|| TokenError::request(&format!("{name} is required")))
 }
 
+/// The client credentials of an `Authorization: Basic` header (RFC 6749 2.3.1: each part
+/// form-urlencoded, then joined by `:`), `None` without one.
+pub fn basic_credentials(header: Option<&str>) -> Result<Option<(String, String)>, TokenError> {
+    use base64::Engine as _;
+    let Some(value) = header else { return Ok(None) };
+    let bad = || TokenError::new(TokenErrorKind::InvalidClient, "malformed Basic client credentials");
+    let Some((scheme, encoded)) = value.split_once(' ') else { return Err(bad()) };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(bad());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
+    let text = String::from_utf8(decoded).map_err(|_| bad())?;
+    let (id, secret) = text.split_once(':').ok_or_else(bad)?;
+    let unescape =
+        |s: &str| url::form_urlencoded::parse(format!("v={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+    Ok(Some((unescape(id).ok_or_else(bad)?, unescape(secret).ok_or_else(bad)?)))
+}
+
+/// Client authentication (RFC 6749 2.3): a confidential client must present its secret, a public
+/// one must not present any (it has none; a secret sent for it is a mistake worth refusing).
+pub fn authenticate_client(secret_hash: Option<&[u8; 32]>, presented: Option<&str>) -> Result<(), TokenError> {
+    use subtle::ConstantTimeEq;
+    let refused = |why: &str| Err(TokenError::new(TokenErrorKind::InvalidClient, why));
+    match (secret_hash, presented) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => refused("this client is public: it has no secret, and proves itself with PKCE"),
+        (Some(_), None) => refused("this client is confidential: authenticate with client_secret_basic"),
+        (Some(expected), Some(secret)) => {
+            let sent = selfcloud_control::tokens::hash_token(secret);
+            if bool::from(sent.ct_eq(expected)) {
+                Ok(())
+            } else {
+                refused("wrong client secret")
+            }
+        }
+    }
+}
+
 /// Parses the form into a typed request, or the error RFC 6749 5.2 names.
 pub fn parse(f: TokenForm) -> Result<TokenRequest, TokenError> {
     let client_id: AppId = required(f.client_id, "client_id")?

@@ -22,18 +22,28 @@ pub const MAX_APP_NAME: usize = 100;
 pub struct AppRequest {
     pub name: String,
     pub redirect_uris: Vec<String>,
-    /// The most the app may ever ask for, e.g. `["storage:read:notes", "llm:chat"]`.
+    /// The most the app may ever ask for, e.g. `["storage:read:notes", "llm:chat"]`; bare
+    /// `storage:read` / `storage:write` are the app's own collections.
     pub scopes: Vec<String>,
+    /// A server-side app that can keep a secret: it authenticates at the token endpoint with
+    /// `client_secret_basic` as well as PKCE. Default: a public client (PKCE alone).
+    #[serde(default)]
+    pub confidential: bool,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AppCreated {
-    /// The OAuth `client_id`. Apps are public clients: they prove themselves with PKCE.
+    /// The OAuth `client_id`. Every client proves itself with PKCE; a confidential one with its secret too.
     pub client_id: String,
     pub name: String,
     pub redirect_uris: Vec<String>,
     pub scopes: Vec<String>,
     pub created_at: u64,
+    /// `none` (a public client) or `client_secret_basic`.
+    pub token_endpoint_auth_method: String,
+    /// A confidential client's secret: shown in the registration's answer only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
 }
 
 /// Register a third-party app (the owner becomes its developer).
@@ -60,9 +70,11 @@ pub async fn register(
     if scopes.is_empty() || req.scopes.iter().any(|s| s.contains(' ')) {
         return Err(Error::invalid("scopes must be a non-empty list of single scopes").into());
     }
-    let app = NewApp { id, name: name.to_owned(), redirect_uris: req.redirect_uris, scopes };
-    let app = s.control.register_app(caller.token.user_id, app, s.clock.now()).await?;
-    Ok((StatusCode::CREATED, Json(AppCreated::from(app))).into_response())
+    let app =
+        NewApp { id, name: name.to_owned(), redirect_uris: req.redirect_uris, scopes, confidential: req.confidential };
+    let (app, secret) = s.control.register_app(caller.token.user_id, app, s.clock.now()).await?;
+    let created = AppCreated { client_secret: secret, ..AppCreated::from(app) };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 impl From<selfcloud_control::App> for AppCreated {
@@ -73,6 +85,8 @@ impl From<selfcloud_control::App> for AppCreated {
             redirect_uris: app.redirect_uris,
             scopes: app.scopes.iter().map(|s| s.to_string()).collect(),
             created_at: app.created_at,
+            token_endpoint_auth_method: if app.secret_hash.is_some() { "client_secret_basic" } else { "none" }.into(),
+            client_secret: None,
         }
     }
 }
