@@ -40,11 +40,18 @@ pub struct GatewayConfig {
     /// Entries the audit queue holds before requests wait for the writer.
     pub audit_queue: usize,
     pub connections: server::ConnectionLimits,
+    /// Serve the development endpoint that makes test users (`POST /v1/admin/test-users`).
+    pub dev_test_users: bool,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { public_url: None, audit_queue: 65_536, connections: server::ConnectionLimits::default() }
+        GatewayConfig {
+            public_url: None,
+            audit_queue: 65_536,
+            connections: server::ConnectionLimits::default(),
+            dev_test_users: false,
+        }
     }
 }
 
@@ -109,6 +116,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let operator = Router::new()
         .route("/v1/admin/instances", get(admin::list_instances))
         .route("/v1/admin/instances/{id}/tier", put(admin::set_tier))
+        .route("/v1/admin/test-users", post(admin::test_user))
         .route_layer(from_fn_with_state(state.clone(), admin::operator_only));
 
     let public = Router::new()
@@ -161,6 +169,7 @@ pub async fn serve(
     let state = Arc::new(AppState {
         rate: ratelimit::RateLimits::new(&limits),
         secure_cookies: issuer.starts_with("https://"),
+        dev_test_users: config.dev_test_users,
         control,
         clock,
         limits,

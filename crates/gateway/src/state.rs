@@ -19,4 +19,6 @@ pub struct AppState {
     pub issuer: String,
     /// Whether the session cookie is marked `Secure` (set when served over HTTPS).
     pub secure_cookies: bool,
+    /// Whether `POST /v1/admin/test-users` is served (development only).
+    pub dev_test_users: bool,
 }

@@ -62,3 +62,32 @@ async fn an_app_in_selfs_shape_connects_keeps_records_and_asks_for_more() {
     // A callback that answers no connection this app started is refused.
     assert!(app.handle_callback(&format!("{REDIRECT}?code=x&state=forged")).await.is_err());
 }
+
+#[tokio::test]
+async fn test_users_come_from_a_development_server_only() {
+    let gateway = selfcloud_gateway::GatewayConfig { dev_test_users: true, ..Default::default() };
+    let s = Server::start_configured(|_| {}, gateway).await;
+    let dev = s.user("developer").await;
+    let app_id = s.register_app(&dev, &["storage:read", "storage:write", "storage:read:notes"]).await;
+    let app = App::new(&app_id, &s.base, REDIRECT).unwrap();
+    let user = app.create_test_user(&s.operator_token(), &["storage:read", "storage:write"]).await.unwrap();
+    user.session.storage().set("k", &json!(1)).await.unwrap();
+    assert!(user.session.has_permission("storage:write") && !user.session.has_permission("storage:read:notes"));
+    // The user is a real one: they log in and see the app among their grants.
+    let owner = s.log_in_as(&user.username, &user.password).await;
+    let (_, _, grants) = s.call(reqwest::Method::GET, "/v1/grants", Some(&owner), None).await;
+    assert_eq!(grants["grants"][0]["client_id"], app_id.as_str());
+    // Only the operator, and never beyond the app's registration.
+    let e = app.create_test_user(&dev, &["storage:read"]).await.unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    let e = app.create_test_user(&s.operator_token(), &["llm:chat"]).await.unwrap_err();
+    assert_eq!(e.status(), Some(400), "{e}");
+
+    // Without the flag, the endpoint does not exist.
+    let plain = Server::start().await;
+    let dev = plain.user("developer").await;
+    let app_id = plain.register_app(&dev, &["storage:read"]).await;
+    let app = App::new(&app_id, &plain.base, REDIRECT).unwrap();
+    let e = app.create_test_user(&plain.operator_token(), &["storage:read"]).await.unwrap_err();
+    assert_eq!(e.status(), Some(404), "{e}");
+}

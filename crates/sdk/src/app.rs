@@ -83,7 +83,46 @@ impl App {
     }
 }
 
+/// A user made for an app's tests, who has already allowed it (see [`App::create_test_user`]).
+pub struct TestUser {
+    pub username: String,
+    pub password: String,
+    pub session: Session,
+}
+
+impl std::fmt::Debug for TestUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestUser").field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// A new user who has allowed this app `permissions`, and their session: for an app's own
+    /// tests, against a development server (`selfcloud up --dev-test-users`; the operator token
+    /// is `<home>/operator.token`). Any other server answers 404.
+    pub async fn create_test_user(&self, operator_token: &str, permissions: &[&str]) -> Result<TestUser> {
+        let url = self.config.resolve("/v1/admin/test-users")?;
+        let body = json!({"client_id": self.config.client_id, "scopes": permissions});
+        let http = reqwest::Client::new();
+        let response = http.post(url).bearer_auth(operator_token).json(&body).send().await?;
+        let made: Value = crate::client::read_json(crate::client::check(response).await?).await?;
+        let text = |k: &str| made[k].as_str().unwrap_or_default().to_owned();
+        let tokens = TokenSet {
+            access_token: text("access_token"),
+            refresh_token: Some(text("refresh_token")),
+            expires_in: made["expires_in"].as_u64().unwrap_or_default(),
+            scope: text("scope"),
+        };
+        let mut client = Client::with_tokens(self.config.clone(), tokens.clone());
+        if let Some(secret) = &self.client_secret {
+            client = client.with_client_secret(secret.clone());
+        }
+        Ok(TestUser { username: text("username"), password: text("password"), session: Session::new(client, tokens) })
+    }
+}
+
 /// One user's connection to the app: their tokens, refreshed as they expire.
+#[derive(Debug)]
 pub struct Session {
     client: Client,
     granted: Vec<String>,

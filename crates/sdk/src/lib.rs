@@ -35,7 +35,7 @@ mod storage;
 #[cfg(test)]
 mod testserver;
 
-pub use app::{app_namespace, Ai, App, AppStorage, Session};
+pub use app::{app_namespace, Ai, App, AppStorage, Session, TestUser};
 pub use auth::{code_challenge, AppConfig, AuthorizationRequest};
 pub use client::{Client, TokenSet};
 pub use error::{Error, Result};

@@ -70,6 +70,10 @@ pub struct UpArgs {
     /// Public base URL, used as the OAuth issuer (default: http://ADDR).
     #[arg(long, env = "SELFCLOUD_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Development only: serve `POST /v1/admin/test-users` (operator token), which makes a user
+    /// who has already allowed an app, for the SDKs' `createTestUser` in an app's tests.
+    #[arg(long, env = "SELFCLOUD_DEV_TEST_USERS")]
+    pub dev_test_users: bool,
     /// Log format.
     #[arg(long, env = "SELFCLOUD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -54,6 +54,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let gateway = GatewayConfig {
         public_url: args.public_url.clone(),
         connections: args.connection_limits(),
+        dev_test_users: args.dev_test_users,
         ..GatewayConfig::default()
     };
     let running = selfcloud_gateway::serve(listener, control, clock, gateway, shutdown.clone()).await?;

@@ -200,6 +200,23 @@ export class App {
     return new Session(this, tokens);
   }
 
+  /**
+   * A new user who has allowed this app `permissions`, and their session: for an app's own
+   * tests, against a development server (`selfcloud up --dev-test-users`; the operator token is
+   * `<home>/operator.token`). Any other server answers 404.
+   */
+  async createTestUser(options: { operatorToken: string; permissions: string[] }): Promise<{ username: string; password: string; session: Session }> {
+    const response = await this.fetch(`${this.server}/v1/admin/test-users`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${options.operatorToken}` },
+      body: JSON.stringify({ client_id: this.appId, scopes: options.permissions }),
+    });
+    if (!response.ok) throw await errorOf(response);
+    const made = await response.json();
+    const tokens = { accessToken: made.access_token, refreshToken: made.refresh_token, expiresIn: made.expires_in, scope: made.scope };
+    return { username: made.username, password: made.password, session: new Session(this, tokens) };
+  }
+
   /** The token endpoint (codes and refreshes). */
   async token(form: Record<string, string>): Promise<Tokens> {
     const headers: Record<string, string> = { "content-type": "application/x-www-form-urlencoded" };

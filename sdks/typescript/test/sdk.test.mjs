@@ -3,7 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -18,7 +18,7 @@ let server, base, home;
 before(async () => {
   assert.ok(bin, "SELFCLOUD_TEST_BIN names the selfcloud binary (./selfcloud test sets it)");
   home = mkdtempSync(join(tmpdir(), "selfcloud-sdk-"));
-  const args = ["up", "--addr", "127.0.0.1:0", "--home", home, "--runtime", "inproc", "--kdf-memory-kib", "8", "--kdf-iterations", "1", "--model", model ?? "none", "--embedding-model", "none"];
+  const args = ["up", "--addr", "127.0.0.1:0", "--home", home, "--runtime", "inproc", "--kdf-memory-kib", "8", "--kdf-iterations", "1", "--model", model ?? "none", "--embedding-model", "none", "--dev-test-users"];
   server = spawn(bin, args, { stdio: ["ignore", "pipe", "inherit"] });
   const lines = createInterface({ input: server.stdout });
   base = await new Promise((resolve, reject) => {
@@ -114,4 +114,16 @@ test("a callback this app did not start, or from another server, is refused", as
   const denied = await app.createConnectionUrl({ permissions: ["storage:read"] });
   const s2 = new URL(denied).searchParams.get("state");
   await assert.rejects(app.handleCallback(`?error=access_denied&state=${s2}`), (e) => e.code === "ACCESS_DENIED");
+});
+
+test("an app's tests get a user who already allowed it, from a development server", async () => {
+  const dev = await user("tester");
+  const registered = await call("POST", "/v1/apps", dev, { name: "Tested", redirect_uris: [REDIRECT], scopes: ["storage:read", "storage:write"] });
+  const app = new App({ appId: registered.body.client_id, server: base, redirectUrl: REDIRECT });
+  const operatorToken = readFileSync(join(home, "operator.token"), "utf8").trim();
+  const { username, session } = await app.createTestUser({ operatorToken, permissions: ["storage:read", "storage:write"] });
+  assert.match(username, /^test-/);
+  await session.storage.set("k", 1);
+  assert.equal(await session.storage.get("k"), 1);
+  await assert.rejects(app.createTestUser({ operatorToken: dev, permissions: ["storage:read"] }), (e) => e.code === "PERMISSION_DENIED");
 });

@@ -112,3 +112,84 @@ pub async fn set_tier(
         rate_per_token: limits.rate_per_token,
     }))
 }
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestUserRequest {
+    /// The app the new user has allowed.
+    pub client_id: String,
+    /// What they allowed it (within its registration; SELF's words too).
+    pub scopes: Vec<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TestUser {
+    pub user_id: String,
+    pub username: String,
+    pub password: String,
+    /// The app's tokens for this user, as the token endpoint answers them.
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub refresh_token: String,
+    pub scope: String,
+}
+
+/// Development only (`--dev-test-users`): a new user, with a random name and password, who has
+/// allowed `client_id` the `scopes`, and the app's tokens for them, made through the same
+/// consent and code redemption as the browser flow. Off (404) unless the flag is set.
+#[utoipa::path(post, path = "/v1/admin/test-users", tag = "admin", request_body = TestUserRequest,
+    security(("operator" = [])),
+    responses((status = 201, body = TestUser), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn test_user(State(s): State<Arc<AppState>>, ApiJson(req): ApiJson<TestUserRequest>) -> ApiResult<Response> {
+    use crate::oauth::token::{decide_code, CodeExchange};
+    use rand::distributions::{Alphanumeric, DistString};
+    if !s.dev_test_users {
+        return Err(Error::not_found("no such endpoint").into());
+    }
+    let unknown = || Error::not_found("no such app");
+    let id: selfcloud_core::AppId = req.client_id.parse().map_err(|_| unknown())?;
+    let app = s.control.app(id).await?.ok_or_else(unknown)?;
+    let scopes = selfcloud_core::ScopeSet::parse_for(&req.scopes.join(" "), &app.client_id)?;
+    if scopes.is_empty() || !app.scopes.covers_all(&scopes) {
+        return Err(Error::invalid("ask for one or more of the scopes the app registered").into());
+    }
+    let (username, password, verifier) = {
+        let mut rng = rand::thread_rng(); // not held across an await: it is not Send
+        let name = format!("test-{}", Alphanumeric.sample_string(&mut rng, 12).to_lowercase());
+        (name, Alphanumeric.sample_string(&mut rng, 24), Alphanumeric.sample_string(&mut rng, 64))
+    };
+    let now = s.clock.now();
+    let account = s.control.sign_up(&username, &password, now).await?;
+    let redirect_uri =
+        app.redirect_uris.first().cloned().ok_or_else(|| Error::internal("an app without a redirect URI"))?;
+    let challenge = {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+    };
+    let consent = selfcloud_control::Consent {
+        scopes,
+        redirect_uri: redirect_uri.clone(),
+        code_challenge: challenge,
+        token_budget: None,
+    };
+    let (_, code) = s.control.consent(account.user_id, &app, consent, now).await?;
+    let exchange = CodeExchange { client_id: id, code: code.clone(), redirect_uri, verifier };
+    match s.control.redeem_code(&code, now, move |c| decide_code(&exchange, c, now)).await? {
+        selfcloud_control::TokenOutcome::Issued(t) => {
+            let user = TestUser {
+                user_id: account.user_id.to_string(),
+                username,
+                password,
+                access_token: t.access,
+                token_type: "Bearer".into(),
+                expires_in: t.expires_at.saturating_sub(now),
+                refresh_token: t.refresh,
+                scope: t.scopes.to_string(),
+            };
+            Ok((axum::http::StatusCode::CREATED, Json(user)).into_response())
+        }
+        _ => Err(Error::internal("a fresh code was not redeemed").into()),
+    }
+}

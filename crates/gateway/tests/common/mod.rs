@@ -46,6 +46,11 @@ impl Server {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut ControlConfig)) -> Server {
+        Self::start_configured(tweak, GatewayConfig::default()).await
+    }
+
+    /// [`Server::start_with`], with the gateway's own settings too.
+    pub async fn start_configured(tweak: impl FnOnce(&mut ControlConfig), gateway: GatewayConfig) -> Server {
         let home = tempfile::tempdir().unwrap();
         let mut config = test_config(home.path());
         tweak(&mut config);
@@ -54,15 +59,9 @@ impl Server {
         let control = Control::open(config, now).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let shutdown = CancellationToken::new();
-        let running = selfcloud_gateway::serve(
-            listener,
-            control.clone(),
-            clock.clone(),
-            GatewayConfig::default(),
-            shutdown.clone(),
-        )
-        .await
-        .unwrap();
+        let running = selfcloud_gateway::serve(listener, control.clone(), clock.clone(), gateway, shutdown.clone())
+            .await
+            .unwrap();
         let base = format!("http://{}", running.addr);
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         Server { base, home, clock, control, http, shutdown, running: Some(running) }
@@ -73,6 +72,14 @@ impl Server {
         self.shutdown.cancel();
         self.running.take().unwrap().wait().await.unwrap();
         self.home
+    }
+
+    /// The operator's token (in the home directory, as `up` writes it).
+    pub fn operator_token(&self) -> String {
+        std::fs::read_to_string(self.home.path().join(selfcloud_control::OPERATOR_TOKEN_FILE))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -117,6 +124,14 @@ impl Server {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body
+    }
+
+    /// A session of `username` with `password`.
+    pub async fn log_in_as(&self, username: &str, password: &str) -> String {
+        let credentials = json!({"username": username, "password": password});
+        let (status, _, body) = self.call(Method::POST, "/v1/sessions", None, Some(credentials)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["token"].as_str().unwrap().to_owned()
     }
 
     pub async fn log_in(&self, username: &str) -> String {
