@@ -3,7 +3,7 @@
 //! them in as a function, which runs inside the registry transaction that spends the code or
 //! refresh token, so a check and the write it allows are one step.
 
-use crate::registry::{AppRow, FamilyPlan, GrantRow, Issued, NewCodeRow, Redeemed, Registry};
+use crate::registry::{AppRow, FamilyPlan, GrantRow, GrantTerms, Issued, NewCodeRow, Redeemed, Registry};
 use crate::tokens::{hash_token, new_token, GrantRef, TokenInfo, TokenKind};
 use crate::Control;
 use selfcloud_core::{AppId, Error, GrantId, Result, ScopeSet, UserId};
@@ -59,6 +59,8 @@ pub struct Grant {
     pub created_at: u64,
     /// LLM tokens a day the user allows the app (the tier's ceiling applies above it).
     pub token_budget: Option<u64>,
+    /// When it ends by itself; `None`: when the user revokes it.
+    pub expires_at: Option<u64>,
 }
 
 impl From<GrantRow> for Grant {
@@ -70,6 +72,7 @@ impl From<GrantRow> for Grant {
             scopes: g.scopes,
             created_at: g.created_at,
             token_budget: g.token_budget,
+            expires_at: g.expires_at,
         }
     }
 }
@@ -82,6 +85,9 @@ pub struct Consent {
     pub code_challenge: String,
     /// LLM tokens a day the user set on the consent page; `None` keeps the grant's (or none).
     pub token_budget: Option<u64>,
+    /// When the grant ends by itself (Unix seconds), as the user chose on the consent page;
+    /// `None`: when they revoke it.
+    pub expires_at: Option<u64>,
 }
 
 /// What came of presenting a code or refresh token.
@@ -160,15 +166,16 @@ impl Control {
                     scopes: &consent.scopes,
                     expires_at,
                 };
-                r.consent(user, app_id, &consent.scopes, consent.token_budget, row, now)
+                let terms = GrantTerms { token_budget: consent.token_budget, expires_at: consent.expires_at };
+                r.consent(user, app_id, &consent.scopes, terms, row, now)
             })
             .await?;
         Ok((grant.into(), code))
     }
 
-    /// The user's active grants, one per app.
-    pub async fn grants(&self, user: UserId) -> Result<Vec<Grant>> {
-        let rows = self.blocking(move |r| r.active_grants_of(user)).await?;
+    /// The user's active grants (not revoked, not run out at `now`), one per app.
+    pub async fn grants(&self, user: UserId, now: u64) -> Result<Vec<Grant>> {
+        let rows = self.blocking(move |r| r.active_grants_of(user, now)).await?;
         Ok(rows.into_iter().map(Grant::from).collect())
     }
 
@@ -247,7 +254,6 @@ impl Control {
         step: impl FnOnce(&Registry, &FamilyPlan) -> Result<Redeemed<E>> + Send + 'static,
     ) -> Result<TokenOutcome<E>> {
         let (plan, access, refresh) = self.family_plan(now);
-        let expires_at = plan.access.1;
         let redeemed = self.blocking(move |r| step(r, &plan)).await?;
         Ok(match redeemed {
             Redeemed::Unknown => TokenOutcome::Unknown,
@@ -258,7 +264,8 @@ impl Control {
                 self.tokens.remove_grant(grant, now);
                 TokenOutcome::Revoked(reason)
             }
-            Redeemed::Issued(Issued { user, instance, grant, app, app_name, scopes, removed }) => {
+            Redeemed::Issued(Issued { user, instance, grant, app, app_name, scopes, removed, access_expires_at }) => {
+                let expires_at = access_expires_at;
                 self.tokens.remove(&removed);
                 let grant = GrantRef { grant_id: grant, client_id: app, app_name };
                 let info =

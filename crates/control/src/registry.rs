@@ -12,7 +12,7 @@ mod apps;
 mod grants;
 mod lifecycle;
 mod oauth;
-pub use grants::GrantRow;
+pub use grants::{GrantRow, GrantTerms};
 pub use lifecycle::DELETED;
 pub use oauth::{AppRow, CodeRow, FamilyPlan, Issued, NewCodeRow, Redeemed, RefreshRow, Verdict};
 
@@ -109,6 +109,10 @@ const MIGRATIONS: &[&str] = &[
     "
     -- A confidential client's secret, hashed (NULL: a public client, which proves itself with PKCE alone).
     ALTER TABLE apps ADD COLUMN secret_hash BLOB;
+    ",
+    "
+    -- When the grant ends by itself (Unix seconds; NULL: when the user revokes it).
+    ALTER TABLE grants ADD COLUMN expires_at INTEGER;
     ",
 ];
 

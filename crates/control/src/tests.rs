@@ -82,6 +82,7 @@ async fn code_for(c: &Arc<Control>, user: selfcloud_core::UserId, app: &crate::A
         redirect_uri: "https://notes.example/cb".into(),
         code_challenge: "c".into(),
         token_budget: None,
+        expires_at: None,
     };
     c.consent(user, app, consent, 1_000).await.unwrap().1
 }
@@ -112,17 +113,17 @@ async fn one_grant_per_app_gains_scopes_and_its_revocation_ends_every_token() {
         let TokenOutcome::Issued(t) = c.redeem_code(&code, 1_000, issue_all).await.unwrap() else { panic!() };
         access.push(t.access);
     }
-    let grants = c.grants(ada).await.unwrap();
+    let grants = c.grants(ada, 1_000_000).await.unwrap();
     assert_eq!(grants.len(), 1, "one grant however many consents");
     assert_eq!(grants[0].scopes.to_string(), "storage:read:notes storage:write:notes");
     c.revoke_grant(ada, grants[0].id, 1_001).await.unwrap();
     assert!(access.iter().all(|t| c.authenticate(t, 1_002).is_none()));
-    assert!(c.grants(ada).await.unwrap().is_empty());
+    assert!(c.grants(ada, 1_000_000).await.unwrap().is_empty());
     // Consenting again starts a new grant; the revoked one's fence does not touch it.
     let code = code_for(&c, ada, &app, "storage:read:notes").await;
     let TokenOutcome::Issued(t) = c.redeem_code(&code, 1_003, issue_all).await.unwrap() else { panic!() };
     assert!(c.authenticate(&t.access, 1_004).is_some());
-    assert_ne!(c.grants(ada).await.unwrap()[0].id, grants[0].id);
+    assert_ne!(c.grants(ada, 1_000_000).await.unwrap()[0].id, grants[0].id);
 }
 
 #[tokio::test]
@@ -168,7 +169,7 @@ async fn a_grant_keeps_a_bounded_number_of_sign_ins_and_a_refresh_supersedes_its
     assert!(c.authenticate(&current.access, 1_004).is_some());
     assert!(matches!(c.rotate_refresh(&spent[3], 1_004, revoke).await.unwrap(), TokenOutcome::Revoked(())));
     assert!(c.authenticate(&current.access, 1_005).is_none());
-    assert!(c.grants(ada).await.unwrap().is_empty());
+    assert!(c.grants(ada, 1_000_000).await.unwrap().is_empty());
 }
 
 #[cfg(unix)]

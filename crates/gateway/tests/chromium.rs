@@ -187,6 +187,8 @@ async fn a_person_signs_up_connects_an_app_chats_and_revokes_it() {
     c.shot("consent").await;
     // Ada lets Notes keep notes, but not use her assistant.
     c.click("input[name=grant_scope][value='llm:chat']").await;
+    let days = c.browser.find(Locator::Css("select[name=expires_in_days]")).await.unwrap();
+    days.select_by_value("30").await.unwrap();
     c.click("button[value=allow]").await;
     c.text("#notes").await;
     c.fill("input[name=text]", "Buy oat milk and call the plumber on Friday").await;
@@ -223,6 +225,7 @@ async fn a_person_signs_up_connects_an_app_chats_and_revokes_it() {
     c.browser.goto(&s.url("/me")).await.unwrap();
     let dashboard = c.text("article.app").await;
     assert!(dashboard.contains("Notes") && dashboard.contains("Last used"), "{dashboard}");
+    assert!(dashboard.contains(", until 20"), "the grant lasts the 30 days chosen: {dashboard}");
     assert!(!dashboard.contains("Chat with your private assistant"), "the unticked scope was not granted: {dashboard}");
     c.shot("dashboard-apps").await;
     c.click("article.app button.danger").await;

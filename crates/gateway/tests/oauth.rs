@@ -595,3 +595,43 @@ async fn a_confidential_client_proves_itself_with_its_secret_as_well() {
     let (_, _, meta) = s.call(Method::GET, "/.well-known/oauth-authorization-server", None, None).await;
     assert_eq!(meta["token_endpoint_auth_methods_supported"], json!(["none", "client_secret_basic"]));
 }
+
+#[tokio::test]
+async fn a_grant_set_to_last_a_day_ends_by_itself_with_every_token() {
+    let s = Server::start().await;
+    let dev = s.user("developer").await;
+    let client_id = s.register_app(&dev, &["storage:read:notes"]).await;
+    let ada = s.user("ada").await;
+    let config = s.app_config(&client_id);
+    let req = AuthorizationRequest::new(&config, &["storage:read:notes"]);
+    let resp = s.decide_with(&ada, &req, "allow", &[("expires_in_days", "1")]).await;
+    let code = req.finish(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let client = Client::new(config.clone());
+    let tokens = client.exchange_code(&req, &code).await.unwrap();
+    assert!(tokens.expires_in <= 86_400);
+    let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    let expires_at = grants["grants"][0]["expires_at"].as_u64().unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert!((now + 86_000..=now + 86_500).contains(&expires_at), "{grants}");
+    client.refresh().await.unwrap();
+
+    // A day later: the refresh token would live on, but no token outlives its grant.
+    s.clock.advance(86_401);
+    let ada = s.log_in("ada").await; // her own session ran out too
+    let e = client.refresh().await.unwrap_err();
+    assert_eq!(e.code(), Some("invalid_grant"), "{e}");
+    assert_eq!(
+        s.call(Method::GET, "/v1/storage/notes", Some(&client.tokens().unwrap().access_token), None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    assert_eq!(grants, json!({"grants": []}));
+    // Consenting again starts a new grant; a bad choice of days is refused.
+    let req = AuthorizationRequest::new(&config, &["storage:read:notes"]);
+    let resp = s.decide_with(&ada, &req, "allow", &[("expires_in_days", "0")]).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let (client, _) = s.authorize(&ada, &client_id, &["storage:read:notes"]).await;
+    assert!(client.storage().list("notes", None, None, None).await.is_ok());
+    let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    assert!(grants["grants"][0]["expires_at"].is_null(), "{grants}");
+}

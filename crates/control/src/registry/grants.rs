@@ -17,6 +17,17 @@ pub struct GrantRow {
     pub created_at: u64,
     /// LLM tokens a day the user allows the app; `None` leaves the tier's ceiling alone.
     pub token_budget: Option<u64>,
+    /// When it ends by itself (Unix seconds); `None`: when the user revokes it.
+    pub expires_at: Option<u64>,
+}
+
+/// What the user set on a grant besides its scopes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrantTerms {
+    /// LLM tokens a day; `None` keeps what the grant had.
+    pub token_budget: Option<u64>,
+    /// When the grant ends by itself; `None`: when the user revokes it.
+    pub expires_at: Option<u64>,
 }
 
 impl Registry {
@@ -28,10 +39,11 @@ impl Registry {
         user: UserId,
         app: AppId,
         scopes: &ScopeSet,
-        token_budget: Option<u64>,
+        terms: GrantTerms,
         code: NewCodeRow,
         now: u64,
     ) -> Result<GrantRow> {
+        let GrantTerms { token_budget, expires_at } = terms;
         let mut conn = self.conn.lock();
         let tx = conn.transaction().map_err(db_err)?;
         let live: bool = tx
@@ -42,6 +54,19 @@ impl Registry {
         if !live {
             return Err(selfcloud_core::Error::not_found("unknown client_id"));
         }
+        // A grant that ran out is over: this consent starts a new one.
+        let lapsed: Option<String> = tx
+            .query_row(
+                "SELECT id FROM grants WHERE user_id = ?1 AND app_id = ?2 AND revoked_at IS NULL AND expires_at <= ?3",
+                params![user.to_string(), app.to_string(), now as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if let Some(lapsed) = lapsed {
+            super::oauth::revoke_in(&tx, user, lapsed.parse()?, now).map_err(db_err)?;
+        }
+        let expires_sql = expires_at.map(|t| t.min(i64::MAX as u64) as i64);
         let existing: Option<(String, String, i64, Option<i64>)> = tx
             .query_row(
                 "SELECT id, scopes, created_at, token_budget FROM grants
@@ -57,9 +82,10 @@ impl Registry {
                 let id: GrantId = id.parse()?;
                 let all = self::scopes(held).union(scopes);
                 let budget = budget_sql.or(held_budget);
+                // The expiry is the latest consent's choice, as the page showed it.
                 tx.execute(
-                    "UPDATE grants SET scopes = ?2, token_budget = ?3 WHERE id = ?1",
-                    params![id.to_string(), all.to_string(), budget],
+                    "UPDATE grants SET scopes = ?2, token_budget = ?3, expires_at = ?4 WHERE id = ?1",
+                    params![id.to_string(), all.to_string(), budget, expires_sql],
                 )
                 .map_err(db_err)?;
                 (id, all, created_at as u64, budget.map(|b| b as u64))
@@ -67,15 +93,16 @@ impl Registry {
             None => {
                 let id = GrantId::random();
                 tx.execute(
-                    "INSERT INTO grants (id, user_id, app_id, scopes, created_at, token_budget)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO grants (id, user_id, app_id, scopes, created_at, token_budget, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     params![
                         id.to_string(),
                         user.to_string(),
                         app.to_string(),
                         scopes.to_string(),
                         now as i64,
-                        budget_sql
+                        budget_sql,
+                        expires_sql
                     ],
                 )
                 .map_err(db_err)?;
@@ -100,7 +127,7 @@ impl Registry {
         let app_name: String =
             tx.query_row("SELECT name FROM apps WHERE id = ?1", [app.to_string()], |r| r.get(0)).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
-        Ok(GrantRow { id, user_id: user, app_id: app, app_name, scopes: all, created_at, token_budget })
+        Ok(GrantRow { id, user_id: user, app_id: app, app_name, scopes: all, created_at, token_budget, expires_at })
     }
 
     /// Sets (or with `None` clears) the token budget of one of `user`'s active grants; false when
@@ -130,17 +157,18 @@ impl Registry {
         Ok(budget.flatten().map(|b| b as u64))
     }
 
-    pub fn active_grants_of(&self, user: UserId) -> Result<Vec<GrantRow>> {
+    pub fn active_grants_of(&self, user: UserId, now: u64) -> Result<Vec<GrantRow>> {
         let conn = self.conn.lock();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT g.id, g.app_id, a.name, g.scopes, g.created_at, g.token_budget
+                "SELECT g.id, g.app_id, a.name, g.scopes, g.created_at, g.token_budget, g.expires_at
                  FROM grants g JOIN apps a ON a.id = g.app_id
-                 WHERE g.user_id = ?1 AND g.revoked_at IS NULL ORDER BY g.created_at, g.id",
+                 WHERE g.user_id = ?1 AND g.revoked_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > ?2)
+                 ORDER BY g.created_at, g.id",
             )
             .map_err(db_err)?;
         let rows = stmt
-            .query_map(params![user.to_string()], |r| {
+            .query_map(params![user.to_string(), now as i64], |r| {
                 Ok(GrantRow {
                     id: parse(r.get(0)?)?,
                     user_id: user,
@@ -149,6 +177,7 @@ impl Registry {
                     scopes: scopes(r.get(3)?),
                     created_at: r.get::<_, i64>(4)? as u64,
                     token_budget: r.get::<_, Option<i64>>(5)?.map(|b| b as u64),
+                    expires_at: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
                 })
             })
             .map_err(db_err)?;

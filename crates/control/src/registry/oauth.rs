@@ -74,6 +74,20 @@ pub struct FamilyPlan {
     pub spent_kept: usize,
 }
 
+impl FamilyPlan {
+    /// The plan with both tokens ending by `end` at the latest.
+    pub fn ending_by(&self, end: Option<u64>) -> FamilyPlan {
+        let cap = |t: u64| end.map_or(t, |e| t.min(e));
+        FamilyPlan {
+            family: self.family.clone(),
+            access: (self.access.0, cap(self.access.1)),
+            refresh: (self.refresh.0, cap(self.refresh.1)),
+            max_families: self.max_families,
+            spent_kept: self.spent_kept,
+        }
+    }
+}
+
 /// The protocol's decision on a code or refresh token, taken inside the transaction that would
 /// spend it, with its reason for a refusal.
 pub enum Verdict<E> {
@@ -108,6 +122,8 @@ pub struct Issued {
     /// Tokens the write removed (a superseded access token, families past the bound): drop
     /// them from memory.
     pub removed: Vec<Hash>,
+    /// When the new access token ends (its lifetime, or the grant's expiry if sooner).
+    pub access_expires_at: u64,
 }
 
 /// The fields of a new code.
@@ -130,15 +146,23 @@ pub(super) fn redirect_uris(json: &str) -> Vec<String> {
     })
 }
 
-/// The live grant's user, instance and app, if the grant is active and its user not deleted.
-fn active_grant(tx: &Transaction, grant: GrantId) -> rusqlite::Result<Option<(UserId, InstanceId, AppId, String)>> {
+/// The live grant's user, instance, app and expiry, if the grant is active (not revoked, not run
+/// out) and its user not deleted.
+#[allow(clippy::type_complexity)]
+fn active_grant(
+    tx: &Transaction,
+    grant: GrantId,
+    now: u64,
+) -> rusqlite::Result<Option<(UserId, InstanceId, AppId, String, Option<u64>)>> {
     tx.prepare_cached(
-        "SELECT g.user_id, i.id, g.app_id, a.name FROM grants g JOIN apps a ON a.id = g.app_id
+        "SELECT g.user_id, i.id, g.app_id, a.name, g.expires_at FROM grants g JOIN apps a ON a.id = g.app_id
          JOIN instances i ON i.user_id = g.user_id
-         WHERE g.id = ?1 AND g.revoked_at IS NULL AND i.state != ?2 AND a.deleted_at IS NULL",
+         WHERE g.id = ?1 AND g.revoked_at IS NULL AND i.state != ?2 AND a.deleted_at IS NULL
+           AND (g.expires_at IS NULL OR g.expires_at > ?3)",
     )?
-    .query_row(params![grant.to_string(), DELETED], |r| {
-        Ok((parse(r.get(0)?)?, parse(r.get(1)?)?, parse(r.get(2)?)?, r.get(3)?))
+    .query_row(params![grant.to_string(), DELETED, now as i64], |r| {
+        let expires: Option<i64> = r.get(4)?;
+        Ok((parse(r.get(0)?)?, parse(r.get(1)?)?, parse(r.get(2)?)?, r.get(3)?, expires.map(|t| t as u64)))
     })
     .optional()
 }
@@ -268,13 +292,16 @@ fn honour<E>(
             return Ok(Redeemed::Revoked { grant, reason });
         }
     };
-    let Some((user, instance, app, app_name)) = active_grant(&tx, grant).map_err(db_err)? else {
+    let Some((user, instance, app, app_name, grant_ends)) = active_grant(&tx, grant, now).map_err(db_err)? else {
         return Ok(Redeemed::GrantEnded);
     };
     let Some(mut removed) = spend(&tx).map_err(db_err)? else { return Ok(Redeemed::Unknown) };
-    removed.extend(issue_family(&tx, user, grant, family, &scopes, plan).map_err(db_err)?);
+    // No token outlives its grant: both end at its expiry at the latest.
+    let plan = plan.ending_by(grant_ends);
+    removed.extend(issue_family(&tx, user, grant, family, &scopes, &plan).map_err(db_err)?);
     tx.commit().map_err(db_err)?;
-    Ok(Redeemed::Issued(Issued { user, instance, grant, app, app_name, scopes, removed }))
+    let access_expires_at = plan.access.1;
+    Ok(Redeemed::Issued(Issued { user, instance, grant, app, app_name, scopes, removed, access_expires_at }))
 }
 
 impl Registry {

@@ -6,7 +6,7 @@
 
 use super::token::{self, TokenError, TokenErrorKind, TokenForm, TokenRequest};
 use super::{
-    check_authorize, csrf_matches, csrf_token, granted_scopes, pages, redirect_with, sent_from_our_pages,
+    check_authorize, csrf_matches, csrf_token, grant_expiry, granted_scopes, pages, redirect_with, sent_from_our_pages,
     AuthorizeError, AuthorizeParams, ValidAuthorize,
 };
 use crate::auth::{bearer, Caller};
@@ -122,7 +122,7 @@ pub async fn authorize_page(
         .any(|s| matches!(s, Scope::LlmChat | Scope::LlmEmbed))
         .then(|| s.control.config().limits.tier(tier).llm_app_tokens_per_day);
     // Incremental authorization: what the app already holds is shown, not asked again.
-    let held = match s.control.grants(caller.token.user_id).await {
+    let held = match s.control.grants(caller.token.user_id, s.clock.now()).await {
         Ok(grants) => grants
             .into_iter()
             .find(|g| g.client_id == req.app.client_id)
@@ -200,7 +200,7 @@ pub async fn authorize_decision(
         (true, Ok(ticked)) => Some(ticked),
         (true, Err(e)) => return ApiError(e).into_response(),
     };
-    let held: ScopeSet = match s.control.grants(caller.token.user_id).await {
+    let held: ScopeSet = match s.control.grants(caller.token.user_id, s.clock.now()).await {
         Ok(grants) => {
             grants.into_iter().find(|g| g.client_id == req.app.client_id).map(|g| g.scopes).unwrap_or_default()
         }
@@ -220,11 +220,16 @@ pub async fn authorize_decision(
             }
         },
     };
+    let expires_at = match grant_expiry(field("expires_in_days").as_deref(), s.clock.now()) {
+        Ok(at) => at,
+        Err(e) => return ApiError(e).into_response(),
+    };
     let consent = Consent {
         scopes,
         redirect_uri: req.redirect_uri.clone(),
         code_challenge: req.code_challenge.clone(),
         token_budget,
+        expires_at,
     };
     match s.control.consent(caller.token.user_id, &req.app, consent, s.clock.now()).await {
         Ok((_, code)) => {

@@ -138,6 +138,22 @@ pub fn granted_scopes(requested: &ScopeSet, ticked: Option<&ScopeSet>, held: &Sc
     }
 }
 
+/// The longest a grant may be set to last, in days (about ten years); past it, "until revoked".
+pub const MAX_GRANT_DAYS: u64 = 3650;
+
+/// When a grant the user set to last `days` ends: `None` (or empty) for "until I revoke it".
+pub fn grant_expiry(days: Option<&str>, now: u64) -> Result<Option<u64>, Error> {
+    match days.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(d) => match d.parse::<u64>() {
+            Ok(n) if (1..=MAX_GRANT_DAYS).contains(&n) => Ok(Some(now + n * 86_400)),
+            _ => Err(Error::invalid(format!(
+                "expires_in_days must be a whole number of days from 1 to {MAX_GRANT_DAYS}"
+            ))),
+        },
+    }
+}
+
 /// RFC 7636: the verifier is 43 to 128 unreserved characters and hashes to the challenge.
 pub fn verify_pkce(verifier: &str, challenge: &str) -> bool {
     let well_formed = (43..=128).contains(&verifier.len())

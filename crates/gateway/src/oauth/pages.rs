@@ -55,7 +55,7 @@ pub struct ConsentView<'a> {
 }
 
 /// Names the app, its redirect host and each scope in plain words; each new scope can be
-/// unticked, and a budget set.
+/// unticked, and a budget and an expiry set.
 pub fn consent(v: &ConsentView) -> Response {
     let req = v.req;
     let redirect = url::Url::parse(&req.redirect_uri).ok();
@@ -84,6 +84,15 @@ pub fn consent(v: &ConsentView) -> Response {
             @if let Some(ceiling) = v.token_ceiling {
                 label { "Tokens a day it may spend on your assistant (at most " (count(ceiling)) ")"
                     input type="number" name="token_budget" min="0" max=(ceiling) placeholder=(ceiling); }
+            }
+            label { "For how long"
+                select name="expires_in_days" {
+                    option value="" { "Until I revoke it" }
+                    option value="1" { "For 1 day" }
+                    option value="7" { "For 7 days" }
+                    option value="30" { "For 30 days" }
+                    option value="365" { "For a year" }
+                }
             }
             p { "You will be sent back to " strong { (host) } ". You can revoke this access at any time from your dashboard." }
             div.actions {

@@ -232,3 +232,13 @@ fn client_credentials_come_from_a_basic_header_and_must_match_the_client() {
     assert!(authenticate_client(None, Some("sck_right")).is_err(), "a public client has no secret");
     assert!(authenticate_client(None, None).is_ok());
 }
+
+#[test]
+fn a_grant_lasts_the_days_chosen_or_until_revoked() {
+    assert_eq!(grant_expiry(None, 1_000).unwrap(), None);
+    assert_eq!(grant_expiry(Some(""), 1_000).unwrap(), None);
+    assert_eq!(grant_expiry(Some("30"), 1_000).unwrap(), Some(1_000 + 30 * 86_400));
+    for bad in ["0", "-1", "3651", "soon", "1.5"] {
+        assert!(grant_expiry(Some(bad), 1_000).is_err(), "{bad}");
+    }
+}

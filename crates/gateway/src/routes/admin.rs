@@ -173,6 +173,7 @@ pub async fn test_user(State(s): State<Arc<AppState>>, ApiJson(req): ApiJson<Tes
         redirect_uri: redirect_uri.clone(),
         code_challenge: challenge,
         token_budget: None,
+        expires_at: None,
     };
     let (_, code) = s.control.consent(account.user_id, &app, consent, now).await?;
     let exchange = CodeExchange { client_id: id, code: code.clone(), redirect_uri, verifier };

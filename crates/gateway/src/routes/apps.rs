@@ -129,6 +129,8 @@ pub struct GrantView {
     pub created_at: u64,
     /// LLM tokens a day the user set for the app (`null`: none of their own).
     pub token_budget: Option<u64>,
+    /// When the grant ends by itself (Unix seconds); `null`: when the user revokes it.
+    pub expires_at: Option<u64>,
     /// What applies: the user's budget under the tier's ceiling. `GET /v1/llm/usage` says what
     /// the app spent of it today.
     pub tokens_per_day: u64,
@@ -144,7 +146,7 @@ pub struct GrantList {
     responses((status = 200, body = GrantList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_grants(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Json<GrantList>> {
     caller.require_owner()?;
-    let grants = s.control.grants(caller.token.user_id).await?;
+    let grants = s.control.grants(caller.token.user_id, s.clock.now()).await?;
     let ceiling = s.control.config().limits.tier(s.control.tier_of(caller.token.instance_id)).llm_app_tokens_per_day;
     Ok(Json(GrantList {
         grants: grants
@@ -156,6 +158,7 @@ pub async fn list_grants(State(s): State<Arc<AppState>>, caller: Caller) -> ApiR
                 scopes: g.scopes.iter().map(|s| s.to_string()).collect(),
                 created_at: g.created_at,
                 token_budget: g.token_budget,
+                expires_at: g.expires_at,
                 tokens_per_day: selfcloud_control::app_token_budget(g.token_budget, ceiling),
             })
             .collect(),

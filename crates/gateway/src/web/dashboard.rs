@@ -88,7 +88,11 @@ pub async fn overview(State(s): State<Arc<AppState>>, session: WebSession) -> Re
                     h3 { (g.app_name) }
                     ul.scopes { @for sc in &g.scopes { li { (described(sc)) " " small { code { (sc) } } } } }
                     p.meta {
-                        "Allowed " (when_ms(g.created_at * 1000)) ". "
+                        "Allowed " (when_ms(g.created_at * 1000)) ", "
+                        @match g.expires_at {
+                            Some(at) => { "until " (when_ms(at * 1000)) ". " }
+                            None => { "until you revoke it. " }
+                        }
                         @match last_used.get(&g.id) {
                             Some(at) => { "Last used " (when_ms(*at)) ". " }
                             None => { "Not used yet. " }
