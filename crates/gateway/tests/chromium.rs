@@ -27,6 +27,8 @@ struct Chromium {
     shots: PathBuf,
     prefix: &'static str,
     taken: std::sync::atomic::AtomicUsize,
+    /// The browser's profile, removed with it.
+    _profile: tempfile::TempDir,
 }
 
 impl Chromium {
@@ -46,6 +48,9 @@ impl Chromium {
         let mut caps = serde_json::Map::new();
         let args =
             ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,1000"];
+        let profile = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
         let mut options = json!({"args": args});
         if let Some(binary) = std::env::var_os("SELFCLOUD_TEST_CHROMIUM") {
             options["binary"] = json!(binary.to_string_lossy());
@@ -74,7 +79,7 @@ impl Chromium {
                 let _ = std::fs::remove_file(old.path());
             }
         }
-        Some(Chromium { browser, driver, shots, prefix, taken: Default::default() })
+        Some(Chromium { browser, driver, shots, prefix, taken: Default::default(), _profile: profile })
     }
 
     async fn shot(&self, name: &str) {

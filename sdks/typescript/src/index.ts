@@ -217,17 +217,19 @@ export class App {
     return { username: made.username, password: made.password, session: new Session(this, tokens) };
   }
 
-  /** The token endpoint (codes and refreshes). */
-  async token(form: Record<string, string>): Promise<Tokens> {
+  /** A form to an OAuth endpoint (`token`, `revoke`), with the client's secret when it has one. */
+  async oauthPost(endpoint: "token" | "revoke", form: Record<string, string>): Promise<Response> {
     const headers: Record<string, string> = { "content-type": "application/x-www-form-urlencoded" };
     // client_secret_basic; ids and secrets are URL-safe, so their form-encoding is themselves.
     if (this.clientSecret) headers.authorization = `Basic ${btoa(`${this.appId}:${this.clientSecret}`)}`;
-    const response = await this.fetch(`${this.server}/oauth/token`, {
-      method: "POST",
-      headers,
-      body: new URLSearchParams(form).toString(),
-    });
+    const response = await this.fetch(`${this.server}/oauth/${endpoint}`, { method: "POST", headers, body: new URLSearchParams(form).toString() });
     if (!response.ok) throw await errorOf(response);
+    return response;
+  }
+
+  /** The token endpoint (codes and refreshes). */
+  async token(form: Record<string, string>): Promise<Tokens> {
+    const response = await this.oauthPost("token", form);
     const t = await response.json();
     return { accessToken: t.access_token, refreshToken: t.refresh_token, expiresIn: t.expires_in, scope: t.scope ?? "" };
   }
@@ -311,6 +313,14 @@ export class Session {
     }
     const text = await (await this.fetch(path, init)).text();
     return text ? JSON.parse(text) : null;
+  }
+
+  /** Signs this session out (RFC 7009): its refresh token and access token end. The user's
+   * grant stays; they revoke the app itself from their dashboard. */
+  async signOut(): Promise<void> {
+    for (const token of [this.tokens.refreshToken, this.tokens.accessToken]) {
+      if (token) await this.app.oauthPost("revoke", { token, client_id: this.app.appId });
+    }
   }
 
   /** Rotates the refresh token (single use): concurrent calls share one refresh. */

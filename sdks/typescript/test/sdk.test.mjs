@@ -125,5 +125,7 @@ test("an app's tests get a user who already allowed it, from a development serve
   assert.match(username, /^test-/);
   await session.storage.set("k", 1);
   assert.equal(await session.storage.get("k"), 1);
+  await session.signOut();
+  await assert.rejects(session.storage.get("k"), (e) => e.code === "UNAUTHENTICATED");
   await assert.rejects(app.createTestUser({ operatorToken: dev, permissions: ["storage:read"] }), (e) => e.code === "PERMISSION_DENIED");
 });
