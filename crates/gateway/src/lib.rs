@@ -126,9 +126,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/accounts", post(accounts::create_account))
         .route("/v1/sessions", post(accounts::create_session))
         .route("/v1/accounts/recover", post(accounts::recover))
-        .route("/.well-known/oauth-authorization-server", get(oauth_http::metadata))
         .route("/oauth/authorize", get(oauth_http::authorize_page).post(oauth_http::authorize_decision))
         .route("/oauth/login", post(oauth_http::login))
+        .route("/.well-known/oauth-authorization-server", get(oauth_http::metadata))
         .route("/oauth/token", post(oauth_http::token))
         .route("/oauth/revoke", post(oauth_http::revoke));
 
@@ -139,10 +139,36 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(api_cors())
         .layer(from_fn_with_state(state.metrics.clone(), metrics::track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(error::panicked))
         .layer(from_fn_with_state(Arc::new(edge::RequestIds::new()), edge::edge))
         .with_state(state)
+}
+
+/// Whether a path is one an app running in a browser may call from its own origin: the bearer
+/// API, and the OAuth endpoints an app posts to. None of them reads a cookie.
+pub fn open_to_other_origins(path: &str) -> bool {
+    path.starts_with("/v1/")
+        || matches!(path, "/oauth/token" | "/oauth/revoke" | "/.well-known/oauth-authorization-server")
+}
+
+/// Cross-origin access for apps running in a browser (a single-page app on its own origin, with
+/// the TypeScript SDK), without credentials, on [`open_to_other_origins`] paths only. Safe
+/// because those take a bearer token or a form, never a cookie: another site's page can do
+/// nothing there a script of its own could not. The Super-App's pages and the consent flow,
+/// which the cookie opens, answer no other origin.
+fn api_cors() -> tower_http::cors::CorsLayer {
+    use axum::http::{header as h, Method};
+    let open = tower_http::cors::AllowOrigin::predicate(|_, request: &axum::http::request::Parts| {
+        open_to_other_origins(request.uri.path())
+    });
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(open)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([h::AUTHORIZATION, h::CONTENT_TYPE, h::IF_MATCH, h::IF_NONE_MATCH])
+        .expose_headers([h::ETAG, h::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
 }
 
 async fn metrics_endpoint(axum::extract::State(s): axum::extract::State<Arc<AppState>>) -> axum::response::Response {

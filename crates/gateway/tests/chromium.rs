@@ -358,3 +358,98 @@ async fn a_browser_cannot_be_turned_against_its_owner() {
     c.end().await;
     s.stop().await;
 }
+
+/// An app that runs in the browser alone (a single-page app on its own origin), on the
+/// TypeScript SDK as built (`SELFCLOUD_TEST_TS_SDK`, set by `./selfcloud test`).
+async fn spa(sdk: PathBuf, base: &str) -> (tokio::net::TcpListener, String, impl FnOnce(String) -> axum::Router) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let base = base.to_owned();
+    let router = move |app_id: String| {
+        use axum::response::IntoResponse;
+        let page = "<!doctype html><meta charset=utf-8><title>SPA</title><button id=connect>Connect</button>\
+                    <p id=result></p><script type=module src=/app.js></script>";
+        let script = format!(
+            r#"import {{ App }} from "/sdk.js";
+const app = new App({{ appId: "{app_id}", server: "{base}", redirectUrl: location.origin + "/callback" }});
+document.getElementById("connect").onclick = async () => {{
+  location.href = await app.createConnectionUrl({{ permissions: ["storage:read", "storage:write"] }});
+}};
+if (location.pathname === "/callback") {{
+  const out = document.getElementById("result");
+  try {{
+    const session = await app.handleCallback(location.href);
+    await session.storage.set("from-the-browser", {{ ok: true }});
+    out.textContent = "stored " + JSON.stringify(await session.storage.get("from-the-browser"));
+  }} catch (e) {{ out.textContent = "error " + e.code + ": " + e.message; }}
+}}"#
+        );
+        let js = |body: String| ([(axum::http::header::CONTENT_TYPE, "text/javascript")], body).into_response();
+        let sdk = std::fs::read_to_string(sdk).unwrap();
+        axum::Router::new()
+            .route("/", axum::routing::get(move || async move { axum::response::Html(page) }))
+            .route("/callback", axum::routing::get(move || async move { axum::response::Html(page) }))
+            .route("/app.js", axum::routing::get(move || async move { js(script) }))
+            .route("/sdk.js", axum::routing::get(move || async move { js(sdk) }))
+    };
+    (listener, origin, router)
+}
+
+#[tokio::test]
+async fn an_app_in_the_browser_connects_with_the_typescript_sdk() {
+    let Some(sdk) = std::env::var_os("SELFCLOUD_TEST_TS_SDK").map(PathBuf::from) else {
+        assert!(std::env::var_os("SELFCLOUD_TEST_REQUIRE_MODEL").is_none(), "SELFCLOUD_TEST_TS_SDK is not set");
+        eprintln!("skipped: the TypeScript SDK is not built (`./selfcloud test` builds it)");
+        return;
+    };
+    let Some(c) = Chromium::start("spa").await else { return };
+    let s = Server::start().await;
+    let (listener, origin, router) = spa(sdk, &s.base).await;
+    let dev = s.user("developer").await;
+    let body = json!({"name": "Pocket", "redirect_uris": [format!("{origin}/callback")], "scopes": ["storage:read", "storage:write"]});
+    let (status, _, app) = s.call(Method::POST, "/v1/apps", Some(&dev), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{app}");
+    let app_id = app["client_id"].as_str().unwrap().to_owned();
+    let routes = router(app_id.clone());
+    tokio::spawn(async move { axum::serve(listener, routes).await });
+    sign_up(&c, &s).await;
+
+    // PKCE with WebCrypto, the pending request in sessionStorage, fetch across origins.
+    c.browser.goto(&format!("{origin}/")).await.unwrap();
+    c.click("#connect").await;
+    assert!(c.text("h1").await.contains("Pocket"));
+    c.shot("consent").await;
+    c.click("button[value=allow]").await;
+    let mut result = String::new();
+    for _ in 0..200 {
+        if c.path().await.starts_with("/callback") {
+            result = c.text("#result").await;
+            if !result.is_empty() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(result, "stored {\"ok\":true}");
+    c.shot("stored-from-the-browser").await;
+    let ada = s.log_in("ada").await;
+    let ns = selfcloud_core::scope::app_namespace(&app_id.parse().unwrap());
+    let (status, _, value) = s.call(Method::GET, &format!("/v1/storage/{ns}/from-the-browser"), Some(&ada), None).await;
+    assert_eq!((status, value), (StatusCode::OK, json!({"ok": true})));
+
+    // Cross-origin reads are open to the bearer API only: never to the pages a cookie opens.
+    let page = s.http.get(s.url("/me")).header("origin", &origin).send().await.unwrap();
+    assert!(page.headers().get("access-control-allow-origin").is_none());
+    let preflight = s
+        .http
+        .request(Method::OPTIONS, s.url("/v1/storage/notes/a"))
+        .header("origin", &origin)
+        .header("access-control-request-method", "PUT")
+        .header("access-control-request-headers", "authorization,content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.headers()["access-control-allow-origin"], origin.as_str());
+    c.end().await;
+    s.stop().await;
+}
