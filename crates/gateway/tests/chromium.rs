@@ -91,14 +91,28 @@ impl Chromium {
     /// The text of the first element `css` finds, waiting for it to appear; the page it was
     /// not on is kept (a screenshot) and shown.
     async fn text(&self, css: &str) -> String {
-        match self.browser.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css(css)).await {
-            Ok(element) => element.text().await.unwrap(),
-            Err(e) => {
-                self.shot("failed").await;
-                let url = self.browser.current_url().await.unwrap();
-                panic!("no {css} on {url} ({e}):\n{}", self.source().await)
+        self.text_with(css, "").await
+    }
+
+    /// The text of the first element `css` finds once it holds `needle`, waiting up to 20 s
+    /// (through page loads: an element of the page being left goes stale, and is looked up again).
+    async fn text_with(&self, css: &str, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            if let Ok(element) = self.browser.find(Locator::Css(css)).await {
+                if let Ok(text) = element.text().await {
+                    if text.contains(needle) {
+                        return text;
+                    }
+                    last = text;
+                }
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        self.shot("failed").await;
+        let url = self.browser.current_url().await.unwrap();
+        panic!("no {css} holding {needle:?} on {url} (last: {last:?}):\n{}", self.source().await)
     }
 
     async fn fill(&self, css: &str, value: &str) {
@@ -181,6 +195,7 @@ async fn a_person_signs_up_connects_an_app_chats_and_revokes_it() {
     c.browser.goto(&format!("{notes}/")).await.unwrap();
     c.shot("notes-connect").await;
     c.click("#connect").await;
+    c.text_with("h1", "Allow").await;
     let consent = c.source().await;
     assert!(c.path().await.starts_with("/oauth/authorize"), "{}", c.path().await);
     for words in
@@ -198,7 +213,7 @@ async fn a_person_signs_up_connects_an_app_chats_and_revokes_it() {
     c.text("#notes").await;
     c.fill("input[name=text]", "Buy oat milk and call the plumber on Friday").await;
     c.click("form[action='/notes'] button").await;
-    assert!(c.text("#notes").await.contains("oat milk"));
+    c.text_with("#notes", "oat milk").await;
     c.shot("notes-app").await;
     c.click("#summarize").await;
     let refused = c.text("#error").await;
@@ -234,7 +249,7 @@ async fn a_person_signs_up_connects_an_app_chats_and_revokes_it() {
     assert!(!dashboard.contains("Chat with your private assistant"), "the unticked scope was not granted: {dashboard}");
     c.shot("dashboard-apps").await;
     c.click("article.app button.danger").await;
-    assert!(c.source().await.contains("No app can reach your instance"));
+    c.text_with("main", "No app can reach your instance").await;
     c.browser.goto(&format!("{notes}/")).await.unwrap();
     let after = c.text("#error").await;
     assert!(after.contains("no longer lets Notes in"), "{after}");
@@ -310,8 +325,8 @@ async fn a_browser_cannot_be_turned_against_its_owner() {
     ))
     .await;
     c.browser.goto(&post).await.unwrap();
-    let answer = c.text("body").await;
-    assert!(answer.contains("forbidden") && answer.contains("own pages"), "{answer}");
+    let answer = c.text_with("body", "forbidden").await;
+    assert!(answer.contains("own pages"), "{answer}");
     let (_, _, after) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
     assert_eq!(before, after, "the cross-site post changed nothing");
     c.shot("cross-site-consent-refused").await;
