@@ -26,15 +26,22 @@ use std::str::FromStr;
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub enum CollectionPattern {
     Exact(Collection),
-    /// Every collection whose name starts with this (possibly empty) prefix.
+    /// Every collection whose name starts with this (possibly empty) prefix, except those in an
+    /// app's namespace (`app-...`) unless the prefix itself is in one: `storage:read:*` or
+    /// `storage:read:ap*` never reach what other apps keep for themselves.
     Prefix(String),
+}
+
+/// Whether a prefix pattern `p` reaches `name` (a collection, or another pattern's prefix).
+fn prefix_reaches(p: &str, name: &str) -> bool {
+    name.starts_with(p) && (p.starts_with(APP_PREFIX) || !name.starts_with(APP_PREFIX))
 }
 
 impl CollectionPattern {
     pub fn matches(&self, collection: &Collection) -> bool {
         match self {
             CollectionPattern::Exact(c) => c == collection,
-            CollectionPattern::Prefix(p) => collection.as_str().starts_with(p.as_str()),
+            CollectionPattern::Prefix(p) => prefix_reaches(p, collection.as_str()),
         }
     }
 
@@ -42,7 +49,7 @@ impl CollectionPattern {
     pub fn covers(&self, other: &CollectionPattern) -> bool {
         match (self, other) {
             (_, CollectionPattern::Exact(c)) => self.matches(c),
-            (CollectionPattern::Prefix(p), CollectionPattern::Prefix(q)) => q.starts_with(p.as_str()),
+            (CollectionPattern::Prefix(p), CollectionPattern::Prefix(q)) => prefix_reaches(p, q),
             (CollectionPattern::Exact(_), CollectionPattern::Prefix(_)) => false,
         }
     }
@@ -105,7 +112,9 @@ impl Scope {
         fn which(p: &CollectionPattern) -> String {
             match p {
                 CollectionPattern::Exact(c) => format!("your \u{201c}{c}\u{201d} records"),
-                CollectionPattern::Prefix(p) if p.is_empty() => "all your records, in every collection".into(),
+                CollectionPattern::Prefix(p) if p.is_empty() => {
+                    "all your records, in every collection but those other apps keep for themselves".into()
+                }
                 CollectionPattern::Prefix(p) if is_app_namespace(p) => "the records it keeps in your instance".into(),
                 CollectionPattern::Prefix(p) => {
                     format!("your records in every collection whose name starts with \u{201c}{p}\u{201d}")
@@ -370,6 +379,15 @@ mod tests {
             assert!(ScopeSet::parse_for(&theft, &app).is_err(), "{theft}");
         }
         assert!(ScopeSet::parse_for("storage:read:app-0123456789abcdef-notes", &app).is_ok(), "one of its own");
+        // Broad prefixes read the user's records, never what another app keeps for itself.
+        let theirs = c(&format!("{}-notes", app_namespace(&other)));
+        for broad in ["storage:read:*", "storage:read:a*", "storage:read:ap*", "storage:read:app*"] {
+            let set = ScopeSet::parse_for(broad, &app).unwrap();
+            assert!(set.permits(&Scope::storage_read(&theirs)).is_none(), "{broad}");
+            assert!(set.permits(&Scope::storage_read(&c("apples"))).is_some(), "{broad}");
+        }
+        let all = ScopeSet::parse("storage:read:*").unwrap();
+        assert!(!all.covers_all(&ScopeSet::parse_for("storage:read", &other).unwrap()), "* does not cover a namespace");
         // Without an app there is no namespace to mean.
         assert!(ScopeSet::parse("storage:read").is_err());
     }

@@ -186,7 +186,7 @@ async fn a_person_signs_up_connects_an_app_chats_and_revokes_it() {
     let Some(model) = test_model() else { return };
     let Some(c) = Chromium::start("flow").await else { return };
     let s = Server::start_with(|config| with_model(config, &model, 1, 4)).await;
-    let (notes, _) = notes_app(&s).await;
+    let (notes, notes_id) = notes_app(&s).await;
     let code = sign_up(&c, &s).await;
     assert!(code.len() >= 20, "{code}");
     c.shot("dashboard").await;
@@ -256,7 +256,7 @@ async fn a_person_signs_up_connects_an_app_chats_and_revokes_it() {
     c.shot("notes-after-revoke").await;
 
     // The access log shows each of it, and filters.
-    c.browser.goto(&s.url("/me/log?who=Notes&outcome=refused")).await.unwrap();
+    c.browser.goto(&s.url(&format!("/me/log?who={notes_id}&outcome=refused"))).await.unwrap();
     let log = c.text("#log").await;
     assert!(log.contains("POST /v1/llm/chat/completions") && log.contains("403"), "{log}");
     assert!(!log.contains("PUT /v1/storage/notes"), "the filter keeps refusals only: {log}");

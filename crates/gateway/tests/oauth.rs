@@ -517,6 +517,12 @@ async fn self_storage_words_reach_the_apps_own_collections_only() {
         let e = client.storage().put(elsewhere, "x", &json!(1)).await.unwrap_err();
         assert_eq!(e.status(), Some(403), "{elsewhere}: {e}");
     }
+    // Another app with broad prefixes reads the user's records, never this app's own.
+    let broad = s.register_app(&dev, &["storage:read:ap*", "storage:write:*"]).await;
+    let (other, _) = s.authorize(&ada, &broad, &["storage:read:ap*", "storage:write:*"]).await;
+    assert_eq!(other.storage().get(&own, "first").await.unwrap_err().status(), Some(403));
+    assert_eq!(other.storage().put(&own, "first", &json!("overwritten")).await.unwrap_err().status(), Some(403));
+    other.storage().put("apples", "a", &json!(1)).await.unwrap();
     // No app may register, or ask for, another app's namespace.
     let theft = format!("storage:read:{ns}*");
     let body = json!({"name": "Thief", "redirect_uris": [REDIRECT], "scopes": [theft]});

@@ -6,8 +6,8 @@
 
 use super::token::{self, TokenError, TokenErrorKind, TokenForm, TokenRequest};
 use super::{
-    check_authorize, csrf_matches, csrf_token, grant_expiry, granted_scopes, pages, redirect_with, sent_from_our_pages,
-    AuthorizeError, AuthorizeParams, ValidAuthorize,
+    check_authorize, csrf_matches, csrf_token, grant_expiry, granted_scopes, pages, redirect_with, AuthorizeError,
+    AuthorizeParams, ValidAuthorize,
 };
 use crate::auth::{bearer, Caller};
 use crate::error::ApiError;
@@ -68,12 +68,11 @@ fn borrowed<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> 
 }
 
 fn refused_form(s: &AppState, headers: &HeaderMap) -> Option<Response> {
-    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let scheme = s.issuer.split_once("://").map_or("http", |(scheme, _)| scheme);
-    if sent_from_our_pages(h("sec-fetch-site"), h("origin"), h("host"), scheme) {
+    if crate::web::session::from_our_pages(s, headers) {
         return None;
     }
-    Some(ApiError(Error::forbidden("this form must be sent from this server's own pages")).into_response())
+    let message = format!("this form must be sent from this server's own pages ({})", s.issuer);
+    Some(ApiError(Error::forbidden(message)).into_response())
 }
 
 /// Validates the request against the registered app; refusals become a page or a redirect.

@@ -186,23 +186,14 @@ pub fn csrf_matches(sent: Option<&str>, session_hash: &[u8; 32]) -> bool {
 
 /// Whether a browser sent this form from one of our own pages. Browsers say so in
 /// `Sec-Fetch-Site`; a page on another port of the same host is "same-site", not "same-origin",
-/// and is refused like any other site. Without that header, an `Origin` must name the host the
-/// request was sent to. Clients that send neither (curl, SDKs) are not browsers and carry no
-/// ambient credential to abuse. `scheme` is the one this server is reached by (the issuer's).
-pub fn sent_from_our_pages(
-    sec_fetch_site: Option<&str>,
-    origin: Option<&str>,
-    host: Option<&str>,
-    scheme: &str,
-) -> bool {
-    if let Some(site) = sec_fetch_site {
-        return matches!(site, "same-origin" | "none");
-    }
-    match (origin, host) {
-        (None, _) => true,
-        (Some(origin), Some(host)) => origin == format!("{scheme}://{host}"),
-        (Some(_), None) => false,
-    }
+/// and is refused like any other site. A browser's `Origin` must also be this server's own, the
+/// issuer's: a page of another name that resolves here (DNS rebinding) is same-origin to the
+/// browser, but not to us. Clients that send neither (curl, SDKs) are not browsers and carry no
+/// ambient credential to abuse.
+pub fn sent_from_our_pages(sec_fetch_site: Option<&str>, origin: Option<&str>, issuer: &str) -> bool {
+    let site_ok = sec_fetch_site.is_none_or(|site| matches!(site, "same-origin" | "none"));
+    let origin_ok = origin.is_none_or(|origin| origin == issuer);
+    site_ok && origin_ok
 }
 
 fn hex_encode(bytes: &[u8]) -> String {

@@ -185,19 +185,20 @@ fn csrf_tokens_are_compared_whole() {
 
 #[test]
 fn forms_are_taken_only_from_our_own_pages() {
-    let host = Some("127.0.0.1:8420");
-    let ours = |site, origin| sent_from_our_pages(site, origin, host, "http");
+    let issuer = "http://127.0.0.1:8420";
+    let ours = |site, origin| sent_from_our_pages(site, origin, issuer);
     assert!(ours(Some("same-origin"), Some("http://127.0.0.1:8420")));
     assert!(ours(Some("none"), None));
     // An app's page on another port of the same host is same-site, and refused.
     assert!(!ours(Some("same-site"), Some("http://127.0.0.1:9000")));
     assert!(!ours(Some("cross-site"), Some("https://evil.example")));
-    // Older browsers: the Origin must be this host, by the scheme it is served on.
+    // A name rebound to this address is same-origin to the browser, not to us.
+    assert!(!ours(Some("same-origin"), Some("http://attacker.example:8420")));
+    // Older browsers: the Origin alone, which must be the issuer's, scheme included.
     assert!(ours(None, Some("http://127.0.0.1:8420")));
     assert!(!ours(None, Some("https://127.0.0.1:8420")));
     assert!(!ours(None, Some("http://127.0.0.1:9000")));
     assert!(!ours(None, Some("null")));
-    assert!(!sent_from_our_pages(None, Some("http://127.0.0.1:8420"), None, "http"));
     // Not a browser at all.
     assert!(ours(None, None));
 }

@@ -2,7 +2,7 @@
 //! delete everything.
 
 use super::layout::{self, csrf_field, error_page};
-use super::session::{clear_cookies, session_cookies, with_cookies};
+use super::session::{clear_cookies, session_cookies, with_cookies, Empty, Posted};
 use super::{logged, WebSession};
 use crate::error::ApiError;
 use crate::routes::portability;
@@ -11,7 +11,6 @@ use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use maud::html;
 use selfcloud_control::tokens::hash_token;
 use selfcloud_control::TokenKind;
@@ -76,19 +75,14 @@ pub async fn page(
 
 #[derive(Deserialize)]
 pub struct PasswordForm {
-    csrf: Option<String>,
     password: String,
     new_password: String,
 }
 
 pub async fn change_password(
     State(s): State<Arc<AppState>>,
-    session: WebSession,
-    Form(f): Form<PasswordForm>,
+    Posted { session, form: f }: Posted<PasswordForm>,
 ) -> Response {
-    if let Err(e) = session.check_csrf(f.csrf.as_deref()) {
-        return error_page(&e);
-    }
     let user = session.caller.token.user_id;
     let (token, _) = match s.control.change_password(user, &f.password, &f.new_password, s.clock.now()).await {
         Ok(t) => t,
@@ -107,16 +101,8 @@ pub async fn change_password(
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    csrf: Option<String>,
-}
-
 /// The export as a download (a POST, so another site cannot start one).
-pub async fn export(State(s): State<Arc<AppState>>, session: WebSession, Form(f): Form<CsrfForm>) -> Response {
-    if let Err(e) = session.check_csrf(f.csrf.as_deref()) {
-        return error_page(&e);
-    }
+pub async fn export(State(s): State<Arc<AppState>>, Posted { session, .. }: Posted<Empty>) -> Response {
     let Ok(req) = Request::builder().method(Method::GET).uri("/v1/export").body(Body::empty()) else {
         return error_page(&Error::internal("building the export request"));
     };
@@ -146,15 +132,11 @@ pub async fn import(State(s): State<Arc<AppState>>, session: WebSession, req: Re
 
 #[derive(Deserialize)]
 pub struct DeleteForm {
-    csrf: Option<String>,
     password: String,
     confirm: Option<String>,
 }
 
-pub async fn delete(State(s): State<Arc<AppState>>, session: WebSession, Form(f): Form<DeleteForm>) -> Response {
-    if let Err(e) = session.check_csrf(f.csrf.as_deref()) {
-        return error_page(&e);
-    }
+pub async fn delete(State(s): State<Arc<AppState>>, Posted { session, form: f }: Posted<DeleteForm>) -> Response {
     if f.confirm.as_deref() != Some("yes") {
         return error_page(&Error::invalid("tick the box to confirm the deletion"));
     }

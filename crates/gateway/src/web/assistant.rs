@@ -2,13 +2,13 @@
 //! arrives whole without it), the memories it keeps, and which collections it reads.
 
 use super::layout::{self, csrf_field, error_page};
+use super::session::{Empty, Posted};
 use super::{call, call_json, json_of, WebSession};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use maud::{html, Markup};
 use selfcloud_core::Error;
 use serde::Deserialize;
@@ -41,7 +41,7 @@ async fn render(s: &AppState, session: &WebSession, answered: Option<Answered>) 
     let body = html! {
         h1 { "Your assistant" }
         p { "It answers from your own records and the memories below. Your questions and its answers stay in your instance." }
-        form #ask method="post" action="/me/assistant" {
+        form #ask method="post" action="/me/assistant" data-stream="/me/assistant/stream" {
             (csrf_field(session))
             @if let Some(a) = &answered { @if let Some(c) = a.answer["conversation"].as_str() { input type="hidden" name="conversation" value=(c); } }
             label { "Ask" textarea name="message" rows="3" required maxlength="4096" {} }
@@ -103,48 +103,47 @@ pub async fn page(State(s): State<Arc<AppState>>, session: WebSession) -> Respon
 
 #[derive(Deserialize)]
 pub struct AskForm {
-    csrf: Option<String>,
     message: String,
     conversation: Option<String>,
 }
 
-/// A question. From the page's script (JSON, the token in `x-csrf-token`) the answer streams
-/// back as the instance sends it; from the plain form it comes whole, on the page.
-pub async fn ask(
+/// A question from the page's script: JSON, the token in `x-csrf-token` (a header no other
+/// origin's page can set); the answer streams back as the instance sends it.
+pub async fn ask_streaming(
     State(s): State<Arc<AppState>>,
     session: WebSession,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+    if let Err(e) = session.check_csrf(sent) {
+        return ApiError(e).into_response();
+    }
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
-        if let Err(e) = session.check_csrf(sent) {
-            return ApiError(e).into_response();
-        }
-        let Ok(mut question) = serde_json::from_slice::<Value>(&body) else {
-            return ApiError(Error::invalid("the question is not JSON")).into_response();
-        };
-        let Some(fields) = question.as_object_mut() else {
-            return ApiError(Error::invalid("the question is a JSON object")).into_response();
-        };
-        fields.retain(|k, _| matches!(k.as_str(), "message" | "conversation"));
-        fields.insert("stream".into(), json!(true));
-        fields.insert("max_tokens".into(), json!(ANSWER_TOKENS));
-        return match call(&s, &session.caller, Method::POST, "/v1/assistant/chat", Some(question)).await {
-            Ok(resp) => resp,
-            Err(e) => ApiError(e).into_response(),
-        };
+    if !is_json {
+        let e = Error::new(selfcloud_core::ErrorCode::UnsupportedMediaType, "send the question as JSON");
+        return ApiError(e).into_response();
     }
-    let Ok(Form(f)) = serde_urlencoded::from_bytes::<AskForm>(&body).map(Form) else {
-        return error_page(&Error::invalid("write a question"));
+    let Ok(mut question) = serde_json::from_slice::<Value>(&body) else {
+        return ApiError(Error::invalid("the question is not JSON")).into_response();
     };
-    if let Err(e) = session.check_csrf(f.csrf.as_deref()) {
-        return error_page(&e);
+    let Some(fields) = question.as_object_mut() else {
+        return ApiError(Error::invalid("the question is a JSON object")).into_response();
+    };
+    fields.retain(|k, _| matches!(k.as_str(), "message" | "conversation"));
+    fields.insert("stream".into(), json!(true));
+    fields.insert("max_tokens".into(), json!(ANSWER_TOKENS));
+    match call(&s, &session.caller, Method::POST, "/v1/assistant/chat", Some(question)).await {
+        Ok(resp) => resp,
+        Err(e) => ApiError(e).into_response(),
     }
+}
+
+/// A question from the plain form (no script): the answer comes whole, on the page.
+pub async fn ask(State(s): State<Arc<AppState>>, Posted { session, form: f }: Posted<AskForm>) -> Response {
     let mut question = json!({"message": f.message, "max_tokens": ANSWER_TOKENS});
     if let Some(c) = f.conversation.filter(|c| !c.is_empty()) {
         question["conversation"] = json!(c);
@@ -161,31 +160,18 @@ pub async fn ask(
 
 #[derive(Deserialize)]
 pub struct MemoryForm {
-    csrf: Option<String>,
     text: String,
 }
 
-pub async fn remember(State(s): State<Arc<AppState>>, session: WebSession, Form(f): Form<MemoryForm>) -> Response {
-    if let Err(e) = session.check_csrf(f.csrf.as_deref()) {
-        return error_page(&e);
-    }
+pub async fn remember(State(s): State<Arc<AppState>>, Posted { session, form: f }: Posted<MemoryForm>) -> Response {
     done(call_json(&s, &session.caller, Method::POST, "/v1/assistant/memories", Some(json!({"text": f.text}))).await)
-}
-
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    csrf: Option<String>,
 }
 
 pub async fn forget(
     State(s): State<Arc<AppState>>,
-    session: WebSession,
     Path(id): Path<String>,
-    Form(f): Form<CsrfForm>,
+    Posted { session, .. }: Posted<Empty>,
 ) -> Response {
-    if let Err(e) = session.check_csrf(f.csrf.as_deref()) {
-        return error_page(&e);
-    }
     let uri =
         format!("/v1/assistant/memories/{}", url::form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>());
     done(call_json(&s, &session.caller, Method::DELETE, &uri, None).await)
@@ -193,14 +179,10 @@ pub async fn forget(
 
 #[derive(Deserialize)]
 pub struct SettingsForm {
-    csrf: Option<String>,
     collections: String,
 }
 
-pub async fn settings(State(s): State<Arc<AppState>>, session: WebSession, Form(f): Form<SettingsForm>) -> Response {
-    if let Err(e) = session.check_csrf(f.csrf.as_deref()) {
-        return error_page(&e);
-    }
+pub async fn settings(State(s): State<Arc<AppState>>, Posted { session, form: f }: Posted<SettingsForm>) -> Response {
     let names: Vec<&str> = f.collections.split(',').map(str::trim).filter(|c| !c.is_empty()).collect();
     let collections = if names.is_empty() { Value::Null } else { json!(names) };
     done(

@@ -2,13 +2,14 @@
 //! access log with filters.
 
 use super::layout::{bytes, count, csrf_field, error_page, page, when_ms};
+use super::session::{Empty, Posted};
 use super::{call_json, WebSession};
 use crate::routes::{accounts, apps};
 use crate::state::AppState;
 use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Form, Json};
+use axum::Json;
 use maud::{html, Markup};
 use selfcloud_core::{Error, Scope};
 use selfcloud_instance::protocol::Actor;
@@ -129,20 +130,11 @@ fn runtime_words(runtime: &str) -> &'static str {
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    csrf: Option<String>,
-}
-
 pub async fn revoke(
     State(s): State<Arc<AppState>>,
-    session: WebSession,
     Path(grant): Path<String>,
-    Form(f): Form<CsrfForm>,
+    Posted { session, .. }: Posted<Empty>,
 ) -> Response {
-    if let Err(e) = session.check_csrf(f.csrf.as_deref()) {
-        return error_page(&e);
-    }
     match apps::revoke_grant(State(s), session.caller, crate::error::ApiPath(grant)).await {
         Ok(_) => Redirect::to("/me").into_response(),
         Err(e) => error_page(&e.0),
@@ -151,19 +143,14 @@ pub async fn revoke(
 
 #[derive(Deserialize)]
 pub struct BudgetForm {
-    csrf: Option<String>,
     token_budget: Option<String>,
 }
 
 pub async fn budget(
     State(s): State<Arc<AppState>>,
-    session: WebSession,
     Path(grant): Path<String>,
-    Form(f): Form<BudgetForm>,
+    Posted { session, form: f }: Posted<BudgetForm>,
 ) -> Response {
-    if let Err(e) = session.check_csrf(f.csrf.as_deref()) {
-        return error_page(&e);
-    }
     let token_budget = match f.token_budget.as_deref().map(str::trim) {
         None | Some("") => None,
         Some(n) => match n.parse::<u64>() {
@@ -183,7 +170,8 @@ pub async fn budget(
 /// Which entries of the access log to show.
 #[derive(Deserialize, Default, Clone)]
 pub struct LogFilter {
-    /// `owner`, or an app's name.
+    /// `owner`, or an app's client id (names are the developer's to choose: an app named "You"
+    /// must not pass for the owner, nor two apps of one name for one).
     who: Option<String>,
     /// `ok` (2xx/3xx) or `refused` (4xx/5xx).
     outcome: Option<String>,
@@ -199,7 +187,7 @@ impl LogFilter {
         let who = match self.who.as_deref().map(str::trim) {
             None | Some("") => true,
             Some("owner") => e.actor == Actor::Owner,
-            Some(name) => matches!(&e.actor, Actor::App { name: n, .. } if n == name),
+            Some(client) => matches!(&e.actor, Actor::App { client_id, .. } if client_id == client),
         };
         let outcome = match self.outcome.as_deref() {
             Some("ok") => e.status < 400,
@@ -236,12 +224,15 @@ pub async fn log(
         true => shown.last().map(|r| r.seq),
         false => page_json["next_before"].as_u64(),
     };
-    let mut names: Vec<&str> = entries
+    let mut apps: Vec<(&str, &str)> = entries
         .iter()
-        .filter_map(|r| if let Actor::App { name, .. } = &r.entry.actor { Some(name.as_str()) } else { None })
+        .filter_map(|r| match &r.entry.actor {
+            Actor::App { client_id, name, .. } => Some((client_id.as_str(), name.as_str())),
+            _ => None,
+        })
         .collect();
-    names.sort_unstable();
-    names.dedup();
+    apps.sort_unstable();
+    apps.dedup_by_key(|(client, _)| *client);
     let who = filter.who.clone().unwrap_or_default();
     let outcome = filter.outcome.clone().unwrap_or_default();
     let body = html! {
@@ -252,7 +243,7 @@ pub async fn log(
                 select name="who" {
                     option value="" selected[who.is_empty()] { "Anyone" }
                     option value="owner" selected[who == "owner"] { "You" }
-                    @for n in &names { option value=(n) selected[who == *n] { (n) } }
+                    @for (client, name) in &apps { option value=(client) selected[who == *client] { (name) " (app " (short(client)) ")" } }
                 }
             }
             label { "Outcome "
@@ -271,6 +262,12 @@ pub async fn log(
         }
     };
     page(StatusCode::OK, "Access log", Some(&session), body)
+}
+
+/// The first hex digits of a client id: enough to tell two apps of one name apart.
+fn short(client_id: &str) -> &str {
+    let hex = client_id.strip_prefix("app_").unwrap_or(client_id);
+    hex.get(..6).unwrap_or(hex)
 }
 
 fn older_link(f: &LogFilter, before: u64) -> String {
@@ -293,7 +290,11 @@ fn log_table(entries: &[&AuditRecord]) -> Markup {
                     @for r in entries {
                         tr.refused[r.entry.status >= 400] {
                             td { (when_ms(r.entry.at_ms)) }
-                            td { @match &r.entry.actor { Actor::Owner => "You", Actor::App { name, .. } => (name), Actor::System => "selfcloud" } }
+                            td { @match &r.entry.actor {
+                                Actor::Owner => strong { "You" },
+                                Actor::App { name, client_id, .. } => { (name) " " small.tag { "app " (short(client_id)) } },
+                                Actor::System => "selfcloud",
+                            } }
                             td { code { (r.entry.method) " " (r.entry.path) } }
                             td { @if let Some(sc) = &r.entry.scope { (described(sc)) } @else { "\u{2014}" } }
                             td { (r.entry.status) }
@@ -325,7 +326,7 @@ mod tests {
 
     #[test]
     fn the_log_filters_by_who_outcome_and_path() {
-        let app = Actor::App { client_id: "c".into(), name: "Notes".into(), grant_id: "g".into() };
+        let app = Actor::App { client_id: "app_1".into(), name: "Notes".into(), grant_id: "g".into() };
         let rows = [
             record(Actor::Owner, "/v1/me", 200),
             record(app.clone(), "/v1/storage/notes/a", 200),
@@ -334,8 +335,11 @@ mod tests {
         let keep = |f: LogFilter| rows.iter().filter(|r| f.matches(r)).count();
         assert_eq!(keep(LogFilter::default()), 3);
         assert_eq!(keep(LogFilter { who: Some("owner".into()), ..Default::default() }), 1);
-        assert_eq!(keep(LogFilter { who: Some("Notes".into()), ..Default::default() }), 2);
-        assert_eq!(keep(LogFilter { who: Some("Other".into()), ..Default::default() }), 0);
+        assert_eq!(keep(LogFilter { who: Some("app_1".into()), ..Default::default() }), 2);
+        assert_eq!(keep(LogFilter { who: Some("Notes".into()), ..Default::default() }), 0, "by client id, not by name");
+        let you = Actor::App { client_id: "app_2".into(), name: "You".into(), grant_id: "h".into() };
+        let owner = LogFilter { who: Some("owner".into()), ..Default::default() };
+        assert!(!owner.matches(&record(you, "/v1/me", 200)), "an app named You is not the owner");
         assert_eq!(keep(LogFilter { outcome: Some("refused".into()), ..Default::default() }), 1);
         assert_eq!(
             keep(LogFilter { outcome: Some("ok".into()), path: Some("storage".into()), ..Default::default() }),

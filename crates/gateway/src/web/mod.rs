@@ -51,6 +51,7 @@ pub fn router() -> Router<Arc<AppState>> {
         .route("/me/apps/{grant}/budget", post(dashboard::budget))
         .route("/me/log", get(dashboard::log))
         .route("/me/assistant", get(assistant::page).post(assistant::ask))
+        .route("/me/assistant/stream", post(assistant::ask_streaming))
         .route("/me/assistant/memories", post(assistant::remember))
         .route("/me/assistant/memories/{id}/forget", post(assistant::forget))
         .route("/me/assistant/settings", post(assistant::settings))

@@ -151,11 +151,54 @@ impl WebSession {
     }
 }
 
+/// A dashboard form, posted: the session, and the form's fields once its `csrf` field matched
+/// (a handler cannot forget the check). A form that does not read as `T` is an error page, as
+/// is one without a session or from another origin.
+pub struct Posted<T> {
+    pub session: WebSession,
+    pub form: T,
+}
+
+/// A form with nothing but its CSRF token (a button: revoke, log out, export).
+#[derive(serde::Deserialize)]
+pub struct Empty {}
+
+/// The largest form a dashboard page posts (a memory, a password, a few fields).
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<AppState>> for Posted<T> {
+    type Rejection = Response;
+    async fn from_request(req: axum::extract::Request, s: &Arc<AppState>) -> Result<Self, Response> {
+        use selfcloud_core::Error;
+        let page = |e: Error| super::layout::error_page(&e);
+        let (mut parts, body) = req.into_parts();
+        let session = WebSession::from_request_parts(&mut parts, s).await.map_err(IntoResponse::into_response)?;
+        let is_form = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !is_form {
+            return Err(page(Error::new(selfcloud_core::ErrorCode::UnsupportedMediaType, "send this page's form")));
+        }
+        let bytes = axum::body::to_bytes(body, MAX_FORM_BYTES)
+            .await
+            .map_err(|_| page(Error::new(selfcloud_core::ErrorCode::TooLarge, "the form is too large")))?;
+        let sent: Vec<String> =
+            url::form_urlencoded::parse(&bytes).filter(|(k, _)| k == "csrf").map(|(_, v)| v.into_owned()).collect();
+        // Exactly one token: a second one is not this page's form.
+        let sent = if sent.len() == 1 { sent.first().map(String::as_str) } else { None };
+        session.check_csrf(sent).map_err(page)?;
+        let form = serde_urlencoded::from_bytes(&bytes)
+            .map_err(|e| page(Error::invalid(format!("the form is malformed: {e}"))))?;
+        Ok(Posted { session, form })
+    }
+}
+
 /// Whether a browser sent this form from one of this origin's pages.
 pub fn from_our_pages(s: &AppState, headers: &HeaderMap) -> bool {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let scheme = s.issuer.split_once("://").map_or("http", |(scheme, _)| scheme);
-    sent_from_our_pages(h("sec-fetch-site"), h("origin"), h("host"), scheme)
+    sent_from_our_pages(h("sec-fetch-site"), h("origin"), &s.issuer)
 }
 
 #[cfg(test)]

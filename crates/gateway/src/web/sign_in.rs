@@ -3,7 +3,9 @@
 //! into the attacker's account), and each attempt counts against the address's rate limit.
 
 use super::layout::{csrf_field, error_page, page};
-use super::session::{clear_cookies, from_our_pages, safe_next, session_cookies, with_cookies, WebSession};
+use super::session::{
+    clear_cookies, from_our_pages, safe_next, session_cookies, with_cookies, Empty, Posted, WebSession,
+};
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -128,14 +130,10 @@ pub async fn signup(
 
 #[derive(Deserialize)]
 pub struct SavedForm {
-    csrf: Option<String>,
     saved: Option<String>,
 }
 
-pub async fn saved(session: WebSession, Form(f): Form<SavedForm>) -> Response {
-    if let Err(e) = session.check_csrf(f.csrf.as_deref()) {
-        return error_page(&e);
-    }
+pub async fn saved(Posted { form: f, .. }: Posted<SavedForm>) -> Response {
     if f.saved.as_deref() != Some("yes") {
         return error_page(&Error::invalid("tick the box once your recovery code is saved"));
     }
@@ -198,10 +196,7 @@ pub async fn login(
     }
 }
 
-pub async fn logout(State(s): State<Arc<AppState>>, session: WebSession, Form(f): Form<SavedForm>) -> Response {
-    if let Err(e) = session.check_csrf(f.csrf.as_deref()) {
-        return error_page(&e);
-    }
+pub async fn logout(State(s): State<Arc<AppState>>, Posted { session, .. }: Posted<Empty>) -> Response {
     if let Err(e) = s.control.revoke_token_by_hash(session.caller.token_hash).await {
         return error_page(&e);
     }

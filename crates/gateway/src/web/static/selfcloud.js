@@ -53,7 +53,7 @@ function enhanceAsk(form) {
     const body = { message };
     if (form.elements.conversation && form.elements.conversation.value) body.conversation = form.elements.conversation.value;
     try {
-      const response = await fetch(form.action, {
+      const response = await fetch(form.dataset.stream, {
         method: "POST",
         headers: { "content-type": "application/json", "x-csrf-token": csrfToken() },
         body: JSON.stringify(body),

@@ -1,0 +1,105 @@
+//! The Super-App's forms over plain HTTP, every one of them: each wants its session's CSRF token
+//! (once), from this origin; without, it changes nothing and answers a page, never a bare
+//! framework error. Fast, with no browser: `chromium.rs` drives the same pages in one.
+
+mod common;
+
+use common::Server;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+/// A browser (cookies kept, redirects not followed) logged in through the log-in form.
+async fn logged_in(s: &Server, user: &str) -> (reqwest::Client, String, String) {
+    s.sign_up(user).await;
+    let browser =
+        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let form = [("username", user), ("password", "correct horse battery"), ("next", "/me")];
+    let resp = browser.post(s.url("/login")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let page = browser.get(s.url("/me")).send().await.unwrap().text().await.unwrap();
+    let csrf = page.split("name=\"csrf-token\" content=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    (browser, csrf, cookie)
+}
+
+#[tokio::test]
+async fn every_dashboard_form_wants_its_token_from_this_origin() {
+    let s = Server::start().await;
+    let (browser, csrf, cookie) = logged_in(&s, "ada").await;
+    let (_, mallory_csrf, _) = logged_in(&s, "mallory").await;
+    let ada = s.log_in("ada").await;
+    s.app_token(&ada, &["storage:read:notes"]).await;
+    let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    let grant_id = grants["grants"][0]["id"].as_str().unwrap().to_owned();
+    let forms: Vec<(String, Vec<(&str, &str)>)> = vec![
+        ("/me/saved".into(), vec![("saved", "yes")]),
+        (format!("/me/apps/{grant_id}/budget"), vec![("token_budget", "5")]),
+        ("/me/assistant/memories".into(), vec![("text", "remember me")]),
+        ("/me/assistant/settings".into(), vec![("collections", "notes")]),
+        (
+            "/me/account/password".into(),
+            vec![("password", "correct horse battery"), ("new_password", "another long one")],
+        ),
+        ("/me/account/export".into(), vec![]),
+        ("/me/account/delete".into(), vec![("password", "correct horse battery"), ("confirm", "yes")]),
+        (format!("/me/apps/{grant_id}/revoke"), vec![]),
+        ("/me/logout".into(), vec![]),
+    ];
+    for (path, fields) in &forms {
+        let attempts: [(&str, Vec<(&str, &str)>, Option<&str>); 5] = [
+            ("no token", fields.clone(), None),
+            ("a wrong token", [fields.clone(), vec![("csrf", "0000")]].concat(), None),
+            ("another session's token", [fields.clone(), vec![("csrf", mallory_csrf.as_str())]].concat(), None),
+            (
+                "the token twice",
+                [fields.clone(), vec![("csrf", csrf.as_str()), ("csrf", csrf.as_str())]].concat(),
+                None,
+            ),
+            ("another origin", [fields.clone(), vec![("csrf", csrf.as_str())]].concat(), Some("http://evil.example")),
+        ];
+        for (what, form, origin) in attempts {
+            let mut req = browser.post(s.url(path)).form(&form);
+            if let Some(o) = origin {
+                req = req.header("origin", o);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{path} with {what}");
+            assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"), "{path}: a page");
+        }
+    }
+    // Nothing changed: the grant, the memories, the settings, the password, the account.
+    let (_, _, after) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    assert_eq!(after["grants"][0]["token_budget"], json!(null));
+    let (_, _, memories) = s.call(Method::GET, "/v1/assistant/memories", Some(&ada), None).await;
+    assert_eq!(memories, json!({"memories": []}));
+    s.log_in("ada").await;
+    // The script's endpoints want the token in their header, which no other origin can set.
+    for (path, body) in [("/me/assistant/stream", "{\"message\":\"hi\"}"), ("/me/account/import", "")] {
+        let resp =
+            browser.post(s.url(path)).header("content-type", "application/json").body(body).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{path}");
+        let resp = browser.post(s.url(path)).header("x-csrf-token", &mallory_csrf).body(body).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{path} with another session's token");
+    }
+    // With its token, from this origin, a form does its work; a form that is not one is a page.
+    let resp = browser
+        .post(s.url("/me/assistant/memories"))
+        .form(&[("text", "remember me"), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let (_, _, memories) = s.call(Method::GET, "/v1/assistant/memories", Some(&ada), None).await;
+    assert_eq!(memories["memories"][0]["text"], "remember me");
+    let resp = browser.post(s.url("/me/assistant/memories")).json(&json!({"text": "x"})).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    // The web session opens no API route; an API session opens no page.
+    assert!(cookie.starts_with("selfcloud_web=scw_"), "{cookie}");
+    let cookie_api = s.http.get(s.url("/v1/me")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(cookie_api.status(), StatusCode::UNAUTHORIZED);
+    let token = cookie.split_once('=').unwrap().1;
+    assert_eq!(s.call(Method::GET, "/v1/me", Some(token), None).await.0, StatusCode::UNAUTHORIZED, "nor as a bearer");
+    let bearer_page = s.http.get(s.url("/me")).bearer_auth(&ada).send().await.unwrap();
+    assert_eq!(bearer_page.status(), StatusCode::SEE_OTHER, "to the log-in page");
+}
