@@ -278,6 +278,15 @@ impl Control {
         })
     }
 
+    /// The app a live access or refresh token was issued to.
+    pub async fn app_of_token(&self, token: &str, now: u64) -> Result<Option<AppId>> {
+        if let Some(info) = self.authenticate(token, now) {
+            return Ok(info.grant.as_ref().map(|g| g.client_id));
+        }
+        let hash = hash_token(token);
+        Ok(self.blocking(move |r| r.refresh_row(&hash)).await?.filter(|row| !row.spent).map(|row| row.app_id))
+    }
+
     /// RFC 7009 revocation by the app: a refresh token ends its family (the app signed out on
     /// that device), an access token ends itself. A token of another client, an owner session or
     /// an unknown token changes nothing, and the caller cannot tell which it was.

@@ -589,6 +589,13 @@ async fn a_confidential_client_proves_itself_with_its_secret_as_well() {
         Some("invalid_client"),
         "a refresh token alone is not enough"
     );
+    // Its tokens are revoked by it alone, authenticated, whether or not the form names it.
+    let access = client.tokens().unwrap().access_token;
+    let bare = s.http.post(s.url("/oauth/revoke")).form(&[("token", access.as_str())]).send().await.unwrap();
+    assert_eq!(bare.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(s.call(Method::GET, "/v1/storage/notes", Some(&access), None).await.0, StatusCode::OK, "still alive");
+    client.revoke().await.unwrap();
+    assert_eq!(s.call(Method::GET, "/v1/storage/notes", Some(&access), None).await.0, StatusCode::UNAUTHORIZED);
 
     // A public client has no secret to send.
     let public = s.register_app(&dev, &["storage:read:notes"]).await;

@@ -18,7 +18,10 @@ fn import_spooled(store: &Store, path: &Path, key: &DataKey, max_value_bytes: us
         Ok(SpoolReader::new(std::io::BufReader::new(file), key))
     };
     // First pass: nothing is written, so a damaged archive costs one read.
-    archive::walk(open()?, max_value_bytes, |r| known_collection(&r.collection))?;
+    archive::walk(open()?, max_value_bytes, |r| {
+        known_collection(&r.collection)?;
+        crate::memory::check_imported(&r.collection, &r.key, &r.value)
+    })?;
     // Second pass: a reader thread walks the archive again and hands records over a short
     // queue; a fault it meets arrives as an error, and the import rolls back.
     let usage = std::thread::scope(|scope| {

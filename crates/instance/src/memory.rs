@@ -150,6 +150,35 @@ async fn put<T: Serialize>(local: &Local, collection: &Collection, id: &str, val
     local.put_record(collection, &RecordKey::parse(id)?, value, Precondition::None).await.map(drop)
 }
 
+/// An imported record of what the assistant keeps, held to the rules its own API writes by:
+/// a memory of 1 to [`MAX_MEMORY_BYTES`] under its own id, conversations that read, settings
+/// naming client collections only. Other records pass (their readers skip what does not read).
+pub fn check_imported(collection: &Collection, key: &RecordKey, value: &[u8]) -> Result<()> {
+    let name = collection.as_str().strip_prefix('_').unwrap_or_default();
+    let bad = |why: &str| Err(Error::invalid(format!("the archive's {}/{}: {why}", collection.as_str(), key.as_str())));
+    match name {
+        MEMORIES => match serde_json::from_slice::<Memory>(value) {
+            Ok(m) if m.id != key.as_str() => bad("a memory's id must be its key"),
+            Ok(m) if m.text.trim().is_empty() || m.text.len() > MAX_MEMORY_BYTES || m.text.contains('\0') => {
+                bad(&format!("a memory holds 1 to {MAX_MEMORY_BYTES} bytes of text"))
+            }
+            Ok(_) => Ok(()),
+            Err(_) => bad("not a memory"),
+        },
+        CONVERSATIONS => match serde_json::from_slice::<Conversation>(value) {
+            Ok(c) if c.id != key.as_str() => bad("a conversation's id must be its key"),
+            Ok(c) if c.turns.len() > MAX_KEPT_TURNS => bad("too many turns"),
+            Ok(_) => Ok(()),
+            Err(_) => bad("not a conversation"),
+        },
+        SETTINGS => match serde_json::from_slice::<AssistantSettings>(value) {
+            Ok(s) if s.collections.iter().flatten().all(|c| Collection::parse(c).is_ok()) => Ok(()),
+            _ => bad("the assistant's settings name client collections only"),
+        },
+        _ => Ok(()),
+    }
+}
+
 pub async fn list_memories(local: &Local) -> Result<Vec<Memory>> {
     all(local, &memories()).await
 }
@@ -253,6 +282,26 @@ pub async fn set_settings(local: &Local, settings: &AssistantSettings) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_import_holds_what_the_assistant_keeps_to_its_own_rules() {
+        let check = |c: &str, k: &str, v: serde_json::Value| {
+            check_imported(&Collection::internal(c), &RecordKey::parse(k).unwrap(), v.to_string().as_bytes())
+        };
+        let memory = |id: &str, text: &str| serde_json::json!({"id": id, "text": text, "created_ms": 1});
+        assert!(check(MEMORIES, "m1", memory("m1", "my flight is on May 3")).is_ok());
+        assert!(check(MEMORIES, "m1", memory("\"><script>", "x")).is_err(), "an id that is not its key");
+        assert!(check(MEMORIES, "m1", memory("m1", &"x".repeat(MAX_MEMORY_BYTES + 1))).is_err());
+        assert!(check(MEMORIES, "m1", memory("m1", " ")).is_err());
+        assert!(check(MEMORIES, "m1", serde_json::json!({"id": "m1", "text": {"a": 1}})).is_err());
+        assert!(check(SETTINGS, "settings", serde_json::json!({"collections": ["notes"]})).is_ok());
+        assert!(check(SETTINGS, "settings", serde_json::json!({"collections": ["../x"]})).is_err());
+        assert!(check(SETTINGS, "settings", serde_json::json!({"collections": ["_memories"]})).is_err());
+        let conversation = Conversation::new("c1".into(), "hi", 1);
+        assert!(check(CONVERSATIONS, "c1", serde_json::to_value(&conversation).unwrap()).is_ok());
+        assert!(check(CONVERSATIONS, "c2", serde_json::to_value(&conversation).unwrap()).is_err());
+        assert!(check("ledger", "x", serde_json::json!("anything")).is_ok(), "its reader skips what does not read");
+    }
 
     #[test]
     fn ids_sort_by_time_and_a_path_trick_is_no_id() {

@@ -219,6 +219,9 @@ pub async fn authorize_decision(
             }
         },
     };
+    if let Err(e) = crate::routes::apps::check_token_budget(&s, caller.token.instance_id, token_budget) {
+        return ApiError(e).into_response();
+    }
     let expires_at = match grant_expiry(field("expires_in_days").as_deref(), s.clock.now()) {
         Ok(at) => at,
         Err(e) => return ApiError(e).into_response(),
@@ -329,13 +332,13 @@ impl IntoResponse for OAuthError {
 }
 
 /// Authenticates the client of a token or revocation request: the secret of a confidential
-/// client in `Authorization: Basic`, nothing for a public one. Answers the client id the Basic
-/// header named, which a form may then leave out.
+/// client in `Authorization: Basic`, nothing for a public one. Answers the client id (the Basic
+/// header's, which a form may then leave out) and whether a secret proved it.
 async fn client_authenticated(
     s: &AppState,
     headers: &HeaderMap,
     form_client: Option<&str>,
-) -> Result<Option<String>, OAuthError> {
+) -> Result<(Option<String>, bool), OAuthError> {
     let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let basic = token::basic_credentials(header).map_err(|e| unauthorized_client(e, header.is_some()))?;
     let client = match (&basic, form_client) {
@@ -347,7 +350,7 @@ async fn client_authenticated(
         (Some((id, _)), _) => Some(id.clone()),
         (None, form) => form.map(str::to_owned),
     };
-    let Some(id) = client.as_deref().and_then(|c| c.parse::<AppId>().ok()) else { return Ok(client) };
+    let Some(id) = client.as_deref().and_then(|c| c.parse::<AppId>().ok()) else { return Ok((client, false)) };
     let Some(app) = s.control.app(id).await? else {
         // Credentials for no client are refused; without any, the request goes on to meet the
         // code or token, which answers for a client that is gone (its grants went with it).
@@ -355,12 +358,12 @@ async fn client_authenticated(
             Some(_) => {
                 Err(unauthorized_client(TokenError::new(TokenErrorKind::InvalidClient, "unknown client_id"), true))
             }
-            None => Ok(client),
+            None => Ok((client, false)),
         };
     };
     token::authenticate_client(app.secret_hash.as_ref(), basic.as_ref().map(|(_, secret)| secret.as_str()))
         .map_err(|e| unauthorized_client(e, header.is_some()))?;
-    Ok(client)
+    Ok((client, app.secret_hash.is_some()))
 }
 
 /// RFC 6749 5.2: a client that tried the Authorization header and failed hears 401 with a challenge.
@@ -383,7 +386,7 @@ pub async fn token(
     let result: Result<serde_json::Value, OAuthError> = async {
         s.rate.check_ip(peer.ip())?;
         let Form(mut f) = form.map_err(|e| TokenError::new(TokenErrorKind::InvalidRequest, e.body_text()))?;
-        f.client_id = client_authenticated(&s, &headers, f.client_id.as_deref()).await?;
+        f.client_id = client_authenticated(&s, &headers, f.client_id.as_deref()).await?.0;
         let now = s.clock.now();
         let (outcome, unknown) = match token::parse(f)? {
             TokenRequest::Code(req) => {
@@ -439,7 +442,20 @@ pub async fn revoke(
         s.rate.check_ip(peer.ip())?;
         let Form(f) = form.map_err(|e| TokenError::new(TokenErrorKind::InvalidRequest, e.body_text()))?;
         let token = f.token.ok_or_else(|| TokenError::new(TokenErrorKind::InvalidRequest, "token is required"))?;
-        let client = client_authenticated(&s, &headers, f.client_id.as_deref()).await?;
+        let (client, proven) = client_authenticated(&s, &headers, f.client_id.as_deref()).await?;
+        // A confidential client's token is revoked by that client, authenticated (RFC 7009 2.1),
+        // whether or not the form names it.
+        if !proven {
+            if let Some(app) = s.control.app_of_token(&token, s.clock.now()).await? {
+                if s.control.app(app).await?.is_some_and(|a| a.secret_hash.is_some()) {
+                    let e = TokenError::new(
+                        TokenErrorKind::InvalidClient,
+                        "this client is confidential: authenticate with client_secret_basic",
+                    );
+                    return Err(e.into());
+                }
+            }
+        }
         let client: Option<AppId> = client.as_deref().and_then(|c| c.parse().ok());
         s.control.revoke_app_token(&token, client, s.clock.now()).await?;
         Ok(())

@@ -187,6 +187,10 @@ pub async fn login(
         }
         Err(e) => return error_page(&e),
     };
+    // The browser's session before this log-in ends with it (it may be another account's).
+    if let Some(old) = super::session::cookie(&headers, super::session::web_cookie_name(s.secure_cookies)) {
+        let _ = s.control.revoke_token_by_hash(hash_token(old)).await;
+    }
     let now = s.clock.now();
     match s.control.create_session(&user, TokenKind::Web, now).await {
         Ok((token, expires)) => {
