@@ -46,7 +46,8 @@ async fn every_dashboard_form_wants_its_token_from_this_origin() {
         ("/me/logout".into(), vec![]),
     ];
     for (path, fields) in &forms {
-        let attempts: [(&str, Vec<(&str, &str)>, Option<&str>); 5] = [
+        type Attempt<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<&'a str>);
+        let attempts: [Attempt; 5] = [
             ("no token", fields.clone(), None),
             ("a wrong token", [fields.clone(), vec![("csrf", "0000")]].concat(), None),
             ("another session's token", [fields.clone(), vec![("csrf", mallory_csrf.as_str())]].concat(), None),
