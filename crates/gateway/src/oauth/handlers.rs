@@ -219,9 +219,6 @@ pub async fn authorize_decision(
             }
         },
     };
-    if let Err(e) = crate::routes::apps::check_token_budget(&s, caller.token.instance_id, token_budget) {
-        return ApiError(e).into_response();
-    }
     let expires_at = match grant_expiry(field("expires_in_days").as_deref(), s.clock.now()) {
         Ok(at) => at,
         Err(e) => return ApiError(e).into_response(),

@@ -165,22 +165,6 @@ pub async fn list_grants(State(s): State<Arc<AppState>>, caller: Caller) -> ApiR
     }))
 }
 
-/// A budget the user sets is at most the tier's ceiling: more could never be spent, and showing
-/// it would overstate what the app may do.
-pub fn check_token_budget(
-    s: &AppState,
-    instance: selfcloud_core::InstanceId,
-    budget: Option<u64>,
-) -> Result<(), Error> {
-    let ceiling = s.control.config().limits.tier(s.control.tier_of(instance)).llm_app_tokens_per_day;
-    match budget {
-        Some(b) if b > ceiling => {
-            Err(Error::invalid(format!("a token budget is at most {ceiling} tokens a day (this tier's ceiling)")))
-        }
-        _ => Ok(()),
-    }
-}
-
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantChange {
@@ -200,7 +184,6 @@ pub async fn change_grant(
 ) -> ApiResult<StatusCode> {
     caller.require_owner()?;
     let id: GrantId = id.parse().map_err(|_| Error::not_found("no such grant"))?;
-    check_token_budget(&s, caller.token.instance_id, change.token_budget)?;
     s.control.set_token_budget(caller.token.user_id, id, change.token_budget).await?;
     Ok(StatusCode::NO_CONTENT)
 }
