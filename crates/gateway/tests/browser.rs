@@ -41,9 +41,10 @@ fn browser() -> reqwest::Client {
     reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
-/// The log-in form for `req`, filled in with Ada's credentials.
-fn login_form(req: &AuthorizationRequest) -> Vec<(String, String)> {
+/// The log-in form for `req` as `browser` got it (its token), filled in with Ada's credentials.
+async fn login_form(s: &Server, browser: &reqwest::Client, req: &AuthorizationRequest) -> Vec<(String, String)> {
     let mut form = req.params();
+    form.push(("csrf".into(), s.form_token(browser, req.url().as_str()).await));
     form.push(("username".into(), "ada".into()));
     form.push(("password".into(), "correct horse battery".into()));
     form
@@ -51,7 +52,7 @@ fn login_form(req: &AuthorizationRequest) -> Vec<(String, String)> {
 
 /// Logs the browser in through the log-in form; returns the consent page's URL.
 async fn log_in(s: &Server, browser: &reqwest::Client, req: &AuthorizationRequest) -> String {
-    let resp = browser.post(s.url("/oauth/login")).form(&login_form(req)).send().await.unwrap();
+    let resp = browser.post(s.url("/oauth/login")).form(&login_form(s, browser, req).await).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.starts_with("selfcloud_web=scw_"), "{cookie}");
@@ -100,7 +101,8 @@ async fn a_loopback_app_never_receives_a_credential_that_opens_the_api() {
 
     // Even a web session in hand (an app whose page the browser visits under /oauth gets it)
     // opens no API: not as a cookie, not as a bearer token.
-    let resp = s.http.post(s.url("/oauth/login")).form(&login_form(&req)).send().await.unwrap();
+    let other = self::browser();
+    let resp = other.post(s.url("/oauth/login")).form(&login_form(&s, &other, &req).await).send().await.unwrap();
     let set = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     let web = set.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
     for path in ["/v1/grants", "/v1/me", "/v1/storage/diary/secret", "/v1/export", "/v1/audit"] {
@@ -145,7 +147,6 @@ async fn log_in_and_consent_forms_from_another_site_are_refused() {
     let client_id = s.register_app(&dev, &["storage:read:notes"]).await;
     s.sign_up("ada").await;
     let req = AuthorizationRequest::new(&s.app_config(&client_id), &["storage:read:notes"]);
-    let login = login_form(&req);
     let host = s.base.trim_start_matches("http://").to_owned();
     // Login CSRF: another site (or an app's page on another port) posts the attacker's
     // credentials into the victim's browser. Refused whatever the credentials.
@@ -156,7 +157,10 @@ async fn log_in_and_consent_forms_from_another_site_are_refused() {
         ("origin", "http://127.0.0.1:9".to_owned()),
         ("origin", "null".to_owned()),
     ] {
-        let resp = browser().post(s.url("/oauth/login")).header(name, &value).form(&login).send().await.unwrap();
+        // The form's own token, too: only where it was posted from is wrong.
+        let b = browser();
+        let login = login_form(&s, &b, &req).await;
+        let resp = b.post(s.url("/oauth/login")).header(name, &value).form(&login).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{name}: {value}");
         assert!(resp.headers().get("set-cookie").is_none());
         let body: Value = resp.json().await.unwrap();
@@ -164,6 +168,7 @@ async fn log_in_and_consent_forms_from_another_site_are_refused() {
     }
     // From our own page it works.
     let b = browser();
+    let login = login_form(&s, &b, &req).await;
     let resp = b
         .post(s.url("/oauth/login"))
         .header("sec-fetch-site", "same-origin")
@@ -209,4 +214,42 @@ async fn malformed_oauth_requests_get_a_page_or_a_json_error_not_plain_text() {
         let body: Value = resp.unwrap().json().await.unwrap();
         assert_eq!(body["error"], "invalid_request", "{path}: {body}");
     }
+}
+
+/// Notes, the example app, attacked as any OAuth client is: a callback handed to another
+/// browser connects nothing there, and its forms want the visitor's own token.
+#[tokio::test]
+async fn the_example_app_finishes_a_connection_only_where_it_started() {
+    let s = Server::start().await;
+    let (notes, _) = s.notes_app().await;
+    let mallory = s.user("mallory").await;
+    // Mallory starts a connection in her browser and allows it with her account...
+    let attacker = browser();
+    let resp = attacker.get(format!("{notes}/connect")).send().await.unwrap();
+    let authorize = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+    form.push(("decision".into(), "allow".into()));
+    let resp = s.http.post(s.url("/oauth/authorize")).bearer_auth(&mallory).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FOUND);
+    let callback = resp.headers()["location"].to_str().unwrap().to_owned();
+    // ... and hands the callback to Ada: in Ada's browser it connects nothing.
+    let ada = browser();
+    let resp = ada.get(&callback).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.headers().get("set-cookie").is_none());
+    assert!(ada.get(&notes).send().await.unwrap().text().await.unwrap().contains("Connect your selfcloud"));
+    // In the browser that started it, it does.
+    assert_eq!(attacker.get(&callback).send().await.unwrap().status(), StatusCode::SEE_OTHER);
+    let home = attacker.get(&notes).send().await.unwrap().text().await.unwrap();
+    let csrf = home.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    // Its forms want the visitor's token: a wrong one saves nothing, the right one does.
+    let forged = attacker.post(format!("{notes}/notes")).form(&[("text", "forged"), ("csrf", "x")]).send().await;
+    assert_eq!(forged.unwrap().status(), StatusCode::FORBIDDEN);
+    let forged = attacker.post(format!("{notes}/summarize")).form(&[("csrf", "x")]).send().await;
+    assert_eq!(forged.unwrap().status(), StatusCode::FORBIDDEN);
+    let mine = attacker.post(format!("{notes}/notes")).form(&[("text", "mine"), ("csrf", &csrf)]).send().await;
+    assert_eq!(mine.unwrap().status(), StatusCode::SEE_OTHER);
+    let (_, _, stored) = s.call(Method::GET, "/v1/storage/notes", Some(&mallory), None).await;
+    let texts: Vec<_> = stored["records"].as_array().unwrap().iter().map(|r| r["value"]["text"].clone()).collect();
+    assert_eq!(texts, vec![json!("mine")]);
 }

@@ -145,24 +145,6 @@ impl Chromium {
     }
 }
 
-/// Notes, the example app, on its own loopback port; registered by a developer.
-async fn notes_app(s: &Server) -> (String, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let dev = s.user("developer").await;
-    let body = json!({"name": "Notes", "redirect_uris": [format!("{base}/callback")], "scopes": selfcloud_example_notes::SCOPES});
-    let (status, _, app) = s.call(Method::POST, "/v1/apps", Some(&dev), Some(body)).await;
-    assert_eq!(status, StatusCode::CREATED, "{app}");
-    let client_id = app["client_id"].as_str().unwrap().to_owned();
-    let config = selfcloud_sdk::AppConfig {
-        base_url: s.base.parse().unwrap(),
-        client_id: client_id.clone(),
-        redirect_uri: format!("{base}/callback"),
-    };
-    tokio::spawn(async move { axum::serve(listener, selfcloud_example_notes::router(config)).await });
-    (base, client_id)
-}
-
 /// Signs Ada up through the pages; answers her recovery code.
 async fn sign_up(c: &Chromium, s: &Server) -> String {
     c.browser.goto(&s.url("/")).await.unwrap();
@@ -186,7 +168,7 @@ async fn a_person_signs_up_connects_an_app_chats_and_revokes_it() {
     let Some(model) = test_model() else { return };
     let Some(c) = Chromium::start("flow").await else { return };
     let s = Server::start_with(|config| with_model(config, &model, 1, 4)).await;
-    let (notes, notes_id) = notes_app(&s).await;
+    let (notes, notes_id) = s.notes_app().await;
     let code = sign_up(&c, &s).await;
     assert!(code.len() >= 20, "{code}");
     c.shot("dashboard").await;

@@ -333,7 +333,9 @@ async fn the_browser_flow_logs_in_with_a_cookie_and_checks_csrf() {
     // No session: a log-in form that carries the request along.
     let html = browser.get(req.url()).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("action=\"/oauth/login\"") && html.contains(req.code_challenge()), "{html}");
+    let token = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
     let mut login = req.params();
+    login.push(("csrf".into(), token));
     login.push(("username".into(), "ada".into()));
     login.push(("password".into(), "wrong password".into()));
     let resp = browser.post(s.url("/oauth/login")).form(&login).send().await.unwrap();
@@ -627,6 +629,14 @@ async fn a_grant_set_to_last_a_day_ends_by_itself_with_every_token() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     assert!((now + 86_000..=now + 86_500).contains(&expires_at), "{grants}");
     client.refresh().await.unwrap();
+    // Asked again, the page offers to keep that end, first; a consent that does not choose keeps it.
+    let again = AuthorizationRequest::new(&config, &["storage:read:notes"]);
+    let page = s.http.get(again.url()).bearer_auth(&ada).send().await.unwrap().text().await.unwrap();
+    let select = page.split("name=\"expires_in_days\"").nth(1).unwrap();
+    assert!(select.trim_start_matches(['>', ' ']).starts_with("<option value=\"keep\" selected"), "{select}");
+    s.decide(&ada, &again, "allow").await;
+    let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    assert_eq!(grants["grants"][0]["expires_at"].as_u64(), Some(expires_at), "{grants}");
 
     // A day later: the refresh token would live on, but no token outlives its grant.
     s.clock.advance(86_401);

@@ -13,7 +13,8 @@ async fn logged_in(s: &Server, user: &str) -> (reqwest::Client, String, String) 
     s.sign_up(user).await;
     let browser =
         reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let form = [("username", user), ("password", "correct horse battery"), ("next", "/me")];
+    let token = s.form_token(&browser, &s.url("/login")).await;
+    let form = [("username", user), ("password", "correct horse battery"), ("next", "/me"), ("csrf", &token)];
     let resp = browser.post(s.url("/login")).form(&form).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
@@ -92,6 +93,13 @@ async fn every_dashboard_form_wants_its_token_from_this_origin() {
     assert_eq!(resp.status(), StatusCode::SEE_OTHER);
     let (_, _, memories) = s.call(Method::GET, "/v1/assistant/memories", Some(&ada), None).await;
     assert_eq!(memories["memories"][0]["text"], "remember me");
+    // An export from the page is a download, and the access log has it, as it has the API's.
+    let resp = browser.post(s.url("/me/account/export")).form(&[("csrf", &csrf)]).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(!resp.bytes().await.unwrap().is_empty());
+    let (_, _, log) = s.call(Method::GET, "/v1/audit", Some(&ada), None).await;
+    let exports = log["entries"].as_array().unwrap().iter().filter(|e| e["path"] == "/v1/export").count();
+    assert_eq!(exports, 1, "{log}");
     let resp = browser.post(s.url("/me/assistant/memories")).json(&json!({"text": "x"})).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
@@ -103,4 +111,60 @@ async fn every_dashboard_form_wants_its_token_from_this_origin() {
     assert_eq!(s.call(Method::GET, "/v1/me", Some(token), None).await.0, StatusCode::UNAUTHORIZED, "nor as a bearer");
     let bearer_page = s.http.get(s.url("/me")).bearer_auth(&ada).send().await.unwrap();
     assert_eq!(bearer_page.status(), StatusCode::SEE_OTHER, "to the log-in page");
+}
+
+/// The forms before a session (sign up, log in, recover, the consent flow's log-in) want the
+/// token of the page this browser opened, from this origin: without it, with a wrong one, with
+/// another browser's, or from another origin, nothing happens (login CSRF).
+#[tokio::test]
+async fn forms_before_a_session_want_the_token_of_their_page() {
+    let s = Server::start().await;
+    s.sign_up("ada").await;
+    let dev = s.user("developer").await;
+    let client_id = s.register_app(&dev, &["storage:read:notes"]).await;
+    let req = selfcloud_sdk::AuthorizationRequest::new(&s.app_config(&client_id), &["storage:read:notes"]);
+    let browser =
+        || reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let pw = "correct horse battery";
+    let pairs = |p: &[(&str, &str)]| p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+    let oauth_login = [req.params(), pairs(&[("username", "ada"), ("password", pw)])].concat();
+    let forms = [
+        (s.url("/signup"), "/signup", pairs(&[("username", "eve"), ("password", pw), ("password_again", pw)])),
+        (s.url("/login"), "/login", pairs(&[("username", "ada"), ("password", pw)])),
+        (s.url("/recover"), "/recover", pairs(&[("username", "ada"), ("recovery_code", "x"), ("new_password", pw)])),
+        (req.url().to_string(), "/oauth/login", oauth_login),
+    ];
+    for (page, action, fields) in forms {
+        let (mine, theirs) = (browser(), browser());
+        let token = s.form_token(&mine, &page).await;
+        let other = s.form_token(&theirs, &page).await;
+        assert_ne!(token, other, "each browser has its own");
+        let with = |t: &str| [fields.clone(), pairs(&[("csrf", t)])].concat();
+        let attempts = [
+            ("no token", &mine, fields.clone(), None),
+            ("a wrong token", &mine, with("0000"), None),
+            ("another browser's token", &mine, with(&other), None),
+            ("the token twice", &mine, [with(&token), pairs(&[("csrf", &token)])].concat(), None),
+            ("its token from another origin", &mine, with(&token), Some("http://evil.example")),
+            ("its token without its cookie", &s.http, with(&token), None),
+        ];
+        for (what, client, form, origin) in attempts {
+            let mut post = client.post(s.url(action)).form(&form);
+            if let Some(origin) = origin {
+                post = post.header("origin", origin);
+            }
+            let resp = post.send().await.unwrap();
+            assert!(
+                [StatusCode::FORBIDDEN, StatusCode::BAD_REQUEST].contains(&resp.status()),
+                "{action}, {what}: {}",
+                resp.status()
+            );
+            let cookies: Vec<_> = resp.headers().get_all("set-cookie").iter().collect();
+            assert!(cookies.iter().all(|c| !c.to_str().unwrap().contains("selfcloud_web=scw_")), "{action}, {what}");
+        }
+    }
+    // Nothing happened: no account made, Ada's password unchanged.
+    let eve = json!({"username": "eve", "password": pw});
+    assert_eq!(s.call(Method::POST, "/v1/sessions", None, Some(eve)).await.0, StatusCode::UNAUTHORIZED);
+    s.log_in("ada").await;
 }

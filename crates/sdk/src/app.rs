@@ -14,6 +14,7 @@
 //! ```
 
 use crate::{AppConfig, AuthorizationRequest, Client, Error, Result, TokenSet};
+use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -185,11 +186,21 @@ fn canonical(permission: &str, client_id: &str) -> String {
     }
 }
 
+/// Whether a held scope reaches all a wanted one does, by the server's rule: a storage prefix
+/// reaches what starts with it, but an app's namespace (`app-...`) only if the prefix is in one.
 fn covers(held: &str, wanted: &str) -> bool {
-    match held.strip_suffix('*') {
-        Some(prefix) if prefix.starts_with("storage:") => {
-            let kind = |s: &str| s.splitn(3, ':').take(2).collect::<Vec<_>>().join(":");
-            kind(held) == kind(wanted) && wanted.trim_end_matches('*').starts_with(prefix)
+    fn storage(scope: &str) -> Option<(&str, &str)> {
+        scope.strip_prefix("storage:")?.split_once(':')
+    }
+    match (storage(held), storage(wanted)) {
+        (Some((held_kind, held_pattern)), Some((wanted_kind, wanted_pattern))) if held_kind == wanted_kind => {
+            match held_pattern.strip_suffix('*') {
+                Some(prefix) => {
+                    let name = wanted_pattern.trim_end_matches('*');
+                    name.starts_with(prefix) && (prefix.starts_with("app-") || !name.starts_with("app-"))
+                }
+                None => held_pattern == wanted_pattern,
+            }
         }
         _ => held == wanted,
     }
@@ -214,33 +225,24 @@ impl Ai<'_> {
         let url = self.client.config().resolve("/v1/llm/chat/completions")?;
         let response = self.client.send_authed(|http| http.post(url.clone()).json(&body)).await?;
         let response = crate::client::check(response).await?;
-        let mut buffered = String::new();
-        let frames = response.bytes_stream().map(move |chunk| -> Result<Vec<String>> {
-            buffered.push_str(&String::from_utf8_lossy(&chunk?));
-            let mut texts = Vec::new();
-            while let Some(end) = buffered.find("\n\n") {
-                let frame: String = buffered.drain(..end + 2).collect();
-                for data in frame.lines().filter_map(|l| l.strip_prefix("data: ")) {
-                    if data == "[DONE]" {
-                        continue;
-                    }
-                    let event: Value =
-                        serde_json::from_str(data).map_err(|e| Error::Protocol(format!("event: {e}")))?;
-                    if let Some(e) = event.get("error") {
-                        return Err(Error::from_answer(500, None, &json!({"error": e}).to_string()));
-                    }
-                    if let Some(text) = event["choices"][0]["delta"]["content"].as_str().filter(|t| !t.is_empty()) {
-                        texts.push(text.to_owned());
-                    }
-                }
+        // SSE framing (line ends, `data:` with or without its space, UTF-8 split across chunks)
+        // is eventsource-stream's; each event is one OpenAI chunk or an error.
+        let events = response.bytes_stream().eventsource();
+        Ok(events.filter_map(|event| async move {
+            let data = match event {
+                Ok(event) if event.data == "[DONE]" => return None,
+                Ok(event) => event.data,
+                Err(e) => return Some(Err(Error::Protocol(format!("the stream broke off: {e}")))),
+            };
+            let event: Value = match serde_json::from_str(&data) {
+                Ok(v) => v,
+                Err(e) => return Some(Err(Error::Protocol(format!("event: {e}")))),
+            };
+            if let Some(e) = event.get("error") {
+                return Some(Err(Error::from_answer(500, None, &json!({"error": e}).to_string())));
             }
-            Ok(texts)
-        });
-        Ok(frames.flat_map(|texts| {
-            futures_util::stream::iter(match texts {
-                Ok(texts) => texts.into_iter().map(Ok).collect::<Vec<_>>(),
-                Err(e) => vec![Err(e)],
-            })
+            let text = event["choices"][0]["delta"]["content"].as_str().filter(|t| !t.is_empty())?;
+            Some(Ok(text.to_owned()))
         }))
     }
 }
@@ -285,5 +287,14 @@ mod tests {
         assert!(has("ai:chat") && has("llm:chat") && has("storage:read") && has("storage:write:notes"));
         assert!(has("storage:read:app-0123456789abcdef-x"));
         assert!(!has("storage:write") && !has("storage:read:notes") && !has("blockchain:read") && !has("llm:embed"));
+        // As on the server: a prefix outside the app namespaces never reaches into one.
+        for wide in ["storage:read:*", "storage:read:ap*", "storage:read:app*"] {
+            assert!(!covers(wide, &canonical("storage:read", id)), "{wide}");
+            assert!(covers(wide, "storage:read:apples"), "{wide}");
+        }
+        assert!(covers("storage:read:app-*", &canonical("storage:read", id)));
+        assert!(
+            !covers("storage:write:*", "storage:read:notes") && !covers("storage:read:notes", "storage:read:notes*")
+        );
     }
 }

@@ -3,11 +3,14 @@
 //! scopes the user allowed. It asks for `storage:read:notes storage:write:notes llm:chat`.
 //!
 //! Its state is a map from its own session cookie to the SDK client holding that visitor's
-//! tokens; a real app would keep the refresh token in its database.
+//! tokens; a real app would keep the refresh token in its database. What any OAuth client owes
+//! its users, it does: a connection finishes only in the browser that started it (the `state`
+//! is also in that browser's cookie, so nobody can hand a victim a callback that connects the
+//! victim's Notes to the attacker's instance), and its forms carry the visitor's token.
 
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup, DOCTYPE};
@@ -20,13 +23,21 @@ use std::sync::{Arc, Mutex};
 /// The scopes Notes asks for: its own collection, and the user's assistant.
 pub const SCOPES: [&str; 3] = ["storage:read:notes", "storage:write:notes", "llm:chat"];
 const COOKIE: &str = "notes_session";
+/// The `state` of the connection this browser started, for the callback to match.
+const CONNECTING: &str = "notes_connecting";
+
+/// A connected visitor: their selfcloud tokens (in the SDK client) and their forms' token.
+struct Visitor {
+    client: Arc<Client>,
+    csrf: String,
+}
 
 #[derive(Default)]
 struct Visitors {
     /// Authorization requests on their way, by `state`.
     pending: HashMap<String, AuthorizationRequest>,
     /// Connected visitors, by session id.
-    connected: HashMap<String, Arc<Client>>,
+    connected: HashMap<String, Visitor>,
 }
 
 #[derive(Clone)]
@@ -61,18 +72,33 @@ fn page(title: &str, body: Markup) -> Response {
     resp
 }
 
-fn session_of(headers: &HeaderMap) -> Option<String> {
+fn cookie(headers: &HeaderMap, wanted: &str) -> Option<String> {
     headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
         let (name, value) = c.trim().split_once('=')?;
-        (name == COOKIE).then(|| value.to_owned())
+        (name == wanted).then(|| value.to_owned())
     })
 }
 
+fn random_id() -> String {
+    (0..24).map(|_| char::from(b'a' + rand::random::<u8>() % 26)).collect()
+}
+
 impl App {
-    fn client(&self, headers: &HeaderMap) -> Option<Arc<Client>> {
-        let id = session_of(headers)?;
-        self.visitors.lock().unwrap().connected.get(&id).cloned()
+    /// The connected visitor's client and form token.
+    fn visitor(&self, headers: &HeaderMap) -> Option<(Arc<Client>, String)> {
+        let id = cookie(headers, COOKIE)?;
+        self.visitors.lock().unwrap().connected.get(&id).map(|v| (v.client.clone(), v.csrf.clone()))
     }
+
+    /// The visitor's client, for a form that carried their token.
+    fn posted(&self, headers: &HeaderMap, csrf: &str) -> Option<Arc<Client>> {
+        self.visitor(headers).filter(|(_, token)| token == csrf).map(|(client, _)| client)
+    }
+}
+
+#[derive(Deserialize)]
+struct Posted {
+    csrf: String,
 }
 
 /// What a failed call tells the visitor: the SDK keeps the server's error code.
@@ -85,7 +111,7 @@ fn refusal(e: &Error) -> String {
 }
 
 async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
-    let Some(client) = app.client(&headers) else {
+    let Some((client, csrf)) = app.visitor(&headers) else {
         return page(
             "Connect",
             html! {
@@ -103,10 +129,14 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
                 Err(e) => p #error { (refusal(e)) },
             }
             form method="post" action="/notes" {
+                input type="hidden" name="csrf" value=(csrf);
                 label { "New note " input type="text" name="text" required; }
                 button type="submit" { "Save" }
             }
-            form method="post" action="/summarize" { button #summarize type="submit" { "Summarize with my assistant" } }
+            form method="post" action="/summarize" {
+                input type="hidden" name="csrf" value=(csrf);
+                button #summarize type="submit" { "Summarize with my assistant" }
+            }
         },
     )
 }
@@ -114,8 +144,10 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
 async fn connect(State(app): State<App>) -> Response {
     let request = AuthorizationRequest::new(&app.config, &SCOPES);
     let url = request.url().to_string();
-    app.visitors.lock().unwrap().pending.insert(request.state().to_owned(), request);
-    Redirect::to(&url).into_response()
+    let state = request.state().to_owned();
+    app.visitors.lock().unwrap().pending.insert(state.clone(), request);
+    let cookie = format!("{CONNECTING}={state}; Path=/callback; HttpOnly; SameSite=Lax; Max-Age=600");
+    ([(header::SET_COOKIE, cookie)], Redirect::to(&url)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -123,8 +155,15 @@ struct Callback {
     state: Option<String>,
 }
 
-async fn callback(State(app): State<App>, Query(q): Query<Callback>, uri: axum::http::Uri) -> Response {
-    let request = q.state.and_then(|s| app.visitors.lock().unwrap().pending.remove(&s));
+async fn callback(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<Callback>,
+    uri: axum::http::Uri,
+) -> Response {
+    // Only the browser that started this connection may finish it.
+    let started_here = q.state.is_some() && q.state == cookie(&headers, CONNECTING);
+    let request = q.state.filter(|_| started_here).and_then(|s| app.visitors.lock().unwrap().pending.remove(&s));
     let Some(request) = request else { return (StatusCode::BAD_REQUEST, "unknown or spent state").into_response() };
     let location = format!("{}?{}", app.config.redirect_uri, uri.query().unwrap_or_default());
     let code = match request.finish(&location) {
@@ -135,19 +174,27 @@ async fn callback(State(app): State<App>, Query(q): Query<Callback>, uri: axum::
     if let Err(e) = client.exchange_code(&request, &code).await {
         return page("Not connected", html! { p #error { (refusal(&e)) } });
     }
-    let id: String = (0..24).map(|_| char::from(b'a' + rand::random::<u8>() % 26)).collect();
-    app.visitors.lock().unwrap().connected.insert(id.clone(), Arc::new(client));
-    let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax");
-    ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+    let id = random_id();
+    app.visitors.lock().unwrap().connected.insert(id.clone(), Visitor { client: Arc::new(client), csrf: random_id() });
+    let session = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax");
+    let spent = format!("{CONNECTING}=; Path=/callback; HttpOnly; SameSite=Lax; Max-Age=0");
+    (AppendHeaders([(header::SET_COOKIE, session), (header::SET_COOKIE, spent)]), Redirect::to("/")).into_response()
+}
+
+/// A form posted without its visitor's token (from another page, or another port of this host,
+/// which a `SameSite` cookie does not tell apart): refused.
+fn refused_form() -> Response {
+    (StatusCode::FORBIDDEN, "this form was not sent from Notes' own page").into_response()
 }
 
 #[derive(Deserialize)]
 struct NewNote {
     text: String,
+    csrf: String,
 }
 
 async fn add_note(State(app): State<App>, headers: HeaderMap, Form(note): Form<NewNote>) -> Response {
-    let Some(client) = app.client(&headers) else { return Redirect::to("/").into_response() };
+    let Some(client) = app.posted(&headers, &note.csrf) else { return refused_form() };
     let key = format!("{:x}", rand::random::<u64>());
     match client.storage().put("notes", &key, &json!({"text": note.text})).await {
         Ok(_) => Redirect::to("/").into_response(),
@@ -155,8 +202,8 @@ async fn add_note(State(app): State<App>, headers: HeaderMap, Form(note): Form<N
     }
 }
 
-async fn summarize(State(app): State<App>, headers: HeaderMap) -> Response {
-    let Some(client) = app.client(&headers) else { return Redirect::to("/").into_response() };
+async fn summarize(State(app): State<App>, headers: HeaderMap, Form(form): Form<Posted>) -> Response {
+    let Some(client) = app.posted(&headers, &form.csrf) else { return refused_form() };
     let notes = match client.storage().list("notes", None, Some(100), None).await {
         Ok(p) => p.records.iter().filter_map(|r| r.value["text"].as_str().map(str::to_owned)).collect::<Vec<_>>(),
         Err(e) => return page("No summary", html! { p #error { (refusal(&e)) } }),

@@ -71,8 +71,10 @@ async function errorOf(response: Response): Promise<SelfError> {
 
 async function webCrypto(): Promise<Crypto> {
   if (globalThis.crypto?.subtle) return globalThis.crypto;
-  // Node 18 keeps WebCrypto in its module rather than on globalThis.
-  const nodeCrypto: { webcrypto: Crypto } = await import("node:crypto" as string);
+  // Node 18 keeps WebCrypto in its module rather than on globalThis. The specifier is a value,
+  // so a bundler building for the browser leaves it alone (it never runs there).
+  const nodeModule = "node:crypto";
+  const nodeCrypto: { webcrypto: Crypto } = await import(/* webpackIgnore: true */ /* @vite-ignore */ nodeModule);
   return nodeCrypto.webcrypto;
 }
 
@@ -157,15 +159,17 @@ export class App {
     this.fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
   }
 
-  /** Where to send the user to ask for `permissions` (SELF's words or ours). */
-  async createConnectionUrl(options: { permissions: string[] }): Promise<string> {
+  /** Where to send the user to ask for `permissions` (SELF's words or ours); `redirectUrl`, another
+   * of the app's registered redirect URIs, overrides the app's for this connection. */
+  async createConnectionUrl(options: { permissions: string[]; redirectUrl?: string }): Promise<string> {
+    const redirectUrl = options.redirectUrl ?? this.redirectUrl;
     const [verifier, state] = [await randomToken(), await randomToken()];
-    await this.pending.set(state, verifier);
+    await this.pending.set(state, JSON.stringify({ verifier, redirectUrl }));
     const url = new URL(`${this.server}/oauth/authorize`);
     const params: Record<string, string> = {
       response_type: "code",
       client_id: this.appId,
-      redirect_uri: this.redirectUrl,
+      redirect_uri: redirectUrl,
       scope: options.permissions.join(" "),
       state,
       code_challenge: await codeChallenge(verifier),
@@ -180,9 +184,10 @@ export class App {
     const query = callback.includes("?") ? callback.slice(callback.indexOf("?") + 1) : callback;
     const params = new URLSearchParams(query);
     const state = params.get("state") ?? "";
-    const verifier = state ? await this.pending.get(state) : undefined;
-    if (!verifier) throw new SelfError("INVALID_REQUEST", "the callback answers no connection this app started");
+    const pending = state ? await this.pending.get(state) : undefined;
+    if (!pending) throw new SelfError("INVALID_REQUEST", "the callback answers no connection this app started");
     await this.pending.delete(state);
+    const { verifier, redirectUrl } = JSON.parse(pending) as { verifier: string; redirectUrl: string };
     // RFC 9207: the answer must come from this server.
     const iss = params.get("iss");
     if (iss !== null && iss !== this.server) throw new SelfError("INVALID_REQUEST", `the callback came from ${iss}, not ${this.server}`);
@@ -193,7 +198,7 @@ export class App {
     const tokens = await this.token({
       grant_type: "authorization_code",
       code,
-      redirect_uri: this.redirectUrl,
+      redirect_uri: redirectUrl,
       client_id: this.appId,
       code_verifier: verifier,
     });
@@ -250,12 +255,17 @@ function canonical(permission: string, appId: string): string {
   }
 }
 
-function covers(held: string, wanted: string): boolean {
-  if (held.startsWith("storage:") && held.endsWith("*")) {
-    const kind = (s: string) => s.split(":").slice(0, 2).join(":");
-    return kind(held) === kind(wanted) && wanted.replace(/\*$/, "").startsWith(held.slice(0, -1));
-  }
-  return held === wanted;
+/** Whether a held scope reaches all a wanted one does, by the server's rule: a storage prefix
+ * reaches what starts with it, but an app's namespace (`app-...`) only if the prefix is in one. */
+export function covers(held: string, wanted: string): boolean {
+  const storage = /^storage:(read|write):(.*)$/;
+  const [h, w] = [storage.exec(held), storage.exec(wanted)];
+  if (!h || !w || h[1] !== w[1]) return held === wanted;
+  const [heldPattern, wantedPattern] = [h[2], w[2]];
+  if (!heldPattern.endsWith("*")) return heldPattern === wantedPattern;
+  const prefix = heldPattern.slice(0, -1);
+  const name = wantedPattern.replace(/\*$/, "");
+  return name.startsWith(prefix) && (prefix.startsWith("app-") || !name.startsWith("app-"));
 }
 
 /** One user's connection: their tokens, refreshed as they expire. */
@@ -289,8 +299,12 @@ export class Session {
 
   /** Any API call with the access token (`/v1/...`), refreshing once on a 401. */
   async fetch(path: string, init: RequestInit = {}): Promise<Response> {
-    const send = (token: string) =>
-      this.app.fetch(`${this.app.server}${path}`, { ...init, headers: { ...(init.headers as Record<string, string>), authorization: `Bearer ${token}` } });
+    const send = (token: string) => {
+      // Headers as an object, an array or a Headers: all kept.
+      const headers = new Headers(init.headers);
+      headers.set("authorization", `Bearer ${token}`);
+      return this.app.fetch(`${this.app.server}${path}`, { ...init, headers });
+    };
     const sent = this.tokens.accessToken;
     let response = await send(sent);
     if (response.status === 401 && this.tokens.refreshToken) {
@@ -334,26 +348,36 @@ export class Session {
   }
 }
 
-/** Reads `data:` events from a server-sent event stream. */
+/** Reads the `data` of each event of a server-sent event stream (lines end in CRLF, LF or CR; the
+ * space after `data:` is optional). Leaving early cancels the stream, so the server stops. */
 async function* events(response: Response): AsyncGenerator<any> {
   const reader = response.body!.getReader();
   const decoder = new TextDecoder();
   let buffered = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    buffered += decoder.decode(value, { stream: true });
-    let end: number;
-    while ((end = buffered.indexOf("\n\n")) >= 0) {
-      const frame = buffered.slice(0, end);
-      buffered = buffered.slice(end + 2);
-      for (const line of frame.split("\n")) {
-        if (!line.startsWith("data: ")) continue;
-        const data = line.slice(6);
-        if (data === "[DONE]") return;
-        yield JSON.parse(data);
+  let data: string[] = [];
+  // A CR last in the buffer may be half of a CRLF: it waits for the next chunk.
+  const lineEnd = /\r\n|\n|\r(?!$)/;
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffered += decoder.decode(value, { stream: true });
+      let end: RegExpExecArray | null;
+      while ((end = lineEnd.exec(buffered))) {
+        const line = buffered.slice(0, end.index);
+        buffered = buffered.slice(end.index + end[0].length);
+        if (line === "" && data.length) {
+          const event = data.join("\n");
+          data = [];
+          if (event === "[DONE]") return;
+          yield JSON.parse(event);
+        } else if (line.startsWith("data:")) {
+          data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
+        }
       }
     }
+  } finally {
+    await reader.cancel().catch(() => undefined);
   }
 }
 

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { App, SelfError, appNamespace } from "../dist/src/index.js";
+import { App, Session, SelfError, appNamespace, covers } from "../dist/src/index.js";
 
 const bin = process.env.SELFCLOUD_TEST_BIN;
 const model = process.env.SELFCLOUD_TEST_MODEL;
@@ -27,8 +27,13 @@ before(async () => {
   });
 });
 
-after(() => {
-  server?.kill("SIGTERM");
+after(async () => {
+  // A clean stop first (it drains the audit queue into the home directory), then the directory.
+  if (server && server.exitCode === null) {
+    const exited = new Promise((resolve) => server.once("exit", resolve));
+    server.kill("SIGTERM");
+    await exited;
+  }
   if (home) rmSync(home, { recursive: true, force: true });
 });
 
@@ -128,4 +133,60 @@ test("an app's tests get a user who already allowed it, from a development serve
   await session.signOut();
   await assert.rejects(session.storage.get("k"), (e) => e.code === "UNAUTHENTICATED");
   await assert.rejects(app.createTestUser({ operatorToken: dev, permissions: ["storage:read"] }), (e) => e.code === "PERMISSION_DENIED");
+});
+
+// A streamed answer however it is framed: CRLF or CR line ends, `data:` without its space, a
+// UTF-8 character and a line end split across chunks. And an app that stops reading early
+// cancels the stream, so the server stops writing (and billing).
+test("a stream is read however its lines end, and leaving it early cancels it", async () => {
+  const delta = (text) => `data:${JSON.stringify({ choices: [{ delta: { content: text } }] })}`;
+  const wire = new TextEncoder().encode(`${delta("Olá")}\r\n\r\n${delta(" mundo")}\r\r: a comment\n\ndata: [DONE]\n\n`);
+  const cut = [3, 8, wire.indexOf(0xa1), wire.indexOf(0x0d) + 1, wire.length - 4]; // mid-"á", mid-CRLF
+  let cancelled = 0;
+  const stream = (parts, endless) =>
+    new ReadableStream({
+      pull(controller) {
+        if (parts.length) controller.enqueue(parts.shift());
+        else if (!endless) controller.close();
+        else return new Promise(() => {}); // an answer still being written
+      },
+      cancel() {
+        cancelled += 1;
+      },
+    });
+  const pieces = (bytes) => [0, ...cut].map((from, i) => bytes.slice(from, [...cut, bytes.length][i]));
+  const answers = [];
+  const app = new App({
+    appId: "app_0123456789abcdef0123456789abcdef",
+    server: "http://127.0.0.1:9",
+    redirectUrl: REDIRECT,
+    fetch: async () => new Response(answers.shift(), { headers: { "content-type": "text/event-stream" } }),
+  });
+  const session = new Session(app, { accessToken: "t", expiresIn: 60, scope: "llm:chat" });
+
+  answers.push(stream(pieces(wire), false));
+  const text = [];
+  for await (const piece of session.ai.chatStream({ message: "hi" })) text.push(piece);
+  assert.deepEqual(text, ["Olá", " mundo"]);
+
+  cancelled = 0;
+  answers.push(stream([new TextEncoder().encode(`${delta("first")}\n\n`)], true));
+  for await (const piece of session.ai.chatStream({ message: "hi" })) {
+    assert.equal(piece, "first");
+    break;
+  }
+  assert.equal(cancelled, 1, "the stream still being written was cancelled when the app left it");
+});
+
+// hasPermission reads a grant as the server does: a prefix outside the app namespaces never
+// reaches into one.
+test("a held scope covers a wanted one by the server's rule", () => {
+  const own = "storage:read:app-0123456789abcdef*";
+  for (const wide of ["storage:read:*", "storage:read:ap*", "storage:read:app*"]) {
+    assert.equal(covers(wide, own), false, wide);
+    assert.equal(covers(wide, "storage:read:apples"), true, wide);
+  }
+  assert.ok(covers("storage:read:app-*", own) && covers(own, "storage:read:app-0123456789abcdef-x"));
+  assert.ok(!covers("storage:write:*", "storage:read:notes") && !covers("storage:read:notes", "storage:read:notes*"));
+  assert.ok(covers("llm:chat", "llm:chat") && !covers("llm:chat", "llm:embed"));
 });

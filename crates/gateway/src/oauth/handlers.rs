@@ -12,6 +12,7 @@ use super::{
 use crate::auth::{bearer, Caller};
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::web::form_guard::{form_holds, FormGuard};
 use crate::web::session::{cookie, session_cookies, web_cookie_name, with_cookies};
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Query, State};
@@ -108,7 +109,7 @@ pub async fn authorize_page(
     };
     let pairs = params_as_pairs(&p);
     let Some((caller, _)) = page_session(&s, &headers) else {
-        return pages::login(&borrowed(&pairs), false);
+        return pages::login(&borrowed(&pairs), false, FormGuard::for_page(&s, &headers, "/oauth"));
     };
     let username = match s.control.profile(caller.token.user_id).await {
         Ok(p) => p.username,
@@ -121,11 +122,11 @@ pub async fn authorize_page(
         .any(|s| matches!(s, Scope::LlmChat | Scope::LlmEmbed))
         .then(|| s.control.config().limits.tier(tier).llm_app_tokens_per_day);
     // Incremental authorization: what the app already holds is shown, not asked again.
-    let held = match s.control.grants(caller.token.user_id, s.clock.now()).await {
+    let (held, held_end) = match s.control.grants(caller.token.user_id, s.clock.now()).await {
         Ok(grants) => grants
             .into_iter()
             .find(|g| g.client_id == req.app.client_id)
-            .map(|g| g.scopes.iter().cloned().collect())
+            .map(|g| (g.scopes.iter().cloned().collect(), g.expires_at))
             .unwrap_or_default(),
         Err(e) => return ApiError(e).into_response(),
     };
@@ -138,6 +139,7 @@ pub async fn authorize_page(
         csrf: &csrf,
         token_ceiling,
         held,
+        held_end,
     })
 }
 
@@ -199,10 +201,12 @@ pub async fn authorize_decision(
         (true, Ok(ticked)) => Some(ticked),
         (true, Err(e)) => return ApiError(e).into_response(),
     };
-    let held: ScopeSet = match s.control.grants(caller.token.user_id, s.clock.now()).await {
-        Ok(grants) => {
-            grants.into_iter().find(|g| g.client_id == req.app.client_id).map(|g| g.scopes).unwrap_or_default()
-        }
+    let (held, held_end) = match s.control.grants(caller.token.user_id, s.clock.now()).await {
+        Ok(grants) => grants
+            .into_iter()
+            .find(|g| g.client_id == req.app.client_id)
+            .map(|g| (g.scopes, g.expires_at))
+            .unwrap_or_default(),
         Err(e) => return ApiError(e).into_response(),
     };
     let scopes = granted_scopes(&req.scopes, ticked.as_ref(), &held);
@@ -219,7 +223,7 @@ pub async fn authorize_decision(
             }
         },
     };
-    let expires_at = match grant_expiry(field("expires_in_days").as_deref(), s.clock.now()) {
+    let expires_at = match grant_expiry(field("expires_in_days").as_deref(), held_end, s.clock.now()) {
         Ok(at) => at,
         Err(e) => return ApiError(e).into_response(),
     };
@@ -243,6 +247,8 @@ pub async fn authorize_decision(
 pub struct LoginForm {
     username: String,
     password: String,
+    /// The form's token (`web::form_guard`).
+    csrf: Option<String>,
     #[serde(flatten)]
     request: AuthorizeParams,
 }
@@ -262,13 +268,19 @@ pub async fn login(
     let Ok(Form(form)) = form else {
         return ApiError(Error::invalid("the log-in form needs a username and a password")).into_response();
     };
+    if !form_holds(&s, &headers, form.csrf.as_deref()) {
+        return ApiError(Error::forbidden("the log-in form's token is missing or wrong; reload the page"))
+            .into_response();
+    }
     if let Err(e) = s.rate.check_ip(peer.ip()) {
         return ApiError(e).into_response();
     }
     let pairs = params_as_pairs(&form.request);
     let user = match s.control.log_in(&form.username, &form.password).await {
         Ok(u) => u,
-        Err(e) if e.code == ErrorCode::Unauthenticated => return pages::login(&borrowed(&pairs), true),
+        Err(e) if e.code == ErrorCode::Unauthenticated => {
+            return pages::login(&borrowed(&pairs), true, FormGuard::for_page(&s, &headers, "/oauth"))
+        }
         Err(e) => return ApiError(e).into_response(),
     };
     let now = s.clock.now();

@@ -141,10 +141,14 @@ pub fn granted_scopes(requested: &ScopeSet, ticked: Option<&ScopeSet>, held: &Sc
 /// The longest a grant may be set to last, in days (about ten years); past it, "until revoked".
 pub const MAX_GRANT_DAYS: u64 = 3650;
 
-/// When a grant the user set to last `days` ends: `None` (or empty) for "until I revoke it".
-pub fn grant_expiry(days: Option<&str>, now: u64) -> Result<Option<u64>, Error> {
+/// When a grant ends, from the consent's choice: `days` from now; empty for "until I revoke it";
+/// `keep` (the page's default when the app already holds a grant) or no choice at all for the
+/// end the app's grant already has (`held_end`, `None` for a new grant): asking for one more scope
+/// changes nothing the user did not touch.
+pub fn grant_expiry(days: Option<&str>, held_end: Option<u64>, now: u64) -> Result<Option<u64>, Error> {
     match days.map(str::trim) {
-        None | Some("") => Ok(None),
+        None | Some("keep") => Ok(held_end),
+        Some("") => Ok(None),
         Some(d) => match d.parse::<u64>() {
             Ok(n) if (1..=MAX_GRANT_DAYS).contains(&n) => Ok(Some(now + n * 86_400)),
             _ => Err(Error::invalid(format!(

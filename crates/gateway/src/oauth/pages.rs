@@ -3,7 +3,8 @@
 //! elsewhere.
 
 use super::ValidAuthorize;
-use crate::web::layout::{count, page, page_with};
+use crate::web::form_guard::FormGuard;
+use crate::web::layout::{count, page, page_with, when_ms};
 use axum::http::StatusCode;
 use axum::response::Response;
 use maud::{html, Markup};
@@ -19,19 +20,20 @@ pub fn error(message: &str) -> Response {
 }
 
 /// Asks the user to log in, then comes back to the same authorization request.
-pub fn login(request: &[(&str, &str)], failed: bool) -> Response {
+pub fn login(request: &[(&str, &str)], failed: bool, guard: FormGuard) -> Response {
     let body = html! {
         h1 { "Log in to selfcloud" }
         p { "An app wants access to your instance. Log in to review its request." }
         @if failed { p.error role="alert" { "Wrong username or password." } }
         form method="post" action="/oauth/login" {
+            (guard.field())
             (hidden(request))
             label { "Username" input type="text" name="username" autocomplete="username" required; }
             label { "Password" input type="password" name="password" autocomplete="current-password" required; }
             button type="submit" { "Log in" }
         }
     };
-    page(if failed { StatusCode::UNAUTHORIZED } else { StatusCode::OK }, "Log in", None, body)
+    guard.attach(page(if failed { StatusCode::UNAUTHORIZED } else { StatusCode::OK }, "Log in", None, body))
 }
 
 /// One scope in plain words; the assistant's with the budget it comes with.
@@ -52,6 +54,8 @@ pub struct ConsentView<'a> {
     pub token_ceiling: Option<u64>,
     /// What the app already holds (incremental authorization asks only for the rest).
     pub held: Vec<Scope>,
+    /// When the grant it holds ends by itself, if it does: kept unless the user chooses again.
+    pub held_end: Option<u64>,
 }
 
 /// Names the app, its redirect host and each scope in plain words; each new scope can be
@@ -87,6 +91,9 @@ pub fn consent(v: &ConsentView) -> Response {
             }
             label { "For how long"
                 select name="expires_in_days" {
+                    @if let Some(end) = v.held_end {
+                        option value="keep" selected { "Until " (when_ms(end.saturating_mul(1000))) ", as now" }
+                    }
                     option value="" { "Until I revoke it" }
                     option value="1" { "For 1 day" }
                     option value="7" { "For 7 days" }
@@ -97,7 +104,8 @@ pub fn consent(v: &ConsentView) -> Response {
             p { "You will be sent back to " strong { (host) } ". You can revoke this access at any time from your dashboard." }
             div.actions {
                 button type="submit" name="decision" value="allow" { "Allow" }
-                button.secondary type="submit" name="decision" value="deny" { "Deny" }
+                // Saying no needs no valid field.
+                button.secondary type="submit" name="decision" value="deny" formnovalidate { "Deny" }
             }
         }
     };

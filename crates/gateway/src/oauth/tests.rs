@@ -236,10 +236,15 @@ fn client_credentials_come_from_a_basic_header_and_must_match_the_client() {
 
 #[test]
 fn a_grant_lasts_the_days_chosen_or_until_revoked() {
-    assert_eq!(grant_expiry(None, 1_000).unwrap(), None);
-    assert_eq!(grant_expiry(Some(""), 1_000).unwrap(), None);
-    assert_eq!(grant_expiry(Some("30"), 1_000).unwrap(), Some(1_000 + 30 * 86_400));
+    assert_eq!(grant_expiry(None, None, 1_000).unwrap(), None);
+    assert_eq!(grant_expiry(Some(""), None, 1_000).unwrap(), None);
+    assert_eq!(grant_expiry(Some("30"), None, 1_000).unwrap(), Some(1_000 + 30 * 86_400));
+    // A grant the app holds keeps its end unless the user chose another, "until revoked" included.
+    assert_eq!(grant_expiry(None, Some(5_000), 1_000).unwrap(), Some(5_000));
+    assert_eq!(grant_expiry(Some("keep"), Some(5_000), 1_000).unwrap(), Some(5_000));
+    assert_eq!(grant_expiry(Some(""), Some(5_000), 1_000).unwrap(), None);
+    assert_eq!(grant_expiry(Some("1"), Some(5_000), 1_000).unwrap(), Some(1_000 + 86_400));
     for bad in ["0", "-1", "3651", "soon", "1.5"] {
-        assert!(grant_expiry(Some(bad), 1_000).is_err(), "{bad}");
+        assert!(grant_expiry(Some(bad), None, 1_000).is_err(), "{bad}");
     }
 }

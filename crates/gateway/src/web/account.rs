@@ -106,8 +106,10 @@ pub async fn export(State(s): State<Arc<AppState>>, Posted { session, .. }: Post
     let Ok(req) = Request::builder().method(Method::GET).uri("/v1/export").body(Body::empty()) else {
         return error_page(&Error::internal("building the export request"));
     };
-    match portability::export(State(s), session.caller, req).await {
-        Ok(resp) => resp,
+    let caller = session.caller.clone();
+    match portability::export(State(s.clone()), session.caller, req).await {
+        // Everything left the instance: the access log says so, as it does for the API's export.
+        Ok(resp) => super::recorded(&s, &caller, &Method::GET, "/v1/export", resp).await,
         Err(ApiError(e)) => error_page(&e),
     }
 }

@@ -23,6 +23,9 @@ pub fn described(scope: &str) -> String {
     scope.parse::<Scope>().map_or_else(|_| scope.to_owned(), |s| s.describe())
 }
 
+/// How many of the newest access-log entries the overview reads for each app's last use.
+const LAST_USE_WINDOW: u64 = 1000;
+
 pub async fn overview(State(s): State<Arc<AppState>>, session: WebSession) -> Response {
     let caller = session.caller.clone();
     let me = match accounts::me(State(s.clone()), caller.clone()).await {
@@ -46,9 +49,11 @@ pub async fn overview(State(s): State<Arc<AppState>>, session: WebSession) -> Re
         })
         .unwrap_or_default();
     s.audit.flush().await;
-    let last_used: HashMap<String, u64> = call_json(&s, &caller, Method::GET, "/v1/audit?limit=1000", None)
-        .await
-        .ok()
+    // Last use as the newest page of the access log shows it. When the log holds more than that
+    // page, an app not on it is "not used lately", not "never".
+    let recent = call_json(&s, &caller, Method::GET, &format!("/v1/audit?limit={LAST_USE_WINDOW}"), None).await.ok();
+    let whole_log_read = recent.as_ref().is_some_and(|page| page["next_before"].is_null());
+    let last_used: HashMap<String, u64> = recent
         .and_then(|page| serde_json::from_value::<Vec<AuditRecord>>(page["entries"].clone()).ok())
         .map(|entries| {
             let mut last = HashMap::new();
@@ -96,7 +101,8 @@ pub async fn overview(State(s): State<Arc<AppState>>, session: WebSession) -> Re
                         }
                         @match last_used.get(&g.id) {
                             Some(at) => { "Last used " (when_ms(*at)) ". " }
-                            None => { "Not used yet. " }
+                            None if whole_log_read => { "Not used yet. " }
+                            None => { "Not used in your last " (count(LAST_USE_WINDOW)) " requests. " }
                         }
                         @if g.scopes.iter().any(|sc| sc == "llm:chat" || sc == "llm:embed") {
                             (count(spent.get(&g.id).copied().unwrap_or(0))) " of " (count(g.tokens_per_day)) " assistant tokens used today."

@@ -13,6 +13,7 @@
 mod account;
 mod assistant;
 mod dashboard;
+pub mod form_guard;
 pub mod layout;
 pub mod session;
 mod sign_in;
@@ -125,21 +126,29 @@ pub(crate) async fn call_with(
     Ok(logged(s, caller, &method, uri, resp).await)
 }
 
-/// A change made from a page joins the access log, as the API's audit middleware writes it.
+/// A change made from a page joins the access log, as the API's audit middleware writes it. (The
+/// reads a page makes to show itself do not: the log would fill with its own views.)
 pub(crate) async fn logged(s: &AppState, caller: &Caller, method: &Method, uri: &str, resp: Response) -> Response {
-    if method != Method::GET {
-        let path = uri.split('?').next().unwrap_or(uri);
-        let entry = AuditEntry {
-            at_ms: s.clock.now_ms(),
-            actor: caller.actor(),
-            method: method.as_str().to_owned(),
-            path: crate::audit::capped(path, s.limits.audit_field_max),
-            scope: resp.extensions().get::<ScopeUsed>().map(|s| s.0.clone()),
-            status: resp.status().as_u16(),
-            request_id: None,
-        };
-        s.audit.record(caller.token.instance_id, entry).await;
+    if method == Method::GET {
+        return resp;
     }
+    recorded(s, caller, method, uri, resp).await
+}
+
+/// The call joins the access log whatever it is: a change, or a read worth knowing of (the
+/// export of everything).
+pub(crate) async fn recorded(s: &AppState, caller: &Caller, method: &Method, uri: &str, resp: Response) -> Response {
+    let path = uri.split('?').next().unwrap_or(uri);
+    let entry = AuditEntry {
+        at_ms: s.clock.now_ms(),
+        actor: caller.actor(),
+        method: method.as_str().to_owned(),
+        path: crate::audit::capped(path, s.limits.audit_field_max),
+        scope: resp.extensions().get::<ScopeUsed>().map(|s| s.0.clone()),
+        status: resp.status().as_u16(),
+        request_id: None,
+    };
+    s.audit.record(caller.token.instance_id, entry).await;
     resp
 }
 

@@ -1,11 +1,11 @@
 //! Signing up, logging in and out, and recovering an account with its code. Each form must come
-//! from this origin's own pages (a form posted from another site could log the victim's browser
-//! into the attacker's account), and each attempt counts against the address's rate limit.
+//! from this origin's own pages with its token (`form_guard`: a form posted from another site
+//! could log the victim's browser into the attacker's account), and each attempt counts against
+//! the address's rate limit.
 
+use super::form_guard::{form_holds, FormGuard};
 use super::layout::{csrf_field, error_page, page};
-use super::session::{
-    clear_cookies, from_our_pages, safe_next, session_cookies, with_cookies, Empty, Posted, WebSession,
-};
+use super::session::{clear_cookies, safe_next, session_cookies, with_cookies, Empty, Posted, WebSession};
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -38,11 +38,19 @@ pub struct Next {
     next: Option<String>,
 }
 
-fn signup_form(status: StatusCode, username: &str, problem: Option<&str>) -> Response {
+fn signup_form(
+    s: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    username: &str,
+    problem: Option<&str>,
+) -> Response {
+    let guard = FormGuard::for_page(s, headers, "/signup");
     let body = html! {
         h1 { "Create your instance" }
         @if let Some(p) = problem { p.error role="alert" { (p) } }
         form method="post" action="/signup" {
+            (guard.field())
             label { "Username" input type="text" name="username" value=(username) autocomplete="username"
                 required minlength="3" maxlength="32" pattern="[a-z0-9][a-z0-9_.\\-]{2,31}"
                 aria-describedby="username-help"; }
@@ -53,11 +61,11 @@ fn signup_form(status: StatusCode, username: &str, problem: Option<&str>) -> Res
         }
         p { "Already have one? " a href="/login" { "Log in" } }
     };
-    page(status, "Sign up", None, body)
+    guard.attach(page(status, "Sign up", None, body))
 }
 
-pub async fn signup_page() -> Response {
-    signup_form(StatusCode::OK, "", None)
+pub async fn signup_page(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    signup_form(&s, &headers, StatusCode::OK, "", None)
 }
 
 #[derive(Deserialize)]
@@ -65,6 +73,8 @@ pub struct SignupForm {
     username: String,
     password: String,
     password_again: String,
+    /// The form's token (a second one fails to read, as a duplicate field).
+    csrf: Option<String>,
 }
 
 /// The one page that shows a recovery code (sign-up, or a recovery spends the old one). The
@@ -107,20 +117,22 @@ pub async fn signup(
     headers: HeaderMap,
     form: Result<Form<SignupForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    if !from_our_pages(&s, &headers) {
+    let Ok(Form(f)) = form else {
+        return signup_form(&s, &headers, StatusCode::BAD_REQUEST, "", Some("Fill in every field."));
+    };
+    if !form_holds(&s, &headers, f.csrf.as_deref()) {
         return cross_site();
     }
-    let Ok(Form(f)) = form else { return signup_form(StatusCode::BAD_REQUEST, "", Some("Fill in every field.")) };
     if let Err(e) = s.rate.check_ip(peer.ip()) {
         return error_page(&e);
     }
     if f.password != f.password_again {
-        return signup_form(StatusCode::BAD_REQUEST, &f.username, Some("The two passwords differ."));
+        return signup_form(&s, &headers, StatusCode::BAD_REQUEST, &f.username, Some("The two passwords differ."));
     }
     let account = match s.control.sign_up(&f.username, &f.password, s.clock.now()).await {
         Ok(a) => a,
         Err(e) if e.code == ErrorCode::Internal => return error_page(&e),
-        Err(e) => return signup_form(e.status(), &f.username, Some(&e.message)),
+        Err(e) => return signup_form(&s, &headers, e.status(), &f.username, Some(&e.message)),
     };
     match start(&s, account.user_id).await {
         Ok((session, cookies)) => recovery_code_page(&session, &account.recovery_code, cookies),
@@ -140,11 +152,13 @@ pub async fn saved(Posted { form: f, .. }: Posted<SavedForm>) -> Response {
     Redirect::to("/me").into_response()
 }
 
-fn login_form(status: StatusCode, next: &str, problem: Option<&str>) -> Response {
+fn login_form(s: &AppState, headers: &HeaderMap, status: StatusCode, next: &str, problem: Option<&str>) -> Response {
+    let guard = FormGuard::for_page(s, headers, "/login");
     let body = html! {
         h1 { "Log in" }
         @if let Some(p) = problem { p.error role="alert" { (p) } }
         form method="post" action="/login" {
+            (guard.field())
             input type="hidden" name="next" value=(next);
             label { "Username" input type="text" name="username" autocomplete="username" required; }
             label { "Password" input type="password" name="password" autocomplete="current-password" required; }
@@ -152,11 +166,11 @@ fn login_form(status: StatusCode, next: &str, problem: Option<&str>) -> Response
         }
         p { a href="/signup" { "Create an instance" } " \u{b7} " a href="/recover" { "Forgot your password?" } }
     };
-    page(status, "Log in", None, body)
+    guard.attach(page(status, "Log in", None, body))
 }
 
-pub async fn login_page(Query(q): Query<Next>) -> Response {
-    login_form(StatusCode::OK, safe_next(q.next.as_deref()), None)
+pub async fn login_page(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<Next>) -> Response {
+    login_form(&s, &headers, StatusCode::OK, safe_next(q.next.as_deref()), None)
 }
 
 #[derive(Deserialize)]
@@ -164,6 +178,7 @@ pub struct LoginForm {
     username: String,
     password: String,
     next: Option<String>,
+    csrf: Option<String>,
 }
 
 pub async fn login(
@@ -172,10 +187,12 @@ pub async fn login(
     headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    if !from_our_pages(&s, &headers) {
+    let Ok(Form(f)) = form else {
+        return login_form(&s, &headers, StatusCode::BAD_REQUEST, "/me", Some("Fill in every field."));
+    };
+    if !form_holds(&s, &headers, f.csrf.as_deref()) {
         return cross_site();
     }
-    let Ok(Form(f)) = form else { return login_form(StatusCode::BAD_REQUEST, "/me", Some("Fill in every field.")) };
     let next = safe_next(f.next.as_deref());
     if let Err(e) = s.rate.check_ip(peer.ip()) {
         return error_page(&e);
@@ -183,11 +200,13 @@ pub async fn login(
     let user = match s.control.log_in(&f.username, &f.password).await {
         Ok(u) => u,
         Err(e) if e.code == ErrorCode::Unauthenticated => {
-            return login_form(StatusCode::UNAUTHORIZED, next, Some("Wrong username or password."))
+            return login_form(&s, &headers, StatusCode::UNAUTHORIZED, next, Some("Wrong username or password."))
         }
         Err(e) => return error_page(&e),
     };
-    // The browser's session before this log-in ends with it (it may be another account's).
+    // The browser's session before this log-in ends with it (it may be another account's). Over
+    // plain HTTP its cookie is scoped to `/oauth` and `/me` and does not come here; the new
+    // cookie replaces it in the browser, and the old session runs out (15 minutes) unheld.
     if let Some(old) = super::session::cookie(&headers, super::session::web_cookie_name(s.secure_cookies)) {
         let _ = s.control.revoke_token_by_hash(hash_token(old)).await;
     }
@@ -207,23 +226,31 @@ pub async fn logout(State(s): State<Arc<AppState>>, Posted { session, .. }: Post
     with_cookies(Redirect::to("/").into_response(), clear_cookies(s.secure_cookies))
 }
 
-fn recover_form(status: StatusCode, username: &str, problem: Option<&str>) -> Response {
+fn recover_form(
+    s: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    username: &str,
+    problem: Option<&str>,
+) -> Response {
+    let guard = FormGuard::for_page(s, headers, "/recover");
     let body: Markup = html! {
         h1 { "Recover your account" }
         p { "With the recovery code you saved at sign-up you can set a new password; your records stay readable." }
         @if let Some(p) = problem { p.error role="alert" { (p) } }
         form method="post" action="/recover" {
+            (guard.field())
             label { "Username" input type="text" name="username" value=(username) autocomplete="username" required; }
             label { "Recovery code" input type="text" name="recovery_code" autocomplete="off" spellcheck="false" required; }
             label { "New password" input type="password" name="new_password" autocomplete="new-password" required minlength="8"; }
             button type="submit" { "Set the new password" }
         }
     };
-    page(status, "Recover", None, body)
+    guard.attach(page(status, "Recover", None, body))
 }
 
-pub async fn recover_page() -> Response {
-    recover_form(StatusCode::OK, "", None)
+pub async fn recover_page(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    recover_form(&s, &headers, StatusCode::OK, "", None)
 }
 
 #[derive(Deserialize)]
@@ -231,6 +258,7 @@ pub struct RecoverForm {
     username: String,
     recovery_code: String,
     new_password: String,
+    csrf: Option<String>,
 }
 
 pub async fn recover(
@@ -239,17 +267,19 @@ pub async fn recover(
     headers: HeaderMap,
     form: Result<Form<RecoverForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
-    if !from_our_pages(&s, &headers) {
+    let Ok(Form(f)) = form else {
+        return recover_form(&s, &headers, StatusCode::BAD_REQUEST, "", Some("Fill in every field."));
+    };
+    if !form_holds(&s, &headers, f.csrf.as_deref()) {
         return cross_site();
     }
-    let Ok(Form(f)) = form else { return recover_form(StatusCode::BAD_REQUEST, "", Some("Fill in every field.")) };
     if let Err(e) = s.rate.check_ip(peer.ip()) {
         return error_page(&e);
     }
     let recovered = match s.control.recover(&f.username, &f.recovery_code, &f.new_password, s.clock.now()).await {
         Ok(r) => r,
         Err(e) if e.code == ErrorCode::Internal => return error_page(&e),
-        Err(e) => return recover_form(e.status(), &f.username, Some(&e.message)),
+        Err(e) => return recover_form(&s, &headers, e.status(), &f.username, Some(&e.message)),
     };
     // The recovery answers an API session; the browser gets a web session instead.
     let Some(info) = s.control.authenticate(&recovered.token, s.clock.now()) else {

@@ -86,6 +86,17 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    /// What a browser (`browser`, keeping cookies) gets opening `page`: the token of its form
+    /// (the `csrf` field; before a session, tied to the form cookie the page sets).
+    #[allow(dead_code)]
+    pub async fn form_token(&self, browser: &reqwest::Client, page: &str) -> String {
+        let html = browser.get(page).send().await.unwrap().text().await.unwrap();
+        let Some(rest) = html.split("name=\"csrf\" value=\"").nth(1) else {
+            panic!("no form token on {page}:\n{html}")
+        };
+        rest.split('"').next().unwrap().to_owned()
+    }
+
     /// Sends a request; returns status, headers and the body as JSON (Null if empty or not JSON).
     pub async fn call(
         &self,
@@ -158,6 +169,24 @@ impl Server {
         let (status, _, body) = self.call(Method::POST, "/v1/apps", Some(owner), Some(body)).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["client_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Notes, the example app, on its own loopback port, registered by a developer: its base
+    /// URL and client id.
+    #[allow(dead_code)]
+    pub async fn notes_app(&self) -> (String, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let dev = self.user("notes-developer").await;
+        let redirect = format!("{base}/callback");
+        let body = json!({"name": "Notes", "redirect_uris": [redirect], "scopes": selfcloud_example_notes::SCOPES});
+        let (status, _, app) = self.call(Method::POST, "/v1/apps", Some(&dev), Some(body)).await;
+        assert_eq!(status, StatusCode::CREATED, "{app}");
+        let client_id = app["client_id"].as_str().unwrap().to_owned();
+        let config =
+            AppConfig { base_url: self.base.parse().unwrap(), client_id: client_id.clone(), redirect_uri: redirect };
+        tokio::spawn(async move { axum::serve(listener, selfcloud_example_notes::router(config)).await });
+        (base, client_id)
     }
 
     pub fn app_config(&self, client_id: &str) -> AppConfig {

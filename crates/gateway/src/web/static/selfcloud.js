@@ -16,24 +16,29 @@ function appendTurn(parent, kind, text) {
   return div;
 }
 
-// Reads server-sent events from a fetch body, calling onEvent with each parsed `data:` object.
+// Reads server-sent events from a fetch body, calling onEvent with each parsed `data` object
+// (lines end in CRLF, LF or CR; a CR last in the buffer may be half of a CRLF, so it waits).
 async function readEvents(response, onEvent) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
+  const lineEnd = /\r\n|\n|\r(?!$)/;
   let buffered = "";
+  let data = [];
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
     buffered += decoder.decode(value, { stream: true });
     let end;
-    while ((end = buffered.indexOf("\n\n")) >= 0) {
-      const frame = buffered.slice(0, end);
-      buffered = buffered.slice(end + 2);
-      for (const line of frame.split("\n")) {
-        if (!line.startsWith("data: ")) continue;
-        const data = line.slice(6);
-        if (data === "[DONE]") return;
-        onEvent(JSON.parse(data));
+    while ((end = lineEnd.exec(buffered))) {
+      const line = buffered.slice(0, end.index);
+      buffered = buffered.slice(end.index + end[0].length);
+      if (line === "" && data.length) {
+        const event = data.join("\n");
+        data = [];
+        if (event === "[DONE]") return;
+        onEvent(JSON.parse(event));
+      } else if (line.startsWith("data:")) {
+        data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
       }
     }
   }

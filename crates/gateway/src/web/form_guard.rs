@@ -1,0 +1,68 @@
+//! The CSRF token of a form posted before any session exists: sign-up, log-in, recovery, and
+//! the consent flow's log-in. Without it, another site could post the attacker's credentials
+//! into a victim's browser and log it into the attacker's account (login CSRF), and the
+//! victim's records would go there.
+//!
+//! The page sets a random form cookie for the path its form posts to, and the form carries a
+//! token derived from that cookie, in the same way a session's CSRF token is derived from its
+//! session. Another site can neither read the cookie nor derive the token. This comes on top of
+//! the Origin check, for browsers that send no `Origin`.
+
+use super::session::{cookie, from_our_pages, with_cookies};
+use crate::oauth::{csrf_matches, csrf_token};
+use crate::state::AppState;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
+use maud::{html, Markup};
+use selfcloud_control::tokens::hash_token;
+
+/// Over HTTPS, `__Host-` (Secure, Path=/, this origin only). Over plain HTTP it is limited to
+/// the form's own path, as the session cookie is, since cookies ignore ports.
+fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Host-selfcloud_form"
+    } else {
+        "selfcloud_form"
+    }
+}
+
+/// A pre-session form's token, and the cookie it comes from when the page sets a new one.
+pub struct FormGuard {
+    token: String,
+    set_cookie: Option<HeaderValue>,
+}
+
+impl FormGuard {
+    /// The guard of a page whose form posts under `path` (`/login`, `/oauth`...). It reuses the
+    /// browser's form cookie there if it has one, so a form in another tab stays good; otherwise
+    /// it makes a new one.
+    pub fn for_page(s: &AppState, headers: &HeaderMap, path: &str) -> FormGuard {
+        let name = cookie_name(s.secure_cookies);
+        if let Some(value) = cookie(headers, name) {
+            return FormGuard { token: csrf_token(&hash_token(value)), set_cookie: None };
+        }
+        let value: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let (path, secure) = if s.secure_cookies { ("/", "; Secure") } else { (path, "") };
+        // A browser session's cookie: it ends when the browser closes, as a form left open would.
+        let line = format!("{name}={value}; Path={path}{secure}; HttpOnly; SameSite=Lax");
+        let set_cookie = HeaderValue::from_str(&line).expect("hex is a cookie value");
+        FormGuard { token: csrf_token(&hash_token(&value)), set_cookie: Some(set_cookie) }
+    }
+
+    /// The form's hidden field.
+    pub fn field(&self) -> Markup {
+        html! { input type="hidden" name="csrf" value=(self.token); }
+    }
+
+    /// The page, with the new cookie if one was made.
+    pub fn attach(self, page: Response) -> Response {
+        with_cookies(page, self.set_cookie.into_iter().collect())
+    }
+}
+
+/// Whether a pre-session form came from this origin's own pages: its `Origin`, and its `csrf`
+/// field (`sent`, given only when it came exactly once) matching the browser's form cookie.
+pub fn form_holds(s: &AppState, headers: &HeaderMap, sent: Option<&str>) -> bool {
+    from_our_pages(s, headers)
+        && cookie(headers, cookie_name(s.secure_cookies)).is_some_and(|value| csrf_matches(sent, &hash_token(value)))
+}
