@@ -55,12 +55,31 @@ async fn an_app_in_selfs_shape_connects_keeps_records_and_asks_for_more() {
     assert_eq!(grants["grants"].as_array().unwrap().len(), 1, "one grant, merged: {grants}");
     if model.is_some() {
         assert!(!session.ai().chat("Say hello").await.unwrap().is_empty());
-        let pieces: Vec<String> =
-            session.ai().chat_stream("Count to five").await.unwrap().map(|p| p.unwrap()).collect().await;
+        let mut stream = session.ai().chat_stream("Count to five").await.unwrap();
+        let mut pieces = Vec::new();
+        while let Some(piece) = stream.next().await {
+            pieces.push(piece.unwrap());
+        }
         assert!(pieces.len() > 1, "the answer streams: {pieces:?}");
     }
     // A callback that answers no connection this app started is refused.
     assert!(app.handle_callback(&format!("{REDIRECT}?code=x&state=forged")).await.is_err());
+}
+
+#[tokio::test]
+async fn a_connection_may_come_back_to_another_registered_redirect() {
+    let s = Server::start().await;
+    let dev = s.user("developer").await;
+    let other = "http://127.0.0.1:9/elsewhere";
+    let body = json!({"name": "Two doors", "redirect_uris": [REDIRECT, other], "scopes": ["storage:write"]});
+    let (status, _, registered) = s.call(reqwest::Method::POST, "/v1/apps", Some(&dev), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{registered}");
+    let app = App::new(registered["client_id"].as_str().unwrap(), &s.base, REDIRECT).unwrap();
+    let ada = s.user("ada").await;
+    let url = app.create_connection_url_to(&["storage:write"], other);
+    assert!(url.contains(&url::form_urlencoded::byte_serialize(other.as_bytes()).collect::<String>()), "{url}");
+    let session = consent(&s, &ada, &app, &url).await;
+    session.storage().set("k", &json!(1)).await.unwrap();
 }
 
 #[tokio::test]

@@ -162,7 +162,17 @@ async fn forms_before_a_session_want_the_token_of_their_page() {
             let cookies: Vec<_> = resp.headers().get_all("set-cookie").iter().collect();
             assert!(cookies.iter().all(|c| !c.to_str().unwrap().contains("selfcloud_web=scw_")), "{action}, {what}");
         }
+        // From this origin without its token, the form comes back, ready to send again.
+        let page = mine.post(s.url(action)).form(&fields).send().await.unwrap().text().await.unwrap();
+        assert!(page.contains("It is ready again") && page.contains("name=\"csrf\""), "{action}: {page}");
     }
+    // So a log-in left open across a browser restart (its form cookie gone) goes on the second try.
+    let restarted = browser();
+    let login = pairs(&[("username", "ada"), ("password", pw)]);
+    let page = restarted.post(s.url("/login")).form(&login).send().await.unwrap().text().await.unwrap();
+    let fresh = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap();
+    let again = restarted.post(s.url("/login")).form(&[login, pairs(&[("csrf", fresh)])].concat()).send().await;
+    assert_eq!(again.unwrap().status(), StatusCode::SEE_OTHER);
     // Nothing happened: no account made, Ada's password unchanged.
     let eve = json!({"username": "eve", "password": pw});
     assert_eq!(s.call(Method::POST, "/v1/sessions", None, Some(eve)).await.0, StatusCode::UNAUTHORIZED);

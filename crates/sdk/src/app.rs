@@ -59,7 +59,14 @@ impl App {
     /// `storage:read`, `storage:write:notes`...). Each call is one attempt, remembered until its
     /// callback.
     pub fn create_connection_url(&self, permissions: &[&str]) -> String {
-        let request = AuthorizationRequest::new(&self.config, permissions);
+        self.create_connection_url_to(permissions, &self.config.redirect_uri)
+    }
+
+    /// [`App::create_connection_url`], coming back to `redirect_url`: another of the app's
+    /// registered redirect URIs, for this connection only.
+    pub fn create_connection_url_to(&self, permissions: &[&str], redirect_url: &str) -> String {
+        let config = AppConfig { redirect_uri: redirect_url.into(), ..self.config.clone() };
+        let request = AuthorizationRequest::new(&config, permissions);
         let url = request.url().to_string();
         self.pending.lock().unwrap().insert(request.state().to_owned(), request);
         url
@@ -74,7 +81,7 @@ impl App {
         let request = state
             .and_then(|s| self.pending.lock().unwrap().remove(&s))
             .ok_or_else(|| Error::Protocol("the callback answers no connection this app started".into()))?;
-        let code = request.finish(&format!("{}?{query}", self.config.redirect_uri))?;
+        let code = request.finish(&format!("{}?{query}", request.config.redirect_uri))?;
         let mut client = Client::new(self.config.clone());
         if let Some(secret) = &self.client_secret {
             client = client.with_client_secret(secret.clone());
@@ -220,7 +227,10 @@ impl Ai<'_> {
     }
 
     /// The answer to `message` as it is written: each item is more text.
-    pub async fn chat_stream(&self, message: &str) -> Result<impl futures_util::Stream<Item = Result<String>>> {
+    pub async fn chat_stream(
+        &self,
+        message: &str,
+    ) -> Result<impl futures_util::Stream<Item = Result<String>> + Unpin + Send> {
         let body = json!({"messages": [{"role": "user", "content": message}], "stream": true});
         let url = self.client.config().resolve("/v1/llm/chat/completions")?;
         let response = self.client.send_authed(|http| http.post(url.clone()).json(&body)).await?;
@@ -228,7 +238,8 @@ impl Ai<'_> {
         // SSE framing (line ends, `data:` with or without its space, UTF-8 split across chunks)
         // is eventsource-stream's; each event is one OpenAI chunk or an error.
         let events = response.bytes_stream().eventsource();
-        Ok(events.filter_map(|event| async move {
+        // Pinned here, so a caller can `while let Some(t) = stream.next().await` as is.
+        Ok(Box::pin(events.filter_map(|event| async move {
             let data = match event {
                 Ok(event) if event.data == "[DONE]" => return None,
                 Ok(event) => event.data,
@@ -243,7 +254,7 @@ impl Ai<'_> {
             }
             let text = event["choices"][0]["delta"]["content"].as_str().filter(|t| !t.is_empty())?;
             Some(Ok(text.to_owned()))
-        }))
+        })))
     }
 }
 

@@ -6,7 +6,9 @@
 //! tokens; a real app would keep the refresh token in its database. What any OAuth client owes
 //! its users, it does: a connection finishes only in the browser that started it (the `state`
 //! is also in that browser's cookie, so nobody can hand a victim a callback that connects the
-//! victim's Notes to the attacker's instance), and its forms carry the visitor's token.
+//! victim's Notes to the attacker's instance), and its forms carry the visitor's token. On plain
+//! HTTP over loopback, as here, cookies are shared by every port of the host, so a program on
+//! another port could read or plant them; a deployed app has its own HTTPS origin.
 
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -181,8 +183,9 @@ async fn callback(
     (AppendHeaders([(header::SET_COOKIE, session), (header::SET_COOKIE, spent)]), Redirect::to("/")).into_response()
 }
 
-/// A form posted without its visitor's token (from another page, or another port of this host,
-/// which a `SameSite` cookie does not tell apart): refused.
+/// A form posted without its visitor's token (from another site's page, or another port of
+/// this host, which a `SameSite` cookie does not tell apart, and which cannot read this page
+/// for the token): refused.
 fn refused_form() -> Response {
     (StatusCode::FORBIDDEN, "this form was not sent from Notes' own page").into_response()
 }

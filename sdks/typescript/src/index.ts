@@ -104,7 +104,8 @@ export function appNamespace(appId: string): string {
   return `app-${hex.slice(0, 16)}`;
 }
 
-/** Where a pending connection's verifier waits for its callback (sessionStorage in a browser). */
+/** Where a pending connection waits for its callback (sessionStorage in a browser): under its
+ * `state`, one opaque string (its PKCE verifier and redirect URI) to hand back as it was. */
 export interface PendingStore {
   get(state: string): string | null | undefined | Promise<string | null | undefined>;
   set(state: string, value: string): void | Promise<void>;
@@ -139,6 +140,19 @@ export interface Tokens {
   refreshToken?: string;
   expiresIn: number;
   scope: string;
+}
+
+/** A pending connection as stored: JSON of its verifier and redirect URI, or (as SDK 0.1.0
+ * wrote it) the bare verifier, which came back to the app's own redirect URI. */
+function readPending(stored: string, appRedirect: string): { verifier: string; redirectUrl: string } {
+  if (!stored.startsWith("{")) return { verifier: stored, redirectUrl: appRedirect };
+  try {
+    const { verifier, redirectUrl } = JSON.parse(stored);
+    if (typeof verifier === "string" && typeof redirectUrl === "string") return { verifier, redirectUrl };
+  } catch {
+    // falls through to the error below
+  }
+  throw new SelfError("INVALID_REQUEST", "the pending connection's record is unreadable; connect again");
 }
 
 /** An app registered with a selfcloud server. */
@@ -187,7 +201,7 @@ export class App {
     const pending = state ? await this.pending.get(state) : undefined;
     if (!pending) throw new SelfError("INVALID_REQUEST", "the callback answers no connection this app started");
     await this.pending.delete(state);
-    const { verifier, redirectUrl } = JSON.parse(pending) as { verifier: string; redirectUrl: string };
+    const { verifier, redirectUrl } = readPending(pending, this.redirectUrl);
     // RFC 9207: the answer must come from this server.
     const iss = params.get("iss");
     if (iss !== null && iss !== this.server) throw new SelfError("INVALID_REQUEST", `the callback came from ${iss}, not ${this.server}`);
@@ -360,21 +374,25 @@ async function* events(response: Response): AsyncGenerator<any> {
   try {
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) return;
-      buffered += decoder.decode(value, { stream: true });
+      buffered += done ? decoder.decode() : decoder.decode(value, { stream: true });
+      // At the end, a last CR ends its line: it can no longer be half of a CRLF.
+      if (done && buffered.endsWith("\r")) buffered += "\n";
       let end: RegExpExecArray | null;
       while ((end = lineEnd.exec(buffered))) {
         const line = buffered.slice(0, end.index);
         buffered = buffered.slice(end.index + end[0].length);
-        if (line === "" && data.length) {
+        if (line.startsWith("data:")) {
+          data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
+        } else if (line === "") {
+          // A blank line ends an event; one with no data (or empty data) carries nothing of ours.
           const event = data.join("\n");
           data = [];
+          if (event === "") continue;
           if (event === "[DONE]") return;
           yield JSON.parse(event);
-        } else if (line.startsWith("data:")) {
-          data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
         }
       }
+      if (done) return; // an event without its blank line is not one
     }
   } finally {
     await reader.cancel().catch(() => undefined);

@@ -110,6 +110,20 @@ test("an app connects, keeps its records, asks for more, chats, and is revoked",
   await assert.rejects(more.refresh(), (e) => e instanceof SelfError && e.serverCode === "invalid_grant");
 });
 
+test("a connection may come back to another of the app's redirect URIs", async () => {
+  const dev = await user("two-doors");
+  const other = "http://127.0.0.1:9/elsewhere";
+  const registered = await call("POST", "/v1/apps", dev, { name: "Two doors", redirect_uris: [REDIRECT, other], scopes: ["storage:write"] });
+  assert.equal(registered.status, 201, JSON.stringify(registered.body));
+  const app = new App({ appId: registered.body.client_id, server: base, redirectUrl: REDIRECT });
+  const url = await app.createConnectionUrl({ permissions: ["storage:write"], redirectUrl: other });
+  assert.equal(new URL(url).searchParams.get("redirect_uri"), other);
+  const back = await consent(await user("guest"), url);
+  assert.ok(back.startsWith(`${other}?`), back);
+  const session = await app.handleCallback(back);
+  await session.storage.set("k", 1);
+});
+
 test("a callback this app did not start, or from another server, is refused", async () => {
   const app = new App({ appId: "app_0123456789abcdef0123456789abcdef", server: base, redirectUrl: REDIRECT });
   await assert.rejects(app.handleCallback(`${REDIRECT}?code=x&state=forged`), (e) => e.code === "INVALID_REQUEST");
@@ -168,6 +182,12 @@ test("a stream is read however its lines end, and leaving it early cancels it", 
   const text = [];
   for await (const piece of session.ai.chatStream({ message: "hi" })) text.push(piece);
   assert.deepEqual(text, ["Olá", " mundo"]);
+
+  // An empty event carries nothing; the last one ends in CR CR just as the stream closes.
+  answers.push(stream([new TextEncoder().encode(`data:\n\n${delta("last")}\r\r`)], false));
+  const tail = [];
+  for await (const piece of session.ai.chatStream({ message: "hi" })) tail.push(piece);
+  assert.deepEqual(tail, ["last"]);
 
   cancelled = 0;
   answers.push(stream([new TextEncoder().encode(`${delta("first")}\n\n`)], true));

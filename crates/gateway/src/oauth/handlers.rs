@@ -12,7 +12,7 @@ use super::{
 use crate::auth::{bearer, Caller};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::web::form_guard::{form_holds, FormGuard};
+use crate::web::form_guard::{check_form, FormCheck, FormGuard, STALE};
 use crate::web::session::{cookie, session_cookies, web_cookie_name, with_cookies};
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Query, State};
@@ -109,7 +109,7 @@ pub async fn authorize_page(
     };
     let pairs = params_as_pairs(&p);
     let Some((caller, _)) = page_session(&s, &headers) else {
-        return pages::login(&borrowed(&pairs), false, FormGuard::for_page(&s, &headers, "/oauth"));
+        return pages::login(&borrowed(&pairs), StatusCode::OK, None, FormGuard::for_page(&s, &headers, "/oauth"));
     };
     let username = match s.control.profile(caller.token.user_id).await {
         Ok(p) => p.username,
@@ -268,18 +268,27 @@ pub async fn login(
     let Ok(Form(form)) = form else {
         return ApiError(Error::invalid("the log-in form needs a username and a password")).into_response();
     };
-    if !form_holds(&s, &headers, form.csrf.as_deref()) {
-        return ApiError(Error::forbidden("the log-in form's token is missing or wrong; reload the page"))
-            .into_response();
+    let pairs = params_as_pairs(&form.request);
+    let guard = || FormGuard::for_page(&s, &headers, "/oauth");
+    match check_form(&s, &headers, form.csrf.as_deref()) {
+        FormCheck::Holds => {}
+        // From our origin (`refused_form` let it through), without this browser's token.
+        FormCheck::CrossSite | FormCheck::Stale => {
+            return pages::login(&borrowed(&pairs), StatusCode::FORBIDDEN, Some(STALE), guard())
+        }
     }
     if let Err(e) = s.rate.check_ip(peer.ip()) {
         return ApiError(e).into_response();
     }
-    let pairs = params_as_pairs(&form.request);
     let user = match s.control.log_in(&form.username, &form.password).await {
         Ok(u) => u,
         Err(e) if e.code == ErrorCode::Unauthenticated => {
-            return pages::login(&borrowed(&pairs), true, FormGuard::for_page(&s, &headers, "/oauth"))
+            return pages::login(
+                &borrowed(&pairs),
+                StatusCode::UNAUTHORIZED,
+                Some("Wrong username or password."),
+                guard(),
+            )
         }
         Err(e) => return ApiError(e).into_response(),
     };

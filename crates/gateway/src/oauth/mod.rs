@@ -142,12 +142,17 @@ pub fn granted_scopes(requested: &ScopeSet, ticked: Option<&ScopeSet>, held: &Sc
 pub const MAX_GRANT_DAYS: u64 = 3650;
 
 /// When a grant ends, from the consent's choice: `days` from now; empty for "until I revoke it";
-/// `keep` (the page's default when the app already holds a grant) or no choice at all for the
-/// end the app's grant already has (`held_end`, `None` for a new grant): asking for one more scope
-/// changes nothing the user did not touch.
+/// no choice at all for the end the app's grant already has (`held_end`, `None` for a new
+/// grant), so asking for one more scope changes nothing the user did not touch; `keep` (the
+/// page's first option when the grant it showed has an end) for that end, which must still be
+/// there: a grant that ended or was revoked while the page was open must not turn "keep" into
+/// "forever".
 pub fn grant_expiry(days: Option<&str>, held_end: Option<u64>, now: u64) -> Result<Option<u64>, Error> {
     match days.map(str::trim) {
-        None | Some("keep") => Ok(held_end),
+        None => Ok(held_end),
+        Some("keep") => held_end.map(Some).ok_or_else(|| {
+            Error::invalid("this app's access ended while you were deciding; choose how long it lasts again")
+        }),
         Some("") => Ok(None),
         Some(d) => match d.parse::<u64>() {
             Ok(n) if (1..=MAX_GRANT_DAYS).contains(&n) => Ok(Some(now + n * 86_400)),

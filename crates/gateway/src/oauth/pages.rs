@@ -20,11 +20,11 @@ pub fn error(message: &str) -> Response {
 }
 
 /// Asks the user to log in, then comes back to the same authorization request.
-pub fn login(request: &[(&str, &str)], failed: bool, guard: FormGuard) -> Response {
+pub fn login(request: &[(&str, &str)], status: StatusCode, problem: Option<&str>, guard: FormGuard) -> Response {
     let body = html! {
         h1 { "Log in to selfcloud" }
         p { "An app wants access to your instance. Log in to review its request." }
-        @if failed { p.error role="alert" { "Wrong username or password." } }
+        @if let Some(problem) = problem { p.error role="alert" { (problem) } }
         form method="post" action="/oauth/login" {
             (guard.field())
             (hidden(request))
@@ -33,7 +33,7 @@ pub fn login(request: &[(&str, &str)], failed: bool, guard: FormGuard) -> Respon
             button type="submit" { "Log in" }
         }
     };
-    guard.attach(page(if failed { StatusCode::UNAUTHORIZED } else { StatusCode::OK }, "Log in", None, body))
+    guard.attach(page(status, "Log in", None, body))
 }
 
 /// One scope in plain words; the assistant's with the budget it comes with.

@@ -244,6 +244,8 @@ fn a_grant_lasts_the_days_chosen_or_until_revoked() {
     assert_eq!(grant_expiry(Some("keep"), Some(5_000), 1_000).unwrap(), Some(5_000));
     assert_eq!(grant_expiry(Some(""), Some(5_000), 1_000).unwrap(), None);
     assert_eq!(grant_expiry(Some("1"), Some(5_000), 1_000).unwrap(), Some(1_000 + 86_400));
+    // "Keep" what is gone (the grant ended or was revoked while the page was open): refused.
+    assert!(grant_expiry(Some("keep"), None, 1_000).is_err());
     for bad in ["0", "-1", "3651", "soon", "1.5"] {
         assert!(grant_expiry(Some(bad), None, 1_000).is_err(), "{bad}");
     }

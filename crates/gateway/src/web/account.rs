@@ -108,9 +108,14 @@ pub async fn export(State(s): State<Arc<AppState>>, Posted { session, .. }: Post
     };
     let caller = session.caller.clone();
     match portability::export(State(s.clone()), session.caller, req).await {
-        // Everything left the instance: the access log says so, as it does for the API's export.
+        // Everything left the instance, or was asked for: the access log says so either way, as
+        // it does for the API's export.
         Ok(resp) => super::recorded(&s, &caller, &Method::GET, "/v1/export", resp).await,
-        Err(ApiError(e)) => error_page(&e),
+        Err(ApiError(e)) => {
+            let refused = ApiError(e.clone()).into_response();
+            super::recorded(&s, &caller, &Method::GET, "/v1/export", refused).await;
+            error_page(&e)
+        }
     }
 }
 

@@ -52,6 +52,8 @@ pub async fn overview(State(s): State<Arc<AppState>>, session: WebSession) -> Re
     // Last use as the newest page of the access log shows it. When the log holds more than that
     // page, an app not on it is "not used lately", not "never".
     let recent = call_json(&s, &caller, Method::GET, &format!("/v1/audit?limit={LAST_USE_WINDOW}"), None).await.ok();
+    // Unread (the log did not answer), nothing is said of last use.
+    let last_use_known = recent.is_some();
     let whole_log_read = recent.as_ref().is_some_and(|page| page["next_before"].is_null());
     let last_used: HashMap<String, u64> = recent
         .and_then(|page| serde_json::from_value::<Vec<AuditRecord>>(page["entries"].clone()).ok())
@@ -101,6 +103,7 @@ pub async fn overview(State(s): State<Arc<AppState>>, session: WebSession) -> Re
                         }
                         @match last_used.get(&g.id) {
                             Some(at) => { "Last used " (when_ms(*at)) ". " }
+                            None if !last_use_known => {}
                             None if whole_log_read => { "Not used yet. " }
                             None => { "Not used in your last " (count(LAST_USE_WINDOW)) " requests. " }
                         }

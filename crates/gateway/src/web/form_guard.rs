@@ -6,7 +6,9 @@
 //! The page sets a random form cookie for the path its form posts to, and the form carries a
 //! token derived from that cookie, in the same way a session's CSRF token is derived from its
 //! session. Another site can neither read the cookie nor derive the token. This comes on top of
-//! the Origin check, for browsers that send no `Origin`.
+//! the Origin check, for browsers that send no `Origin`. Over HTTPS the cookie is `__Host-`, so
+//! no other origin can plant one either. Over plain HTTP, a page on another port of the same host
+//! could plant one, since cookies ignore ports; there the Origin check is what holds.
 
 use super::session::{cookie, from_our_pages, with_cookies};
 use crate::oauth::{csrf_matches, csrf_token};
@@ -60,9 +62,30 @@ impl FormGuard {
     }
 }
 
-/// Whether a pre-session form came from this origin's own pages: its `Origin`, and its `csrf`
-/// field (`sent`, given only when it came exactly once) matching the browser's form cookie.
-pub fn form_holds(s: &AppState, headers: &HeaderMap, sent: Option<&str>) -> bool {
-    from_our_pages(s, headers)
-        && cookie(headers, cookie_name(s.secure_cookies)).is_some_and(|value| csrf_matches(sent, &hash_token(value)))
+/// What a pre-session form's checks found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FormCheck {
+    Holds,
+    /// Sent from another site: refused outright.
+    CrossSite,
+    /// From our own origin, but without the token of this browser's form cookie: a page left open
+    /// across a browser restart (the cookie ends with the browser) or a forgery. The form is shown
+    /// again, fresh, and nothing else happens.
+    Stale,
 }
+
+/// Checks a pre-session form: its `Origin`, then its `csrf` field (`sent`) against the browser's
+/// form cookie.
+pub fn check_form(s: &AppState, headers: &HeaderMap, sent: Option<&str>) -> FormCheck {
+    if !from_our_pages(s, headers) {
+        return FormCheck::CrossSite;
+    }
+    match cookie(headers, cookie_name(s.secure_cookies)) {
+        Some(value) if csrf_matches(sent, &hash_token(value)) => FormCheck::Holds,
+        _ => FormCheck::Stale,
+    }
+}
+
+/// What a stale form's page says above it.
+pub const STALE: &str =
+    "This form was too old to send, or not sent from this page. It is ready again: send it once more.";

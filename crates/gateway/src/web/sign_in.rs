@@ -3,7 +3,7 @@
 //! could log the victim's browser into the attacker's account), and each attempt counts against
 //! the address's rate limit.
 
-use super::form_guard::{form_holds, FormGuard};
+use super::form_guard::{check_form, FormCheck, FormGuard, STALE};
 use super::layout::{csrf_field, error_page, page};
 use super::session::{clear_cookies, safe_next, session_cookies, with_cookies, Empty, Posted, WebSession};
 use crate::state::AppState;
@@ -120,8 +120,10 @@ pub async fn signup(
     let Ok(Form(f)) = form else {
         return signup_form(&s, &headers, StatusCode::BAD_REQUEST, "", Some("Fill in every field."));
     };
-    if !form_holds(&s, &headers, f.csrf.as_deref()) {
-        return cross_site();
+    match check_form(&s, &headers, f.csrf.as_deref()) {
+        FormCheck::Holds => {}
+        FormCheck::CrossSite => return cross_site(),
+        FormCheck::Stale => return signup_form(&s, &headers, StatusCode::FORBIDDEN, &f.username, Some(STALE)),
     }
     if let Err(e) = s.rate.check_ip(peer.ip()) {
         return error_page(&e);
@@ -190,10 +192,12 @@ pub async fn login(
     let Ok(Form(f)) = form else {
         return login_form(&s, &headers, StatusCode::BAD_REQUEST, "/me", Some("Fill in every field."));
     };
-    if !form_holds(&s, &headers, f.csrf.as_deref()) {
-        return cross_site();
-    }
     let next = safe_next(f.next.as_deref());
+    match check_form(&s, &headers, f.csrf.as_deref()) {
+        FormCheck::Holds => {}
+        FormCheck::CrossSite => return cross_site(),
+        FormCheck::Stale => return login_form(&s, &headers, StatusCode::FORBIDDEN, next, Some(STALE)),
+    }
     if let Err(e) = s.rate.check_ip(peer.ip()) {
         return error_page(&e);
     }
@@ -270,8 +274,10 @@ pub async fn recover(
     let Ok(Form(f)) = form else {
         return recover_form(&s, &headers, StatusCode::BAD_REQUEST, "", Some("Fill in every field."));
     };
-    if !form_holds(&s, &headers, f.csrf.as_deref()) {
-        return cross_site();
+    match check_form(&s, &headers, f.csrf.as_deref()) {
+        FormCheck::Holds => {}
+        FormCheck::CrossSite => return cross_site(),
+        FormCheck::Stale => return recover_form(&s, &headers, StatusCode::FORBIDDEN, &f.username, Some(STALE)),
     }
     if let Err(e) = s.rate.check_ip(peer.ip()) {
         return error_page(&e);

@@ -26,21 +26,23 @@ async function readEvents(response, onEvent) {
   let data = [];
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return;
-    buffered += decoder.decode(value, { stream: true });
+    buffered += done ? decoder.decode() : decoder.decode(value, { stream: true });
+    if (done && buffered.endsWith("\r")) buffered += "\n"; // a last CR can no longer be half a CRLF
     let end;
     while ((end = lineEnd.exec(buffered))) {
       const line = buffered.slice(0, end.index);
       buffered = buffered.slice(end.index + end[0].length);
-      if (line === "" && data.length) {
+      if (line.startsWith("data:")) {
+        data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
+      } else if (line === "") {
         const event = data.join("\n");
         data = [];
+        if (event === "") continue;
         if (event === "[DONE]") return;
         onEvent(JSON.parse(event));
-      } else if (line.startsWith("data:")) {
-        data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
       }
     }
+    if (done) return;
   }
 }
 
