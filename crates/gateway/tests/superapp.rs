@@ -166,6 +166,15 @@ async fn forms_before_a_session_want_the_token_of_their_page() {
         let page = mine.post(s.url(action)).form(&fields).send().await.unwrap().text().await.unwrap();
         assert!(page.contains("It is ready again") && page.contains("name=\"csrf\""), "{action}: {page}");
     }
+    // A form cookie this server did not make (planted, garbled, the right length but not hex) is
+    // replaced, not trusted.
+    for planted in ["x".to_owned(), "0000".to_owned(), "z".repeat(64)] {
+        let resp =
+            s.http.get(s.url("/login")).header("cookie", format!("selfcloud_form={planted}")).send().await.unwrap();
+        let set = resp.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let value = set.strip_prefix("selfcloud_form=").and_then(|v| v.split(';').next()).unwrap_or_default();
+        assert!(value.len() == 64 && value != planted.as_str(), "{planted:?}: {set}");
+    }
     // So a log-in left open across a browser restart (its form cookie gone) goes on the second try.
     let restarted = browser();
     let login = pairs(&[("username", "ada"), ("password", pw)]);

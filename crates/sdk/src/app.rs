@@ -20,13 +20,41 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// An app registered with a selfcloud server.
 pub struct App {
     config: AppConfig,
     client_secret: Option<String>,
     /// Connection requests on their way, by `state`: the callback must match one.
-    pending: Mutex<HashMap<String, AuthorizationRequest>>,
+    pending: Mutex<Pending>,
+}
+
+/// How long a started connection waits for its callback: a person reading a consent page.
+const PENDING_FOR: Duration = Duration::from_secs(3600);
+/// How many started connections are kept at once. Each visitor who opens the connection URL
+/// and never comes back leaves one; past this, the oldest goes.
+const PENDING_MAX: usize = 4096;
+
+/// Connections started and not yet back, bounded in time and number.
+#[derive(Default)]
+struct Pending(HashMap<String, (Instant, AuthorizationRequest)>);
+
+impl Pending {
+    fn insert(&mut self, request: AuthorizationRequest, now: Instant) {
+        self.0.retain(|_, (at, _)| now.duration_since(*at) < PENDING_FOR);
+        if self.0.len() >= PENDING_MAX {
+            let oldest = self.0.iter().min_by_key(|(_, (at, _))| *at).map(|(state, _)| state.clone());
+            if let Some(oldest) = oldest {
+                self.0.remove(&oldest);
+            }
+        }
+        self.0.insert(request.state().to_owned(), (now, request));
+    }
+
+    fn take(&mut self, state: &str, now: Instant) -> Option<AuthorizationRequest> {
+        self.0.remove(state).filter(|(at, _)| now.duration_since(*at) < PENDING_FOR).map(|(_, r)| r)
+    }
 }
 
 /// The collections an app owns in each user's store, as the server derives them from its client
@@ -68,7 +96,7 @@ impl App {
         let config = AppConfig { redirect_uri: redirect_url.into(), ..self.config.clone() };
         let request = AuthorizationRequest::new(&config, permissions);
         let url = request.url().to_string();
-        self.pending.lock().unwrap().insert(request.state().to_owned(), request);
+        self.pending.lock().unwrap().insert(request, Instant::now());
         url
     }
 
@@ -79,7 +107,7 @@ impl App {
         let state =
             url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "state").map(|(_, v)| v.into_owned());
         let request = state
-            .and_then(|s| self.pending.lock().unwrap().remove(&s))
+            .and_then(|s| self.pending.lock().unwrap().take(&s, Instant::now()))
             .ok_or_else(|| Error::Protocol("the callback answers no connection this app started".into()))?;
         let code = request.finish(&format!("{}?{query}", request.config.redirect_uri))?;
         let mut client = Client::new(self.config.clone());
@@ -288,6 +316,31 @@ impl AppStorage<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn started_connections_are_bounded_in_time_and_number() {
+        let config = AppConfig {
+            base_url: "http://127.0.0.1:8420".parse().unwrap(),
+            client_id: "app_0123456789abcdef0123456789abcdef".into(),
+            redirect_uri: "http://127.0.0.1:9/cb".into(),
+        };
+        let t0 = Instant::now();
+        let mut pending = Pending::default();
+        let first = AuthorizationRequest::new(&config, &["storage:read"]);
+        let first_state = first.state().to_owned();
+        pending.insert(first, t0);
+        for i in 1..=PENDING_MAX {
+            pending.insert(AuthorizationRequest::new(&config, &["storage:read"]), t0 + Duration::from_millis(i as u64));
+        }
+        assert_eq!(pending.0.len(), PENDING_MAX);
+        assert!(pending.take(&first_state, t0).is_none(), "the oldest made room");
+        let late = AuthorizationRequest::new(&config, &["storage:read"]);
+        let late_state = late.state().to_owned();
+        let hour_on = t0 + PENDING_FOR + Duration::from_secs(10);
+        pending.insert(late, hour_on);
+        assert_eq!(pending.0.len(), 1, "an hour on, only the new one waits");
+        assert!(pending.take(&late_state, hour_on + PENDING_FOR).is_none(), "expired");
+    }
 
     #[test]
     fn permissions_read_in_self_words_and_ours() {

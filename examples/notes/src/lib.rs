@@ -2,8 +2,9 @@
 //! registered like any app, and reaches a user's instance only through the SDK, with the
 //! scopes the user allowed. It asks for `storage:read:notes storage:write:notes llm:chat`.
 //!
-//! Its state is a map from its own session cookie to the SDK client holding that visitor's
-//! tokens; a real app would keep the refresh token in its database. What any OAuth client owes
+//! It is built on the SDK's `App` (the connection URL, the callback) and `Session`. Its state is a
+//! map from its own session cookie to that visitor's session; a real app would keep the refresh
+//! token in its database. What any OAuth client owes
 //! its users, it does: a connection finishes only in the browser that started it (the `state`
 //! is also in that browser's cookie, so nobody can hand a victim a callback that connects the
 //! victim's Notes to the attacker's instance), and its forms carry the visitor's token. On plain
@@ -16,7 +17,7 @@ use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use maud::{html, Markup, DOCTYPE};
-use selfcloud_sdk::{AppConfig, AuthorizationRequest, Client, Error, Method};
+use selfcloud_sdk::{AppConfig, Error, Method, Session};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
@@ -28,29 +29,25 @@ const COOKIE: &str = "notes_session";
 /// The `state` of the connection this browser started, for the callback to match.
 const CONNECTING: &str = "notes_connecting";
 
-/// A connected visitor: their selfcloud tokens (in the SDK client) and their forms' token.
+/// A connected visitor: their selfcloud session and their forms' token.
 struct Visitor {
-    client: Arc<Client>,
+    session: Arc<Session>,
     csrf: String,
-}
-
-#[derive(Default)]
-struct Visitors {
-    /// Authorization requests on their way, by `state`.
-    pending: HashMap<String, AuthorizationRequest>,
-    /// Connected visitors, by session id.
-    connected: HashMap<String, Visitor>,
 }
 
 #[derive(Clone)]
 struct App {
-    config: AppConfig,
-    visitors: Arc<Mutex<Visitors>>,
+    /// The SDK's app: it keeps the connections on their way (bounded) and checks each callback.
+    sdk: Arc<selfcloud_sdk::App>,
+    /// Connected visitors, by session id.
+    visitors: Arc<Mutex<HashMap<String, Visitor>>>,
 }
 
 /// The app's routes, for the selfcloud at `config.base_url`.
 pub fn router(config: AppConfig) -> Router {
-    let app = App { config, visitors: Arc::default() };
+    let sdk = selfcloud_sdk::App::new(&config.client_id, config.base_url.as_str(), &config.redirect_uri)
+        .expect("an AppConfig's base URL is a URL");
+    let app = App { sdk: Arc::new(sdk), visitors: Arc::default() };
     Router::new()
         .route("/", get(home))
         .route("/connect", get(connect))
@@ -86,15 +83,15 @@ fn random_id() -> String {
 }
 
 impl App {
-    /// The connected visitor's client and form token.
-    fn visitor(&self, headers: &HeaderMap) -> Option<(Arc<Client>, String)> {
+    /// The connected visitor's session and form token.
+    fn visitor(&self, headers: &HeaderMap) -> Option<(Arc<Session>, String)> {
         let id = cookie(headers, COOKIE)?;
-        self.visitors.lock().unwrap().connected.get(&id).map(|v| (v.client.clone(), v.csrf.clone()))
+        self.visitors.lock().unwrap().get(&id).map(|v| (v.session.clone(), v.csrf.clone()))
     }
 
-    /// The visitor's client, for a form that carried their token.
-    fn posted(&self, headers: &HeaderMap, csrf: &str) -> Option<Arc<Client>> {
-        self.visitor(headers).filter(|(_, token)| token == csrf).map(|(client, _)| client)
+    /// The visitor's session, for a form that carried their token.
+    fn posted(&self, headers: &HeaderMap, csrf: &str) -> Option<Arc<Session>> {
+        self.visitor(headers).filter(|(_, token)| token == csrf).map(|(session, _)| session)
     }
 }
 
@@ -113,7 +110,7 @@ fn refusal(e: &Error) -> String {
 }
 
 async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
-    let Some((client, csrf)) = app.visitor(&headers) else {
+    let Some((session, csrf)) = app.visitor(&headers) else {
         return page(
             "Connect",
             html! {
@@ -122,7 +119,7 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
             },
         );
     };
-    let listed = client.storage().list("notes", None, Some(100), None).await;
+    let listed = session.client().storage().list("notes", None, Some(100), None).await;
     page(
         "Your notes",
         html! {
@@ -144,12 +141,16 @@ async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
 }
 
 async fn connect(State(app): State<App>) -> Response {
-    let request = AuthorizationRequest::new(&app.config, &SCOPES);
-    let url = request.url().to_string();
-    let state = request.state().to_owned();
-    app.visitors.lock().unwrap().pending.insert(state.clone(), request);
+    let url = app.sdk.create_connection_url(&SCOPES);
+    let state = state_of(&url).unwrap_or_default();
     let cookie = format!("{CONNECTING}={state}; Path=/callback; HttpOnly; SameSite=Lax; Max-Age=600");
     ([(header::SET_COOKIE, cookie)], Redirect::to(&url)).into_response()
+}
+
+/// The `state` a connection URL carries.
+fn state_of(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "state").map(|(_, v)| v.into_owned())
 }
 
 #[derive(Deserialize)]
@@ -164,20 +165,16 @@ async fn callback(
     uri: axum::http::Uri,
 ) -> Response {
     // Only the browser that started this connection may finish it.
-    let started_here = q.state.is_some() && q.state == cookie(&headers, CONNECTING);
-    let request = q.state.filter(|_| started_here).and_then(|s| app.visitors.lock().unwrap().pending.remove(&s));
-    let Some(request) = request else { return (StatusCode::BAD_REQUEST, "unknown or spent state").into_response() };
-    let location = format!("{}?{}", app.config.redirect_uri, uri.query().unwrap_or_default());
-    let code = match request.finish(&location) {
-        Ok(code) => code,
+    if q.state.is_none() || q.state != cookie(&headers, CONNECTING) {
+        return (StatusCode::BAD_REQUEST, "this browser did not start that connection").into_response();
+    }
+    let session = match app.sdk.handle_callback(uri.query().unwrap_or_default()).await {
+        Ok(session) => session,
+        Err(e @ Error::Api { .. }) => return page("Not connected", html! { p #error { (refusal(&e)) } }),
         Err(e) => return page("Not connected", html! { p #error { "Not connected: " (e.to_string()) } }),
     };
-    let client = Client::new(app.config.clone());
-    if let Err(e) = client.exchange_code(&request, &code).await {
-        return page("Not connected", html! { p #error { (refusal(&e)) } });
-    }
     let id = random_id();
-    app.visitors.lock().unwrap().connected.insert(id.clone(), Visitor { client: Arc::new(client), csrf: random_id() });
+    app.visitors.lock().unwrap().insert(id.clone(), Visitor { session: Arc::new(session), csrf: random_id() });
     let session = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax");
     let spent = format!("{CONNECTING}=; Path=/callback; HttpOnly; SameSite=Lax; Max-Age=0");
     (AppendHeaders([(header::SET_COOKIE, session), (header::SET_COOKIE, spent)]), Redirect::to("/")).into_response()
@@ -197,17 +194,17 @@ struct NewNote {
 }
 
 async fn add_note(State(app): State<App>, headers: HeaderMap, Form(note): Form<NewNote>) -> Response {
-    let Some(client) = app.posted(&headers, &note.csrf) else { return refused_form() };
+    let Some(session) = app.posted(&headers, &note.csrf) else { return refused_form() };
     let key = format!("{:x}", rand::random::<u64>());
-    match client.storage().put("notes", &key, &json!({"text": note.text})).await {
+    match session.client().storage().put("notes", &key, &json!({"text": note.text})).await {
         Ok(_) => Redirect::to("/").into_response(),
         Err(e) => page("Not saved", html! { p #error { (refusal(&e)) } p { a href="/" { "Back" } } }),
     }
 }
 
 async fn summarize(State(app): State<App>, headers: HeaderMap, Form(form): Form<Posted>) -> Response {
-    let Some(client) = app.posted(&headers, &form.csrf) else { return refused_form() };
-    let notes = match client.storage().list("notes", None, Some(100), None).await {
+    let Some(session) = app.posted(&headers, &form.csrf) else { return refused_form() };
+    let notes = match session.client().storage().list("notes", None, Some(100), None).await {
         Ok(p) => p.records.iter().filter_map(|r| r.value["text"].as_str().map(str::to_owned)).collect::<Vec<_>>(),
         Err(e) => return page("No summary", html! { p #error { (refusal(&e)) } }),
     };
@@ -215,7 +212,7 @@ async fn summarize(State(app): State<App>, headers: HeaderMap, Form(form): Form<
         {"role": "system", "content": "Summarize the user's notes in one short sentence."},
         {"role": "user", "content": notes.join("\n")},
     ], "max_tokens": 48});
-    match client.send_json(Method::POST, "/v1/llm/chat/completions", Some(&ask)).await {
+    match session.client().send_json(Method::POST, "/v1/llm/chat/completions", Some(&ask)).await {
         Ok(answer) => page(
             "Summary",
             html! {

@@ -112,14 +112,23 @@ export interface PendingStore {
   delete(state: string): void | Promise<void>;
 }
 
+/** How many started connections the in-memory store keeps at once. */
+export const PENDING_MAX = 4096;
+
 function defaultStore(): PendingStore {
   const storage = (globalThis as { sessionStorage?: Storage }).sessionStorage;
   if (storage) {
     const key = (s: string) => `selfcloud.pending.${s}`;
     return { get: (s) => storage.getItem(key(s)), set: (s, v) => storage.setItem(key(s), v), delete: (s) => storage.removeItem(key(s)) };
   }
+  // In memory (a server-side app): bounded, since each visitor who never comes back leaves one;
+  // past the bound the oldest goes (a Map keeps insertion order).
   const map = new Map<string, string>();
-  return { get: (s) => map.get(s), set: (s, v) => void map.set(s, v), delete: (s) => void map.delete(s) };
+  const set = (s: string, v: string) => {
+    if (map.size >= PENDING_MAX) map.delete(map.keys().next().value as string);
+    map.set(s, v);
+  };
+  return { get: (s) => map.get(s), set, delete: (s) => void map.delete(s) };
 }
 
 export interface AppOptions {
@@ -142,10 +151,8 @@ export interface Tokens {
   scope: string;
 }
 
-/** A pending connection as stored: JSON of its verifier and redirect URI, or (as SDK 0.1.0
- * wrote it) the bare verifier, which came back to the app's own redirect URI. */
-function readPending(stored: string, appRedirect: string): { verifier: string; redirectUrl: string } {
-  if (!stored.startsWith("{")) return { verifier: stored, redirectUrl: appRedirect };
+/** A pending connection as stored: JSON of its verifier and redirect URI. */
+function readPending(stored: string): { verifier: string; redirectUrl: string } {
   try {
     const { verifier, redirectUrl } = JSON.parse(stored);
     if (typeof verifier === "string" && typeof redirectUrl === "string") return { verifier, redirectUrl };
@@ -201,7 +208,7 @@ export class App {
     const pending = state ? await this.pending.get(state) : undefined;
     if (!pending) throw new SelfError("INVALID_REQUEST", "the callback answers no connection this app started");
     await this.pending.delete(state);
-    const { verifier, redirectUrl } = readPending(pending, this.redirectUrl);
+    const { verifier, redirectUrl } = readPending(pending);
     // RFC 9207: the answer must come from this server.
     const iss = params.get("iss");
     if (iss !== null && iss !== this.server) throw new SelfError("INVALID_REQUEST", `the callback came from ${iss}, not ${this.server}`);

@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { App, Session, SelfError, appNamespace, covers } from "../dist/src/index.js";
+import { App, PENDING_MAX, Session, SelfError, appNamespace, covers } from "../dist/src/index.js";
 
 const bin = process.env.SELFCLOUD_TEST_BIN;
 const model = process.env.SELFCLOUD_TEST_MODEL;
@@ -209,4 +209,17 @@ test("a held scope covers a wanted one by the server's rule", () => {
   assert.ok(covers("storage:read:app-*", own) && covers(own, "storage:read:app-0123456789abcdef-x"));
   assert.ok(!covers("storage:write:*", "storage:read:notes") && !covers("storage:read:notes", "storage:read:notes*"));
   assert.ok(covers("llm:chat", "llm:chat") && !covers("llm:chat", "llm:embed"));
+});
+
+// A server-side app keeps its started connections in memory: each visitor who never comes back
+// leaves one, so they are bounded and the oldest goes first.
+test("started connections in memory are bounded, the oldest going first", async () => {
+  const app = new App({ appId: "app_0123456789abcdef0123456789abcdef", server: "http://127.0.0.1:9", redirectUrl: REDIRECT });
+  const stateOf = (url) => new URL(url).searchParams.get("state");
+  const first = stateOf(await app.createConnectionUrl({ permissions: ["storage:read"] }));
+  const second = stateOf(await app.createConnectionUrl({ permissions: ["storage:read"] }));
+  for (let i = 2; i <= PENDING_MAX; i++) await app.createConnectionUrl({ permissions: ["storage:read"] });
+  await assert.rejects(app.handleCallback(`?code=x&state=${first}`), /no connection this app started/);
+  // The second is still waiting: its callback gets as far as the token endpoint (nothing listens there).
+  await assert.rejects(app.handleCallback(`?code=x&state=${second}`), (e) => !/no connection this app started/.test(e.message));
 });

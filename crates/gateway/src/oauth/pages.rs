@@ -21,19 +21,20 @@ pub fn error(message: &str) -> Response {
 
 /// Asks the user to log in, then comes back to the same authorization request.
 pub fn login(request: &[(&str, &str)], status: StatusCode, problem: Option<&str>, guard: FormGuard) -> Response {
-    let body = html! {
-        h1 { "Log in to selfcloud" }
-        p { "An app wants access to your instance. Log in to review its request." }
-        @if let Some(problem) = problem { p.error role="alert" { (problem) } }
-        form method="post" action="/oauth/login" {
-            (guard.field())
-            (hidden(request))
-            label { "Username" input type="text" name="username" autocomplete="username" required; }
-            label { "Password" input type="password" name="password" autocomplete="current-password" required; }
-            button type="submit" { "Log in" }
+    guard.page(status, "Log in", |token| {
+        html! {
+            h1 { "Log in to selfcloud" }
+            p { "An app wants access to your instance. Log in to review its request." }
+            @if let Some(problem) = problem { p.error role="alert" { (problem) } }
+            form method="post" action="/oauth/login" {
+                (token)
+                (hidden(request))
+                label { "Username" input type="text" name="username" autocomplete="username" required; }
+                label { "Password" input type="password" name="password" autocomplete="current-password" required; }
+                button type="submit" { "Log in" }
+            }
         }
-    };
-    guard.attach(page(status, "Log in", None, body))
+    })
 }
 
 /// One scope in plain words; the assistant's with the budget it comes with.

@@ -10,10 +10,11 @@
 //! no other origin can plant one either. Over plain HTTP, a page on another port of the same host
 //! could plant one, since cookies ignore ports; there the Origin check is what holds.
 
+use super::layout;
 use super::session::{cookie, from_our_pages, with_cookies};
 use crate::oauth::{csrf_matches, csrf_token};
 use crate::state::AppState;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use maud::{html, Markup};
 use selfcloud_control::tokens::hash_token;
@@ -40,7 +41,7 @@ impl FormGuard {
     /// it makes a new one.
     pub fn for_page(s: &AppState, headers: &HeaderMap, path: &str) -> FormGuard {
         let name = cookie_name(s.secure_cookies);
-        if let Some(value) = cookie(headers, name) {
+        if let Some(value) = cookie(headers, name).filter(|v| is_form_cookie(v)) {
             return FormGuard { token: csrf_token(&hash_token(value)), set_cookie: None };
         }
         let value: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
@@ -51,15 +52,18 @@ impl FormGuard {
         FormGuard { token: csrf_token(&hash_token(&value)), set_cookie: Some(set_cookie) }
     }
 
-    /// The form's hidden field.
-    pub fn field(&self) -> Markup {
-        html! { input type="hidden" name="csrf" value=(self.token); }
+    /// The page of the form: `body` is given the form's hidden token field to put in it, and the
+    /// page sets the cookie that token comes from when it is new.
+    pub fn page(self, status: StatusCode, title: &str, body: impl FnOnce(Markup) -> Markup) -> Response {
+        let field = html! { input type="hidden" name="csrf" value=(self.token); };
+        with_cookies(layout::page(status, title, None, body(field)), self.set_cookie.into_iter().collect())
     }
+}
 
-    /// The page, with the new cookie if one was made.
-    pub fn attach(self, page: Response) -> Response {
-        with_cookies(page, self.set_cookie.into_iter().collect())
-    }
+/// A form cookie as this module makes them (32 random bytes in hex). Anything else a browser
+/// sends under that name, planted or garbled, is replaced rather than trusted.
+fn is_form_cookie(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// What a pre-session form's checks found.

@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use maud::{html, Markup};
+use maud::html;
 use selfcloud_control::tokens::hash_token;
 use selfcloud_control::TokenKind;
 use selfcloud_core::{Error, ErrorCode, UserId};
@@ -45,12 +45,11 @@ fn signup_form(
     username: &str,
     problem: Option<&str>,
 ) -> Response {
-    let guard = FormGuard::for_page(s, headers, "/signup");
-    let body = html! {
+    FormGuard::for_page(s, headers, "/signup").page(status, "Sign up", |token| html! {
         h1 { "Create your instance" }
         @if let Some(p) = problem { p.error role="alert" { (p) } }
         form method="post" action="/signup" {
-            (guard.field())
+            (token)
             label { "Username" input type="text" name="username" value=(username) autocomplete="username"
                 required minlength="3" maxlength="32" pattern="[a-z0-9][a-z0-9_.\\-]{2,31}"
                 aria-describedby="username-help"; }
@@ -60,8 +59,7 @@ fn signup_form(
             button type="submit" { "Create my instance" }
         }
         p { "Already have one? " a href="/login" { "Log in" } }
-    };
-    guard.attach(page(status, "Sign up", None, body))
+    })
 }
 
 pub async fn signup_page(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -155,20 +153,20 @@ pub async fn saved(Posted { form: f, .. }: Posted<SavedForm>) -> Response {
 }
 
 fn login_form(s: &AppState, headers: &HeaderMap, status: StatusCode, next: &str, problem: Option<&str>) -> Response {
-    let guard = FormGuard::for_page(s, headers, "/login");
-    let body = html! {
-        h1 { "Log in" }
-        @if let Some(p) = problem { p.error role="alert" { (p) } }
-        form method="post" action="/login" {
-            (guard.field())
-            input type="hidden" name="next" value=(next);
-            label { "Username" input type="text" name="username" autocomplete="username" required; }
-            label { "Password" input type="password" name="password" autocomplete="current-password" required; }
-            button type="submit" { "Log in" }
+    FormGuard::for_page(s, headers, "/login").page(status, "Log in", |token| {
+        html! {
+            h1 { "Log in" }
+            @if let Some(p) = problem { p.error role="alert" { (p) } }
+            form method="post" action="/login" {
+                (token)
+                input type="hidden" name="next" value=(next);
+                label { "Username" input type="text" name="username" autocomplete="username" required; }
+                label { "Password" input type="password" name="password" autocomplete="current-password" required; }
+                button type="submit" { "Log in" }
+            }
+            p { a href="/signup" { "Create an instance" } " \u{b7} " a href="/recover" { "Forgot your password?" } }
         }
-        p { a href="/signup" { "Create an instance" } " \u{b7} " a href="/recover" { "Forgot your password?" } }
-    };
-    guard.attach(page(status, "Log in", None, body))
+    })
 }
 
 pub async fn login_page(State(s): State<Arc<AppState>>, headers: HeaderMap, Query(q): Query<Next>) -> Response {
@@ -237,20 +235,18 @@ fn recover_form(
     username: &str,
     problem: Option<&str>,
 ) -> Response {
-    let guard = FormGuard::for_page(s, headers, "/recover");
-    let body: Markup = html! {
+    FormGuard::for_page(s, headers, "/recover").page(status, "Recover", |token| html! {
         h1 { "Recover your account" }
         p { "With the recovery code you saved at sign-up you can set a new password; your records stay readable." }
         @if let Some(p) = problem { p.error role="alert" { (p) } }
         form method="post" action="/recover" {
-            (guard.field())
+            (token)
             label { "Username" input type="text" name="username" value=(username) autocomplete="username" required; }
             label { "Recovery code" input type="text" name="recovery_code" autocomplete="off" spellcheck="false" required; }
             label { "New password" input type="password" name="new_password" autocomplete="new-password" required minlength="8"; }
             button type="submit" { "Set the new password" }
         }
-    };
-    guard.attach(page(status, "Recover", None, body))
+    })
 }
 
 pub async fn recover_page(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response {

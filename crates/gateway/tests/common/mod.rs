@@ -171,6 +171,16 @@ impl Server {
         body["client_id"].as_str().unwrap().to_owned()
     }
 
+    /// A form posted to the token endpoint as a client would: its status and RFC 6749 answer,
+    /// which is never cached.
+    #[allow(dead_code)]
+    pub async fn token_form(&self, form: &[(&str, &str)]) -> (StatusCode, Value) {
+        let resp = self.http.post(self.url("/oauth/token")).form(form).send().await.unwrap();
+        let status = resp.status();
+        assert_eq!(resp.headers()["cache-control"], "no-store");
+        (status, resp.json().await.unwrap())
+    }
+
     /// Notes, the example app, on its own loopback port, registered by a developer: its base
     /// URL and client id.
     #[allow(dead_code)]
