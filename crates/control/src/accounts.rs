@@ -231,7 +231,8 @@ impl Control {
             let grant = row.grant.map(|(grant_id, client_id, app_name)| GrantRef { grant_id, client_id, app_name });
             let scopes = ScopeSet::parse(&row.scopes).unwrap_or_default();
             let info =
-                TokenInfo::new(kind, row.user_id, row.instance_id, grant, scopes, row.expires_at, row.credential_epoch);
+                TokenInfo::new(kind, row.user_id, row.instance_id, grant, scopes, row.expires_at, row.credential_epoch)
+                    .in_family(row.family);
             self.tokens.insert(row.hash, info);
         }
         Ok(())

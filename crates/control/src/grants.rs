@@ -3,7 +3,7 @@
 //! them in as a function, which runs inside the registry transaction that spends the code or
 //! refresh token, so a check and the write it allows are one step.
 
-use crate::registry::{AppRow, FamilyPlan, GrantRow, GrantTerms, Issued, NewCodeRow, Redeemed, Registry};
+use crate::registry::{AppRow, Ended, FamilyPlan, GrantRow, GrantTerms, Issued, NewCodeRow, Redeemed, Registry};
 use crate::tokens::{hash_token, new_token, GrantRef, TokenInfo, TokenKind};
 use crate::Control;
 use selfcloud_core::{AppId, Error, GrantId, Result, ScopeSet, UserId};
@@ -95,6 +95,7 @@ pub enum TokenOutcome<E> {
     /// No such code or refresh token (or its grant is gone).
     Unknown,
     Refused(E),
+    /// A replay: the sign-in (token family) it came from is ended.
     Revoked(E),
     /// The grant was revoked (or its account deleted) before the tokens could be issued.
     GrantEnded,
@@ -209,6 +210,11 @@ impl Control {
         Ok(app_token_budget(own, ceiling))
     }
 
+    /// The LLM tokens a day the owner's own calls may spend on `instance`: its tier's setting.
+    pub fn owner_token_budget(&self, instance: selfcloud_core::InstanceId) -> u64 {
+        self.config.limits.tier(self.tier_of(instance)).llm_owner_tokens_per_day
+    }
+
     fn family_plan(&self, now: u64) -> (FamilyPlan, String, String) {
         let (access, refresh) = (new_token(TokenKind::Access), new_token(TokenKind::Refresh));
         let ttls = self.config.ttls;
@@ -259,17 +265,36 @@ impl Control {
             Redeemed::Unknown => TokenOutcome::Unknown,
             Redeemed::GrantEnded => TokenOutcome::GrantEnded,
             Redeemed::Refused(reason) => TokenOutcome::Refused(reason),
-            Redeemed::Revoked { grant, reason } => {
-                tracing::warn!(grant = %grant, "replayed credential: the grant and its tokens are revoked");
-                self.tokens.remove_grant(grant, now);
+            Redeemed::Revoked { grant, ended, reason } => {
+                match ended {
+                    Ended::Family { family, removed } => {
+                        tracing::warn!(grant = %grant, "replayed credential: its sign-in's tokens are revoked");
+                        self.tokens.remove_family(&family, &removed, now);
+                    }
+                    Ended::Grant => {
+                        tracing::warn!(grant = %grant, "replayed credential of no family: the grant is revoked");
+                        self.tokens.remove_grant(grant, now);
+                    }
+                }
                 TokenOutcome::Revoked(reason)
             }
-            Redeemed::Issued(Issued { user, instance, grant, app, app_name, scopes, removed, access_expires_at }) => {
+            Redeemed::Issued(Issued {
+                user,
+                instance,
+                grant,
+                app,
+                app_name,
+                scopes,
+                family,
+                removed,
+                access_expires_at,
+            }) => {
                 let expires_at = access_expires_at;
                 self.tokens.remove(&removed);
                 let grant = GrantRef { grant_id: grant, client_id: app, app_name };
                 let info =
-                    TokenInfo::new(TokenKind::Access, user, instance, Some(grant), scopes.clone(), expires_at, 0);
+                    TokenInfo::new(TokenKind::Access, user, instance, Some(grant), scopes.clone(), expires_at, 0)
+                        .in_family(Some(family));
                 // A revocation that committed after this issue has fenced the grant: the token is
                 // refused here, and the refresh token was deleted with the grant.
                 self.tokens.insert(hash_token(&access), info);
@@ -304,8 +329,9 @@ impl Control {
         if client.is_some_and(|c| c != row.app_id) {
             return Ok(());
         }
+        let family = row.family.clone();
         let removed = self.blocking(move |r| r.end_family(&row.family)).await?;
-        self.tokens.remove(&removed);
+        self.tokens.remove_family(&family, &removed, now);
         Ok(())
     }
 }
@@ -316,6 +342,17 @@ pub fn app_token_budget(own: Option<u64>, tier_ceiling: u64) -> u64 {
     own.map_or(tier_ceiling, |b| b.min(tier_ceiling))
 }
 
+/// A budget the user sets is at most the tier's ceiling: more could never be spent, and storing
+/// it would overstate what the app may do. The refusal names the ceiling.
+pub fn check_token_budget(budget: Option<u64>, tier_ceiling: u64) -> Result<()> {
+    match budget {
+        Some(b) if b > tier_ceiling => Err(Error::invalid(format!(
+            "token_budget is {b}; this tier's ceiling is {tier_ceiling} tokens a day, the most a budget may be"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn new_code() -> String {
     // Codes share the token generator (256 random bits); the prefix tells them apart.
     new_token(TokenKind::Access).replacen("sca_", "scc_", 1)
@@ -323,7 +360,15 @@ fn new_code() -> String {
 
 #[cfg(test)]
 mod budget_tests {
-    use super::app_token_budget;
+    use super::{app_token_budget, check_token_budget};
+
+    #[test]
+    fn a_budget_above_the_ceiling_is_refused_naming_it() {
+        assert!(check_token_budget(Some(20_000), 20_000).is_ok() && check_token_budget(None, 0).is_ok());
+        let e = check_token_budget(Some(20_001), 20_000).unwrap_err();
+        assert_eq!(e.code, selfcloud_core::ErrorCode::InvalidRequest);
+        assert!(e.message.contains("20000 tokens a day"), "{}", e.message);
+    }
 
     #[test]
     fn the_smaller_budget_applies() {

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const INSTANCES_DIR: &str = "instances";
-pub(crate) const KEY_FILE: &str = "keys.json";
 const NODE_KEY_FILE: &str = "node.key";
 
 /// Where an instance lives: `<home>/instances/<2 hex>/<id>/`. The id is a parsed [`InstanceId`]
@@ -228,11 +227,14 @@ impl Control {
             recovery_wrapped: keys::wrap(&recovery.derive(&recovery_salt), keys::RECOVERY_PURPOSE, data_key)?,
             recovery_salt: recovery_salt.to_vec(),
         };
-        file.write(&instance_dir(&self.config.home, id).join(KEY_FILE))
+        crate::keystore::create(&self.config.home, id, &file)
     }
 
-    /// Removes a directory left by a provisioning that did not complete.
+    /// Removes the directory and key file left by a provisioning that did not complete.
     pub(crate) fn discard_dir(&self, id: InstanceId) {
+        if let Err(e) = crate::keystore::shred_all(&self.config.home, id) {
+            tracing::warn!(instance = %id, error = %e, "could not remove an abandoned key file");
+        }
         let dir = instance_dir(&self.config.home, id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(instance = %id, error = %e, "could not remove an abandoned instance directory");
@@ -292,19 +294,24 @@ impl Control {
     async fn wake(&self, id: InstanceId) -> Result<Box<dyn Awake>> {
         let (registry, home, seal) =
             (self.registry.clone(), self.config.home.clone(), self.node_key.instance_seal_key(id));
-        let (dir, key) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let host_ids = match &self.config.runtime {
+            crate::RuntimeConfig::Process(p) => p.host_ids,
+            crate::RuntimeConfig::Inproc => None,
+        };
+        let (dir, key, host_id) = tokio::task::spawn_blocking(move || -> Result<_> {
             // A deleted instance's key is shredded, but never rely on that alone.
             if registry.instance_deleted(id)? {
                 return Err(Error::not_found("instance not found"));
             }
-            let dir = instance_dir(&home, id);
-            let file = InstanceKeyFile::read(&dir.join(KEY_FILE))?;
-            Ok((dir, keys::unwrap(&seal, keys::SEAL_PURPOSE, &file.sealed)?))
+            let host_id = host_ids.map(|r| registry.host_id(id, r.first, r.count)).transpose()?;
+            // The sealed wrap is the same in a staged change's file: the current one will do.
+            let file = crate::keystore::read(&home, id)?;
+            Ok((instance_dir(&home, id), keys::unwrap(&seal, keys::SEAL_PURPOSE, &file.sealed)?, host_id))
         })
         .await
         .map_err(Error::internal)??;
         let resources = self.config.limits.resources.of(self.tier_of(id));
-        self.runtime.wake(WakeSpec { dir, settings: self.settings(id), resources }, key).await
+        self.runtime.wake(WakeSpec { dir, settings: self.settings(id), resources, host_id }, key).await
     }
 
     /// Past the cap on awake instances, the least recently used idle ones go to sleep.

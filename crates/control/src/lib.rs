@@ -1,14 +1,16 @@
 //! The control plane: who the users are, which instance is theirs, which apps they granted what,
 //! and the lifecycle of instances (provision, open, keep a bounded set open).
 //!
-//! Control reads no instance contents: it hands the gateway an [`Instance`](selfcloud_instance::Instance) handle and the
-//! gateway talks to that. Every method that depends on time takes `now` (Unix seconds) so tests
+//! Control reads no instance contents: it hands the gateway an
+//! [`InstanceClient`](selfcloud_instance::InstanceClient) (waking the instance first) and the gateway
+//! talks to that. Every method that depends on time takes `now` (Unix seconds) so tests
 //! control the clock.
 
 mod accounts;
 mod grants;
 mod instances;
 pub mod keys;
+pub mod keystore;
 mod lifecycle;
 mod recovery;
 mod registry;
@@ -19,7 +21,8 @@ mod verify;
 
 pub use accounts::{Account, Profile};
 pub use grants::{
-    app_token_budget, App, AppTokens, CodeGrant, Consent, Grant, NewApp, RefreshGrant, TokenOutcome, Verdict,
+    app_token_budget, check_token_budget, App, AppTokens, CodeGrant, Consent, Grant, NewApp, RefreshGrant,
+    TokenOutcome, Verdict,
 };
 pub use instances::{instance_dir, restart_backoff, RunState, RunStatus, RuntimeSummary, INSTANCES_DIR};
 pub use lifecycle::Recovered;
@@ -119,8 +122,11 @@ impl Control {
         // token hashes), the node key and every instance.
         selfcloud_durable::create_private_dir(home)?;
         selfcloud_durable::create_private_dir(&home.join(INSTANCES_DIR))?;
+        selfcloud_durable::create_private_dir(&home.join(keystore::KEYS_DIR))?;
         let node_key = instances::load_or_create_node_key(home)?;
         let registry = Arc::new(Registry::open(&home.join("control.db"))?);
+        // Before any instance wakes: no key file stays where an instance can see it.
+        keystore::migrate(home, |id| instance_dir(home, id), &registry.instance_ids()?)?;
         let tiers = parking_lot::RwLock::new(registry.instance_tiers()?);
         let operator_token_hash = tiers::load_or_create_operator_token(home)?;
         let runtime: Box<dyn runtime::Runtime> = match &config.runtime {

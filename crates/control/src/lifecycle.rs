@@ -3,18 +3,17 @@
 //! rewritten; deletion destroys the key first, which makes whatever is left on disk unreadable.
 
 use crate::accounts::validate_password;
-use crate::instances::{instance_dir, KEY_FILE};
+use crate::instances::instance_dir;
 use crate::keys::{self, random_salt, InstanceKeyFile, PasswordKeys};
+use crate::keystore;
 use crate::recovery::RecoveryCode;
 use crate::registry::{UserRow, DELETED};
 use crate::tokens::TokenKind;
 use crate::Control;
-use rand::RngCore;
-use selfcloud_core::{Error, InstanceId, Result, UserId};
-use selfcloud_durable::{io_err, sync_dir};
+use selfcloud_core::{Error, Result, UserId};
+use selfcloud_durable::io_err;
 use selfcloud_instance::DataKey;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -45,24 +44,6 @@ impl Drop for AccountChange {
     }
 }
 
-/// Overwrites a file with random bytes, flushes them to disk, then unlinks it, so the wraps of a
-/// data key do not linger in freed blocks (as far as the file system writes in place). A file
-/// already gone is done: a deletion interrupted by a crash can be run again.
-fn shred(path: &Path) -> Result<()> {
-    let mut f = match std::fs::OpenOptions::new().write(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("open", path, e)),
-    };
-    let len = f.metadata().map_err(|e| io_err("stat", path, e))?.len();
-    let mut noise = vec![0u8; usize::try_from(len).unwrap_or(0).max(1)];
-    rand::rngs::OsRng.fill_bytes(&mut noise);
-    f.write_all(&noise).and_then(|_| f.sync_all()).map_err(|e| io_err("overwrite", path, e))?;
-    drop(f);
-    std::fs::remove_file(path).map_err(|e| io_err("unlink", path, e))?;
-    sync_dir(path.parent().expect("files live in a directory"))
-}
-
 /// Removes a stopped instance's directory (already gone is fine: a deletion asked again).
 fn remove_dir(dir: &Path) -> Result<()> {
     match std::fs::remove_dir_all(dir) {
@@ -80,12 +61,10 @@ impl Control {
         Ok(AccountChange { control: self.clone(), user })
     }
 
-    fn key_file_path(&self, id: InstanceId) -> PathBuf {
-        instance_dir(&self.config.home, id).join(KEY_FILE)
-    }
-
-    fn read_key_file(&self, id: InstanceId) -> Result<InstanceKeyFile> {
-        InstanceKeyFile::read(&self.key_file_path(id))
+    /// The user's key file, with a change a crash or an error left half done settled first (see
+    /// `keystore`). Under the account's change guard.
+    fn read_key_file(&self, u: &UserRow) -> Result<InstanceKeyFile> {
+        keystore::reconcile(&self.config.home, u.instance_id, &u.salt)
     }
 
     /// The user, if `password` is theirs. Blocking (one KDF).
@@ -117,7 +96,7 @@ impl Control {
             let _slot = slot;
             let this = &change.control;
             let (u, keys) = this.check_password(user, &old)?;
-            let mut file = this.read_key_file(u.instance_id)?;
+            let mut file = this.read_key_file(&u)?;
             let data_key = if file.salt == u.salt {
                 keys::unwrap(keys.kek(), keys::PASSWORD_PURPOSE, &file.password_wrapped)?
             } else {
@@ -144,7 +123,7 @@ impl Control {
             let _slot = slot;
             let u = this.registry.user_by_name(&username)?.filter(|u| u.state != DELETED).ok_or_else(failed)?;
             let _change = this.begin_account_change(u.id)?;
-            let mut file = this.read_key_file(u.instance_id)?;
+            let mut file = this.read_key_file(&u)?;
             let kek = code.derive(&file.recovery_salt);
             let data_key = keys::unwrap(&kek, keys::RECOVERY_PURPOSE, &file.recovery_wrapped).map_err(|_| failed())?;
             let next = RecoveryCode::generate();
@@ -159,10 +138,10 @@ impl Control {
     /// Re-wraps `data_key` under a new password (and, given one, a new recovery code), stores the
     /// new verifier, ends every owner session and starts one. Blocking.
     ///
-    /// The registry is written before the key file. A crash between the two leaves the new
-    /// password logging in over a key file still wrapped for the old one (the next change
-    /// re-wraps it from the sealed key) and, in a recovery, the old code still valid: a code is
-    /// only spent once its successor is on disk.
+    /// One step that wholly happens or not at all: the new key file is staged first, the
+    /// registry's new verifier commits it, and only then does it replace the current file (see
+    /// `keystore`). Any failure before the commit leaves the old password and the old recovery
+    /// code working; a crash after it is completed by the next read of the key file.
     fn set_password(
         &self,
         u: &UserRow,
@@ -182,9 +161,23 @@ impl Control {
             file.recovery_salt = recovery_salt.to_vec();
         }
         file.version = keys::KEY_FILE_VERSION;
-        let epoch = self.registry.set_password(u.id, &kdf, &salt, &keys.verifier_hash())?;
+        let home = &self.config.home;
+        if let Err(e) = keystore::stage(home, u.instance_id, file) {
+            let _ = keystore::discard_staged(home, u.instance_id);
+            return Err(e);
+        }
+        let epoch = match self.registry.set_password(u.id, &kdf, &salt, &keys.verifier_hash()) {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                let _ = keystore::discard_staged(home, u.instance_id);
+                return Err(e);
+            }
+        };
         self.tokens.remove_sessions_of(u.id, epoch, now);
-        file.write(&self.key_file_path(u.instance_id))?;
+        // Committed. Were the promotion to fail, the next read of the file completes it
+        // (`reconcile`), keeping the recovery code the owner holds: this answer, with the new
+        // one, does not go out.
+        keystore::promote(home, u.instance_id)?;
         self.start_session(TokenKind::Session, &UserRow { credential_epoch: epoch, ..u.clone() }, now)
     }
 
@@ -206,10 +199,8 @@ impl Control {
         // The key first: from here on no wake can open the instance. Then the instance stops
         // (calls under way finish; a wake that read the key before the shred is stopped too),
         // and only then are its files removed.
-        let key_file = dir.join(KEY_FILE);
-        tokio::task::spawn_blocking(move || shred(&key_file).and_then(|_| shred(&key_file.with_extension("tmp"))))
-            .await
-            .map_err(Error::internal)??;
+        let home = self.config.home.clone();
+        tokio::task::spawn_blocking(move || keystore::shred_all(&home, id)).await.map_err(Error::internal)??;
         self.stop_instance(id).await;
         tokio::task::spawn_blocking(move || remove_dir(&dir)).await.map_err(Error::internal)??;
         let revoked = self.blocking(move |r| r.tombstone(user, now)).await?;
@@ -243,7 +234,7 @@ mod tests {
         let (_home, c) = control().await;
         let account = c.sign_up("ada", "correct horse battery", 1_000).await.unwrap();
         let id = account.instance_id;
-        let file = c.read_key_file(id).unwrap();
+        let file = keystore::read(c.config.home.as_path(), id).unwrap();
         assert_eq!(file.version, keys::KEY_FILE_VERSION);
         let sealed = keys::unwrap(&c.node_key.instance_seal_key(id), keys::SEAL_PURPOSE, &file.sealed).unwrap();
         let unwrap_with = |file: &InstanceKeyFile, code: &str| {
@@ -256,7 +247,7 @@ mod tests {
 
         // A recovery re-wraps the same key under a new code; the old code opens nothing now.
         let r = c.recover("ada", &account.recovery_code.to_lowercase(), "a new password", 1_001).await.unwrap();
-        let file = c.read_key_file(id).unwrap();
+        let file = keystore::read(c.config.home.as_path(), id).unwrap();
         assert_eq!(unwrap_with(&file, &r.recovery_code).unwrap().as_bytes(), sealed.as_bytes());
         assert!(unwrap_with(&file, &account.recovery_code).is_err());
         let again = c.recover("ada", &account.recovery_code, "another password", 1_002).await.unwrap_err();
@@ -267,9 +258,9 @@ mod tests {
     async fn a_password_change_rewraps_the_same_key_without_touching_the_seal() {
         let (_home, c) = control().await;
         let account = c.sign_up("ada", "correct horse battery", 1_000).await.unwrap();
-        let before = c.read_key_file(account.instance_id).unwrap();
+        let before = keystore::read(c.config.home.as_path(), account.instance_id).unwrap();
         c.change_password(account.user_id, "correct horse battery", "a new password", 1_001).await.unwrap();
-        let after = c.read_key_file(account.instance_id).unwrap();
+        let after = keystore::read(c.config.home.as_path(), account.instance_id).unwrap();
         assert_eq!(after.sealed, before.sealed);
         assert_ne!(after.salt, before.salt);
         let keys = PasswordKeys::derive("a new password", &after.salt, after.kdf).unwrap();
@@ -282,13 +273,43 @@ mod tests {
         assert!(c.log_in("ada", "a new password").await.is_ok());
     }
 
-    #[test]
-    fn shredding_overwrites_then_unlinks_and_tolerates_absence() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys.json");
-        std::fs::write(&path, b"secret").unwrap();
-        shred(&path).unwrap();
-        assert!(!path.exists());
-        shred(&path).unwrap();
+    /// Something in the way of the change's file (here a directory at its temporary name):
+    /// the change fails before anything is committed, and the old password and the old recovery
+    /// code both still work. Then, once it is out of the way, the change goes through.
+    #[tokio::test]
+    async fn a_change_that_cannot_write_its_key_file_changes_nothing() {
+        let (home, c) = control().await;
+        let account = c.sign_up("ada", "correct horse battery", 1_000).await.unwrap();
+        let id = account.instance_id;
+        let blocker = keystore::staged_path(home.path(), id).with_extension("tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        assert!(c.change_password(account.user_id, "correct horse battery", "a new password", 1_001).await.is_err());
+        assert!(c.recover("ada", &account.recovery_code, "a new password", 1_002).await.is_err());
+        assert!(c.log_in("ada", "a new password").await.is_err());
+        assert!(c.log_in("ada", "correct horse battery").await.is_ok(), "the old password works");
+        std::fs::remove_dir(&blocker).unwrap();
+        let r = c.recover("ada", &account.recovery_code, "a new password", 1_003).await.unwrap();
+        assert!(c.log_in("ada", "a new password").await.is_ok(), "the old code was still good");
+        assert!(c.recover("ada", &account.recovery_code, "a third password", 1_004).await.is_err(), "now spent");
+        assert!(c.recover("ada", &r.recovery_code, "a third password", 1_005).await.is_ok());
+    }
+
+    /// A crash between the registry's commit and the key file's promotion, in a recovery: the
+    /// new password holds, and so does the code the owner still has (the answer with the new
+    /// one never went out).
+    #[tokio::test]
+    async fn a_committed_recovery_left_staged_keeps_the_code_its_owner_holds() {
+        let (home, c) = control().await;
+        let account = c.sign_up("ada", "correct horse battery", 1_000).await.unwrap();
+        let id = account.instance_id;
+        let current = keystore::key_file_path(home.path(), id);
+        let before = std::fs::read(&current).unwrap();
+        c.recover("ada", &account.recovery_code, "a new password", 1_001).await.unwrap();
+        std::fs::rename(&current, keystore::staged_path(home.path(), id)).unwrap();
+        std::fs::write(&current, before).unwrap();
+        assert!(c.log_in("ada", "a new password").await.is_ok());
+        c.recover("ada", &account.recovery_code, "a third password", 1_002).await.unwrap();
+        assert!(c.log_in("ada", "a third password").await.is_ok());
+        assert!(!keystore::staged_path(home.path(), id).exists());
     }
 }

@@ -10,11 +10,12 @@ use std::path::Path;
 
 mod apps;
 mod grants;
+mod host_ids;
 mod lifecycle;
 mod oauth;
 pub use grants::{GrantRow, GrantTerms};
 pub use lifecycle::DELETED;
-pub use oauth::{AppRow, CodeRow, FamilyPlan, Issued, NewCodeRow, Redeemed, RefreshRow, Verdict};
+pub use oauth::{AppRow, CodeRow, Ended, FamilyPlan, Issued, NewCodeRow, Redeemed, RefreshRow, Verdict};
 
 const MIGRATIONS: &[&str] = &[
     "
@@ -113,6 +114,17 @@ const MIGRATIONS: &[&str] = &[
     "
     -- When the grant ends by itself (Unix seconds; NULL: when the user revokes it).
     ALTER TABLE grants ADD COLUMN expires_at INTEGER;
+    ",
+    "
+    -- The host uid each instance's root runs as when the server runs as root: one per instance.
+    CREATE TABLE host_ids (
+        instance_id TEXT PRIMARY KEY,
+        uid         INTEGER NOT NULL UNIQUE
+    ) WITHOUT ROWID;
+    ",
+    "
+    -- The token family a code's exchange started: a replay of the code ends that family alone.
+    ALTER TABLE codes ADD COLUMN family TEXT;
     ",
 ];
 

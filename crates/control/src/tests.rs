@@ -163,13 +163,15 @@ async fn a_grant_keeps_a_bounded_number_of_sign_ins_and_a_refresh_supersedes_its
         current = next;
     }
     // The oldest spent tokens are forgotten (presenting one is refused, nothing more); a recent
-    // one is still recognised as a replay and revokes the grant.
+    // one is still recognised as a replay and ends its family, not the grant's other sign-ins.
     let revoke = |_: &crate::RefreshGrant| Verdict::Revoke(());
     assert!(matches!(c.rotate_refresh(&spent[0], 1_004, revoke).await.unwrap(), TokenOutcome::Unknown));
     assert!(c.authenticate(&current.access, 1_004).is_some());
     assert!(matches!(c.rotate_refresh(&spent[3], 1_004, revoke).await.unwrap(), TokenOutcome::Revoked(())));
     assert!(c.authenticate(&current.access, 1_005).is_none());
-    assert!(c.grants(ada, 1_000_000).await.unwrap().is_empty());
+    assert!(refreshed(&current.refresh).await.is_none(), "the family's live refresh token ended too");
+    assert!(c.authenticate(&sign_ins[1].access, 1_005).is_some(), "another sign-in of the grant");
+    assert_eq!(c.grants(ada, 1_000_000).await.unwrap().len(), 1);
 }
 
 #[cfg(unix)]

@@ -79,6 +79,8 @@ pub struct TokenInfo {
     pub expires_at: u64,
     /// The credential epoch an owner session was made under (0 for app tokens).
     pub(crate) epoch: u64,
+    /// The sign-in (token family) an app token belongs to.
+    pub(crate) family: Option<String>,
     /// Whose request budget a request with this token spends: the grant's for an app token (all
     /// of an app's tokens for a user share one), the user's for owner sessions.
     pub rate_key: [u8; 32],
@@ -98,7 +100,11 @@ impl TokenInfo {
             Some(g) => rate_key(b"grant", g.grant_id.as_bytes()),
             None => rate_key(b"user", user_id.as_bytes()),
         };
-        TokenInfo { kind, user_id, instance_id, grant, scopes, expires_at, epoch, rate_key }
+        TokenInfo { kind, user_id, instance_id, grant, scopes, expires_at, epoch, family: None, rate_key }
+    }
+
+    pub(crate) fn in_family(self, family: Option<String>) -> Self {
+        TokenInfo { family, ..self }
     }
 }
 
@@ -141,6 +147,8 @@ const FENCE_SECS: u64 = 600;
 struct Fences {
     deleted_users: HashMap<UserId, u64>,
     revoked_grants: HashMap<GrantId, u64>,
+    /// Token families ended by a replay or a sign-out.
+    ended_families: HashMap<String, u64>,
     /// The newest credential epoch of users whose password changed, and when.
     epochs: HashMap<UserId, (u64, u64)>,
 }
@@ -153,12 +161,16 @@ impl Fences {
         if info.grant.as_ref().is_some_and(|g| self.revoked_grants.contains_key(&g.grant_id)) {
             return false;
         }
+        if info.family.as_ref().is_some_and(|f| self.ended_families.contains_key(f)) {
+            return false;
+        }
         !(info.kind.is_owner_session() && self.epochs.get(&info.user_id).is_some_and(|(e, _)| info.epoch < *e))
     }
 
     fn forget_before(&mut self, cutoff: u64) {
         self.deleted_users.retain(|_, at| *at >= cutoff);
         self.revoked_grants.retain(|_, at| *at >= cutoff);
+        self.ended_families.retain(|_, at| *at >= cutoff);
         self.epochs.retain(|_, (_, at)| *at >= cutoff);
     }
 }
@@ -200,6 +212,16 @@ impl TokenTable {
         let mut by_hash = self.by_hash.write();
         self.fences.lock().revoked_grants.insert(grant, now);
         by_hash.retain(|_, t| t.grant.as_ref().is_none_or(|g| g.grant_id != grant));
+    }
+
+    /// Drops the tokens of an ended family (`removed`, as the registry deleted them) and refuses
+    /// any later one of it: a refresh of that family may have committed just before it ended.
+    pub fn remove_family(&self, family: &str, removed: &[TokenHash], now: u64) {
+        let mut by_hash = self.by_hash.write();
+        self.fences.lock().ended_families.insert(family.to_owned(), now);
+        for h in removed {
+            by_hash.remove(h);
+        }
     }
 
     pub fn get(&self, hash: &TokenHash) -> Option<Arc<TokenInfo>> {
@@ -247,6 +269,21 @@ mod tests {
         assert!(table.get(&[1; 32]).is_none());
         // Another grant of the same user is not fenced.
         assert!(table.insert([2; 32], info(TokenKind::Access, user, Some(GrantId::random()), 0)));
+    }
+
+    #[test]
+    fn an_ended_family_refuses_a_late_insert_and_its_grant_keeps_the_others() {
+        let table = TokenTable::default();
+        let (user, grant) = (UserId::random(), GrantId::random());
+        let token = |family: &str| info(TokenKind::Access, user, Some(grant), 0).in_family(Some(family.into()));
+        assert!(table.insert([1; 32], token("a")));
+        assert!(table.insert([2; 32], token("b")));
+        table.remove_family("a", &[[1; 32]], 100);
+        assert!(table.get(&[1; 32]).is_none());
+        assert!(!table.insert([3; 32], token("a")), "a refresh of the ended family, landing late");
+        assert!(table.get(&[2; 32]).is_some() && table.insert([4; 32], token("b")), "another sign-in of the grant");
+        table.sweep(100 + FENCE_SECS + 1);
+        assert!(table.insert([3; 32], token("a")), "the fence is forgotten");
     }
 
     #[test]

@@ -54,8 +54,8 @@ impl Default for TokenTtls {
 pub struct Limits {
     /// Largest record value, in bytes.
     pub max_value_bytes: usize,
-    /// Largest archive `POST /v1/import` accepts, in bytes (it is held in memory to be checked
-    /// whole before anything is written).
+    /// Largest archive `POST /v1/import` accepts, in bytes (it is spooled to a file in the
+    /// instance's directory and checked whole from there before anything is written).
     pub max_import_bytes: usize,
     /// Requests per second allowed to one token (sustained), on the free tier.
     pub rate_per_token: u32,
@@ -63,6 +63,9 @@ pub struct Limits {
     pub rate_burst: u32,
     /// Unauthenticated requests (sign-up, log-in, token) per second from one client address.
     pub rate_per_ip: u32,
+    /// Sign-ups per minute from all addresses together (each provisions an instance on this
+    /// node's disk): many addresses pass the per-address limit, not this one.
+    pub sign_ups_per_minute: u32,
     /// Default and maximum page size of a list.
     pub list_default: usize,
     pub list_max: usize,
@@ -73,6 +76,9 @@ pub struct Limits {
     /// LLM tokens (prompt and answer) one app may spend in a UTC day on a free-tier instance: the
     /// ceiling of any budget its user sets on the grant.
     pub llm_app_tokens_per_day: u64,
+    /// LLM tokens the owner's own calls (chat, assistant, embeddings) may spend in a UTC day on a
+    /// free-tier instance: open sign-up must not hand out unbounded model time.
+    pub llm_owner_tokens_per_day: u64,
     /// The paid tiers' quota and rates.
     pub growth: TierLimits,
     pub pro: TierLimits,
@@ -85,8 +91,15 @@ pub struct Limits {
     /// Sign-ins (token families, one per code exchange) an app keeps per grant; a new one ends
     /// the oldest.
     pub app_sessions_per_grant: usize,
-    /// Spent refresh tokens a token family remembers, so a replay of one revokes the grant.
+    /// Spent refresh tokens a token family remembers, so a replay of one ends that family.
     pub spent_refresh_kept: usize,
+    /// Failed password checks (log-in, recovery) one username may have before each further one
+    /// waits, 1 s and doubling after every failure.
+    pub log_in_free_failures: u32,
+    /// The longest such wait, in seconds.
+    pub log_in_max_wait_secs: u64,
+    /// Usernames whose failures are remembered at once (the least telling is forgotten first).
+    pub log_in_names_tracked: usize,
     /// Apps one account may have registered at once.
     pub apps_per_user: usize,
     /// What each tier's instance process may use (its cgroup), under the `process` runtime.
@@ -101,28 +114,35 @@ impl Default for Limits {
             rate_per_token: 200,
             rate_burst: 400,
             rate_per_ip: 20,
+            sign_ups_per_minute: 60,
             list_default: 100,
             list_max: 1000,
             list_max_bytes: 4 * 1024 * 1024,
             quota_bytes: 10_000_000_000,
             llm_app_tokens_per_day: 20_000,
+            llm_owner_tokens_per_day: 50_000,
             growth: TierLimits {
                 quota_bytes: 50_000_000_000,
                 rate_per_token: 500,
                 rate_burst: 1000,
                 llm_app_tokens_per_day: 200_000,
+                llm_owner_tokens_per_day: 500_000,
             },
             pro: TierLimits {
                 quota_bytes: 200_000_000_000,
                 rate_per_token: 2000,
                 rate_burst: 4000,
                 llm_app_tokens_per_day: 2_000_000,
+                llm_owner_tokens_per_day: 5_000_000,
             },
             audit_retention: 100_000,
             audit_field_max: 512,
             sessions_per_user: 32,
             app_sessions_per_grant: 16,
             spent_refresh_kept: 32,
+            log_in_free_failures: 5,
+            log_in_max_wait_secs: 900,
+            log_in_names_tracked: 100_000,
             apps_per_user: 50,
             resources: TierResources::default(),
         }
@@ -138,6 +158,7 @@ impl Limits {
                 rate_per_token: self.rate_per_token,
                 rate_burst: self.rate_burst,
                 llm_app_tokens_per_day: self.llm_app_tokens_per_day,
+                llm_owner_tokens_per_day: self.llm_owner_tokens_per_day,
             },
             Tier::Growth => self.growth,
             Tier::Pro => self.pro,
@@ -172,6 +193,28 @@ impl Default for TierResources {
             growth: Resources { memory_bytes: 1024 * MIB, cpu_millis: 2000, pids: 256 },
             pro: Resources { memory_bytes: 4096 * MIB, cpu_millis: 4000, pids: 512 },
         }
+    }
+}
+
+/// What the server logs of an instance process's stderr (the `process` runtime), which code that
+/// took the instance over writes as it likes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstanceLog {
+    /// Longest line logged, in bytes, its cut marker included; the rest of a longer one is dropped.
+    pub line_max: usize,
+    /// Lines per second logged of one instance (a second's worth may come at once); the others
+    /// are dropped and counted.
+    pub lines_per_sec: u32,
+}
+
+impl InstanceLog {
+    /// The shortest `line_max` allowed: room for the cut marker and some text.
+    pub const LINE_MIN: usize = 64;
+}
+
+impl Default for InstanceLog {
+    fn default() -> Self {
+        InstanceLog { line_max: 4096, lines_per_sec: 100 }
     }
 }
 
@@ -230,4 +273,6 @@ pub struct TierLimits {
     pub rate_burst: u32,
     /// The most LLM tokens one app may spend in a UTC day (see [`Limits::llm_app_tokens_per_day`]).
     pub llm_app_tokens_per_day: u64,
+    /// The owner's own LLM tokens a UTC day (see [`Limits::llm_owner_tokens_per_day`]).
+    pub llm_owner_tokens_per_day: u64,
 }

@@ -14,6 +14,8 @@ pub mod ratelimit;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod throttle;
+pub mod untrusted;
 pub mod web;
 
 use axum::extract::DefaultBodyLimit;
@@ -194,6 +196,7 @@ pub async fn serve(
     let issuer = config.public_url.unwrap_or_else(|| format!("http://{addr}")).trim_end_matches('/').to_owned();
     let state = Arc::new(AppState {
         rate: ratelimit::RateLimits::new(&limits),
+        log_ins: throttle::LogInThrottle::new(&limits),
         secure_cookies: issuer.starts_with("https://"),
         dev_test_users: config.dev_test_users,
         control,

@@ -13,6 +13,8 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
     pub rate: RateLimits,
+    /// Failed password checks per username.
+    pub log_ins: crate::throttle::LogInThrottle,
     pub metrics: Arc<Metrics>,
     pub audit: AuditSink,
     /// The public base URL (OAuth issuer), without a trailing slash.

@@ -19,12 +19,15 @@ async fn sign_up_provisions_the_instance_before_answering() {
     // Already on disk when the answer arrives: its own sharded directory, store and key file.
     let dir = selfcloud_control::instance_dir(s.home.path(), instance);
     assert!(dir.starts_with(s.home.path().join("instances").join(instance.shard())));
-    assert!(dir.join("store.db").is_file() && dir.join("keys.json").is_file());
-    let keys: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("keys.json")).unwrap()).unwrap();
+    assert!(dir.join("store.db").is_file());
+    // Its key file is in the home's keys tree, out of every instance's view.
+    let key_file = selfcloud_control::keystore::key_file_path(s.home.path(), instance);
+    assert!(!key_file.starts_with(&dir) && !dir.join("keys.json").exists());
+    let keys: serde_json::Value = serde_json::from_slice(&std::fs::read(&key_file).unwrap()).unwrap();
     assert!(keys["sealed"].is_string() && keys["password_wrapped"].is_string() && keys["kdf"]["m_cost"].is_number());
     assert_ne!(keys["sealed"], keys["password_wrapped"]);
     // The password itself is nowhere on disk.
-    for file in [s.home.path().join("control.db"), dir.join("keys.json")] {
+    for file in [s.home.path().join("control.db"), key_file] {
         let bytes = std::fs::read(file).unwrap();
         assert!(!bytes.windows(21).any(|w| w == b"correct horse battery"));
     }
@@ -100,4 +103,62 @@ async fn log_in_answers_a_bearer_token_and_sets_no_cookie() {
     let me = s.http.get(s.url("/v1/me")).header("cookie", format!("selfcloud_session={token}")).send().await.unwrap();
     assert_eq!(me.status(), StatusCode::UNAUTHORIZED, "the session is a bearer token, not a cookie");
     assert_eq!(s.call(reqwest::Method::GET, "/v1/me", Some(&token), None).await.0, StatusCode::OK);
+}
+
+/// Wrong passwords for one username: after a few, every further check by that name waits, and
+/// is refused before any password derivation runs, on each endpoint that checks one by name; the
+/// wait grows and a success clears it. Unknown names are throttled exactly like known ones.
+#[tokio::test]
+async fn failed_log_ins_are_throttled_per_username_and_a_success_clears_them() {
+    const FREE: usize = 5; // the default number of failures before the first wait
+    const PASSWORD: &str = "correct horse battery";
+    let s = Server::start().await;
+    s.sign_up("ada").await;
+    s.sign_up("bob").await;
+    let log_in = |name: &str, password: &str| {
+        let (s, body) = (&s, json!({"username": name, "password": password}));
+        async move { s.call(Method::POST, "/v1/sessions", None, Some(body)).await }
+    };
+    for name in ["ada", "nobody"] {
+        for i in 0..FREE {
+            assert_eq!(log_in(name, "wrong password").await.0, StatusCode::UNAUTHORIZED, "{name}, failure {i}");
+        }
+    }
+    // The next check on either name is refused at once, and the two answers are the same.
+    let (ada_st, ada_headers, ada_err) = log_in("ada", "wrong password").await;
+    let (nobody_st, nobody_headers, nobody_err) = log_in("nobody", "wrong password").await;
+    assert_eq!((ada_st, nobody_st), (StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS), "{ada_err}");
+    assert_eq!(Server::error_code(&ada_err), "rate_limited");
+    assert_eq!(ada_err, nobody_err);
+    assert_eq!(
+        (&ada_headers["retry-after"], &nobody_headers["retry-after"]),
+        (&"1".parse().unwrap(), &"1".parse().unwrap())
+    );
+    // The right password waits too (knowing it is right takes the derivation the wait saves).
+    assert_eq!(log_in("ada", PASSWORD).await.0, StatusCode::TOO_MANY_REQUESTS);
+    // Another account is untouched.
+    assert_eq!(log_in("bob", PASSWORD).await.0, StatusCode::OK);
+    // The recovery by that name and the web log-in form wait as well.
+    let recovery = json!({"username": "ada", "recovery_code": "not-a-code", "new_password": "a new password"});
+    let (st, headers, _) = s.call(Method::POST, "/v1/accounts/recover", None, Some(recovery)).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.contains_key("retry-after"));
+    let browser =
+        reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let token = s.form_token(&browser, &s.url("/login")).await;
+    let form = [("username", "ada"), ("password", PASSWORD), ("next", "/me"), ("csrf", &token)];
+    let resp = browser.post(s.url("/login")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // Once the wait is over, a check runs again; another failure doubles the wait.
+    s.clock.advance(1);
+    assert_eq!(log_in("ada", "wrong password").await.0, StatusCode::UNAUTHORIZED);
+    let (st, headers, _) = log_in("ada", PASSWORD).await;
+    assert_eq!((st, &headers["retry-after"]), (StatusCode::TOO_MANY_REQUESTS, &"2".parse().unwrap()));
+    s.clock.advance(2);
+    // The right password logs in and clears the record: mistakes are free again.
+    assert_eq!(log_in("ada", PASSWORD).await.0, StatusCode::OK);
+    for i in 0..FREE {
+        assert_eq!(log_in("ada", "wrong password").await.0, StatusCode::UNAUTHORIZED, "failure {i} after a log-in");
+    }
 }

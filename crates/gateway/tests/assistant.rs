@@ -202,8 +202,8 @@ async fn the_assistant_finds_a_record_by_its_meaning_and_keeps_its_index_up_to_d
     assert_eq!(cited(&answer), ["trip"], "{answer}");
 
     // The index lives in Ada's own store (an internal collection no client path names).
-    let (st, _, _) = s.call(Method::GET, "/v1/storage/_vectors", Some(&ada), None).await;
-    assert_ne!(st, StatusCode::OK);
+    let (st, _, err) = s.call(Method::GET, "/v1/storage/_vectors", Some(&ada), None).await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::BAD_REQUEST, "invalid_request"), "{err}");
 
     // Once built, the index follows writes without waiting for a question: a new note's vector
     // is in the store shortly after the note.

@@ -134,6 +134,18 @@ impl Chromium {
         format!("{}{}", url.path(), url.query().map(|q| format!("?{q}")).unwrap_or_default())
     }
 
+    /// Waits up to 20 s until `script` answers true in the page.
+    async fn until(&self, what: &str, script: &str) {
+        for _ in 0..200 {
+            if self.browser.execute(script, vec![]).await.is_ok_and(|v| v == json!(true)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.shot("failed").await;
+        panic!("waited 20 s for {what}:\n{}", self.source().await)
+    }
+
     async fn pwned(&self) -> bool {
         self.browser.execute("return window.__pwned === 1;", vec![]).await.unwrap() == json!(true)
     }
@@ -313,15 +325,17 @@ async fn a_browser_cannot_be_turned_against_its_owner() {
     assert_eq!(before, after, "the cross-site post changed nothing");
     c.shot("cross-site-consent-refused").await;
 
-    // The consent page in another site's frame: the browser refuses to show it.
+    // The consent page in another site's frame: the browser refuses to show it. Looked at once
+    // the frame has loaded (a refused frame loads the browser's error page).
     let framing = attacker_site(format!(
-        "<h1>Win a prize</h1><iframe id=x width=600 height=400 src=\"{}/oauth/authorize?{}\"></iframe>",
+        "<h1>Win a prize</h1><iframe id=x width=600 height=400 onload=\"window.__framed=1\" \
+         src=\"{}/oauth/authorize?{}\"></iframe>",
         s.base,
         escape_attr(req.url().query().unwrap())
     ))
     .await;
     c.browser.goto(&framing).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.until("the frame to load", "return window.__framed === 1;").await;
     c.shot("framing-refused").await;
     c.browser.enter_frame(0).await.unwrap();
     let framed = c.source().await;
@@ -449,4 +463,30 @@ async fn an_app_in_the_browser_connects_with_the_typescript_sdk() {
     assert_eq!(preflight.headers()["access-control-allow-origin"], origin.as_str());
     c.end().await;
     s.stop().await;
+}
+
+/// Code that took over Ada's instance answers her dashboard's export with a page of its own
+/// (inline script, a cookie in the web session's name): the browser shows a page of ours, runs
+/// nothing and keeps the session it had.
+#[cfg(feature = "attack-probes")]
+#[tokio::test]
+async fn a_hostile_instance_cannot_put_a_page_on_the_gateways_origin() {
+    let Some(c) = Chromium::start("hostile").await else { return };
+    let s = Server::start().await;
+    sign_up(&c, &s).await;
+    let session = c.browser.get_named_cookie("selfcloud_web").await.unwrap().value().to_owned();
+    let ada = s.log_in("ada").await;
+    let page = "<h1>Your export</h1><script>window.__pwned = 1</script>";
+    let hostility = json!({"mode": "answer", "status": 500, "content_type": "text/html", "body": page});
+    let outcome = s.probe(&ada, json!({"probe": "hostile", "hostility": hostility})).await;
+    assert_eq!(outcome["got_through"], true, "{outcome}");
+    c.browser.goto(&s.url("/me/account")).await.unwrap();
+    c.click("form[action='/me/account/export'] button").await;
+    c.text_with("h1", "That did not work").await;
+    c.shot("hostile-export").await;
+    assert!(!c.source().await.contains("Your export"), "the instance's page was shown");
+    assert!(!c.pwned().await, "the instance's script ran on the gateway's origin");
+    let after = c.browser.get_named_cookie("selfcloud_web").await.unwrap().value().to_owned();
+    assert_eq!(after, session, "the instance set the web session's cookie");
+    c.end().await;
 }

@@ -138,7 +138,8 @@ async fn an_apps_budget_holds_against_one_large_request_and_many_at_once() {
 
     // One request larger than what is left is refused whole: nothing computed, nothing billed.
     let large = json!({"input": ["word ".repeat(300)]});
-    let (st, headers, err) = s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(large)).await;
+    let (st, headers, err) =
+        s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(large.clone())).await;
     assert_eq!((st, Server::error_code(&err)), (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"), "{err}");
     assert!(headers.contains_key("retry-after"));
     assert_eq!(usage().await, 0);
@@ -151,15 +152,18 @@ async fn an_apps_budget_holds_against_one_large_request_and_many_at_once() {
     let ok = answers.iter().filter(|(st, _, _)| *st == StatusCode::OK).count();
     assert!(answers.iter().all(|(st, _, _)| [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].contains(st)));
     assert!((1..=2).contains(&ok), "{ok} of 6 ran within a budget of 100");
-    // The last charge is written just after its answer: wait for it, then nothing more comes.
+    // The last charge is written just after its answer: wait for it. Then one more call, which
+    // starts only once the app's turn is free, and each call holds it until its charge is
+    // written: once that call is refused, nothing of the six is still to come.
     let billed = s.spent_today(&ada, grant["id"].as_str().unwrap(), ok as u64 * 45).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (st, _, err) = s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(large)).await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"), "{err}");
     let total = usage().await;
     assert!(total <= 100 && total == billed && total == ok as u64 * 45, "{total} tokens billed for {ok} calls of 45");
 }
 
 #[tokio::test]
-async fn a_full_store_refuses_an_apps_call_rather_than_let_it_go_unrecorded() {
+async fn a_full_store_refuses_a_call_it_could_not_record_and_records_one_it_made_room_for() {
     let Some(model) = test_model() else { return };
     if test_embed_model().is_none() {
         return;
@@ -174,16 +178,26 @@ async fn a_full_store_refuses_an_apps_call_rather_than_let_it_go_unrecorded() {
     let body = json!({"input": "hello"});
     let (st, _, _) = s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(body.clone())).await;
     assert_eq!(st, StatusCode::OK);
-    // The app fills the user's store itself, then asks again.
-    let filler = json!({"text": "x".repeat(1500)});
-    for n in 0.. {
-        let path = format!("/v1/storage/junk/{n}");
-        let (st, _, _) = s.call(Method::PUT, &path, Some(&app.access_token), Some(filler.clone())).await;
-        if st != StatusCode::OK {
-            assert_eq!(st, StatusCode::INSUFFICIENT_STORAGE);
-            break;
+    // The app fills the user's store itself to its last bytes, then asks again.
+    let mut n = 0;
+    for filler in [json!({"text": "x".repeat(1500)}), json!(1)] {
+        loop {
+            n += 1;
+            let path = format!("/v1/storage/junk/{n}");
+            let (st, _, _) = s.call(Method::PUT, &path, Some(&app.access_token), Some(filler.clone())).await;
+            if st != StatusCode::OK {
+                assert_eq!(st, StatusCode::INSUFFICIENT_STORAGE);
+                break;
+            }
         }
     }
-    let (st, _, err) = s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(body)).await;
+    // Its first call took the room its day's record needs: its use is still written, in place.
+    let (st, _, err) = s.call(Method::POST, "/v1/llm/embeddings", Some(&app.access_token), Some(body.clone())).await;
+    assert_eq!(st, StatusCode::OK, "{err}");
+    let (_, _, usage) = s.call(Method::GET, "/v1/llm/usage", Some(&ada), None).await;
+    assert_eq!(usage["apps"][0]["requests"], 2, "{usage}");
+    // Another app's first call of the day finds no room for its record: refused before it runs.
+    let (_, other) = s.app_token(&ada, &["llm:embed"]).await;
+    let (st, _, err) = s.call(Method::POST, "/v1/llm/embeddings", Some(&other.access_token), Some(body)).await;
     assert_eq!((st, Server::error_code(&err)), (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"), "{err}");
 }

@@ -37,8 +37,14 @@ fn store_digest(dir: &std::path::Path) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-fn key_file(dir: &std::path::Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.join("keys.json")).unwrap()).unwrap()
+/// Where the instance's key file is: the home's keys tree, never the instance's directory.
+fn key_path(s: &Server, signed_up: &Value) -> std::path::PathBuf {
+    let id = signed_up["instance"]["id"].as_str().unwrap().parse().unwrap();
+    selfcloud_control::keystore::key_file_path(s.home.path(), id)
+}
+
+fn key_file(s: &Server, signed_up: &Value) -> Value {
+    serde_json::from_slice(&std::fs::read(key_path(s, signed_up)).unwrap()).unwrap()
 }
 
 #[tokio::test]
@@ -51,7 +57,7 @@ async fn a_password_change_rewraps_the_key_ends_sessions_and_keeps_grants() {
     let dir = instance_dir(&s, &signed_up);
     // Reading the audit log writes its queue first, so nothing is left to land in the store later.
     s.call(Method::GET, "/v1/audit", Some(&t1), None).await;
-    let (before_store, before_keys) = (store_digest(&dir), key_file(&dir));
+    let (before_store, before_keys) = (store_digest(&dir), key_file(&s, &signed_up));
 
     // Refused: the wrong current password, a too-short new one, unknown fields; nothing changes.
     for (body, status) in [
@@ -64,7 +70,7 @@ async fn a_password_change_rewraps_the_key_ends_sessions_and_keeps_grants() {
         assert_eq!(st, status, "{body}: {err}");
         Server::error_code(&err);
     }
-    assert_eq!(key_file(&dir), before_keys);
+    assert_eq!(key_file(&s, &signed_up), before_keys);
     assert_eq!(s.call(Method::GET, "/v1/me", Some(&t2), None).await.0, StatusCode::OK);
 
     let (st, headers, session) = s
@@ -92,7 +98,7 @@ async fn a_password_change_rewraps_the_key_ends_sessions_and_keeps_grants() {
     assert_eq!(log_in_with(&s, "ada", PASSWORD).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(log_in_with(&s, "ada", "a new password").await.0, StatusCode::OK);
 
-    let after_keys = key_file(&dir);
+    let after_keys = key_file(&s, &signed_up);
     assert_eq!(after_keys["sealed"], before_keys["sealed"]);
     assert_ne!(after_keys["password_wrapped"], before_keys["password_wrapped"]);
     assert_ne!(after_keys["salt"], before_keys["salt"]);
@@ -164,7 +170,8 @@ async fn deleting_an_account_shreds_its_key_removes_its_files_and_ends_every_tok
     let bob = s.user("bob").await;
     s.put_ok(&bob, "/v1/storage/notes/n1", json!("bob's")).await;
     let dir = instance_dir(&s, &signed_up);
-    assert!(dir.join("keys.json").is_file());
+    let keys = key_path(&s, &signed_up);
+    assert!(keys.is_file());
 
     // The password is asked again: wrong, missing or for someone else, nothing is deleted.
     for (body, status) in [
@@ -178,6 +185,7 @@ async fn deleting_an_account_shreds_its_key_removes_its_files_and_ends_every_tok
     let (st, _, _) = s.call(Method::DELETE, "/v1/accounts/me", Some(&ada), Some(json!({"password": PASSWORD}))).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert!(!dir.exists(), "the instance's directory is gone");
+    assert!(!keys.exists(), "its key file is gone");
 
     // Every token the account had is dead: both sessions, the app's access and refresh tokens.
     for t in [&ada, &ada2, &app.access_token] {

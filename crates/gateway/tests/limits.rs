@@ -237,13 +237,26 @@ async fn connections_past_the_cap_wait_until_one_closes() {
         assert!(c.read(&mut buf).await.unwrap() > 0, "served: the connection stays open (keep-alive)");
         held.push(c);
     }
-    let third = format!("http://{addr}/healthz");
-    let waiting = tokio::spawn(async move { reqwest::get(third).await.map(|r| r.status()) });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!waiting.is_finished(), "a third connection is not served while two are open");
+    // A third connection sends its request (the kernel completes the handshake, the server does
+    // not take it) ...
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    third.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    // ... while the server goes on answering on a connection it holds, so it would have answered
+    // the third by now had it taken it.
+    let mut buf = [0u8; 512];
+    for _ in 0..10 {
+        held[0].write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert!(held[0].read(&mut buf).await.unwrap() > 0, "a held connection is served");
+    }
+    let unanswered = third.try_read(&mut buf);
+    assert!(
+        matches!(&unanswered, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a third connection is not served while two are open: {unanswered:?}"
+    );
     drop(held.pop());
-    let status = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap().unwrap();
-    assert_eq!(status, StatusCode::OK);
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 #[tokio::test]
@@ -260,4 +273,63 @@ async fn a_client_that_trickles_its_body_is_cut_off() {
     assert!(answered.is_ok(), "a body that stopped coming is still waited for after 5 s");
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+}
+
+/// A body shorter than its `Content-Length` is the client's error, on either runtime: the
+/// instance is fine, and is not reported as restarting.
+#[tokio::test]
+async fn a_body_shorter_than_its_length_is_a_400_and_writes_nothing() {
+    let limits = ConnectionLimits { body_read_timeout: Duration::from_millis(500), ..Default::default() };
+    let s = Server::start_configured(
+        |_| {},
+        selfcloud_gateway::GatewayConfig { connections: limits, ..Default::default() },
+    )
+    .await;
+    let ada = s.user("ada").await;
+    s.put_ok(&ada, "/v1/storage/notes/a", json!(1)).await;
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    let mut short = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/storage/notes/short HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ada}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"text\":"
+    );
+    short.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let answered = tokio::time::timeout(Duration::from_secs(10), short.read_to_end(&mut buf)).await;
+    assert!(answered.is_ok(), "no answer in 10 s");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("\"invalid_request\""), "{text}");
+    let (status, _, _) = s.call(Method::GET, "/v1/storage/notes/short", Some(&ada), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    s.put_ok(&ada, "/v1/storage/notes/b", json!(2)).await;
+}
+
+/// Each sign-up provisions an instance (a directory, a store, a key file): a crowd of addresses,
+/// each within its own limit, is bounded by one cap for all, on the API and the page alike.
+#[tokio::test]
+async fn sign_ups_from_many_addresses_share_one_cap() {
+    let s = Server::start_with(|c| (c.limits.rate_per_ip, c.limits.sign_ups_per_minute) = (1, 3)).await;
+    // Every address of 127.0.0.0/8 is this machine's: each request comes from another one.
+    let from = |i: u8| reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 10 + i]));
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        let body = json!({"username": format!("crowd{i}"), "password": "correct horse battery"});
+        let resp = from(i).build().unwrap().post(s.url("/v1/accounts")).json(&body).send().await.unwrap();
+        let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+        answers.push((resp.status(), retry, resp.json::<Value>().await.unwrap()));
+    }
+    let created = answers.iter().filter(|(st, _, _)| *st == StatusCode::CREATED).count();
+    assert_eq!(created, 3, "{answers:?}");
+    let (status, retry, body) = answers.last().unwrap();
+    assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert!(matches!(retry, Some(1..=60)), "{retry:?}");
+    // The page's form counts against the same cap.
+    let browser = from(20).cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let csrf = s.form_token(&browser, &s.url("/signup")).await;
+    let pw = "correct horse battery";
+    let form = [("username", "crowd9"), ("password", pw), ("password_again", pw), ("csrf", &csrf)];
+    let resp = browser.post(s.url("/signup")).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
 }

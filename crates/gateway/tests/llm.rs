@@ -329,10 +329,15 @@ async fn an_apps_token_budget_is_enforced_and_its_owner_sees_what_it_spent() {
         s.call(Method::POST, "/v1/llm/chat/completions", Some(&app), Some(capital_question(false))).await;
     assert_eq!((st, Server::error_code(&err)), (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"), "{err}");
 
-    // The tier's ceiling bounds any budget the user sets.
-    assert_eq!(set_budget(json!(1_000_000)).await, StatusCode::NO_CONTENT);
+    // A budget above the tier's ceiling could never be spent: it is refused, naming the ceiling,
+    // and the grant keeps its own.
+    let over = json!({"token_budget": 1_000_000});
+    let (st, _, err) = s.call(Method::PATCH, &format!("/v1/grants/{grant_id}"), Some(&ada), Some(over)).await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::BAD_REQUEST, "invalid_request"), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("5000"), "{err}");
     let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
-    assert_eq!(grants["grants"][0]["tokens_per_day"].as_u64(), Some(5_000), "{grants}");
+    assert_eq!(grants["grants"][0]["token_budget"].as_u64(), Some(total + prompt + 3), "{grants}");
+    assert_eq!(set_budget(json!(5_000)).await, StatusCode::NO_CONTENT);
     // A stream its client leaves is billed for what it spent.
     let before = s.spent_today(&ada, &grant_id, 0).await;
     let mut long = capital_question(true);
@@ -348,7 +353,8 @@ async fn an_apps_token_budget_is_enforced_and_its_owner_sees_what_it_spent() {
     drop(resp);
     assert!(s.spent_today(&ada, &grant_id, before + prompt).await >= before + prompt);
 
-    // Only the owner sees the usage or changes a budget; the owner's own chats have none.
+    // Only the owner sees the usage or changes a budget; the owner's own chats draw on their
+    // own budget, not the app's.
     let (st, _, _) = s.call(Method::GET, "/v1/llm/usage", Some(&app), None).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, _, _) =
@@ -387,4 +393,87 @@ async fn in_shared_mode_several_users_chat_at_once_through_one_batching_engine()
         // Nothing is kept between requests: no caller's prompt is ever served from the cache.
         assert_eq!(answer["timings"]["cache_n"], 0, "{answer}");
     }
+}
+
+#[tokio::test]
+async fn the_owners_own_use_has_a_daily_budget_per_tier_like_an_apps() {
+    let Some(model) = test_model() else { return };
+    let s = Server::start_with(|c| {
+        with_model(c, &model, 1, 4);
+        c.limits.llm_owner_tokens_per_day = 150;
+    })
+    .await;
+    let ada = s.user("ada").await;
+    let chat = || s.call(Method::POST, "/v1/llm/chat/completions", Some(&ada), Some(capital_question(false)));
+    let (st, _, answer) = chat().await;
+    assert_eq!(st, StatusCode::OK, "{answer}");
+    let total = answer["usage"]["total_tokens"].as_u64().unwrap();
+    // The owner sees their own use beside the apps'.
+    let (_, _, usage) = s.call(Method::GET, "/v1/llm/usage", Some(&ada), None).await;
+    assert_eq!(usage["owner"]["tokens"].as_u64(), Some(total), "{usage}");
+    // Chats go on until the day's budget is spent, then 429 budget_exceeded until midnight UTC.
+    let (mut refused, mut spent) = (None, total);
+    for _ in 0..8 {
+        let (st, headers, body) = chat().await;
+        if st == StatusCode::OK {
+            spent += body["usage"]["total_tokens"].as_u64().unwrap();
+            continue;
+        }
+        refused = Some((st, headers, body));
+        break;
+    }
+    let (st, headers, err) = refused.expect("the owner's chats were never refused");
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"), "{err}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    assert!(spent <= 150, "{spent} tokens served against a budget of 150");
+    // The assistant and embeddings draw on the same budget.
+    let (st, _, err) = ask(&s, &ada, json!({"message": "When does my flight leave?"})).await;
+    assert_eq!((st, Server::error_code(&err)), (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"), "{err}");
+    if common::test_embed_model().is_some() {
+        // More words than the few tokens a refused chat may have left.
+        let body = json!({"model": "all-minilm-l6-v2", "input": "hello ".repeat(100)});
+        let (st, _, err) = s.call(Method::POST, "/v1/llm/embeddings", Some(&ada), Some(body)).await;
+        assert_eq!((st, Server::error_code(&err)), (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn an_answer_nobody_reads_gives_its_slot_back_within_seconds() {
+    let Some(s) = server_with_model().await else { return };
+    let ada = s.user("ada").await;
+    let (_, reader) = s.app_token(&ada, &["llm:chat"]).await;
+    // A long answer whose reader never reads: called on the instance directly, as the gateway
+    // does, so nothing between (sockets, buffers) reads it either.
+    let (_, _, me) = s.call(Method::GET, "/v1/me", Some(&ada), None).await;
+    let id = me["instance"]["id"].as_str().unwrap().parse().unwrap();
+    let mut long = capital_question(true);
+    long["max_tokens"] = json!(2000);
+    long["messages"][1]["content"] = json!("Write a very long story about the sea.");
+    let req = http::Request::post("/v1/llm/chat/completions")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(long.to_string()))
+        .unwrap();
+    let mut ctx = selfcloud_instance::CallContext::new(
+        selfcloud_instance::protocol::Actor::Owner,
+        &Default::default(),
+        None,
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64,
+        60_000,
+    );
+    ctx.token_budget = Some(1_000_000);
+    let stalled = s.control.instance(id).await.unwrap().call(&ctx, req).await.unwrap();
+    assert_eq!(stalled.status(), StatusCode::OK);
+    // The one slot is taken; another app of the same user is served once the stall is noticed.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let mut short = capital_question(false);
+    short["max_tokens"] = json!(4);
+    let (st, _, answer) =
+        s.call(Method::POST, "/v1/llm/chat/completions", Some(&reader.access_token), Some(short)).await;
+    let waited = started.elapsed();
+    assert_eq!(st, StatusCode::OK, "{answer}");
+    eprintln!("served after {waited:?} behind an unread answer");
+    assert!(waited < std::time::Duration::from_secs(12), "waited {waited:?} behind an answer nobody reads");
+    drop(stalled);
 }

@@ -157,7 +157,7 @@ async fn codes_work_once_expire_and_need_the_right_verifier() {
     s.clock.advance(61);
     assert_eq!(exchange(code, Some(verifier.clone()), client_id.clone(), REDIRECT).await.1["error"], "invalid_grant");
 
-    // A good code works once; replaying it revokes what it issued.
+    // A good code works once; replaying it revokes what it issued (its sign-in).
     let code = new_code(&req).await;
     let (st, tokens) = exchange(code.clone(), Some(verifier.clone()), client_id.clone(), REDIRECT).await;
     assert_eq!(st, StatusCode::OK, "{tokens}");
@@ -170,7 +170,7 @@ async fn codes_work_once_expire_and_need_the_right_verifier() {
 }
 
 #[tokio::test]
-async fn refresh_tokens_rotate_and_a_replay_revokes_the_grant() {
+async fn refresh_tokens_rotate_and_a_replay_ends_that_sign_in_but_not_the_grant() {
     let s = Server::start().await;
     let ada = s.user("ada").await;
     let (client_id, first) = s.app_token(&ada, &["storage:read:notes"]).await;
@@ -181,7 +181,7 @@ async fn refresh_tokens_rotate_and_a_replay_revokes_the_grant() {
     assert_ne!(second.access_token, first.access_token);
     assert_eq!(app.storage().list("notes", None, None, None).await.unwrap().records.len(), 0);
 
-    // The old refresh token again: a thief or a bug. Everything of the grant stops working.
+    // The old refresh token again: a thief or a bug. Everything of that sign-in stops working.
     let replay = Client::with_tokens(config.clone(), first).refresh().await.unwrap_err();
     assert_eq!(replay.code(), Some("invalid_grant"));
     let err = Client::with_tokens(config.clone(), second.clone())
@@ -191,6 +191,9 @@ async fn refresh_tokens_rotate_and_a_replay_revokes_the_grant() {
         .unwrap_err();
     assert_eq!(err.status(), Some(401));
     assert!(Client::with_tokens(config, second).refresh().await.is_err());
+    // The user's consent stays: the grant is still listed.
+    let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+    assert!(grants["grants"].as_array().unwrap().iter().any(|g| g["client_id"] == client_id.as_str()), "{grants}");
 
     // Refresh cannot widen scope; an unknown grant type is refused.
     let (client_id, tokens) = s.app_token(&ada, &["storage:read:notes"]).await;
@@ -215,6 +218,54 @@ async fn refresh_tokens_rotate_and_a_replay_revokes_the_grant() {
     );
     let (_, body) = s.token_form(&[("grant_type", "password"), ("client_id", &client_id)]).await;
     assert_eq!(body["error"], "unsupported_grant_type");
+}
+
+#[tokio::test]
+async fn a_replay_ends_only_the_sign_in_it_came_from_and_the_grant_stays() {
+    let s = Server::start().await;
+    let dev = s.user("developer").await;
+    let scopes = ["storage:read:notes"];
+    let client_id = s.register_app(&dev, &scopes).await;
+    let ada = s.user("ada").await;
+    let config = s.app_config(&client_id);
+    let status = |token: String| {
+        let s = &s;
+        async move { s.call(Method::GET, "/v1/storage/notes", Some(&token), None).await.0 }
+    };
+    let granted = || async {
+        let (_, _, grants) = s.call(Method::GET, "/v1/grants", Some(&ada), None).await;
+        grants["grants"].as_array().unwrap().iter().filter(|g| g["client_id"] == client_id.as_str()).count()
+    };
+    // The app signed in on two devices: two token families of one grant.
+    let (_, a) = s.authorize(&ada, &client_id, &scopes).await;
+    let (_, b) = s.authorize(&ada, &client_id, &scopes).await;
+
+    // Device A refreshes, then its spent refresh token comes again (a double submit, or a thief).
+    let a2 = Client::with_tokens(config.clone(), a.clone()).refresh().await.unwrap();
+    let replay = Client::with_tokens(config.clone(), a).refresh().await.unwrap_err();
+    assert_eq!(replay.code(), Some("invalid_grant"));
+    // Everything of family A stops working...
+    assert_eq!(status(a2.access_token.clone()).await, StatusCode::UNAUTHORIZED, "family A's access token");
+    assert_eq!(Client::with_tokens(config.clone(), a2).refresh().await.unwrap_err().code(), Some("invalid_grant"));
+    // ...family B (the app on the other device) does not, and the user's consent stays.
+    assert_eq!(status(b.access_token.clone()).await, StatusCode::OK, "family B's access token");
+    let b2 = Client::with_tokens(config.clone(), b).refresh().await.unwrap();
+    assert_eq!(status(b2.access_token.clone()).await, StatusCode::OK);
+    assert_eq!(granted().await, 1, "the grant is still listed");
+
+    // A replayed code ends the family it started, and only that one.
+    let req = AuthorizationRequest::new(&config, &scopes);
+    let resp = s.decide(&ada, &req, "allow").await;
+    let code = req.finish(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let c = Client::new(config.clone()).exchange_code(&req, &code).await.unwrap();
+    assert_eq!(status(c.access_token.clone()).await, StatusCode::OK);
+    let again = Client::new(config.clone()).exchange_code(&req, &code).await.unwrap_err();
+    assert_eq!(again.code(), Some("invalid_grant"));
+    assert_eq!(status(c.access_token.clone()).await, StatusCode::UNAUTHORIZED, "the code's family is revoked");
+    assert_eq!(Client::with_tokens(config.clone(), c).refresh().await.unwrap_err().code(), Some("invalid_grant"));
+    assert_eq!(status(b2.access_token.clone()).await, StatusCode::OK, "family B still works");
+    assert!(Client::with_tokens(config, b2).refresh().await.is_ok());
+    assert_eq!(granted().await, 1, "the grant is still listed");
 }
 
 #[tokio::test]

@@ -17,10 +17,20 @@ async fn small_tiers() -> Server {
         c.limits.quota_bytes = 100;
         c.limits.rate_per_token = 3;
         c.limits.rate_burst = 3;
-        c.limits.growth =
-            TierLimits { quota_bytes: 1_000, rate_per_token: 1000, rate_burst: 1000, llm_app_tokens_per_day: 1000 };
-        c.limits.pro =
-            TierLimits { quota_bytes: 10_000, rate_per_token: 1000, rate_burst: 1000, llm_app_tokens_per_day: 1000 };
+        c.limits.growth = TierLimits {
+            quota_bytes: 1_000,
+            rate_per_token: 1000,
+            rate_burst: 1000,
+            llm_app_tokens_per_day: 1000,
+            llm_owner_tokens_per_day: 1000,
+        };
+        c.limits.pro = TierLimits {
+            quota_bytes: 10_000,
+            rate_per_token: 1000,
+            rate_burst: 1000,
+            llm_app_tokens_per_day: 1000,
+            llm_owner_tokens_per_day: 1000,
+        };
     })
     .await
 }

@@ -1,6 +1,7 @@
-//! One instance's parts, opened on its own directory with its own key: today its store and its
-//! access log (the LLM, backup and chain node join here). The service (`crate::service`) is the
-//! only user; it runs in the server process (`inproc`) or in the instance's own (`process`).
+//! One instance's store, opened on its own directory with its own key: its records and its
+//! access log, their export and import. The other parts (the LLM, the ledger, the vector index)
+//! sit beside it in `service::Shared`. The service (`crate::service`) is the only user; it runs
+//! in the server process (`inproc`) or in the instance's own (`process`).
 
 use crate::spool::{SpoolReader, SpoolWriter};
 use crate::{archive, AuditEntry, AuditRecord, ByteStream, ImportLimits, IntegrityReport, StorageUsage};

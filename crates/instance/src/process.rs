@@ -21,9 +21,10 @@ fn bad(what: &str, e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(format!("{what}: {e}"))
 }
 
-/// The start message: one line, read byte by byte from the raw descriptor so no buffer outside
-/// this function (std's stdin keeps one) holds a copy of the key.
-fn read_start_line() -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+/// One line of stdin (the start message, then the key), read byte by byte from the raw
+/// descriptor so no buffer outside this function (std's stdin keeps one) holds a copy of the
+/// key, and nothing past the line is read: the key stays in the pipe until it is asked for.
+fn read_line() -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
     let mut line = zeroize::Zeroizing::new(Vec::with_capacity(1024));
     loop {
         let mut byte = 0u8;
@@ -62,19 +63,12 @@ pub fn run(dir: &Path) -> std::io::Result<()> {
         libc::setrlimit(libc::RLIMIT_CORE, &none);
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
-    let mut line = read_start_line()?;
-    let parsed: Result<Start, _> = serde_json::from_slice(&line);
-    line.zeroize();
-    let mut start = parsed.map_err(|e| bad("the start message", e))?;
-    let mut key = [0u8; 32];
-    let decoded = hex::decode_to_slice(&start.key, &mut key);
-    start.key.zeroize();
-    decoded.map_err(|e| bad("the data key", e))?;
-    let data_key = DataKey::from_bytes(key);
-    key.zeroize();
+    let line = read_line()?;
+    let start: Start = serde_json::from_slice(&line).map_err(|e| bad("the start message", e))?;
+    drop(line);
 
     let spec =
-        selfcloud_sandbox::Spec { dir: dir.to_owned(), read_only: start.read_only.clone(), hidden: start.hidden };
+        selfcloud_sandbox::Spec { dir: dir.to_owned(), read_only: start.read_only.clone(), host_id: start.host_id };
     let root = if start.sandbox {
         let entered = selfcloud_sandbox::enter(&spec).map_err(|e| bad("the sandbox", e))?;
         tracing::debug!(landlock = %entered.landlock, "behind the sandbox");
@@ -85,6 +79,15 @@ pub fn run(dir: &Path) -> std::io::Result<()> {
         tracing::debug!(landlock = %entered.landlock, "without namespaces");
         dir.to_owned()
     };
+    // Behind the walls (and past the reaper's fork): now the key.
+    let line = read_line()?;
+    let mut key = [0u8; 32];
+    let decoded = hex::decode_to_slice(line.as_slice(), &mut key);
+    drop(line);
+    decoded.map_err(|e| bad("the data key", e))?;
+    let data_key = DataKey::from_bytes(key);
+    key.zeroize();
+
     let socket = root.join(SOCKET_FILE);
     let _ = std::fs::remove_file(&socket);
     let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(|e| bad("bind the socket", e))?;

@@ -189,15 +189,17 @@ impl Settings {
 #[derive(Serialize, Deserialize)]
 pub struct Start {
     pub settings: Settings,
-    /// The data key, hex. Zeroized by the reader once turned into a key.
-    pub key: String,
     /// Put the process behind the sandbox's walls (off only where the kernel lacks them).
     pub sandbox: bool,
     /// Shared files mounted read-only in the sandbox.
     pub read_only: Vec<std::path::PathBuf>,
-    /// Names in the instance's directory it must not see (its key file).
-    pub hidden: Vec<String>,
+    /// The host uid and gid the instance's root is mapped to (a server running as root gives
+    /// each instance its own); `None` keeps the server's, unprivileged, ids.
+    #[serde(default)]
+    pub host_id: Option<u32>,
 }
+// The data key follows the start message on stdin, as a second line of hex: the instance reads
+// it only once behind its walls, so the process left outside them to reap it never holds it.
 
 /// The line an instance process writes on stdout once its socket accepts calls.
 pub const READY_LINE: &str = "ready";
@@ -205,6 +207,12 @@ pub const READY_LINE: &str = "ready";
 /// The answer to a transport failure: the instance is not reachable now (crashed, restarting).
 pub fn unreachable(retry_after: std::time::Duration) -> Error {
     Error { ..Error::unavailable("the instance is restarting; try again shortly", retry_after) }
+}
+
+/// The answer to a call whose request body did not arrive whole (shorter than its
+/// `Content-Length`, or its client gone): the client's error, whichever runtime serves it.
+pub fn body_incomplete() -> Error {
+    Error::invalid("the request's body ended before it was whole (shorter than its Content-Length?)")
 }
 
 /// Whether an error is the instance being unreachable (as opposed to an answer it gave).

@@ -15,6 +15,7 @@ use selfcloud_core::{Error, InstanceId, Result};
 use serde::de::DeserializeOwned;
 use std::any::Any;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -107,7 +108,22 @@ impl InstanceClient {
                 let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
                 *req.uri_mut() = format!("http://instance{path}").parse().map_err(Error::internal)?;
                 let mut sender = sender.clone();
+                // A request body that fails on its way in (shorter than its Content-Length, its
+                // client gone) resets the stream, which hyper reports like a lost instance: it is
+                // the client's error, and no alarm for the operator.
+                let body_failed = Arc::new(AtomicBool::new(false));
+                let failed = body_failed.clone();
+                let req = req.map(|body| {
+                    Body::new(body.map_err(move |e| {
+                        failed.store(true, Ordering::Relaxed);
+                        e
+                    }))
+                });
                 let unreachable = |e: hyper::Error| {
+                    if body_failed.load(Ordering::Relaxed) {
+                        tracing::debug!(instance = %self.id, error = %e, "the request's body did not arrive whole");
+                        return protocol::body_incomplete();
+                    }
                     tracing::warn!(instance = %self.id, error = %e, "instance unreachable");
                     protocol::unreachable(Duration::from_secs(1))
                 };

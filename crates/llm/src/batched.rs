@@ -11,7 +11,7 @@
 //! through this engine's), which is what per-instance mode (`crate::llama`) promises.
 
 use crate::engine::{Engine, Event, Events, ModelInfo, Timings};
-use crate::llama::{start_worker, threads, Front, Job, LlamaOptions, EVENTS, STALLED_CLIENT};
+use crate::llama::{start_worker, threads, Front, Job, LlamaOptions, EVENTS};
 use crate::openai::{FinishReason, Generation, Usage};
 use crate::tokens::{sampler, TextOut};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 const BATCH: usize = 512;
 /// Events a sequence holds for a client that is slow to read before it stops computing for it
 /// (beside the [`EVENTS`] its channel holds); one that does not read at all it waits for up to
-/// [`STALLED_CLIENT`].
+/// [`LlamaOptions::stalled_reader_ms`].
 const OUTBOX: usize = EVENTS;
 
 pub struct BatchedEngine {
@@ -46,7 +46,7 @@ impl BatchedEngine {
         let slots = options.slots.max(1);
         let threads = threads(options.threads);
         let (context_tokens, queue) = (front.info.context_tokens, options.queue.max(1));
-        let counter = front.generated.clone();
+        let (counter, stalled) = (front.generated.clone(), options.stalled_reader());
         let params = move || {
             LlamaContextParams::default()
                 .with_n_ctx(NonZeroU32::new(context_tokens * slots as u32))
@@ -58,7 +58,7 @@ impl BatchedEngine {
         start_worker("llm-batch".into(), front.model.clone(), params, move |model, ctx| {
             let seqs = (0..slots).map(|_| None).collect();
             let (deferred, limit) = (VecDeque::new(), context_tokens as usize);
-            Batcher { model, ctx, seqs, deferred, queue, limit, generated: counter }.serve(jobs)
+            Batcher { model, ctx, seqs, deferred, queue, limit, generated: counter, stalled }.serve(jobs)
         })?;
         Ok(BatchedEngine { front })
     }
@@ -130,6 +130,8 @@ struct Batcher<'m> {
     /// Tokens one sequence may hold.
     limit: usize,
     generated: Arc<AtomicU64>,
+    /// How long a sequence's reader may leave its channel full before the sequence leaves.
+    stalled: Duration,
 }
 
 impl Batcher<'_> {
@@ -312,7 +314,7 @@ impl Batcher<'_> {
                     Err(tokio::sync::mpsc::error::TrySendError::Full(event)) => {
                         seq.outbox.push_front(event);
                         let since = *seq.stalled_since.get_or_insert_with(Instant::now);
-                        gone = since.elapsed() > STALLED_CLIENT;
+                        gone = since.elapsed() > self.stalled;
                         break;
                     }
                     Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {

@@ -38,11 +38,24 @@ pub struct LlamaOptions {
     pub queue: usize,
     /// Threads each slot computes with.
     pub threads: usize,
+    /// Milliseconds a generation waits for a reader that stopped reading (its answer's channel
+    /// full) before it is ended and its slot freed: a stalled reader must not hold a slot, and
+    /// the queue behind it.
+    #[serde(default = "default_stalled_reader_ms")]
+    pub stalled_reader_ms: u64,
 }
 
-/// How long a slot waits for a client that stopped reading before it ends that generation (a
-/// stalled reader must not hold a slot, and the queue behind it, forever).
-pub(crate) const STALLED_CLIENT: std::time::Duration = std::time::Duration::from_secs(30);
+impl LlamaOptions {
+    pub const DEFAULT_STALLED_READER_MS: u64 = 5_000;
+
+    pub(crate) fn stalled_reader(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.stalled_reader_ms.max(1))
+    }
+}
+
+fn default_stalled_reader_ms() -> u64 {
+    LlamaOptions::DEFAULT_STALLED_READER_MS
+}
 
 /// Threads a context computes with: the setting, or every core the process may use (0).
 pub(crate) fn threads(setting: usize) -> i32 {
@@ -190,6 +203,7 @@ impl LlamaEngine {
         let (front, jobs) = Front::open(options)?;
         let jobs = Arc::new(Mutex::new(jobs));
         let (threads, context_tokens) = (threads(options.threads), front.info.context_tokens);
+        let stalled = options.stalled_reader();
         for n in 0..options.slots.max(1) {
             let (jobs, generated) = (jobs.clone(), front.generated.clone());
             let params = move || {
@@ -200,7 +214,7 @@ impl LlamaEngine {
                     .with_n_threads_batch(threads)
             };
             start_worker(format!("llm-slot-{n}"), front.model.clone(), params, move |model, ctx| {
-                Slot { model, ctx, cached: Vec::new(), cached_for: String::new(), generated }.serve(&jobs)
+                Slot { model, ctx, cached: Vec::new(), cached_for: String::new(), generated, stalled }.serve(&jobs)
             })?;
         }
         Ok(LlamaEngine { front })
@@ -239,6 +253,8 @@ struct Slot<'m> {
     /// Whose prompt `cached` is ([`Generation::caller`]); another caller's request starts afresh.
     cached_for: String,
     generated: Arc<AtomicU64>,
+    /// How long a reader may leave its answer's channel full before the generation ends.
+    stalled: std::time::Duration,
 }
 
 impl Slot<'_> {
@@ -261,7 +277,7 @@ impl Slot<'_> {
             };
             if let Some(e) = failed {
                 self.cached.clear();
-                send_within(&events, Event::Failed(e), STALLED_CLIENT);
+                send_within(&events, Event::Failed(e), self.stalled);
             }
         }
     }
@@ -284,7 +300,8 @@ impl Slot<'_> {
 
     fn run(&mut self, job: Job) -> Result<(), Error> {
         let Job { generation: g, prompt, events } = job;
-        let send = |e: Event| send_within(&events, e, STALLED_CLIENT);
+        let stalled = self.stalled;
+        let send = |e: Event| send_within(&events, e, stalled);
         let started = Instant::now();
 
         // Reuse what the cache holds of this caller's last prompt; at least the last token is
@@ -341,5 +358,19 @@ impl Slot<'_> {
         let timings = Timings::new((prompt.len() - reused) as u64, prompt_ms, generated, predicted_ms, reused as u64);
         send(Event::Done { finish, usage: Usage::new(prompt.len() as u64, generated), timings });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_message_without_the_stall_setting_gets_the_default() {
+        let json = r#"{"path":"m.gguf","name":"m","context_tokens":64,"slots":1,"queue":1,"threads":1}"#;
+        let options: LlamaOptions = serde_json::from_str(json).unwrap();
+        assert_eq!(options.stalled_reader(), std::time::Duration::from_millis(LlamaOptions::DEFAULT_STALLED_READER_MS));
+        let never = LlamaOptions { stalled_reader_ms: 0, ..options };
+        assert_eq!(never.stalled_reader(), std::time::Duration::from_millis(1), "0 would mean no patience at all");
     }
 }

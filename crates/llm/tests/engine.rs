@@ -25,7 +25,15 @@ fn model() -> Option<PathBuf> {
 }
 
 fn engine(path: PathBuf, context_tokens: u32, queue: usize) -> LlamaEngine {
-    let options = LlamaOptions { path, name: "smollm2".into(), context_tokens, slots: 1, queue, threads: 2 };
+    let options = LlamaOptions {
+        path,
+        name: "smollm2".into(),
+        context_tokens,
+        slots: 1,
+        queue,
+        threads: 2,
+        stalled_reader_ms: 5_000,
+    };
     LlamaEngine::load(&options).unwrap()
 }
 
@@ -142,7 +150,15 @@ fn what_the_engine_cannot_run_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, b"GGUF but not really").unwrap();
-    let options = LlamaOptions { path: junk, name: "junk".into(), context_tokens: 64, slots: 1, queue: 1, threads: 1 };
+    let options = LlamaOptions {
+        path: junk,
+        name: "junk".into(),
+        context_tokens: 64,
+        slots: 1,
+        queue: 1,
+        threads: 1,
+        stalled_reader_ms: 5_000,
+    };
     let err = LlamaEngine::load(&options).err().expect("junk loads");
     assert_eq!(err.status().as_u16(), 400, "{}", err.message);
     let missing = LlamaOptions { path: dir.path().join("absent.gguf"), ..options };

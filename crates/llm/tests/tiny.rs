@@ -116,7 +116,18 @@ fn tiny(slots: usize, queue: usize) -> (tempfile::TempDir, LlamaOptions) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     write_tiny_model(&path);
-    (dir, LlamaOptions { path, name: "tiny".into(), context_tokens: CONTEXT, slots, queue, threads: 1 })
+    (
+        dir,
+        LlamaOptions {
+            path,
+            name: "tiny".into(),
+            context_tokens: CONTEXT,
+            slots,
+            queue,
+            threads: 1,
+            stalled_reader_ms: 5_000,
+        },
+    )
 }
 
 fn engine(queue: usize) -> (tempfile::TempDir, LlamaEngine) {

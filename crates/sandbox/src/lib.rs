@@ -24,9 +24,10 @@ pub struct Spec {
     pub dir: PathBuf,
     /// Shared files mounted read-only at their own paths (models, later).
     pub read_only: Vec<PathBuf>,
-    /// Names in `dir` the instance must neither read nor change (its key file): an empty,
-    /// read-only file stands over each in the view.
-    pub hidden: Vec<String>,
+    /// The unprivileged host uid (and gid) the instance's root is, when the server runs as root
+    /// (`None`: the server's own ids, which are then unprivileged already). The directory must
+    /// belong to it.
+    pub host_id: Option<u32>,
 }
 
 /// One layer of the sandbox and whether this kernel has it.
@@ -106,4 +107,21 @@ pub fn lock_down() -> std::io::Result<()> {
     {
         Err(std::io::Error::other("the sandbox needs Linux"))
     }
+}
+
+/// Makes `dir` and everything in it belong to `id` (uid and gid), never following a link: what
+/// the server wrote there becomes the instance's own before its mapped root starts. Only the
+/// instance writes in its directory, and it is not running while this walks it.
+#[cfg(unix)]
+pub fn give_to(dir: &std::path::Path, id: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(id), Some(id))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            give_to(&entry.path(), id)?;
+        } else {
+            std::os::unix::fs::lchown(entry.path(), Some(id), Some(id))?;
+        }
+    }
+    Ok(())
 }

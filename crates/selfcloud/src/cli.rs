@@ -1,7 +1,7 @@
 //! Command-line flags. Every setting also reads an environment variable `SELFCLOUD_*`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use selfcloud_core::config::{KdfParams, Limits, Resources, TierLimits, TierResources, TokenTtls};
+use selfcloud_core::config::{InstanceLog, KdfParams, Limits, Resources, TierLimits, TierResources, TokenTtls};
 use selfcloud_gateway::server::ConnectionLimits;
 use selfcloud_instance::protocol::LlmSettings;
 use selfcloud_llm::embed::EmbedOptions;
@@ -131,6 +131,10 @@ pub struct LlmArgs {
     /// Tokens an answer may have when the request does not say.
     #[arg(long, env = "SELFCLOUD_LLM_DEFAULT_MAX_TOKENS", default_value_t = RequestLimits::default().default_max_tokens)]
     pub llm_default_max_tokens: u32,
+    /// Milliseconds a generation waits for a client that stopped reading before it is ended and
+    /// its slot freed (a reader that stalls must not hold a slot, and the queue behind it).
+    #[arg(long, env = "SELFCLOUD_LLM_STALLED_READER_MS", default_value_t = LlamaOptions::DEFAULT_STALLED_READER_MS)]
+    pub llm_stalled_reader_ms: u64,
     /// Texts one embeddings request may carry.
     #[arg(long, env = "SELFCLOUD_LLM_MAX_EMBEDDING_INPUTS", default_value_t = RequestLimits::default().max_embedding_inputs)]
     pub llm_max_embedding_inputs: usize,
@@ -156,6 +160,7 @@ impl LlmArgs {
                 slots: self.llm_slots.max(1),
                 queue: self.llm_queue,
                 threads: self.llm_threads,
+                stalled_reader_ms: self.llm_stalled_reader_ms.max(1),
             },
             limits: RequestLimits {
                 max_tokens: self.llm_max_tokens.max(1),
@@ -202,7 +207,8 @@ pub struct Settings {
     /// Largest record value, in bytes.
     #[arg(long, env = "SELFCLOUD_MAX_VALUE_BYTES", default_value_t = Limits::default().max_value_bytes)]
     pub max_value_bytes: usize,
-    /// Largest archive an import accepts, in bytes (held in memory while it is checked).
+    /// Largest archive an import accepts, in bytes (spooled to a file in the instance's directory
+    /// and checked from there, never held in memory).
     #[arg(long, env = "SELFCLOUD_MAX_IMPORT_BYTES", default_value_t = Limits::default().max_import_bytes)]
     pub max_import_bytes: usize,
     /// Sustained requests per second allowed to one token.
@@ -214,6 +220,10 @@ pub struct Settings {
     /// Sign-up, log-in and token requests per second from one client address.
     #[arg(long, env = "SELFCLOUD_RATE_PER_IP", default_value_t = Limits::default().rate_per_ip)]
     pub rate_per_ip: u32,
+    /// Sign-ups per minute from all addresses together: each provisions an instance on this
+    /// node's disk, and many addresses each within `--rate-per-ip` must not fill it.
+    #[arg(long, env = "SELFCLOUD_SIGN_UPS_PER_MINUTE", default_value_t = Limits::default().sign_ups_per_minute)]
+    pub sign_ups_per_minute: u32,
     /// Storage quota of a free-tier instance (every new account's), in bytes.
     #[arg(long, env = "SELFCLOUD_QUOTA_BYTES", default_value_t = Limits::default().quota_bytes)]
     pub quota_bytes: u64,
@@ -239,6 +249,15 @@ pub struct Settings {
     /// LLM tokens one app may spend a day on a pro-tier instance.
     #[arg(long, env = "SELFCLOUD_PRO_LLM_APP_TOKENS_PER_DAY", default_value_t = Limits::default().pro.llm_app_tokens_per_day)]
     pub pro_llm_app_tokens_per_day: u64,
+    /// LLM tokens the owner's own calls (chat, assistant, embeddings) may spend a day on a free-tier instance.
+    #[arg(long, env = "SELFCLOUD_LLM_OWNER_TOKENS_PER_DAY", default_value_t = Limits::default().llm_owner_tokens_per_day)]
+    pub llm_owner_tokens_per_day: u64,
+    /// The owner's own LLM tokens a day on a growth-tier instance.
+    #[arg(long, env = "SELFCLOUD_GROWTH_LLM_OWNER_TOKENS_PER_DAY", default_value_t = Limits::default().growth.llm_owner_tokens_per_day)]
+    pub growth_llm_owner_tokens_per_day: u64,
+    /// The owner's own LLM tokens a day on a pro-tier instance.
+    #[arg(long, env = "SELFCLOUD_PRO_LLM_OWNER_TOKENS_PER_DAY", default_value_t = Limits::default().pro.llm_owner_tokens_per_day)]
+    pub pro_llm_owner_tokens_per_day: u64,
     /// Largest page a list may ask for.
     #[arg(long, env = "SELFCLOUD_LIST_MAX", default_value_t = Limits::default().list_max)]
     pub list_max: usize,
@@ -257,9 +276,18 @@ pub struct Settings {
     /// App sign-ins (token families) one grant keeps (a new one ends the oldest past it).
     #[arg(long, env = "SELFCLOUD_APP_SESSIONS_PER_GRANT", default_value_t = Limits::default().app_sessions_per_grant)]
     pub app_sessions_per_grant: usize,
-    /// Spent refresh tokens a sign-in remembers, so a replay of one revokes the grant.
+    /// Spent refresh tokens a sign-in remembers, so a replay of one ends that sign-in.
     #[arg(long, env = "SELFCLOUD_SPENT_REFRESH_KEPT", default_value_t = Limits::default().spent_refresh_kept)]
     pub spent_refresh_kept: usize,
+    /// Failed log-ins or recoveries one username may have before each further try waits (1 s, doubling).
+    #[arg(long, env = "SELFCLOUD_LOG_IN_FREE_FAILURES", default_value_t = Limits::default().log_in_free_failures)]
+    pub log_in_free_failures: u32,
+    /// The longest wait between failed log-ins of one username, in seconds.
+    #[arg(long, env = "SELFCLOUD_LOG_IN_MAX_WAIT_SECS", default_value_t = Limits::default().log_in_max_wait_secs)]
+    pub log_in_max_wait_secs: u64,
+    /// Usernames whose failed log-ins are remembered at once.
+    #[arg(long, env = "SELFCLOUD_LOG_IN_NAMES_TRACKED", default_value_t = Limits::default().log_in_names_tracked)]
+    pub log_in_names_tracked: usize,
     /// Apps one account may have registered at once.
     #[arg(long, env = "SELFCLOUD_APPS_PER_USER", default_value_t = Limits::default().apps_per_user)]
     pub apps_per_user: usize,
@@ -282,6 +310,22 @@ pub struct Settings {
     /// Seconds an instance process may take to start.
     #[arg(long, env = "SELFCLOUD_INSTANCE_START_TIMEOUT", default_value_t = 10)]
     pub instance_start_timeout: u64,
+    /// Host uids for instances, FIRST:COUNT, when the server runs as root: each instance's root
+    /// is one of them (its uid and gid, its own), never host root; no other user of the machine
+    /// may hold one. The server itself stays root (it mounts and drives cgroups); a server not
+    /// run as root runs every instance as its own unprivileged uid and ignores this.
+    #[arg(long, env = "SELFCLOUD_INSTANCE_UIDS", default_value = "1879048192:65536")]
+    pub instance_uids: selfcloud_control::runtime::HostIds,
+    /// Longest line of an instance's stderr the server logs, in bytes (at least 64); the rest of
+    /// a longer line is dropped, and the line says it was cut.
+    #[arg(long, env = "SELFCLOUD_INSTANCE_LOG_LINE_MAX", default_value_t = InstanceLog::default().line_max as u64,
+          value_parser = clap::value_parser!(u64).range(InstanceLog::LINE_MIN as u64..))]
+    pub instance_log_line_max: u64,
+    /// Lines of one instance's stderr the server logs per second (at least 1); the others are
+    /// dropped, and their count logged.
+    #[arg(long, env = "SELFCLOUD_INSTANCE_LOG_LINES_PER_SEC", default_value_t = InstanceLog::default().lines_per_sec,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub instance_log_lines_per_sec: u32,
     /// Memory of a free-tier instance process, in MiB (its cgroup; past it the kernel kills it).
     #[arg(long, env = "SELFCLOUD_FREE_MEMORY_MIB", default_value_t = TierResources::default().free.memory_bytes >> 20)]
     pub free_memory_mib: u64,
@@ -338,29 +382,37 @@ impl Settings {
                 rate_per_token: self.rate_per_token,
                 rate_burst: self.rate_burst,
                 rate_per_ip: self.rate_per_ip,
+                // Stand-in until its flag is wired.
+                sign_ups_per_minute: self.sign_ups_per_minute.max(1),
                 list_default: defaults.list_default.min(self.list_max),
                 list_max: self.list_max,
                 list_max_bytes: self.list_max_bytes,
                 quota_bytes: self.quota_bytes,
                 llm_app_tokens_per_day: self.llm_app_tokens_per_day,
+                llm_owner_tokens_per_day: self.llm_owner_tokens_per_day,
                 // Paid tiers burst to twice their rate, as the free tier's default does.
                 growth: TierLimits {
                     quota_bytes: self.growth_quota_bytes,
                     rate_per_token: self.growth_rate_per_token,
                     rate_burst: self.growth_rate_per_token.saturating_mul(2),
                     llm_app_tokens_per_day: self.growth_llm_app_tokens_per_day,
+                    llm_owner_tokens_per_day: self.growth_llm_owner_tokens_per_day,
                 },
                 pro: TierLimits {
                     quota_bytes: self.pro_quota_bytes,
                     rate_per_token: self.pro_rate_per_token,
                     rate_burst: self.pro_rate_per_token.saturating_mul(2),
                     llm_app_tokens_per_day: self.pro_llm_app_tokens_per_day,
+                    llm_owner_tokens_per_day: self.pro_llm_owner_tokens_per_day,
                 },
                 audit_retention: self.audit_retention,
                 audit_field_max: self.audit_field_max,
                 sessions_per_user: self.sessions_per_user,
                 app_sessions_per_grant: self.app_sessions_per_grant,
                 spent_refresh_kept: self.spent_refresh_kept,
+                log_in_free_failures: self.log_in_free_failures,
+                log_in_max_wait_secs: self.log_in_max_wait_secs,
+                log_in_names_tracked: self.log_in_names_tracked,
                 apps_per_user: self.apps_per_user,
                 resources: TierResources {
                     free: Resources {
@@ -427,6 +479,18 @@ impl Settings {
         config.sandbox = has("namespaces");
         config.cgroups = has("cgroups");
         config.start_timeout = Duration::from_secs(self.instance_start_timeout);
+        config.log = InstanceLog {
+            line_max: self.instance_log_line_max as usize,
+            lines_per_sec: self.instance_log_lines_per_sec,
+        };
+        if config.host_ids.is_some() {
+            config.host_ids = Some(self.instance_uids);
+            tracing::info!(
+                first = self.instance_uids.first,
+                count = self.instance_uids.count,
+                "the server runs as root: each instance runs as a host uid of its own"
+            );
+        }
         let present: Vec<&str> = layers.iter().filter(|l| l.available).map(|l| l.name).collect();
         tracing::info!(layers = %present.join(","), "each instance runs in its own process");
         Ok(selfcloud_control::RuntimeConfig::Process(config))

@@ -31,11 +31,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     if let (selfcloud_control::RuntimeConfig::Process(process), Some(llm)) = (&mut config.runtime, &config.llm) {
-        // The sandbox shows each instance the model's directory, read-only, and nothing else outside its own.
+        // The sandbox shows each instance the model files, read-only, and nothing else outside its
+        // own directory: the files, not their directory, which `model pull` keeps private (an
+        // instance running as an unprivileged uid of its own could not enter it).
         let embedding = llm.embedding.iter().map(|e| &e.path);
-        for dir in std::iter::once(&llm.engine.path).chain(embedding).filter_map(|p| p.parent()) {
-            if !process.read_only.iter().any(|d| d == dir) {
-                process.read_only.push(dir.to_owned());
+        for file in std::iter::once(&llm.engine.path).chain(embedding) {
+            if !process.read_only.iter().any(|f| f == file) {
+                process.read_only.push(file.to_owned());
             }
         }
     }

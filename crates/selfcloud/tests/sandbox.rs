@@ -61,6 +61,11 @@ struct User {
 
 impl Up {
     async fn user(&self, name: &str) -> User {
+        self.user_with_code(name).await.0
+    }
+
+    /// A new user, and the recovery code sign-up gave them.
+    async fn user_with_code(&self, name: &str) -> (User, String) {
         let body = json!({"username": name, "password": PASSWORD});
         let account: Value = self
             .http
@@ -82,10 +87,11 @@ impl Up {
             .json()
             .await
             .unwrap();
-        User {
+        let user = User {
             token: session["token"].as_str().unwrap().to_owned(),
             instance: account["instance"]["id"].as_str().expect("sign-up names the instance").parse().unwrap(),
-        }
+        };
+        (user, account["recovery_code"].as_str().unwrap().to_owned())
     }
 
     async fn put(&self, user: &User, key: &str, value: Value) -> u16 {
@@ -154,6 +160,15 @@ async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving
     assert!(bob_view["memory_bytes"].as_u64().unwrap() > 0, "its cgroup reports memory: {bob_view}");
     let bob_pid = bob_view["pid"].as_u64().unwrap();
     let server_pid = up.child.id();
+    // The process the server started (the pid it reports) stays outside the pid namespace only
+    // to wait for the instance, its one child: it is behind a seccomp filter (mode 2) with no
+    // privilege to gain, as the instance is.
+    for pid in [bob_pid, children(bob_pid)] {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        for line in ["Seccomp:\t2", "NoNewPrivs:\t1"] {
+            assert!(status.lines().any(|l| l == line), "{pid}: no {line:?} in its status:\n{status}");
+        }
+    }
 
     // The probe itself works: its own directory is writable, so a refusal below means the walls.
     let own = up.probe(&ada, json!({"probe": "write", "path": "/instance/probe.txt"})).await.unwrap();
@@ -163,7 +178,7 @@ async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving
     let bob_dir = up.dir(&bob);
     let bob_dir = bob_dir.to_str().unwrap();
     for path in [
-        format!("{bob_dir}/keys.json"),
+        selfcloud_control::keystore::key_file_path(&up.home, bob.instance).display().to_string(),
         format!("{bob_dir}/store.db"),
         format!("{home_path}/control.db"),
         format!("{home_path}/node.key"),
@@ -183,12 +198,18 @@ async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving
         up.refused(&ada, json!({"probe": "write", "path": path})).await;
     }
     assert!(!home.path().join("planted").exists() && !Path::new("/tmp/planted").exists());
-    // The model's directory is in the view, read-only: every instance maps the same weights and
-    // none can change them for the others.
+    // The model file is in the view, read-only: every instance maps the same weights and none
+    // can change them for the others.
     if let Some(model) = test_model() {
+        up.refused(&ada, json!({"probe": "write", "path": model})).await;
         let models = model.parent().unwrap();
+        // Its directory holds nothing else to see: Landlock refuses to list it (the rule is on the
+        // file), and without Landlock only the shared files are there.
         let seen = up.probe(&ada, json!({"probe": "list", "path": models})).await.unwrap();
-        assert_eq!(seen["got_through"], true, "{seen}");
+        if seen["got_through"] == true {
+            let names: Vec<String> = serde_json::from_str(seen["detail"].as_str().unwrap()).unwrap();
+            assert!(names.iter().all(|n| n.ends_with(".gguf")), "{seen}");
+        }
         up.refused(&ada, json!({"probe": "write", "path": models.join("planted")})).await;
         assert!(!models.join("planted").exists());
     }
@@ -207,6 +228,25 @@ async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving
     // Nor can it outlive its reaper, or leave a setuid file behind.
     up.refused(&ada, json!({"probe": "clear_death_signal"})).await;
     up.refused(&ada, json!({"probe": "setuid"})).await;
+    // Nor see, through what instances share, what the others do: which pages of a file mapped
+    // read-only by every instance (the model) are cached, nor evict them to watch them come back;
+    // nor the host's load and memory, nor its disks.
+    let mapped: Vec<PathBuf> = std::iter::once("/instance/probe.txt".into()).chain(test_model()).collect();
+    for path in &mapped {
+        for probe in ["mincore", "fadvise_dontneed", "pageout"] {
+            let why = up.refused(&ada, json!({"probe": probe, "path": path})).await;
+            assert!(why.contains("not permitted"), "{probe} {}: refused by the filter: {why}", path.display());
+        }
+    }
+    let why = up.refused(&ada, json!({"probe": "sysinfo"})).await;
+    assert!(why.contains("not permitted"), "{why}");
+    // By name and by descriptor (on what it can open: the root itself it may not read).
+    let why = up.refused(&ada, json!({"probe": "statfs", "path": "/"})).await;
+    assert!(why.starts_with("statfs: Operation not permitted"), "statfs on /: {why}");
+    for path in std::iter::once("/instance".into()).chain(test_model()) {
+        let why = up.refused(&ada, json!({"probe": "statfs", "path": path})).await;
+        assert_eq!(why.matches("not permitted").count(), 2, "statfs and fstatfs on {}: {why}", path.display());
+    }
     let tty = up.refused(&ada, json!({"probe": "type_into_terminal"})).await;
     assert!(tty.contains("not permitted"), "refused by the filter, not for want of a terminal: {tty}");
     up.refused(&ada, json!({"probe": "exec", "path": "/bin/sh"})).await;
@@ -236,7 +276,11 @@ async fn an_instance_killed_mid_request_answers_503_then_comes_back_with_every_a
     for i in 0..20 {
         assert_eq!(up.put(&ada, &format!("k{i}"), json!({"n": i})).await, 200);
     }
-    let pid = up.view(&ada).await["pid"].as_u64().unwrap();
+    let view = up.view(&ada).await;
+    let (pid, called) = (view["pid"].as_u64().unwrap(), view["last_active_ms"].as_u64());
+    let instance_pid = children(pid);
+    // A call after the last one in another millisecond, so the wait below sees it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     // A write whose body is still arriving when the instance dies.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
     let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
@@ -256,9 +300,21 @@ async fn an_instance_killed_mid_request_answers_503_then_comes_back_with_every_a
         }
     });
     tx.send(Ok(b"{\"n\":".to_vec())).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Killed once the write is on its way to the instance (control handed the gateway a handle
+    // for it), ...
+    let mut forwarded = false;
+    for _ in 0..200 {
+        if up.view(&ada).await["last_active_ms"].as_u64() != called {
+            forwarded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(forwarded, "the write never reached its instance");
     assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... and the rest of its body sent once the instance is really gone (the process the server
+    // started and the instance behind it).
+    until("the instance to die", || ended(pid) && ended(instance_pid)).await;
     let _ = tx.send(Ok(b"1}".to_vec())).await;
     drop(tx);
     let (status, retry_after, body) = pending.await.unwrap();
@@ -272,6 +328,117 @@ async fn an_instance_killed_mid_request_answers_503_then_comes_back_with_every_a
     let view = up.view(&ada).await;
     assert_eq!(view["restarts"], 1, "{view}");
     assert_ne!(view["pid"].as_u64(), Some(pid));
+}
+
+/// Code that took over an instance goes for its owner's account: the key file (the password's
+/// wrap, enough to guess the password offline; the recovery wrap, which it could rewrite for a
+/// code of its choosing) is in no directory it sees, before or after a password change and a
+/// recovery; and a directory it plants where the server once wrote its temporary key file
+/// breaks neither.
+#[tokio::test]
+async fn an_instance_cannot_reach_its_owners_keys_nor_break_a_password_change() {
+    let home = tempfile::tempdir().unwrap();
+    let up = start(home.path());
+    let (ada, code) = up.user_with_code("ada").await;
+    assert_eq!(up.put(&ada, "a", json!(1)).await, 200);
+    let planted = up.probe(&ada, json!({"probe": "mkdir", "path": "/instance/keys.tmp"})).await.unwrap();
+    assert_eq!(planted["got_through"], true, "its own directory is writable: {planted}");
+    let change = json!({"password": PASSWORD, "new_password": "a second password"});
+    let resp = up.http.put(format!("{}/v1/accounts/me/password", up.base)).bearer_auth(&ada.token).json(&change);
+    let resp = resp.send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let session: Value = resp.json().await.unwrap();
+    let ada = User { token: session["token"].as_str().unwrap().to_owned(), instance: ada.instance };
+    let recovery = json!({"username": "ada", "recovery_code": code, "new_password": "a third password"});
+    let resp = up.http.post(format!("{}/v1/accounts/recover", up.base)).json(&recovery).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    // After both, nothing of the key file is in the instance's view, under any name.
+    let key_file = selfcloud_control::keystore::key_file_path(&up.home, ada.instance);
+    assert!(key_file.is_file());
+    up.refused(&ada, json!({"probe": "read_own_key_file"})).await;
+    let listed = up.probe(&ada, json!({"probe": "list", "path": "/instance"})).await.unwrap();
+    let listed = listed["detail"].as_str().unwrap();
+    assert!(!listed.contains("keys.json") && !listed.contains(".staged"), "{listed}");
+    let secret = std::fs::read_to_string(&key_file).unwrap();
+    let wrap: Value = serde_json::from_str(&secret).unwrap();
+    for entry in std::fs::read_dir(up.dir(&ada)).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let needle = wrap["recovery_wrapped"].as_str().unwrap().as_bytes();
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{} holds the recovery wrap", path.display());
+    }
+}
+
+/// A server running as root runs each instance's root as a host uid of its own (never 0), with
+/// no supplementary group, and its directory belongs to that uid.
+#[tokio::test]
+async fn under_a_root_server_each_instance_runs_as_an_unprivileged_uid_of_its_own() {
+    // SAFETY: reads this process's effective uid.
+    let root = unsafe { libc::geteuid() } == 0;
+    let home = tempfile::tempdir().unwrap();
+    let up = start(home.path());
+    let (ada, bob) = (up.user("ada").await, up.user("bob").await);
+    let mut uids = Vec::new();
+    for user in [&ada, &bob] {
+        assert_eq!(up.put(user, "a", json!(1)).await, 200);
+        let reaper = up.view(user).await["pid"].as_u64().unwrap();
+        for pid in [reaper, children(reaper)] {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+            };
+            let (uid, gid, groups) = (field("Uid:"), field("Gid:"), field("Groups:"));
+            if root {
+                assert!(uid.iter().all(|u| *u != "0" && *u == uid[0]), "{pid}: uids {uid:?}");
+                assert!(gid.iter().all(|g| *g == uid[0]), "{pid}: gids {gid:?}");
+                assert!(groups.is_empty(), "{pid}: supplementary groups {groups:?}");
+                uids.push(uid[0].parse::<u32>().unwrap());
+            } else {
+                // SAFETY: reads this process's effective uid.
+                assert_eq!(uid[0].parse::<u32>().unwrap(), unsafe { libc::geteuid() }, "{pid}: the server's own uid");
+            }
+        }
+        if root {
+            use std::os::unix::fs::MetadataExt;
+            let owner = std::fs::metadata(up.dir(user).join("store.db")).unwrap().uid();
+            assert_eq!(owner, *uids.last().unwrap(), "its files are its own");
+        }
+    }
+    if root {
+        uids.dedup();
+        assert_eq!(uids.len(), 2, "each instance its own uid: {uids:?}");
+    }
+}
+
+/// The one child of `pid` (the instance behind the process the server started).
+fn children(pid: u64) -> u64 {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    children.trim().parse().unwrap_or_else(|_| panic!("{pid} has not one child: {children:?}"))
+}
+
+/// Whether `pid` has ended: gone, or a zombie not yet reaped.
+fn ended(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command's name, which closes with the line's last parenthesis.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// Waits, up to 10 s, until `done`.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("waited 10 s for {what}");
 }
 
 /// A stream of the chunks sent on `rx`.

@@ -59,6 +59,9 @@ impl Registry {
         .map_err(db_err)?;
         tx.execute("DELETE FROM tokens WHERE user_id = ?1", [&id]).map_err(db_err)?;
         tx.execute("DELETE FROM codes WHERE user_id = ?1", [&id]).map_err(db_err)?;
+        // Its host uid is free for another instance (its files and processes are gone).
+        tx.execute("DELETE FROM host_ids WHERE instance_id IN (SELECT id FROM instances WHERE user_id = ?1)", [&id])
+            .map_err(db_err)?;
         let revoked = super::apps::delete_apps_in(&tx, super::apps::Apps::Owner, &id, now).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(revoked)

@@ -34,6 +34,8 @@ pub struct TokenRow {
     pub scopes: String,
     pub expires_at: u64,
     pub credential_epoch: u64,
+    /// The sign-in an app token belongs to.
+    pub family: Option<String>,
 }
 
 /// An authorization code as stored.
@@ -48,6 +50,9 @@ pub struct CodeRow {
     pub scopes: ScopeSet,
     pub expires_at: u64,
     pub spent: bool,
+    /// The token family its exchange started (`None` until it is spent, or for a code spent
+    /// before codes kept it).
+    pub family: Option<String>,
 }
 
 /// A refresh token as stored.
@@ -95,8 +100,17 @@ pub enum Verdict<E> {
     Issue(ScopeSet),
     /// Refuse, and leave it as it was.
     Refuse(E),
-    /// Refuse and revoke the whole grant: the credential was used twice.
+    /// Refuse and end the credential's token family (the sign-in it came from): it was used
+    /// twice, so two parties hold it (RFC 9700 4.14.2). The grant and its other families stay.
     Revoke(E),
+}
+
+/// What a replay ended.
+pub enum Ended {
+    /// The credential's family: these tokens.
+    Family { family: String, removed: Vec<Hash> },
+    /// A credential from before families were kept: its family is unknown, so the grant ends.
+    Grant,
 }
 
 /// What became of a code or refresh token.
@@ -105,6 +119,7 @@ pub enum Redeemed<E> {
     Refused(E),
     Revoked {
         grant: GrantId,
+        ended: Ended,
         reason: E,
     },
     /// The grant is no longer active (revoked, or its user deleted).
@@ -119,6 +134,8 @@ pub struct Issued {
     pub app: AppId,
     pub app_name: String,
     pub scopes: ScopeSet,
+    /// The family the new pair belongs to.
+    pub family: String,
     /// Tokens the write removed (a superseded access token, families past the bound): drop
     /// them from memory.
     pub removed: Vec<Hash>,
@@ -264,16 +281,22 @@ fn issue_family(
         .collect::<rusqlite::Result<_>>()?;
     let mut removed = Vec::new();
     for f in old {
-        removed.extend(hashes(tx, "SELECT hash FROM tokens WHERE family = ?1", [&f])?);
-        tx.execute("DELETE FROM tokens WHERE family = ?1", [&f])?;
+        removed.extend(end_family_in(tx, &f)?);
     }
     Ok(removed)
 }
 
+/// Deletes every token of `family`; returns their hashes.
+fn end_family_in(tx: &Transaction, family: &str) -> rusqlite::Result<Vec<Hash>> {
+    let removed = hashes(tx, "SELECT hash FROM tokens WHERE family = ?1", [family])?;
+    tx.execute("DELETE FROM tokens WHERE family = ?1", [family])?;
+    Ok(removed)
+}
+
 /// The end of presenting a code or refresh token, in its transaction: a refusal writes nothing,
-/// a revocation revokes the grant; an issue needs the grant active, then `spend` marks the
-/// credential spent (`None`: it already was) and says which tokens that removed, then the new
-/// pair of `family` is written.
+/// a revocation ends `family` (the credential's own; the grant when it has none); an issue needs
+/// the grant active, then `spend` marks the credential spent (`None`: it already was) and says
+/// which tokens that removed, then the new pair of `family` is written.
 fn honour<E>(
     tx: Transaction,
     verdict: Verdict<E>,
@@ -287,9 +310,14 @@ fn honour<E>(
         Verdict::Issue(scopes) => scopes,
         Verdict::Refuse(reason) => return Ok(Redeemed::Refused(reason)),
         Verdict::Revoke(reason) => {
-            revoke_in(&tx, user, grant, now).map_err(db_err)?;
+            let ended = if family.is_empty() {
+                revoke_in(&tx, user, grant, now).map_err(db_err)?;
+                Ended::Grant
+            } else {
+                Ended::Family { family: family.to_owned(), removed: end_family_in(&tx, family).map_err(db_err)? }
+            };
             tx.commit().map_err(db_err)?;
-            return Ok(Redeemed::Revoked { grant, reason });
+            return Ok(Redeemed::Revoked { grant, ended, reason });
         }
     };
     let Some((user, instance, app, app_name, grant_ends)) = active_grant(&tx, grant, now).map_err(db_err)? else {
@@ -300,8 +328,8 @@ fn honour<E>(
     let plan = plan.ending_by(grant_ends);
     removed.extend(issue_family(&tx, user, grant, family, &scopes, &plan).map_err(db_err)?);
     tx.commit().map_err(db_err)?;
-    let access_expires_at = plan.access.1;
-    Ok(Redeemed::Issued(Issued { user, instance, grant, app, app_name, scopes, removed, access_expires_at }))
+    let (access_expires_at, family) = (plan.access.1, family.to_owned());
+    Ok(Redeemed::Issued(Issued { user, instance, grant, app, app_name, scopes, family, removed, access_expires_at }))
 }
 
 impl Registry {
@@ -318,7 +346,7 @@ impl Registry {
         let tx = conn.transaction().map_err(db_err)?;
         let row = tx
             .query_row(
-                "SELECT app_id, user_id, grant_id, redirect_uri, code_challenge, scopes, expires_at, spent
+                "SELECT app_id, user_id, grant_id, redirect_uri, code_challenge, scopes, expires_at, spent, family
                  FROM codes WHERE hash = ?1",
                 [hash.as_slice()],
                 |r| {
@@ -331,6 +359,7 @@ impl Registry {
                         scopes: scopes(r.get(5)?),
                         expires_at: r.get::<_, i64>(6)? as u64,
                         spent: r.get(7)?,
+                        family: r.get(8)?,
                     })
                 },
             )
@@ -338,10 +367,16 @@ impl Registry {
             .map_err(db_err)?;
         let Some(code) = row else { return Ok(Redeemed::Unknown) };
         let verdict = decide(&code);
-        let spend = |tx: &Transaction| {
-            tx.execute("UPDATE codes SET spent = 1 WHERE hash = ?1", [hash.as_slice()]).map(|_| Some(Vec::new()))
+        // A replay ends the family this code's exchange started; an exchange starts the plan's.
+        let family = match verdict {
+            Verdict::Revoke(_) => code.family.clone().unwrap_or_default(),
+            _ => plan.family.clone(),
         };
-        honour(tx, verdict, (code.user_id, code.grant_id), &plan.family, plan, now, spend)
+        let spend = |tx: &Transaction| {
+            tx.execute("UPDATE codes SET spent = 1, family = ?2 WHERE hash = ?1", params![hash.as_slice(), &family])
+                .map(|_| Some(Vec::new()))
+        };
+        honour(tx, verdict, (code.user_id, code.grant_id), &family, plan, now, spend)
     }
 
     /// A refresh token's row, spent or not.
@@ -408,8 +443,7 @@ impl Registry {
     pub fn end_family(&self, family: &str) -> Result<Vec<Hash>> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction().map_err(db_err)?;
-        let removed = hashes(&tx, "SELECT hash FROM tokens WHERE family = ?1", [family]).map_err(db_err)?;
-        tx.execute("DELETE FROM tokens WHERE family = ?1", [family]).map_err(db_err)?;
+        let removed = end_family_in(&tx, family).map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         Ok(removed)
     }
@@ -472,7 +506,7 @@ impl Registry {
         let mut stmt = conn
             .prepare(
                 "SELECT t.hash, t.kind, t.user_id, i.id, t.grant_id, g.app_id, a.name, t.scopes, t.expires_at,
-                        u.credential_epoch
+                        u.credential_epoch, t.family
                  FROM tokens t JOIN users u ON u.id = t.user_id JOIN instances i ON i.user_id = u.id
                  LEFT JOIN grants g ON g.id = t.grant_id LEFT JOIN apps a ON a.id = g.app_id
                  WHERE t.kind != 'refresh' AND i.state != ?1
@@ -495,6 +529,7 @@ impl Registry {
                     scopes: r.get(7)?,
                     expires_at: r.get::<_, i64>(8)? as u64,
                     credential_epoch: r.get::<_, i64>(9)? as u64,
+                    family: r.get(10)?,
                 })
             })
             .map_err(db_err)?;

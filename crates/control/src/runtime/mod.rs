@@ -12,9 +12,10 @@
 
 mod inproc;
 mod process;
+pub mod stderr;
 
 pub use inproc::Inproc;
-pub use process::{Process, ProcessConfig};
+pub use process::{HostIds, Process, ProcessConfig};
 
 use async_trait::async_trait;
 use selfcloud_core::config::Resources;
@@ -56,6 +57,8 @@ pub struct WakeSpec {
     pub dir: PathBuf,
     pub settings: Settings,
     pub resources: Resources,
+    /// The host uid its root runs as (process runtime, server running as root).
+    pub host_id: Option<u32>,
 }
 
 /// What an awake instance used, from its cgroup (`None` where not measured).

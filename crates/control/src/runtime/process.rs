@@ -5,11 +5,12 @@
 //! line or environment (both are readable by other local users through /proc). The child says
 //! `ready` on stdout once its socket takes calls. The server keeps the stdin pipe open for the
 //! child's life: closing it asks the instance to stop, and if the server dies the kernel closes
-//! it, so no instance outlives its server.
+//! it, so no instance outlives its server. Its stderr is a pipe too, which the server reads and
+//! logs line by line, cleaned, cut and rate-limited (`stderr.rs`).
 
 use super::{Awake, ResourceUsage, Runtime, RuntimeKind, WakeSpec};
 use async_trait::async_trait;
-use selfcloud_core::config::Resources;
+use selfcloud_core::config::{InstanceLog, Resources};
 use selfcloud_core::{Error, Result};
 use selfcloud_instance::protocol::{Start, READY_LINE};
 use selfcloud_instance::transport::SOCKET_FILE;
@@ -34,6 +35,38 @@ pub struct ProcessConfig {
     pub start_timeout: Duration,
     /// Shared files every instance may read (mounted read-only).
     pub read_only: Vec<PathBuf>,
+    /// What of each instance's stderr the server logs (a line's length, lines per second).
+    pub log: InstanceLog,
+    /// When the server runs as root: the host uids instances' roots are mapped to, one of its
+    /// own per instance (`None`: instances run as the server's own, unprivileged, uid).
+    pub host_ids: Option<HostIds>,
+}
+
+/// A range of host uids (each also the gid) for instances: `first`, `first + 1`, ...
+/// `first + count - 1`. No other user of the machine may hold one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostIds {
+    pub first: u32,
+    pub count: u32,
+}
+
+impl HostIds {
+    /// Just above the range systemd leaves to containers (524288 to 1879048191), below 2^31.
+    pub const DEFAULT: HostIds = HostIds { first: 1_879_048_192, count: 65_536 };
+}
+
+impl std::str::FromStr for HostIds {
+    type Err = String;
+    /// `FIRST:COUNT`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (first, count) = s.split_once(':').ok_or("expected FIRST:COUNT")?;
+        let first: u32 = first.parse().map_err(|e| format!("FIRST: {e}"))?;
+        let count: u32 = count.parse().map_err(|e| format!("COUNT: {e}"))?;
+        if first == 0 || count == 0 || first.checked_add(count).is_none_or(|end| end > i32::MAX as u32) {
+            return Err("FIRST must be above 0, COUNT at least 1, and FIRST + COUNT at most 2^31 - 1".into());
+        }
+        Ok(HostIds { first, count })
+    }
 }
 
 impl ProcessConfig {
@@ -44,6 +77,9 @@ impl ProcessConfig {
             cgroups: true,
             start_timeout: Duration::from_secs(10),
             read_only: Vec::new(),
+            log: InstanceLog::default(),
+            // SAFETY: reads this process's effective uid.
+            host_ids: (unsafe { libc::geteuid() } == 0).then_some(HostIds::DEFAULT),
         }
     }
 }
@@ -102,6 +138,15 @@ impl Runtime for Process {
             )));
         }
         let _ = std::fs::remove_file(&socket);
+        if let Some(host_id) = spec.host_id {
+            // The instance's root is this host uid: everything in its directory becomes its own
+            // (files made by the server at provisioning, and by an earlier uid after a change).
+            let dir = spec.dir.clone();
+            tokio::task::spawn_blocking(move || selfcloud_sandbox::give_to(&dir, host_id))
+                .await
+                .map_err(Error::internal)?
+                .map_err(|e| Error::internal(format!("instance {id}: chown to its uid {host_id}: {e}")))?;
+        }
         let group = match &self.cgroups {
             Some(h) => Some(h.create(&id.to_string(), limits(spec.resources)).map_err(Error::internal)?),
             None => None,
@@ -114,7 +159,9 @@ impl Runtime for Process {
             .arg(&spec.dir)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            // A pipe the server reads, never its own stderr: that may be its log file, which
+            // the instance could chmod, truncate or overwrite through the descriptor.
+            .stderr(std::process::Stdio::piped())
             // Nothing of the server's environment: only what says how to log.
             .env_clear()
             .kill_on_drop(true);
@@ -154,18 +201,21 @@ impl Runtime for Process {
         }
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let stdout = child.stdout.take().expect("stdout is piped");
+        // Read from now on, so what it says as it fails to start is logged too; until EOF, which
+        // comes when it and its reaper are gone (exited or killed with their group).
+        super::stderr::spawn(id, child.stderr.take().expect("stderr is piped"), self.config.log);
         let start = Start {
             settings: spec.settings,
-            key: hex::encode(key.as_bytes()),
             sandbox: self.config.sandbox,
             read_only: self.config.read_only.clone(),
-            hidden: vec![crate::instances::KEY_FILE.to_owned()],
+            host_id: spec.host_id,
         };
-        drop(key);
+        // The start message, then the key on a line of its own (read once behind the walls).
         let mut line = serde_json::to_vec(&start).map_err(Error::internal)?;
-        let mut start = start;
-        start.key.zeroize();
         line.push(b'\n');
+        line.extend_from_slice(hex::encode(key.as_bytes()).as_bytes());
+        line.push(b'\n');
+        drop(key);
         let sent = stdin.write_all(&line).await;
         line.zeroize();
         if let Err(e) = sent.and(stdin.flush().await) {

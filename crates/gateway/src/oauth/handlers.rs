@@ -223,6 +223,9 @@ pub async fn authorize_decision(
             }
         },
     };
+    if let Err(e) = crate::routes::apps::check_token_budget(&s, caller.token.instance_id, token_budget) {
+        return ApiError(e).into_response();
+    }
     let expires_at = match grant_expiry(field("expires_in_days").as_deref(), held_end, s.clock.now()) {
         Ok(at) => at,
         Err(e) => return ApiError(e).into_response(),
@@ -280,7 +283,7 @@ pub async fn login(
     if let Err(e) = s.rate.check_ip(peer.ip()) {
         return ApiError(e).into_response();
     }
-    let user = match s.control.log_in(&form.username, &form.password).await {
+    let user = match crate::throttle::log_in(&s, &form.username, &form.password).await {
         Ok(u) => u,
         Err(e) if e.code == ErrorCode::Unauthenticated => {
             return pages::login(
@@ -289,6 +292,10 @@ pub async fn login(
                 Some("Wrong username or password."),
                 guard(),
             )
+        }
+        Err(e) if e.code == ErrorCode::RateLimited => {
+            let page = pages::login(&borrowed(&pairs), e.status(), Some(&e.message), guard());
+            return crate::throttle::with_retry_after(page, &e);
         }
         Err(e) => return ApiError(e).into_response(),
     };

@@ -3,9 +3,10 @@
 //! token and `now`. Control runs a decision inside the transaction that would spend the code
 //! or token, so nothing is spent by a request that fails a check.
 //!
-//! A replay revokes the grant only when the replaying request proves what the first one did
-//! (the client, and for a code the PKCE verifier): a stranger who merely saw a code cannot
-//! revoke someone's grant by presenting it badly.
+//! A replay ends the sign-in it came from (the token family: what the code's exchange issued and
+//! every refresh since; RFC 6749 4.1.2, RFC 9700 4.14.2), never the grant and its other
+//! sign-ins, and only when the replaying request proves what the first one did (the client, and
+//! for a code the PKCE verifier): a stranger who merely saw a code cannot end anyone's sign-in.
 
 use super::verify_pkce;
 use selfcloud_control::{CodeGrant, RefreshGrant, Verdict};
@@ -158,7 +159,7 @@ pub fn parse(f: TokenForm) -> Result<TokenRequest, TokenError> {
 }
 
 /// The decision on a stored code. Checks that prove the presenter come first; only then does a
-/// spent code count as a replay (which revokes the grant).
+/// spent code count as a replay (which ends the family its exchange started).
 pub fn decide_code(req: &CodeExchange, code: &CodeGrant, now: u64) -> Verdict<TokenError> {
     if code.app_id != req.client_id {
         return Verdict::Refuse(TokenError::grant("code was issued to another client"));
@@ -171,7 +172,7 @@ pub fn decide_code(req: &CodeExchange, code: &CodeGrant, now: u64) -> Verdict<To
     }
     if code.spent {
         // A code used twice may have been stolen: everything issued from it goes (RFC 6749 4.1.2).
-        return Verdict::Revoke(TokenError::grant("code already used; the grant is revoked"));
+        return Verdict::Revoke(TokenError::grant("code already used; the tokens issued from it are revoked"));
     }
     if code.expires_at <= now {
         return Verdict::Refuse(TokenError::grant("code expired"));
@@ -183,14 +184,14 @@ pub fn decide_code(req: &CodeExchange, code: &CodeGrant, now: u64) -> Verdict<To
 }
 
 /// The decision on a stored refresh token: each works once (rotation); a second use means two
-/// parties hold it, so the grant is revoked. A narrower scope may be asked for, never a wider one,
+/// parties hold it, so its family (that sign-in) is revoked. A narrower scope may be asked for, never a wider one,
 /// and a request refused for its scope spends nothing.
 pub fn decide_refresh(req: &Refresh, token: &RefreshGrant, now: u64) -> Verdict<TokenError> {
     if token.app_id != req.client_id {
         return Verdict::Refuse(TokenError::grant("refresh token was issued to another client"));
     }
     if token.spent {
-        return Verdict::Revoke(TokenError::grant("refresh token already used; the grant is revoked"));
+        return Verdict::Revoke(TokenError::grant("refresh token already used; its sign-in is revoked"));
     }
     if token.expires_at <= now {
         return Verdict::Refuse(TokenError::grant("refresh token expired"));
@@ -225,6 +226,7 @@ mod tests {
             scopes: ScopeSet::parse("storage:read:notes").unwrap(),
             expires_at: 1_060,
             spent: false,
+            family: None,
         }
     }
 
@@ -287,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_that_proves_the_verifier_revokes_the_grant() {
+    fn a_replay_that_proves_the_verifier_ends_the_codes_sign_in() {
         let client = AppId::random();
         let spent = CodeGrant { spent: true, ..code(client) };
         assert!(matches!(decide_code(&exchange(client), &spent, 1_000), Verdict::Revoke(_)));

@@ -76,7 +76,7 @@ pub async fn create_account(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(body): ApiJson<Credentials>,
 ) -> ApiResult<Response> {
-    s.rate.check_ip(peer.ip())?;
+    s.rate.check_sign_up(peer.ip())?;
     let account = s.control.sign_up(&body.username, &body.password, s.clock.now()).await?;
     let created = AccountCreated {
         user_id: account.user_id.to_string(),
@@ -101,7 +101,7 @@ pub async fn create_session(
     ApiJson(body): ApiJson<Credentials>,
 ) -> ApiResult<Response> {
     s.rate.check_ip(peer.ip())?;
-    let user = s.control.log_in(&body.username, &body.password).await?;
+    let user = crate::throttle::log_in(&s, &body.username, &body.password).await?;
     let (token, expires_at) = s.control.create_session(&user, TokenKind::Session, s.clock.now()).await?;
     Ok(Json(SessionCreated { token, expires_at }).into_response())
 }
@@ -165,7 +165,7 @@ pub async fn recover(
     ApiJson(body): ApiJson<Recovery>,
 ) -> ApiResult<Response> {
     s.rate.check_ip(peer.ip())?;
-    let r = s.control.recover(&body.username, &body.recovery_code, &body.new_password, s.clock.now()).await?;
+    let r = crate::throttle::recover(&s, &body.username, &body.recovery_code, &body.new_password).await?;
     Ok(Json(Recovered { token: r.token, expires_at: r.expires_at, recovery_code: r.recovery_code }).into_response())
 }
 

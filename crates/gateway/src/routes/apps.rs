@@ -165,6 +165,16 @@ pub async fn list_grants(State(s): State<Arc<AppState>>, caller: Caller) -> ApiR
     }))
 }
 
+/// A budget above the tier's ceiling is refused (400, naming the ceiling) rather than stored.
+pub fn check_token_budget(
+    s: &AppState,
+    instance: selfcloud_core::InstanceId,
+    budget: Option<u64>,
+) -> Result<(), Error> {
+    let ceiling = s.control.config().limits.tier(s.control.tier_of(instance)).llm_app_tokens_per_day;
+    selfcloud_control::check_token_budget(budget, ceiling)
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantChange {
@@ -184,6 +194,7 @@ pub async fn change_grant(
 ) -> ApiResult<StatusCode> {
     caller.require_owner()?;
     let id: GrantId = id.parse().map_err(|_| Error::not_found("no such grant"))?;
+    check_token_budget(&s, caller.token.instance_id, change.token_budget)?;
     s.control.set_token_budget(caller.token.user_id, id, change.token_budget).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,11 +1,13 @@
 //! Calls into the caller's instance: the gateway has authenticated, rate-limited and checked the
 //! access the call needs (`protocol::Need`); it now forwards the request as it came, with the
 //! call's context and without the client's credentials, and hands back the instance's answer as
-//! it streams. The audit middleware records it after.
+//! it streams, rebuilt as an untrusted answer (`crate::untrusted`). The audit middleware records
+//! it after.
 
 use crate::auth::{Caller, ScopeUsed};
 use crate::error::ApiResult;
 use crate::state::AppState;
+use crate::untrusted::{self, Promise};
 use axum::extract::Request;
 use axum::http::header;
 use axum::response::Response;
@@ -54,13 +56,17 @@ pub async fn forward_with(
         s.clock.now_ms(),
         timeout.as_millis() as u64,
     );
-    ctx.token_budget = token_budget;
+    // The owner's LLM use is budgeted on every path in (the dashboard's pages too), not only
+    // where a route remembers to say so.
+    ctx.token_budget =
+        token_budget.or_else(|| caller.is_owner().then(|| s.control.owner_token_budget(caller.token.instance_id)));
     // The instance learns who calls from the context alone; it never sees a credential.
     for name in [header::AUTHORIZATION, header::COOKIE, header::HOST] {
         req.headers_mut().remove(name);
     }
+    let promise = Promise::of_path(req.uri().path());
     let instance = s.control.instance(caller.token.instance_id).await?;
-    let mut resp = instance.call(&ctx, req).await?;
+    let mut resp = untrusted::answer(instance.call(&ctx, req).await?, promise).await;
     if let Some(scope) = used {
         resp.extensions_mut().insert(ScopeUsed(scope));
     }

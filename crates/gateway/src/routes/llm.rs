@@ -30,7 +30,7 @@ pub async fn chat(State(s): State<Arc<AppState>>, caller: Caller, req: Request) 
 }
 
 /// OpenAI embeddings of one text or a list: unit-length vectors (floats, or base64 with
-/// `encoding_format: "base64"`), paid from the app's token budget like a chat.
+/// `encoding_format: "base64"`), paid from the caller's token budget like a chat.
 #[utoipa::path(post, path = "/v1/llm/embeddings", tag = "llm", security(("bearer" = ["llm:embed"])),
     request_body(content = Object, content_type = "application/json"),
     responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -47,11 +47,15 @@ async fn budgeted(s: &AppState, caller: &Caller, scope: Scope, req: Request) -> 
     forward_with(s, caller, need, req, CALL_TIMEOUT, token_budget(s, caller).await?).await
 }
 
-/// An app's daily token budget (its grant's under the tier's ceiling); the owner has none.
-async fn token_budget(s: &AppState, caller: &Caller) -> ApiResult<Option<u64>> {
+/// The caller's daily token budget: an app's is its grant's under the tier's ceiling, the
+/// owner's the tier's own setting.
+pub(crate) async fn token_budget(s: &AppState, caller: &Caller) -> ApiResult<Option<u64>> {
+    if caller.is_owner() {
+        return Ok(Some(s.control.owner_token_budget(caller.token.instance_id)));
+    }
     match &caller.token.grant {
-        Some(g) if !caller.is_owner() => Ok(Some(s.control.token_budget(g.grant_id, caller.token.instance_id).await?)),
-        _ => Ok(None),
+        Some(g) => Ok(Some(s.control.token_budget(g.grant_id, caller.token.instance_id).await?)),
+        None => Ok(None),
     }
 }
 

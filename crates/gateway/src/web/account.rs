@@ -110,7 +110,15 @@ pub async fn export(State(s): State<Arc<AppState>>, Posted { session, .. }: Post
     match portability::export(State(s.clone()), session.caller, req).await {
         // Everything left the instance, or was asked for: the access log says so either way, as
         // it does for the API's export.
-        Ok(resp) => super::recorded(&s, &caller, &Method::GET, "/v1/export", resp).await,
+        Ok(resp) if resp.status().is_success() => super::recorded(&s, &caller, &Method::GET, "/v1/export", resp).await,
+        // The instance's error (already the gateway's own JSON error) as a page of ours.
+        Ok(resp) => {
+            let resp = super::recorded(&s, &caller, &Method::GET, "/v1/export", resp).await;
+            match super::json_of(resp).await {
+                Err(e) => error_page(&e),
+                Ok(_) => error_page(&Error::internal("the export failed")),
+            }
+        }
         Err(ApiError(e)) => {
             let refused = ApiError(e.clone()).into_response();
             super::recorded(&s, &caller, &Method::GET, "/v1/export", refused).await;

@@ -1,12 +1,13 @@
 //! Signing up, logging in and out, and recovering an account with its code. Each form must come
 //! from this origin's own pages with its token (`form_guard`: a form posted from another site
 //! could log the victim's browser into the attacker's account), and each attempt counts against
-//! the address's rate limit.
+//! the address's rate limit and, for a log-in or recovery, against the username's (`throttle`).
 
 use super::form_guard::{check_form, FormCheck, FormGuard, STALE};
 use super::layout::{csrf_field, error_page, page};
 use super::session::{clear_cookies, safe_next, session_cookies, with_cookies, Empty, Posted, WebSession};
 use crate::state::AppState;
+use crate::throttle;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -123,7 +124,7 @@ pub async fn signup(
         FormCheck::CrossSite => return cross_site(),
         FormCheck::Stale => return signup_form(&s, &headers, StatusCode::FORBIDDEN, &f.username, Some(STALE)),
     }
-    if let Err(e) = s.rate.check_ip(peer.ip()) {
+    if let Err(e) = s.rate.check_sign_up(peer.ip()) {
         return error_page(&e);
     }
     if f.password != f.password_again {
@@ -199,10 +200,13 @@ pub async fn login(
     if let Err(e) = s.rate.check_ip(peer.ip()) {
         return error_page(&e);
     }
-    let user = match s.control.log_in(&f.username, &f.password).await {
+    let user = match throttle::log_in(&s, &f.username, &f.password).await {
         Ok(u) => u,
         Err(e) if e.code == ErrorCode::Unauthenticated => {
             return login_form(&s, &headers, StatusCode::UNAUTHORIZED, next, Some("Wrong username or password."))
+        }
+        Err(e) if e.code == ErrorCode::RateLimited => {
+            return throttle::with_retry_after(login_form(&s, &headers, e.status(), next, Some(&e.message)), &e)
         }
         Err(e) => return error_page(&e),
     };
@@ -278,10 +282,13 @@ pub async fn recover(
     if let Err(e) = s.rate.check_ip(peer.ip()) {
         return error_page(&e);
     }
-    let recovered = match s.control.recover(&f.username, &f.recovery_code, &f.new_password, s.clock.now()).await {
+    let recovered = match throttle::recover(&s, &f.username, &f.recovery_code, &f.new_password).await {
         Ok(r) => r,
         Err(e) if e.code == ErrorCode::Internal => return error_page(&e),
-        Err(e) => return recover_form(&s, &headers, e.status(), &f.username, Some(&e.message)),
+        Err(e) => {
+            let form = recover_form(&s, &headers, e.status(), &f.username, Some(&e.message));
+            return throttle::with_retry_after(form, &e);
+        }
     };
     // The recovery answers an API session; the browser gets a web session instead.
     let Some(info) = s.control.authenticate(&recovered.token, s.clock.now()) else {

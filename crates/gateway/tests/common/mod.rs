@@ -261,6 +261,25 @@ impl Server {
     pub fn error_code(body: &Value) -> &str {
         body["error"]["code"].as_str().unwrap_or_else(|| panic!("not a contract error: {body}"))
     }
+
+    /// Runs an attack probe (feature `attack-probes`) inside the instance of the owner whose
+    /// session is `owner`, as control calls it (a system call): its outcome.
+    pub async fn probe(&self, owner: &str, probe: Value) -> Value {
+        let (status, _, me) = self.call(Method::GET, "/v1/me", Some(owner), None).await;
+        assert_eq!(status, StatusCode::OK, "{me}");
+        let id = me["instance"]["id"].as_str().unwrap().parse().unwrap();
+        let client = self.control.instance(id).await.unwrap();
+        let req = http::Request::post("/system/probe")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(probe.to_string()))
+            .unwrap();
+        let ctx = selfcloud_instance::CallContext::system(0, 30_000);
+        let resp = client.call(&ctx, req).await.unwrap();
+        let status = resp.status();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        assert!(status.is_success(), "{probe}: {status} {}", String::from_utf8_lossy(&bytes));
+        serde_json::from_slice(&bytes).unwrap()
+    }
 }
 
 pub fn rand_suffix() -> String {
@@ -326,6 +345,7 @@ pub fn with_model(config: &mut ControlConfig, model: &std::path::Path, slots: us
         slots,
         queue,
         threads: 0,
+        stalled_reader_ms: selfcloud_llm::llama::LlamaOptions::DEFAULT_STALLED_READER_MS,
     };
     let embedding = std::env::var_os(EMBED_MODEL_ENV).map(|path| selfcloud_llm::embed::EmbedOptions {
         path: path.into(),
@@ -335,9 +355,10 @@ pub fn with_model(config: &mut ControlConfig, model: &std::path::Path, slots: us
         threads: 0,
     });
     if let selfcloud_control::RuntimeConfig::Process(process) = &mut config.runtime {
-        process.read_only.push(model.parent().unwrap().to_owned());
+        // The model files themselves, as `up` shows them (their directory may be private).
+        process.read_only.push(model.to_owned());
         if let Some(e) = &embedding {
-            process.read_only.push(e.path.parent().unwrap().to_owned());
+            process.read_only.push(e.path.clone());
         }
     }
     config.llm = Some(selfcloud_instance::protocol::LlmSettings {

@@ -102,7 +102,7 @@ pub(crate) async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): Api
     let chat =
         ChatRequest { messages, temperature: Some(0.0), max_tokens: request.max_tokens, ..ChatRequest::default() };
     let generation = chat.validate(s.llm.limits())?;
-    let events = super::llm::start(&s, &engine, &ctx, generation).await?;
+    let (events, settled) = super::llm::start(&s, &engine, &ctx, generation).await?;
     let citations: Vec<_> = ranked
         .iter()
         .map(|(i, score)| json!({"collection": passages[*i].collection, "key": passages[*i].key, "score": score}))
@@ -110,9 +110,10 @@ pub(crate) async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): Api
     let head = json!({"citations": citations, "conversation": conversation.id, "model": engine.model().id});
     let exchange = Exchange { conversation, is_new: request.conversation.is_none(), question: message, now_ms };
     if request.stream {
-        return Ok(stream_answer(s, head, exchange, events));
+        return Ok(stream_answer(s, head, exchange, events, settled));
     }
     let (answer, finish, usage, timings) = collect(events).await?;
+    settled.wait().await?;
     exchange.keep(&s, &answer).await?;
     let mut body = head;
     body["answer"] = json!(answer);
@@ -139,9 +140,15 @@ impl Exchange {
 
 /// The answer as server-sent events: `{"type":"sources",...}` (citations, conversation, model),
 /// `{"type":"delta","text":...}` as the text comes, then `{"type":"done",...}` (finish reason,
-/// usage, timings) once the exchange is kept, or `{"type":"error","error":...}`. A reader that
-/// leaves stops the generation, and an answer never finished is not kept.
-fn stream_answer(s: S, mut head: serde_json::Value, exchange: Exchange, mut events: Events) -> Response {
+/// usage, timings) once the exchange is kept and its use recorded, or `{"type":"error","error":...}`.
+/// A reader that leaves stops the generation, and an answer never finished is not kept.
+fn stream_answer(
+    s: S,
+    mut head: serde_json::Value,
+    exchange: Exchange,
+    mut events: Events,
+    settled: super::llm::Settled,
+) -> Response {
     head["type"] = json!("sources");
     let (frames, mut out) = tokio::sync::mpsc::channel::<String>(16);
     tokio::spawn(async move {
@@ -157,11 +164,14 @@ fn stream_answer(s: S, mut head: serde_json::Value, exchange: Exchange, mut even
                         return; // the reader left: dropping `events` stops the generation
                     }
                 }
-                Event::Done { finish, usage, timings } => match exchange.keep(&s, &answer).await {
-                    Ok(()) => {
-                        break json!({"type": "done", "finish_reason": finish, "usage": usage, "timings": timings})
-                    }
+                Event::Done { finish, usage, timings } => match settled.wait().await {
                     Err(e) => break e.body(),
+                    Ok(()) => match exchange.keep(&s, &answer).await {
+                        Ok(()) => {
+                            break json!({"type": "done", "finish_reason": finish, "usage": usage, "timings": timings})
+                        }
+                        Err(e) => break e.body(),
+                    },
                 },
                 Event::Failed(e) => break e.body(),
             }

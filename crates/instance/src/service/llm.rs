@@ -6,6 +6,7 @@
 
 use super::{Ctx, Shared, S};
 use crate::api::{json_body, ApiBytes, ApiResult};
+use crate::ledger::OWNER;
 use crate::protocol::{Actor, Need};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -44,14 +45,15 @@ pub(crate) async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): Api
         model: engine.model().id.clone(),
     };
     let (stream, include_usage) = (generation.stream, generation.include_usage);
-    let events = start(&s, &engine, &ctx, generation).await?;
+    let (events, settled) = start(&s, &engine, &ctx, generation).await?;
     if !stream {
         let (text, finish, usage, timings) = collect(events).await?;
+        settled.wait().await?;
         let mut answer = openai::completion(&header, &text, finish, usage);
         answer["timings"] = json!(timings);
         return Ok(Json(answer).into_response());
     }
-    Ok(sse_response(header, events, include_usage))
+    Ok(sse_response(header, events, include_usage, settled))
 }
 
 /// Vectors of the texts, by the embedding model. An app pays the tokens the model read from its
@@ -62,77 +64,137 @@ pub(crate) async fn embeddings(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body
     let request: EmbeddingsRequest = json_body(&headers, &body)?;
     let embedder = s.llm.embedder().await?;
     let embedding = request.validate(s.llm.max_embedding_inputs(), embedder.dimensions())?;
-    let (_, allowance, meter) = payment(&s, &ctx).await?;
+    let Payment { allowance, meter, settled, .. } = payment(&s, &ctx).await?;
     let embedded = embedder.embed(embedding.texts, allowance, meter)?.await.map_err(Error::internal)??;
+    settled.wait().await?;
     let answer = embeddings::answer(&embedder.model().id, &embedded.vectors, embedded.tokens, embedding.base64);
     Ok(Json(answer).into_response())
 }
 
-/// `GET /v1/llm/usage`: what each app spent today (owner only), and when the day resets.
+/// `GET /v1/llm/usage`: what each app, and the owner's own calls, spent today (owner only), and
+/// when the day resets.
 pub(crate) async fn usage(s: S, ctx: Ctx) -> ApiResult<Response> {
     ctx.require(&Need::Owner)?;
     let now_ms = ctx.0.now_ms;
-    let apps = s.ledger.day(&s.local, now_ms).await?;
+    let (owner, apps): (Vec<_>, Vec<_>) =
+        s.ledger.day(&s.local, now_ms).await?.into_iter().partition(|d| d.grant_id == OWNER);
+    let owner = owner
+        .first()
+        .map_or(json!({"tokens": 0, "requests": 0}), |o| json!({"tokens": o.tokens, "requests": o.requests}));
     Ok(Json(json!({
         "day_start_ms": budget::window(now_ms),
         "resets_at_ms": budget::resets_at(now_ms),
         "apps": apps,
+        "owner": owner,
     }))
     .into_response())
 }
 
 /// Starts `generation` for the caller: tagged with who asks (the engine's KV cache is reused for
 /// the same caller only: the owner, or one grant, whose sign-ins share it), and off the async
-/// threads (templating and tokenizing a long prompt takes milliseconds). An app pays from its
-/// token budget ([`payment`]).
+/// threads (templating and tokenizing a long prompt takes milliseconds). The caller pays from
+/// its token budget ([`payment`]); the answer ends only once that is written ([`Settled`]).
 pub(crate) async fn start(
     s: &Arc<Shared>,
     engine: &Arc<dyn Engine>,
     ctx: &Ctx,
     mut generation: Generation,
-) -> Result<Events, Error> {
-    (generation.caller, generation.allowance, generation.meter) = payment(s, ctx).await?;
+) -> Result<(Events, Settled), Error> {
+    let Payment { caller, allowance, meter, settled } = payment(s, ctx).await?;
+    (generation.caller, generation.allowance, generation.meter) = (caller, allowance, meter);
     generation.tenant = s.settings.id.to_string();
     let engine = engine.clone();
-    tokio::task::spawn_blocking(move || engine.generate(generation)).await.map_err(Error::internal)?
+    let events = tokio::task::spawn_blocking(move || engine.generate(generation)).await.map_err(Error::internal)??;
+    Ok((events, settled))
+}
+
+/// Who pays for a call and how: the caller's tag (whose KV cache it may reuse), what its budget
+/// leaves, the meter that bills it, and word of the bill being written.
+pub(crate) struct Payment {
+    pub caller: String,
+    pub allowance: Option<Allowance>,
+    pub meter: Meter,
+    pub settled: Settled,
+}
+
+/// Word that what a call spent is in the ledger; an answer waits for it before it ends, so a
+/// call whose use could not be recorded ends with the ledger's error rather than as a success.
+pub(crate) struct Settled(Option<tokio::sync::oneshot::Receiver<Result<(), Error>>>);
+
+/// Longest an ended answer waits for its charge to be written (a local write: milliseconds).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Settled {
+    pub async fn wait(self) -> Result<(), Error> {
+        let Some(written) = self.0 else { return Ok(()) };
+        match tokio::time::timeout(SETTLE_WAIT, written).await {
+            Ok(Ok(written)) => written,
+            _ => Err(Error::internal("what this call spent was not recorded in time")),
+        }
+    }
 }
 
 /// Who pays for a call, what their budget leaves it, and the meter that bills it. An app waits
 /// for its turn ([`crate::ledger::Ledger::begin`]); what the call computed is written to the
-/// ledger once the engine and the answer are both done with the meter, and only then does the
-/// app's next call start. The owner has no budget.
-pub(crate) async fn payment(s: &Arc<Shared>, ctx: &Ctx) -> Result<(String, Option<Allowance>, Meter), Error> {
+/// ledger once the engine is done with the meter, and only then does the app's next call start.
+/// What could not be written is owed: the app's next call writes it first, or is refused. The
+/// owner pays the same way, under [`OWNER`], from the daily budget of their tier.
+pub(crate) async fn payment(s: &Arc<Shared>, ctx: &Ctx) -> Result<Payment, Error> {
     let now_ms = ctx.0.now_ms;
-    match &ctx.0.actor {
-        Actor::App { grant_id, name, .. } => {
-            let (turn, allowance) = s.ledger.begin(&s.local, grant_id, ctx.0.token_budget, now_ms).await?;
-            let (shared, grant, app) = (s.clone(), grant_id.clone(), name.clone());
-            // The last holder may be an engine's thread: the charge runs on this runtime.
-            let runtime = tokio::runtime::Handle::current();
-            let meter = Meter::billed(move |tokens| {
-                runtime.spawn(async move {
-                    if tokens > 0 {
-                        if let Err(e) = shared.ledger.charge(&shared.local, &grant, &app, now_ms, tokens).await {
-                            tracing::warn!(error = %e.message, "an app's LLM use could not be written to its ledger");
-                        }
-                    }
-                    drop(turn);
-                });
-            });
-            Ok((format!("grant:{grant_id}"), allowance, meter))
-        }
-        Actor::Owner => Ok(("owner".into(), None, Meter::default())),
-        Actor::System => Ok(("system".into(), None, Meter::default())),
+    let (payer, app, caller) = match &ctx.0.actor {
+        Actor::App { grant_id, name, .. } => (grant_id.clone(), name.clone(), format!("grant:{grant_id}")),
+        Actor::Owner => (OWNER.to_owned(), OWNER.to_owned(), "owner".to_owned()),
+        Actor::System => return Ok(Payment::free("system")),
+    };
+    let (turn, allowance) = s.ledger.begin(&s.local, &payer, &app, ctx.0.token_budget, now_ms).await?;
+    let (written, settled) = tokio::sync::oneshot::channel();
+    let shared = s.clone();
+    // The last holder may be an engine's thread: the charge runs on this runtime.
+    let runtime = tokio::runtime::Handle::current();
+    let meter = Meter::billed(move |tokens| {
+        runtime.spawn(async move {
+            let charged = match tokens {
+                0 => Ok(()),
+                _ => shared.ledger.charge(&shared.local, &payer, &app, now_ms, tokens).await,
+            };
+            if let Err(e) = &charged {
+                tracing::error!(error = %e.message, "LLM use could not be written to the ledger; it is owed");
+                // Owed before the turn is let go, so the payer's next call finds the debt.
+                shared.ledger.owe(&payer, &app, now_ms, tokens);
+            }
+            drop(turn);
+            let _ = written.send(charged);
+        });
+    });
+    Ok(Payment { caller, allowance, meter, settled: Settled(Some(settled)) })
+}
+
+impl Payment {
+    fn free(caller: &str) -> Self {
+        Payment { caller: caller.into(), allowance: None, meter: Meter::default(), settled: Settled(None) }
     }
 }
 
 /// The answer as server-sent events: the role first, then text as it comes, the finish reason,
 /// the usage if asked for, and `[DONE]`. A fault after the head went out arrives as an `error`
-/// event (the OpenAI clients raise it). The client going away drops `events`, which stops the
-/// generation.
-fn sse_response(header: Header, events: selfcloud_llm::Events, include_usage: bool) -> Response {
+/// event (the OpenAI clients raise it), as does a use the ledger could not record, in place of
+/// the finish. The client going away drops `events`, which stops the generation.
+fn sse_response(header: Header, events: selfcloud_llm::Events, include_usage: bool, settled: Settled) -> Response {
     let first = sse::event(&openai::chunk(&header, json!({"role": "assistant", "content": ""}), None, include_usage));
-    let frames = tokio_stream_of(events).flat_map(move |event| {
+    let mut settled = Some(settled);
+    let frames = tokio_stream_of(events).then(move |event| {
+        let settled = match event {
+            Event::Done { .. } => settled.take(),
+            _ => None,
+        };
+        async move {
+            match settled {
+                Some(settled) => settled.wait().await.map_or_else(Event::Failed, |()| event),
+                None => event,
+            }
+        }
+    });
+    let frames = frames.flat_map(move |event| {
         let frames: Vec<String> = match event {
             Event::Delta(text) => {
                 vec![sse::event(&openai::chunk(&header, json!({"content": text}), None, include_usage))]

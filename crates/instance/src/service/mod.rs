@@ -1,6 +1,6 @@
-//! The instance's own API, served once: an axum router over its [`Local`] parts. In process the
-//! gateway calls it directly; out of process the same router is served on the instance's socket
-//! (`crate::transport`). The paths are the public API's, so the gateway forwards a request as it
+//! The instance's own API, served once: an axum router over its parts ([`Shared`]: the store's
+//! [`Local`], the LLM, the ledger, the vector index). In process the gateway calls it directly;
+//! out of process the same router is served on the instance's socket (`crate::transport`). The paths are the public API's, so the gateway forwards a request as it
 //! came, after authenticating, checking its scope, rate-limiting and auditing it; `/system/…`
 //! holds the calls only control makes.
 //!
@@ -38,6 +38,9 @@ pub(crate) struct Shared {
     /// One conversation write at a time (`memory::add_exchange`).
     pub conversation_writes: tokio::sync::Mutex<()>,
     pub settings: Settings,
+    /// How this instance answers when a test has turned it hostile (`probes::Hostility`).
+    #[cfg(feature = "attack-probes")]
+    pub hostile: std::sync::Mutex<probes::Hostility>,
 }
 
 type S = State<Arc<Shared>>;
@@ -53,6 +56,8 @@ pub fn router(local: Local, settings: Settings) -> Router {
         vectors: Default::default(),
         conversation_writes: Default::default(),
         settings,
+        #[cfg(feature = "attack-probes")]
+        hostile: Default::default(),
     });
     let api = Router::new()
         .route("/v1/storage/{collection}", get(storage::list))
@@ -75,7 +80,9 @@ pub fn router(local: Local, settings: Settings) -> Router {
         .route("/system/verify", post(system::verify))
         .route("/system/audit", post(system::append_audit));
     #[cfg(feature = "attack-probes")]
-    let api = api.route("/system/probe", post(probes::run));
+    let api = api
+        .route("/system/probe", post(probes::run))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), probes::hostile));
     api.fallback(crate::api::not_found)
         .method_not_allowed_fallback(crate::api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -79,15 +79,28 @@ fn layer(name: &'static str, r: std::result::Result<(), String>) -> Layer {
 
 pub fn enter(spec: &Spec) -> Result<Entered> {
     let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    // A server running as root gives each instance a host uid of its own: root inside is then
+    // nobody outside, so a kernel bug reached from inside lands as an unprivileged user. Only a
+    // process of the parent namespace may map another uid than its own, so a helper forked
+    // before the unshare (still host root, outside every namespace) writes the maps.
+    let mapper = match spec.host_id {
+        Some(id) if uid.is_root() => Some(IdMapper::fork(id)?),
+        _ => None,
+    };
     // All namespaces at once. The pid namespace applies to children only, hence the fork below.
     // The network namespace holds only a loopback that is down: the instance's one way out is
     // the socket its parent reaches through the filesystem.
     unshare(namespaces()).map_err(|e| io("unshare", e))?;
-    // One id inside, the server's own outside: the instance owns what the server owns on disk
-    // and can reach only what its mount view shows. setgroups must be denied before gid_map.
-    std::fs::write("/proc/self/uid_map", format!("0 {uid} 1"))?;
-    std::fs::write("/proc/self/setgroups", "deny")?;
-    std::fs::write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+    match mapper {
+        Some(mapper) => mapper.map()?,
+        None => {
+            // One id inside, the server's own (unprivileged) outside. setgroups must be denied
+            // before an unprivileged process may write gid_map.
+            std::fs::write("/proc/self/uid_map", format!("0 {uid} 1"))?;
+            std::fs::write("/proc/self/setgroups", "deny")?;
+            std::fs::write("/proc/self/gid_map", format!("0 {gid} 1"))?;
+        }
+    }
 
     // Handles on what the view will hold, taken in the new mount namespace (a bind mount's
     // source must belong to it) while the host's tree is still visible: they are bind-mounted
@@ -104,19 +117,42 @@ pub fn enter(spec: &Spec) -> Result<Entered> {
         })
         .collect::<Result<Vec<_>>>()?;
 
-    mount_view(&dir, &shared, &spec.hidden)?;
+    if spec.host_id.is_some() && uid.is_root() {
+        // Become the mapped root (host uid `host_id`), keeping the capabilities of this
+        // namespace for the mounts below; the host's supplementary groups (root's) go first.
+        // The handles above were opened as host root, which could still walk the server's
+        // private home to them.
+        let zero = (nix::unistd::Gid::from_raw(0), nix::unistd::Uid::from_raw(0));
+        nix::unistd::setgroups(&[]).map_err(|e| io("setgroups", e))?;
+        nix::unistd::setresgid(zero.0, zero.0, zero.0).map_err(|e| io("setresgid", e))?;
+        nix::unistd::setresuid(zero.1, zero.1, zero.1).map_err(|e| io("setresuid", e))?;
+    }
+    mount_view(&dir, &shared)?;
     drop((dir, shared));
     nix::unistd::sethostname("instance").map_err(|e| io("sethostname", e))?;
 
     // Become pid 1 of the new pid namespace; the original process stays behind only to wait.
+    // It holds nothing of the instance's (the data key is read after this fork) and, like the
+    // instance, keeps no capability, gains none, and makes only the calls waiting takes.
     match unsafe { fork() }.map_err(|e| io("fork", e))? {
         ForkResult::Parent { child } => {
-            let code = match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, code)) => code,
-                Ok(WaitStatus::Signaled(_, sig, _)) => 128 + sig as i32,
-                _ => 1,
+            let walled = drop_capabilities()
+                .and_then(|_| nix::sys::prctl::set_no_new_privs().map_err(|e| io("no_new_privs", e)))
+                .and_then(|_| seccomp::install_reaper());
+            if let Err(e) = walled {
+                eprintln!("the instance's reaper: {e}");
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            }
+            let code = loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => break code,
+                    Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    _ => break 1,
+                }
             };
-            std::process::exit(code);
+            // SAFETY: ends this process at once; nothing of it needs flushing or unwinding.
+            unsafe { libc::_exit(code) };
         }
         ForkResult::Child => {}
     }
@@ -139,7 +175,7 @@ pub fn restrict(spec: &Spec) -> Result<Entered> {
 /// each shared path read-only at its own path; the old root is detached; the new root is then
 /// made read-only. Nothing of the host (other instances, the registry, the node key, /proc) is
 /// left to name.
-fn mount_view(dir: &std::fs::File, shared: &[(PathBuf, std::fs::File)], hidden: &[String]) -> Result<()> {
+fn mount_view(dir: &std::fs::File, shared: &[(PathBuf, std::fs::File)]) -> Result<()> {
     // Nothing mounted here may propagate back to the host's namespace.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .map_err(|e| io("make / private", e))?;
@@ -151,14 +187,6 @@ fn mount_view(dir: &std::fs::File, shared: &[(PathBuf, std::fs::File)], hidden: 
     let target = root.join(INSTANCE_MOUNT.trim_start_matches('/'));
     std::fs::create_dir(&target)?;
     bind(dir, &target, nosuid)?;
-    // An empty, read-only file over each hidden name: the instance cannot read it, write it,
-    // rename over it or unlink it (a mount point is busy), and has no right to unmount it.
-    let empty = root.join(".empty");
-    std::fs::write(&empty, b"")?;
-    let blank = std::fs::File::open(&empty)?;
-    for name in hidden.iter().filter(|n| !n.contains('/') && target.join(n).exists()) {
-        bind(&blank, &target.join(name), nosuid | MsFlags::MS_RDONLY)?;
-    }
     for (path, file) in shared {
         let target = root.join(path.strip_prefix("/").unwrap_or(path));
         if file.metadata()?.is_dir() {
@@ -267,5 +295,44 @@ fn landlock_rules(own: &Path, read_only: &[PathBuf]) -> String {
     match attempt() {
         Ok(status) => format!("{:?}", status.ruleset),
         Err(e) => format!("not enforced: {e}"),
+    }
+}
+
+/// The helper that maps an instance's root to its host uid: a child forked before the unshare,
+/// so it stays in the host's namespaces as root, waits for the word that the parent is in its
+/// new user namespace, writes the parent's `uid_map` and `gid_map`, and exits.
+struct IdMapper {
+    pid: nix::unistd::Pid,
+    go: std::os::fd::OwnedFd,
+}
+
+impl IdMapper {
+    fn fork(host_id: u32) -> Result<IdMapper> {
+        let (go_read, go) = nix::unistd::pipe().map_err(|e| io("pipe", e))?;
+        let parent = std::process::id();
+        // SAFETY: the caller is single-threaded (the sandbox needs it), so the child may run
+        // ordinary code; it ends with _exit.
+        match unsafe { fork() }.map_err(|e| io("fork the id mapper", e))? {
+            ForkResult::Child => {
+                drop(go);
+                let mut byte = [0u8; 1];
+                let told = nix::unistd::read(&go_read, &mut byte).is_ok_and(|n| n == 1);
+                let map = |file: &str| std::fs::write(format!("/proc/{parent}/{file}"), format!("0 {host_id} 1"));
+                let done = told && map("uid_map").is_ok() && map("gid_map").is_ok();
+                // SAFETY: ends the helper without running the parent's exit handlers.
+                unsafe { libc::_exit(if done { 0 } else { 1 }) }
+            }
+            ForkResult::Parent { child } => Ok(IdMapper { pid: child, go }),
+        }
+    }
+
+    /// Tells the helper to write the maps, and waits until it has.
+    fn map(self) -> Result<()> {
+        nix::unistd::write(&self.go, &[1]).map_err(|e| io("tell the id mapper", e))?;
+        drop(self.go);
+        match waitpid(self.pid, None) {
+            Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+            other => Err(Error::other(format!("mapping the instance's ids failed: {other:?}"))),
+        }
     }
 }

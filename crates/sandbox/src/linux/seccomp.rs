@@ -5,6 +5,14 @@
 //! kill/ptrace/process_vm_*, no mount, namespace, keyring, BPF or io_uring call. A call off the
 //! list fails with EPERM rather than killing the process, so a library probing an optional call
 //! (an I/O priority, say) degrades instead of crashing.
+//!
+//! Nor does an instance learn what others do through what they share: the model file is mapped
+//! by every instance, so `mincore` (which of its pages are cached), `fadvise(DONTNEED)` and
+//! `madvise(MADV_COLD, MADV_PAGEOUT)` (evict them, then time their return) are refused, and so
+//! are `sysinfo` (the host's load, memory and process count) and `statfs`/`fstatfs` (the size
+//! and free space of the host's disks; SQLite and RocksDB only read the filesystem's type from
+//! it, and do without). Kept, and why: `getrusage` and `prlimit64` read only its own process;
+//! `sched_getaffinity` shows the CPUs its cgroup gives it, which tokio sizes its pool by.
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
@@ -19,8 +27,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_mprotect,
-    libc::SYS_madvise,
-    libc::SYS_mincore,
     libc::SYS_membarrier,
     // files (inside the view: only the instance directory exists)
     libc::SYS_read,
@@ -37,14 +43,11 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_fstat,
     libc::SYS_newfstatat,
     libc::SYS_statx,
-    libc::SYS_statfs,
-    libc::SYS_fstatfs,
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_sync_file_range,
     libc::SYS_ftruncate,
     libc::SYS_fallocate,
-    libc::SYS_fadvise64,
     libc::SYS_readahead,
     libc::SYS_flock,
     libc::SYS_fcntl,
@@ -138,7 +141,6 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_uname,
     libc::SYS_prlimit64,
     libc::SYS_getrusage,
-    libc::SYS_sysinfo,
     libc::SYS_prctl,
     libc::SYS_exit,
     libc::SYS_exit_group,
@@ -155,8 +157,50 @@ fn arch() -> Result<seccompiler::TargetArch> {
     std::env::consts::ARCH.try_into().map_err(filter_err)
 }
 
+/// One rule: argument `arg` (a 32-bit value) differs from each of `values`.
+fn none_of(arg: u8, values: &[u64]) -> Result<SeccompRule> {
+    let conditions = values
+        .iter()
+        .map(|&v| SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, v).map_err(filter_err))
+        .collect::<Result<Vec<_>>>()?;
+    SeccompRule::new(conditions).map_err(filter_err)
+}
+
+/// What the instance's reaper (the process left outside its pid namespace) may do: wait for
+/// the instance and exit with its status. Anything else fails with EPERM.
+const REAPER_ALLOWED: &[libc::c_long] = &[
+    libc::SYS_wait4,
+    libc::SYS_waitid,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_restart_syscall,
+    libc::SYS_write,
+    libc::SYS_kill,
+];
+
+/// The reaper's own filter (see [`REAPER_ALLOWED`]); `write` only to stderr, `kill` only to
+/// the instance it waits for, with SIGKILL, when its own walls failed to go up.
+pub fn install_reaper() -> Result<()> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = REAPER_ALLOWED.iter().map(|&nr| (nr, vec![])).collect();
+    let stderr = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 2).map_err(filter_err)?;
+    rules.insert(libc::SYS_write, vec![SeccompRule::new(vec![stderr]).map_err(filter_err)?]);
+    let sigkill = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::SIGKILL as u64)
+        .map_err(filter_err)?;
+    rules.insert(libc::SYS_kill, vec![SeccompRule::new(vec![sigkill]).map_err(filter_err)?]);
+    let filter = SeccompFilter::new(rules, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow, arch()?)
+        .map_err(filter_err)?;
+    let program: BpfProgram = filter.try_into().map_err(filter_err)?;
+    seccompiler::apply_filter(&program).map_err(filter_err)
+}
+
 pub fn install() -> Result<()> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED.iter().map(|&nr| (nr, vec![])).collect();
+    // madvise and fadvise64, but not the advice that evicts pages of a file others map.
+    const MADV_COLD: u64 = 20;
+    const MADV_PAGEOUT: u64 = 21;
+    rules.insert(libc::SYS_madvise, vec![none_of(2, &[MADV_COLD, MADV_PAGEOUT])?]);
+    rules.insert(libc::SYS_fadvise64, vec![none_of(3, &[libc::POSIX_FADV_DONTNEED as u64])?]);
     // clone only for threads: a new process (fork, or clone without CLONE_THREAD) is refused.
     let thread = SeccompCondition::new(
         0,
