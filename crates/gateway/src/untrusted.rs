@@ -42,8 +42,8 @@ const ERROR_BODY_MAX: usize = 16 * 1024;
 const ERROR_READ: Duration = Duration::from_secs(5);
 /// The longest message kept from an instance's error.
 const MESSAGE_CHARS: usize = 1000;
-/// The longest wait an instance may ask a client for.
-const RETRY_AFTER_MAX: u64 = 3600;
+/// The longest wait an instance may ask a client for: a token budget's day.
+const RETRY_AFTER_MAX: u64 = 86_400;
 
 impl Promise {
     /// What the route at `path` promises (the public API's paths, as the instance serves them).
@@ -246,7 +246,13 @@ mod tests {
             screen(StatusCode::TOO_MANY_REQUESTS, &h, Promise::Json),
             Screened::Error(Some(Duration::from_secs(7)))
         );
-        let h = head(&[("retry-after", "999999")]);
+        // A budget spent for the day waits until midnight UTC; longer than a day is no wait.
+        let h = head(&[("retry-after", "86400")]);
+        assert_eq!(
+            screen(StatusCode::TOO_MANY_REQUESTS, &h, Promise::Json),
+            Screened::Error(Some(Duration::from_secs(86_400)))
+        );
+        let h = head(&[("retry-after", "86401")]);
         assert_eq!(screen(StatusCode::SERVICE_UNAVAILABLE, &h, Promise::Json), Screened::Error(None));
     }
 

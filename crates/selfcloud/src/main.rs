@@ -48,7 +48,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// One instance process; logs to stderr (the server's), quietly unless RUST_LOG asks.
+/// One instance process; logs to its stderr, a pipe the server reads, cleans, tags and rate limits
+/// (`control::runtime::stderr`), quietly unless RUST_LOG asks.
 fn instance_run(dir: &std::path::Path) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
