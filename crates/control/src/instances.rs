@@ -3,6 +3,7 @@
 //! stopped before its account's files are removed. One lock per instance (never one for all):
 //! a slow wake of one instance delays only the callers of that instance.
 
+use crate::admission::{self, Admission, AwakeInstance};
 use crate::keys::{self, InstanceKeyFile, NodeKey, PasswordKeys};
 use crate::recovery::RecoveryCode;
 use crate::runtime::{Awake, ResourceUsage, WakeSpec};
@@ -79,6 +80,9 @@ pub struct RunStatus {
 pub struct RuntimeSummary {
     pub by_state: Vec<(RunState, u64)>,
     pub restarts: u64,
+    /// Instances hibernated to make room in the memory budget, and wakes refused for want of it.
+    pub evicted_for_memory: u64,
+    pub refused_for_memory: u64,
 }
 
 /// A wake's latency goes to whoever watches (the gateway's histogram).
@@ -105,6 +109,8 @@ struct Slot {
     last_active_ms: AtomicU64,
     last_active: Mutex<Instant>,
     restarts: AtomicU64,
+    /// The memory it may use while awake: its tier's limit when it woke (`admission`).
+    reserved: AtomicU64,
 }
 
 impl Slot {
@@ -116,6 +122,7 @@ impl Slot {
             last_active_ms: AtomicU64::new(0),
             last_active: Mutex::new(Instant::now()),
             restarts: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
         }
     }
 
@@ -154,6 +161,9 @@ pub fn should_hibernate(idle: Duration, in_use: bool, hibernate_after: Duration)
 
 /// A run this long counts as healthy: a crash after it starts the backoff afresh.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
+/// The wait a wake refused for want of memory suggests: an awake instance's call ends, or it
+/// goes idle, within seconds.
+const RETRY_FULL: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 pub(crate) struct Table {
@@ -161,6 +171,11 @@ pub(crate) struct Table {
     /// Instances whose account is being deleted: never woken again.
     deleting: Mutex<std::collections::HashSet<InstanceId>>,
     pub(crate) wake_observer: std::sync::OnceLock<WakeObserver>,
+    /// Memory promised to wakes under way (`admission`); held while a wake is admitted.
+    pending: Mutex<u64>,
+    /// Instances hibernated to make room for another, and wakes refused for want of it.
+    pub(crate) evicted_for_memory: AtomicU64,
+    pub(crate) refused_for_memory: AtomicU64,
 }
 
 impl Table {
@@ -275,11 +290,23 @@ impl Control {
             return Err(Error::unavailable("the instance is restarting after repeated crashes", wait));
         }
         let started = Instant::now();
-        let awake: Arc<dyn Awake> = Arc::from(self.wake(id).await?);
+        let need = self.config.limits.resources.of(self.tier_of(id)).memory_bytes;
+        self.admit(id, need).await?;
+        let woke = self.wake(id).await;
+        let awake: Arc<dyn Awake> = match woke {
+            Ok(awake) => Arc::from(awake),
+            Err(e) => {
+                self.admitted(need);
+                return Err(e);
+            }
+        };
         let client = awake.client();
         inner.awake = Some(awake.clone());
         inner.started_at = Some(started);
+        slot.reserved.store(need, Ordering::Relaxed);
         *slot.ready.write() = Some((client.clone(), awake));
+        // Counted as awake now, no longer as a wake under way.
+        self.admitted(need);
         let took = started.elapsed();
         if let Some(observe) = self.table.wake_observer.get() {
             observe(took);
@@ -312,6 +339,58 @@ impl Control {
         .map_err(Error::internal)??;
         let resources = self.config.limits.resources.of(self.tier_of(id));
         self.runtime.wake(WakeSpec { dir, settings: self.settings(id), resources, host_id }, key).await
+    }
+
+    /// Waits until `need` bytes fit in the memory budget, hibernating the least recently used
+    /// idle instances to make room, and promises them to the wake of `id` (given back by
+    /// [`Control::admitted`]); 503 when no idle instance can free enough.
+    async fn admit(&self, id: InstanceId, need: u64) -> Result<()> {
+        let budget = self.memory_budget;
+        for _ in 0..4 {
+            let victims: Vec<(InstanceId, Arc<Slot>)> = {
+                let mut pending = self.table.pending.lock();
+                let slots: Vec<(InstanceId, Arc<Slot>)> = self
+                    .table
+                    .slots
+                    .lock()
+                    .iter()
+                    .filter(|(other, s)| **other != id && s.ready.read().is_some())
+                    .map(|(other, s)| (*other, s.clone()))
+                    .collect();
+                let awake: Vec<AwakeInstance> = slots
+                    .iter()
+                    .map(|(other, s)| AwakeInstance {
+                        id: *other,
+                        reserved: s.reserved.load(Ordering::Relaxed),
+                        last_active: *s.last_active.lock(),
+                        in_use: s.in_use(),
+                    })
+                    .collect();
+                match admission::admit(budget, need, *pending, &awake) {
+                    Admission::Admit => {
+                        *pending += need;
+                        return Ok(());
+                    }
+                    Admission::Full => break,
+                    Admission::Evict(ids) => slots.into_iter().filter(|(other, _)| ids.contains(other)).collect(),
+                }
+            };
+            for (victim, slot) in victims {
+                tracing::info!(instance = %victim, for_instance = %id, "instance hibernated to make room in the memory budget");
+                self.table.evicted_for_memory.fetch_add(1, Ordering::Relaxed);
+                stop_slot(victim, &slot, self.config.stop_grace, |s| !s.in_use()).await;
+            }
+        }
+        self.table.refused_for_memory.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(instance = %id, budget_mib = budget >> 20, need_mib = need >> 20,
+            "no room in the instance memory budget: every awake instance is in use");
+        Err(Error::unavailable("the server has no memory free for another instance now; try again shortly", RETRY_FULL))
+    }
+
+    /// A wake admitted for `need` bytes has ended (awake, counted by its slot, or failed).
+    fn admitted(&self, need: u64) {
+        let mut pending = self.table.pending.lock();
+        *pending = pending.saturating_sub(need);
     }
 
     /// Past the cap on awake instances, the least recently used idle ones go to sleep.
@@ -431,6 +510,8 @@ impl Control {
         RuntimeSummary {
             by_state: RunState::ALL.iter().map(|s| (*s, counts.get(s).copied().unwrap_or(0))).collect(),
             restarts,
+            evicted_for_memory: self.table.evicted_for_memory.load(Ordering::Relaxed),
+            refused_for_memory: self.table.refused_for_memory.load(Ordering::Relaxed),
         }
     }
 

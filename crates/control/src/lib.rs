@@ -7,6 +7,7 @@
 //! control the clock.
 
 mod accounts;
+pub mod admission;
 mod grants;
 mod instances;
 pub mod keys;
@@ -52,6 +53,9 @@ pub struct ControlConfig {
     pub ttls: TokenTtls,
     /// Instances kept awake at once; past this the least recently used idle one hibernates.
     pub open_instances: usize,
+    /// The memory all awake instances together may use, by their tiers' limits (`admission`);
+    /// `None`: three quarters of the machine's.
+    pub instance_memory_bytes: Option<u64>,
     /// Where instances run.
     pub runtime: RuntimeConfig,
     /// An instance with no call for this long hibernates (its process exits; its files stay).
@@ -76,6 +80,7 @@ impl ControlConfig {
             limits: Limits::default(),
             ttls: TokenTtls::default(),
             open_instances: 1024,
+            instance_memory_bytes: None,
             runtime: RuntimeConfig::Inproc,
             hibernate_after: std::time::Duration::from_secs(60),
             stop_grace: std::time::Duration::from_secs(10),
@@ -111,6 +116,8 @@ pub struct Control {
     operator_token_hash: [u8; 32],
     /// Bounds the password derivations running at once (see `kdf_slot`).
     kdf_slots: Arc<tokio::sync::Semaphore>,
+    /// What all awake instances together may use (`admission`), in bytes.
+    memory_budget: u64,
 }
 
 impl Control {
@@ -144,9 +151,13 @@ impl Control {
             tiers,
             operator_token_hash,
             kdf_slots: Arc::new(tokio::sync::Semaphore::new(config.kdf_concurrency.max(1))),
+            memory_budget: config
+                .instance_memory_bytes
+                .unwrap_or_else(|| admission::machine_memory().map_or(u64::MAX, admission::default_budget)),
             config,
         };
         control.load_tokens(now)?;
+        tracing::info!(instance_memory_mib = control.memory_budget >> 20, "awake instances are admitted by memory");
         Ok(Arc::new(control))
     }
 

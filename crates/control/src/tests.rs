@@ -197,3 +197,44 @@ async fn the_home_is_private_and_so_is_every_file_control_writes() {
     drop(Control::open(config, 1_000).unwrap());
     assert_eq!(mode(&root), 0o700);
 }
+
+/// Awake instances stay within the memory budget by their tiers' limits: a wake past it
+/// hibernates the least recently used idle instance, and when every awake one is in use it is
+/// refused with 503 and a wait, until one is free again.
+#[tokio::test]
+async fn awake_instances_stay_within_the_memory_budget() {
+    use crate::RunState;
+    const MIB: u64 = 1 << 20;
+    let (_home, c) = control_with(|config| {
+        config.limits.resources.free.memory_bytes = 100 * MIB;
+        config.instance_memory_bytes = Some(250 * MIB);
+    });
+    let mut ids = Vec::new();
+    for name in ["ada", "bob", "cyd"] {
+        ids.push(c.sign_up(name, PASSWORD, 1_000).await.unwrap().instance_id);
+    }
+    let state = |c: &Control, i: usize| c.run_status(ids[i]).state;
+    // Two fit; the third's wake hibernates the least recently used.
+    drop(c.instance(ids[0]).await.unwrap());
+    drop(c.instance(ids[1]).await.unwrap());
+    drop(c.instance(ids[2]).await.unwrap());
+    let running = (0..3).filter(|i| state(&c, *i) == RunState::Running).count();
+    assert_eq!(running, 2, "{:?}", (0..3).map(|i| state(&c, i)).collect::<Vec<_>>());
+    assert_eq!(state(&c, 0), RunState::Hibernated, "the least recently used made room");
+    // With both awake ones in use, a third is refused, and nothing in use is stopped.
+    let held = (c.instance(ids[1]).await.unwrap(), c.instance(ids[2]).await.unwrap());
+    let Err(refused) = c.instance(ids[0]).await else { panic!("a wake past the budget was admitted") };
+    assert_eq!(refused.code, ErrorCode::Unavailable, "{}", refused.message);
+    assert!(refused.retry_after.is_some());
+    assert_eq!((state(&c, 1), state(&c, 2)), (RunState::Running, RunState::Running));
+    assert_eq!(c.runtime_summary().refused_for_memory, 1);
+    // Once one is free, the wake goes through in its place.
+    let evicted = c.runtime_summary().evicted_for_memory;
+    drop(held.0);
+    c.instance(ids[0]).await.unwrap();
+    assert_eq!(
+        (state(&c, 0), state(&c, 1), state(&c, 2)),
+        (RunState::Running, RunState::Hibernated, RunState::Running)
+    );
+    assert_eq!(c.runtime_summary().evicted_for_memory, evicted + 1);
+}

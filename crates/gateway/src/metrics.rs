@@ -54,6 +54,8 @@ pub struct Metrics {
     instances: Gauge<u64, AtomicU64>,
     by_state: Family<StateLabels, Gauge<u64, AtomicU64>>,
     restarts: Gauge<u64, AtomicU64>,
+    evicted_for_memory: Gauge<u64, AtomicU64>,
+    refused_for_memory: Gauge<u64, AtomicU64>,
     /// Each wake of a hibernated (or never started) instance, first call to ready.
     pub wakes: Histogram,
 }
@@ -77,7 +79,28 @@ impl Metrics {
         registry.register("instances", "Instances by state: running, hibernated, crashed", by_state.clone());
         registry.register("instance_restarts", "Instance restarts after a crash, since start", restarts.clone());
         registry.register("instance_wake_seconds", "Time to wake an instance, first call to ready", wakes.clone());
-        Metrics { registry, requests, latency, instances, by_state, restarts, wakes }
+        let (evicted_for_memory, refused_for_memory) = (Gauge::default(), Gauge::default());
+        registry.register(
+            "instance_memory_evictions",
+            "Instances hibernated to make room in the instance memory budget, since start",
+            evicted_for_memory.clone(),
+        );
+        registry.register(
+            "instance_memory_refusals",
+            "Wakes refused (503) because every awake instance was in use and the memory budget full, since start",
+            refused_for_memory.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            instances,
+            by_state,
+            restarts,
+            evicted_for_memory,
+            refused_for_memory,
+            wakes,
+        }
     }
 
     pub fn render(&self, instances_provisioned: u64, runtime: &selfcloud_control::RuntimeSummary) -> String {
@@ -86,6 +109,8 @@ impl Metrics {
             self.by_state.get_or_create(&StateLabels { state: state.as_str() }).set(*n);
         }
         self.restarts.set(runtime.restarts);
+        self.evicted_for_memory.set(runtime.evicted_for_memory);
+        self.refused_for_memory.set(runtime.refused_for_memory);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

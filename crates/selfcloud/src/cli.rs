@@ -297,6 +297,11 @@ pub struct Settings {
     /// Instances kept awake at once (past it the least recently used idle one hibernates).
     #[arg(long, env = "SELFCLOUD_OPEN_INSTANCES", default_value_t = 1024)]
     pub open_instances: usize,
+    /// Memory all awake instances together may use, in MiB, counted by their tiers' memory
+    /// limits: a wake past it hibernates the least recently used idle instances, or answers 503
+    /// when every awake one is in use. 0: three quarters of the machine's memory.
+    #[arg(long, env = "SELFCLOUD_INSTANCE_MEMORY_MIB", default_value_t = 0)]
+    pub instance_memory_mib: u64,
     /// Where instances run: `process` (each in its own sandboxed process), `inproc` (inside the
     /// server), or `auto` (process where the kernel allows; says so at start either way).
     #[arg(long, env = "SELFCLOUD_RUNTIME", default_value = "auto")]
@@ -440,6 +445,7 @@ impl Settings {
                 code: Duration::from_secs(self.code_ttl),
             },
             open_instances: self.open_instances,
+            instance_memory_bytes: (self.instance_memory_mib > 0).then_some(self.instance_memory_mib << 20),
             // `runtime()` picks the runtime; a bench or test that wants another sets it.
             runtime: selfcloud_control::RuntimeConfig::Inproc,
             hibernate_after: Duration::from_secs_f64(self.hibernate_after.max(0.0)),

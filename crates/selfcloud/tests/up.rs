@@ -169,6 +169,7 @@ fn help_names_every_limit() {
         "--instance-log-line-max",
         "--instance-log-lines-per-sec",
         "--open-instances",
+        "--instance-memory-mib",
         "--free-memory-mib",
         "--free-cpu-millis",
         "--free-pids",
