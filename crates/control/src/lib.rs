@@ -13,6 +13,7 @@ mod instances;
 pub mod keys;
 pub mod keystore;
 mod lifecycle;
+mod provisioning;
 mod recovery;
 mod registry;
 pub mod runtime;
@@ -130,7 +131,7 @@ impl Control {
         selfcloud_durable::create_private_dir(home)?;
         selfcloud_durable::create_private_dir(&home.join(INSTANCES_DIR))?;
         selfcloud_durable::create_private_dir(&home.join(keystore::KEYS_DIR))?;
-        let node_key = instances::load_or_create_node_key(home)?;
+        let node_key = provisioning::load_or_create_node_key(home)?;
         let registry = Arc::new(Registry::open(&home.join("control.db"))?);
         // Before any instance wakes: no key file stays where an instance can see it.
         keystore::migrate(home, |id| instance_dir(home, id), &registry.instance_ids()?)?;
