@@ -19,18 +19,33 @@ impl Clock for SystemClock {
     }
 }
 
-/// The system clock plus an offset that tests advance to expire tokens and codes.
+/// The system clock plus an offset that tests advance to expire tokens and codes; frozen, it
+/// stands still between advances (for rules measured in whole seconds, which a slow run or a
+/// second's boundary would otherwise cross).
 #[derive(Default)]
-pub struct OffsetClock(AtomicU64);
+pub struct OffsetClock {
+    offset: AtomicU64,
+    /// The moment it stands at, when frozen (0: it runs).
+    frozen_at: AtomicU64,
+}
 
 impl OffsetClock {
     pub fn advance(&self, secs: u64) {
-        self.0.fetch_add(secs * 1000, Ordering::SeqCst);
+        self.offset.fetch_add(secs * 1000, Ordering::SeqCst);
+    }
+
+    /// From now on time moves only by [`OffsetClock::advance`].
+    pub fn freeze(&self) {
+        self.frozen_at.store(SystemClock.now_ms(), Ordering::SeqCst);
     }
 }
 
 impl Clock for OffsetClock {
     fn now_ms(&self) -> u64 {
-        SystemClock.now_ms() + self.0.load(Ordering::SeqCst)
+        let base = match self.frozen_at.load(Ordering::SeqCst) {
+            0 => SystemClock.now_ms(),
+            at => at,
+        };
+        base + self.offset.load(Ordering::SeqCst)
     }
 }

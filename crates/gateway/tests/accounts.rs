@@ -113,6 +113,8 @@ async fn failed_log_ins_are_throttled_per_username_and_a_success_clears_them() {
     const FREE: usize = 5; // the default number of failures before the first wait
     const PASSWORD: &str = "correct horse battery";
     let s = Server::start().await;
+    // The waits are whole seconds: time moves here only when the test says.
+    s.clock.freeze();
     s.sign_up("ada").await;
     s.sign_up("bob").await;
     let log_in = |name: &str, password: &str| {
