@@ -224,11 +224,12 @@ impl Control {
     async fn wake(&self, id: InstanceId) -> Result<Box<dyn Awake>> {
         let (registry, home, seal) =
             (self.registry.clone(), self.config.home.clone(), self.node_key.instance_seal_key(id));
-        let host_ids = match &self.config.runtime {
-            crate::RuntimeConfig::Process(p) => p.host_ids,
-            crate::RuntimeConfig::Inproc => None,
+        let (host_ids, images) = match &self.config.runtime {
+            crate::RuntimeConfig::Process(p) => (p.host_ids, Some(p.disk_images)),
+            crate::RuntimeConfig::Inproc => (None, None),
         };
-        let (dir, key, host_id) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let resources = self.config.limits.resources.of(self.tier_of(id));
+        let (dir, key, host_id, image) = tokio::task::spawn_blocking(move || -> Result<_> {
             // A deleted instance's key is shredded, but never rely on that alone.
             if registry.instance_deleted(id)? {
                 return Err(Error::not_found("instance not found"));
@@ -236,12 +237,23 @@ impl Control {
             let host_id = host_ids.map(|r| registry.host_id(id, r.first, r.count)).transpose()?;
             // The sealed wrap is the same in a staged change's file: the current one will do.
             let file = crate::keystore::read(&home, id)?;
-            Ok((instance_dir(&home, id), keys::unwrap(&seal, keys::SEAL_PURPOSE, &file.sealed)?, host_id))
+            let key = keys::unwrap(&seal, keys::SEAL_PURPOSE, &file.sealed)?;
+            let dir = instance_dir(&home, id);
+            let image = match images {
+                Some(make) => crate::disk::prepare(&home, id, &dir, resources.disk_bytes, make)?,
+                // In the server's own process there is no mount namespace to mount it in.
+                None if crate::disk::image_path(&home, id).exists() => {
+                    return Err(Error::internal(format!(
+                        "instance {id} lives in its disk image, which only `--runtime process` mounts"
+                    )))
+                }
+                None => None,
+            };
+            Ok((dir, key, host_id, image))
         })
         .await
         .map_err(Error::internal)??;
-        let resources = self.config.limits.resources.of(self.tier_of(id));
-        self.runtime.wake(WakeSpec { dir, settings: self.settings(id), resources, host_id }, key).await
+        self.runtime.wake(WakeSpec { dir, settings: self.settings(id), resources, host_id, image }, key).await
     }
 
     /// Waits until `need` bytes fit in the memory budget, hibernating the least recently used

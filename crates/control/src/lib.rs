@@ -8,6 +8,7 @@
 
 mod accounts;
 pub mod admission;
+pub mod disk;
 mod grants;
 mod instances;
 pub mod keys;

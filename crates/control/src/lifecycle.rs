@@ -202,7 +202,10 @@ impl Control {
         let home = self.config.home.clone();
         tokio::task::spawn_blocking(move || keystore::shred_all(&home, id)).await.map_err(Error::internal)??;
         self.stop_instance(id).await;
-        tokio::task::spawn_blocking(move || remove_dir(&dir)).await.map_err(Error::internal)??;
+        let home = self.config.home.clone();
+        tokio::task::spawn_blocking(move || remove_dir(&dir).and_then(|_| crate::disk::remove(&home, id)))
+            .await
+            .map_err(Error::internal)??;
         let revoked = self.blocking(move |r| r.tombstone(user, now)).await?;
         self.deleted(id);
         self.tokens.remove_user(user, now);

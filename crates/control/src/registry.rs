@@ -149,7 +149,7 @@ pub(crate) struct Registry {
 }
 
 pub(crate) fn db_err(e: rusqlite::Error) -> Error {
-    Error::internal(format!("registry: {e}"))
+    selfcloud_durable::sqlite::error("registry", e)
 }
 
 fn parse<T: std::str::FromStr<Err = Error>>(s: String) -> rusqlite::Result<T> {

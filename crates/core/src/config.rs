@@ -175,6 +175,14 @@ pub struct Resources {
     pub cpu_millis: u32,
     /// Processes and threads at once.
     pub pids: u32,
+    /// The instance's disk (its image's size, where the server gives each instance one): its
+    /// records with their overhead, its logs and its LLM memory all fit in it.
+    pub disk_bytes: u64,
+    /// Bytes a second it may read, and as many write, on its disk (0: unbounded): one instance's
+    /// copy-and-fsync burst must not queue every other instance's writes behind it.
+    pub io_bytes_per_sec: u64,
+    /// Reads a second it may issue to its disk, and as many writes (0: unbounded).
+    pub io_ops_per_sec: u32,
 }
 
 /// Each tier's [`Resources`].
@@ -188,10 +196,34 @@ pub struct TierResources {
 impl Default for TierResources {
     fn default() -> Self {
         const MIB: u64 = 1024 * 1024;
+        const GIB: u64 = 1024 * MIB;
+        // Disks hold each tier's storage quota (10, 50 and 200 GB) with room to spare for the
+        // databases' own pages, write-ahead logs, the access log and the LLM's memory.
         TierResources {
-            free: Resources { memory_bytes: 256 * MIB, cpu_millis: 1000, pids: 128 },
-            growth: Resources { memory_bytes: 1024 * MIB, cpu_millis: 2000, pids: 256 },
-            pro: Resources { memory_bytes: 4096 * MIB, cpu_millis: 4000, pids: 512 },
+            free: Resources {
+                memory_bytes: 256 * MIB,
+                cpu_millis: 1000,
+                pids: 128,
+                disk_bytes: 12 * GIB,
+                io_bytes_per_sec: 64 * MIB,
+                io_ops_per_sec: 1000,
+            },
+            growth: Resources {
+                memory_bytes: 1024 * MIB,
+                cpu_millis: 2000,
+                pids: 256,
+                disk_bytes: 56 * GIB,
+                io_bytes_per_sec: 128 * MIB,
+                io_ops_per_sec: 2000,
+            },
+            pro: Resources {
+                memory_bytes: 4096 * MIB,
+                cpu_millis: 4000,
+                pids: 512,
+                disk_bytes: 224 * GIB,
+                io_bytes_per_sec: 256 * MIB,
+                io_ops_per_sec: 4000,
+            },
         }
     }
 }

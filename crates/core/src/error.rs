@@ -21,6 +21,8 @@ pub enum ErrorCode {
     RateLimited,
     BudgetExceeded,
     QuotaExceeded,
+    /// A disk is full (the instance's own limit, or the server's): nothing was written.
+    DiskFull,
     Unavailable,
     Internal,
 }
@@ -37,7 +39,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::RateLimited | ErrorCode::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorCode::QuotaExceeded | ErrorCode::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -56,6 +58,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::DiskFull => "disk_full",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -108,6 +111,20 @@ impl Error {
     pub fn unavailable(message: impl Into<String>, retry_after: Duration) -> Self {
         Error { retry_after: Some(retry_after), ..Self::new(ErrorCode::Unavailable, message) }
     }
+    /// A write found no room on its disk; `detail` (for the log) says which file. Nothing of the
+    /// write happened, so the caller may retry once room is made.
+    pub fn disk_full(detail: impl std::fmt::Display) -> Self {
+        Error {
+            detail: Some(detail.to_string()),
+            ..Self::new(ErrorCode::DiskFull, "the disk is full: nothing was written; try again later")
+        }
+    }
+    /// Whether an I/O error means there is no room left (no space, or over a quota).
+    pub fn is_no_space(e: &std::io::Error) -> bool {
+        matches!(e.raw_os_error(), Some(28 /* ENOSPC */) | Some(122 /* EDQUOT */))
+            || e.kind() == std::io::ErrorKind::StorageFull
+            || e.kind() == std::io::ErrorKind::QuotaExceeded
+    }
     pub fn status(&self) -> StatusCode {
         self.code.status()
     }
@@ -143,6 +160,10 @@ mod tests {
         assert_eq!(e.body(), serde_json::json!({"error":{"code":"conflict","message":"username taken"}}));
         assert_eq!(Error::rate_limited(Duration::from_secs(1)).status().as_u16(), 429);
         assert_eq!(ErrorCode::QuotaExceeded.status().as_u16(), 507);
+        let full = Error::disk_full("write /x: No space left on device");
+        assert_eq!((full.status().as_u16(), full.code.as_str()), (507, "disk_full"));
+        assert!(Error::is_no_space(&std::io::Error::from_raw_os_error(28)));
+        assert!(!Error::is_no_space(&std::io::Error::from_raw_os_error(5)));
         let spent = Error::budget_exceeded("spent", Duration::from_secs(60));
         assert_eq!((spent.status().as_u16(), spent.code.as_str()), (429, "budget_exceeded"));
     }

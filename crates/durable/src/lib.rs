@@ -18,9 +18,14 @@ pub const FILE_MODE: u32 = 0o600;
 pub const DIR_MODE: u32 = 0o700;
 
 /// An I/O failure as an internal error naming what was done to which path (for the operator's
-/// log; the client sees a generic message).
+/// log; the client sees a generic message), or `disk_full` when there was no room.
 pub fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::internal(format!("{what} {}: {e}", path.display()))
+    let detail = format!("{what} {}: {e}", path.display());
+    if Error::is_no_space(&e) {
+        Error::disk_full(detail)
+    } else {
+        Error::internal(detail)
+    }
 }
 
 /// Makes the directory entries of `dir` (files created, renamed or removed in it) durable.

@@ -6,9 +6,19 @@ use rusqlite::Connection;
 use selfcloud_core::{Error, Result};
 use std::path::Path;
 
-/// A SQLite failure as an internal error naming the database.
+/// A SQLite failure as an internal error naming the database; a full disk is `disk_full`.
 pub fn db_err(what: &'static str) -> impl Fn(rusqlite::Error) -> Error {
-    move |e| Error::internal(format!("{what}: {e}"))
+    move |e| error(what, e)
+}
+
+/// [`db_err`] for one error: SQLite's "database or disk is full" becomes `disk_full`, the rest
+/// internal.
+pub fn error(what: &str, e: rusqlite::Error) -> Error {
+    if matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull) {
+        Error::disk_full(format!("{what}: {e}"))
+    } else {
+        Error::internal(format!("{what}: {e}"))
+    }
 }
 
 /// How much a commit waits for the disk.

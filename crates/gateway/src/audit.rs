@@ -8,6 +8,7 @@ use selfcloud_core::InstanceId;
 use selfcloud_instance::AuditEntry;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 enum Message {
@@ -21,7 +22,7 @@ const BATCH: usize = 4096;
 /// wake it one by one (under load it sleeps through thousands of sends), and each batch is one
 /// commit per instance. An entry reaches disk within about this much time; reading the log
 /// flushes first, so an owner never sees it late.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+const LINGER: Duration = Duration::from_millis(20);
 
 #[derive(Clone)]
 pub struct AuditSink {
@@ -29,8 +30,9 @@ pub struct AuditSink {
 }
 
 impl AuditSink {
-    /// Starts the writer; each batch it cannot write counts in `failures`. It ends, after writing
-    /// everything queued, once every sink is dropped.
+    /// Starts the writer; each batch it cannot write counts in `failures` and is tried again
+    /// later (`retry_delay`). It ends, after writing everything queued, once every sink is
+    /// dropped and nothing waits for a retry.
     pub fn start(
         control: Arc<Control>,
         failures: Counter,
@@ -38,7 +40,8 @@ impl AuditSink {
         keep: u64,
     ) -> (AuditSink, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
-        let task = tokio::spawn(writer(rx, control, failures, keep));
+        // As many entries may wait for a retry as the queue holds.
+        let task = tokio::spawn(writer(rx, control, failures, keep, queue.max(1)));
         (AuditSink { tx }, task)
     }
 
@@ -59,47 +62,160 @@ impl AuditSink {
 }
 
 /// How long one instance's batch may take to be written.
-const APPEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const APPEND_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, failures: Counter, keep: u64) {
-    let mut buf = Vec::with_capacity(BATCH);
-    loop {
-        if rx.recv_many(&mut buf, BATCH).await == 0 {
-            return; // every sender is gone and the queue is empty
+/// The wait before the `attempts`-th retry of a batch that could not be written (its disk full,
+/// its instance restarting): doubling from 100 ms, at most 30 s. A pure rule, tested below.
+pub fn retry_delay(attempts: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempts.min(9))).min(Duration::from_secs(30))
+}
+
+/// One instance's entries that wait for another try, in the order they came.
+struct Pending {
+    entries: Vec<AuditEntry>,
+    attempts: u32,
+    due: Instant,
+}
+
+/// Entries that could not be written yet, per instance, at most `max` in all: past it the
+/// oldest go, counted (memory is bounded; a disk full for hours cannot take the server down).
+struct Retries {
+    by_instance: HashMap<InstanceId, Pending>,
+    held: usize,
+    max: usize,
+}
+
+impl Retries {
+    fn next_due(&self) -> Option<Instant> {
+        self.by_instance.values().map(|p| p.due).min()
+    }
+
+    /// Entries for `id` that came while earlier ones of it wait join them, so order is kept.
+    fn join(&mut self, id: InstanceId, entries: &mut Vec<AuditEntry>) -> bool {
+        match self.by_instance.get_mut(&id) {
+            Some(p) => {
+                self.held += entries.len();
+                p.entries.append(entries);
+                true
+            }
+            None => false,
         }
-        let flush_asked = buf.iter().any(|m| matches!(m, Message::Flush(_)));
-        if !flush_asked && buf.len() < BATCH {
-            tokio::time::sleep(LINGER).await;
-            while buf.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(m) => buf.push(m),
-                    Err(_) => break,
-                }
+    }
+
+    /// Keeps `entries` for another try after its delay; answers how many older ones it dropped.
+    fn keep(&mut self, id: InstanceId, entries: Vec<AuditEntry>, attempts: u32, now: Instant) -> usize {
+        self.held += entries.len();
+        let p = self.by_instance.entry(id).or_insert(Pending { entries: Vec::new(), attempts, due: now });
+        let mut joined = entries;
+        joined.append(&mut p.entries);
+        p.entries = joined;
+        p.attempts = attempts;
+        p.due = now + retry_delay(attempts);
+        let mut dropped = 0;
+        while self.held > self.max {
+            let Some(oldest) = self.by_instance.values_mut().filter(|p| !p.entries.is_empty()).min_by_key(|p| p.due)
+            else {
+                break;
+            };
+            let cut = (self.held - self.max).min(oldest.entries.len());
+            oldest.entries.drain(..cut);
+            self.held -= cut;
+            dropped += cut;
+        }
+        self.by_instance.retain(|_, p| !p.entries.is_empty());
+        dropped
+    }
+
+    /// The batches due by `now`, taken out, each with its attempts so far.
+    fn take_due(&mut self, now: Instant) -> Vec<(InstanceId, Vec<AuditEntry>, u32)> {
+        let ids: Vec<InstanceId> = self.by_instance.iter().filter(|(_, p)| p.due <= now).map(|(id, _)| *id).collect();
+        let mut due = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(p) = self.by_instance.remove(&id) {
+                self.held -= p.entries.len();
+                due.push((id, p.entries, p.attempts));
             }
         }
-        let mut by_instance: HashMap<InstanceId, Vec<AuditEntry>> = HashMap::new();
+        due
+    }
+}
+
+async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, failures: Counter, keep: u64, max: usize) {
+    let mut buf = Vec::with_capacity(BATCH);
+    let mut retries = Retries { by_instance: HashMap::new(), held: 0, max: max.max(1) };
+    let mut open = true;
+    loop {
+        if open {
+            // Wait for entries, or until the next retry is due.
+            let got = match retries.next_due() {
+                Some(due) => {
+                    tokio::time::timeout_at(due.into(), rx.recv_many(&mut buf, BATCH)).await.unwrap_or(usize::MAX)
+                }
+                None => rx.recv_many(&mut buf, BATCH).await,
+            };
+            open = got != 0;
+            let flush_asked = buf.iter().any(|m| matches!(m, Message::Flush(_)));
+            if open && got != usize::MAX && !flush_asked && buf.len() < BATCH {
+                tokio::time::sleep(LINGER).await;
+                while buf.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(m) => buf.push(m),
+                        Err(_) => break,
+                    }
+                }
+            }
+        } else if retries.by_instance.is_empty() {
+            return; // every sender is gone, the queue is empty and nothing waits for a retry
+        } else if let Some(due) = retries.next_due() {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let mut batches: HashMap<InstanceId, (Vec<AuditEntry>, u32)> = HashMap::new();
+        for (id, entries, attempts) in retries.take_due(Instant::now()) {
+            batches.insert(id, (entries, attempts));
+        }
         let mut waiters = Vec::new();
         for msg in buf.drain(..) {
             match msg {
-                Message::Entry(id, e) => by_instance.entry(id).or_default().push(e),
+                Message::Entry(id, e) => {
+                    let mut one = vec![e];
+                    if !retries.join(id, &mut one) {
+                        batches.entry(id).or_default().0.append(&mut one);
+                    }
+                }
                 Message::Flush(w) => waiters.push(w),
             }
         }
-        for (id, entries) in by_instance {
-            // Bounded: an instance that does not answer loses its own batch, never stalls the
-            // log of every other instance behind it.
+        for (id, (entries, attempts)) in batches {
+            // Bounded: an instance that does not answer waits for its own retry, never stalls
+            // the log of every other instance behind it.
             let append = async {
                 match control.instance(id).await {
-                    Ok(instance) => instance.append_audit(entries, keep).await,
+                    Ok(instance) => instance.append_audit(entries.clone(), keep).await,
                     Err(e) => Err(e),
                 }
             };
             let result = tokio::time::timeout(APPEND_TIMEOUT, append).await.unwrap_or_else(|_| {
                 Err(selfcloud_core::Error::internal("the instance did not take its audit batch in time"))
             });
-            if let Err(e) = result {
-                failures.inc();
-                tracing::error!(instance = %id, error = %e, detail = ?e.detail, "audit batch not written");
+            match result {
+                Ok(()) if attempts > 0 => tracing::info!(instance = %id, attempts, "audit batch written after retries"),
+                Ok(()) => {}
+                // A deleted instance's log is gone with it.
+                Err(e) if e.code == selfcloud_core::ErrorCode::NotFound => {}
+                Err(e) => {
+                    failures.inc();
+                    let wait = retry_delay(attempts);
+                    tracing::warn!(instance = %id, error = %e, detail = ?e.detail, entries = entries.len(),
+                        retry_in_ms = wait.as_millis() as u64, "audit batch not written yet; kept for a retry");
+                    let dropped = retries.keep(id, entries, attempts + 1, Instant::now());
+                    if dropped > 0 {
+                        tracing::error!(
+                            dropped,
+                            held = retries.held,
+                            "audit entries dropped: too many wait for a retry"
+                        );
+                    }
+                }
             }
         }
         for w in waiters {
@@ -125,7 +241,54 @@ pub fn capped(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::capped;
+    use super::*;
+
+    fn entry(path: &str) -> AuditEntry {
+        AuditEntry {
+            at_ms: 0,
+            actor: selfcloud_instance::protocol::Actor::Owner,
+            method: "PUT".into(),
+            path: path.into(),
+            scope: None,
+            status: 200,
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn retries_back_off_to_a_ceiling() {
+        assert_eq!(retry_delay(0), Duration::from_millis(100));
+        assert_eq!(retry_delay(1), Duration::from_millis(200));
+        assert_eq!(retry_delay(8), Duration::from_millis(25_600));
+        assert_eq!(retry_delay(9), Duration::from_secs(30));
+        assert_eq!(retry_delay(u32::MAX), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_kept_batch_waits_its_delay_keeps_its_order_and_the_whole_is_bounded() {
+        let (a, b): (InstanceId, InstanceId) = (
+            "ins_aa0123456789abcdef0123456789abcd".parse().unwrap(),
+            "ins_bb0123456789abcdef0123456789abcd".parse().unwrap(),
+        );
+        let now = Instant::now();
+        let mut r = Retries { by_instance: HashMap::new(), held: 0, max: 4 };
+        assert_eq!(r.keep(a, vec![entry("/1"), entry("/2")], 1, now), 0);
+        assert!(r.take_due(now).is_empty(), "not before its delay");
+        // Later entries of the same instance join it, after it.
+        let mut later = vec![entry("/3")];
+        assert!(r.join(a, &mut later) && later.is_empty());
+        assert!(!r.join(b, &mut vec![entry("/x")]));
+        // Past the bound the oldest go: b's batch is kept, a's first entries dropped.
+        assert_eq!(r.keep(b, vec![entry("/b1"), entry("/b2")], 1, now + Duration::from_millis(1)), 1);
+        let due = r.take_due(now + Duration::from_secs(1));
+        let paths = |id| -> Vec<String> {
+            due.iter().find(|(i, _, _)| *i == id).unwrap().1.iter().map(|e| e.path.clone()).collect()
+        };
+        assert_eq!(paths(a), ["/2", "/3"]);
+        assert_eq!(paths(b), ["/b1", "/b2"]);
+        assert_eq!(r.held, 0);
+        assert!(r.next_due().is_none());
+    }
 
     #[test]
     fn audit_fields_are_capped_and_printable() {

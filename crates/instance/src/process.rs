@@ -1,11 +1,12 @@
 //! The instance process (`selfcloud instance run --dir <dir>`): reads its start message from
-//! stdin, goes behind the sandbox's walls, opens its parts, serves the instance API on the socket
-//! in its directory, and says `ready` on stdout. It stops, letting calls under way finish, when
+//! stdin, goes behind the sandbox's walls, opens its parts, serves the instance API on the
+//! listening socket the server handed in (bound at its directory's socket path), and says
+//! `ready` on stdout. It stops, letting calls under way finish, when
 //! its stdin closes: the server closes it to hibernate or drain the instance, and the kernel
 //! closes it if the server dies, so an instance never outlives its server.
 
-use crate::protocol::{Start, READY_LINE};
-use crate::transport::{serve_socket, SOCKET_FILE};
+use crate::protocol::{Start, LISTENER_FD, READY_LINE};
+use crate::transport::serve_socket;
 use crate::{local::Local, service, DataKey};
 use selfcloud_store::StoreOptions;
 use std::io::{Read, Write};
@@ -47,13 +48,14 @@ fn read_line() -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
 /// Runs the instance living in `dir`. Call it before any thread is started (the sandbox needs a
 /// single-threaded caller). Returns once the instance has stopped.
 pub fn run(dir: &Path) -> std::io::Result<()> {
-    // Only stdin, stdout and stderr cross from the server: any other descriptor a library left
-    // inheritable is closed before anything else runs.
+    // Only stdin, stdout, stderr and the listening socket cross from the server: any other
+    // descriptor a library left inheritable is closed before anything else runs.
+    let first_closed = LISTENER_FD + 1;
     // SAFETY: closes descriptors this process has not opened (nothing here uses them).
     unsafe {
-        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
+        if libc::syscall(libc::SYS_close_range, first_closed as u32, u32::MAX, 0u32) != 0 {
             // Before Linux 5.9: one by one.
-            for fd in 3..1024 {
+            for fd in first_closed..1024 {
                 libc::close(fd);
             }
         }
@@ -67,8 +69,13 @@ pub fn run(dir: &Path) -> std::io::Result<()> {
     let start: Start = serde_json::from_slice(&line).map_err(|e| bad("the start message", e))?;
     drop(line);
 
-    let spec =
-        selfcloud_sandbox::Spec { dir: dir.to_owned(), read_only: start.read_only.clone(), host_id: start.host_id };
+    let listener = handed_listener()?;
+    let spec = selfcloud_sandbox::Spec {
+        dir: dir.to_owned(),
+        read_only: start.read_only.clone(),
+        host_id: start.host_id,
+        image: start.image.clone().map(|i| selfcloud_sandbox::image::Image { path: i.path, bytes: i.bytes }),
+    };
     let root = if start.sandbox {
         let entered = selfcloud_sandbox::enter(&spec).map_err(|e| bad("the sandbox", e))?;
         tracing::debug!(landlock = %entered.landlock, "behind the sandbox");
@@ -88,9 +95,6 @@ pub fn run(dir: &Path) -> std::io::Result<()> {
     let data_key = DataKey::from_bytes(key);
     key.zeroize();
 
-    let socket = root.join(SOCKET_FILE);
-    let _ = std::fs::remove_file(&socket);
-    let listener = std::os::unix::net::UnixListener::bind(&socket).map_err(|e| bad("bind the socket", e))?;
     listener.set_nonblocking(true)?;
     // From here on no socket can be made, no process started, nothing outside signalled.
     selfcloud_sandbox::lock_down().map_err(|e| bad("seccomp", e))?;
@@ -120,6 +124,27 @@ pub fn run(dir: &Path) -> std::io::Result<()> {
         serve_socket(listener, router, shutdown, DRAIN).await;
         Ok::<_, std::io::Error>(())
     })?;
-    let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The listening Unix socket the server handed in at [`LISTENER_FD`], once it is sure to be one.
+fn handed_listener() -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::fd::FromRawFd;
+    let mut listening: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: asks whether the descriptor is a listening socket, into a local.
+    let rc = unsafe {
+        libc::getsockopt(
+            LISTENER_FD,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || listening == 0 {
+        return Err(bad("the listening socket", format!("descriptor {LISTENER_FD} is none (the server hands it in)")));
+    }
+    // SAFETY: the descriptor is a listening socket this process owns from now on.
+    Ok(unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) })
 }

@@ -197,9 +197,24 @@ pub struct Start {
     /// each instance its own); `None` keeps the server's, unprivileged, ids.
     #[serde(default)]
     pub host_id: Option<u32>,
+    /// The instance's own disk, mounted at its directory inside its walls (a server running as
+    /// root gives one); `None`: the directory is on the host's filesystem.
+    #[serde(default)]
+    pub image: Option<DiskImage>,
+}
+
+/// An instance's disk image: the file and the size (its tier's disk limit) it must have.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DiskImage {
+    pub path: std::path::PathBuf,
+    pub bytes: u64,
 }
 // The data key follows the start message on stdin, as a second line of hex: the instance reads
 // it only once behind its walls, so the process left outside them to reap it never holds it.
+
+/// The descriptor on which an instance process finds its listening socket, bound by the server
+/// at its directory's socket path: the instance never makes a socket of its own.
+pub const LISTENER_FD: i32 = 3;
 
 /// The line an instance process writes on stdout once its socket accepts calls.
 pub const READY_LINE: &str = "ready";

@@ -1,4 +1,5 @@
-//! Instance cgroups: memory, CPU and pids limits from the instance's tier, and what it used.
+//! Instance cgroups: memory, CPU, pids and disk I/O limits from the instance's tier, and what it
+//! used.
 //!
 //! Both hierarchies are driven by writing their files: cgroup v2 (one unified tree) and v1 (a
 //! tree per controller). A machine may mount both, as this project's CI machines do (v1
@@ -18,6 +19,40 @@ pub struct Limits {
     /// Thousandths of a core.
     pub cpu_millis: u32,
     pub pids: u32,
+    /// Reads and writes on one block device (where the blkio/io controller is mounted).
+    pub io: Option<IoLimit>,
+}
+
+/// Throttling of one block device: bytes and operations a second, each for reads and for
+/// writes alike (0: unbounded). Throttling works whatever the disk's scheduler (weights need
+/// BFQ, which few servers run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoLimit {
+    /// The whole disk's `major:minor` (a limit on a partition is refused).
+    pub device: (u32, u32),
+    pub bytes_per_sec: u64,
+    pub ops_per_sec: u32,
+}
+
+impl IoLimit {
+    /// The whole disk under the filesystem holding `path`, where it is a block device (a
+    /// tmpfs or overlay has none: `None`).
+    pub fn device_of(path: &Path) -> Option<(u32, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(path).ok()?.dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+        if !sys.exists() {
+            return None;
+        }
+        // A partition's parent directory in sysfs is its disk, whose `dev` names it.
+        if sys.join("partition").exists() {
+            let disk = std::fs::read_to_string(sys.canonicalize().ok()?.parent()?.join("dev")).ok()?;
+            let (major, minor) = disk.trim().split_once(':')?;
+            return Some((major.parse().ok()?, minor.parse().ok()?));
+        }
+        Some((major, minor))
+    }
 }
 
 /// What an instance used, read from its group.
@@ -33,6 +68,7 @@ enum Controller {
     Cpu,
     CpuAcct,
     Pids,
+    Blkio,
 }
 
 impl Controller {
@@ -42,6 +78,7 @@ impl Controller {
             Controller::Cpu => "cpu",
             Controller::CpuAcct => "cpuacct",
             Controller::Pids => "pids",
+            Controller::Blkio => "blkio",
         }
     }
 }
@@ -109,9 +146,12 @@ impl Hierarchy {
                 std::fs::read_to_string(base.parent().unwrap_or(point).join("cgroup.controllers")).ok()
             })
             .unwrap_or_default();
-        for controller in [Controller::Memory, Controller::Cpu, Controller::CpuAcct, Controller::Pids] {
+        for controller in
+            [Controller::Memory, Controller::Cpu, Controller::CpuAcct, Controller::Pids, Controller::Blkio]
+        {
             let v2_name = match controller {
                 Controller::CpuAcct => "cpu",
+                Controller::Blkio => "io",
                 other => other.v1_name(),
             };
             if let Some((point, _, _)) = v2.filter(|_| v2_controllers.split_whitespace().any(|c| c == v2_name)) {
@@ -144,7 +184,7 @@ impl Hierarchy {
             std::fs::create_dir_all(dir).map_err(|e| err("create", dir, e))?;
             if *v2 {
                 // Children of a v2 group get only the controllers it hands down.
-                let name = controller.v1_name();
+                let name = if *controller == Controller::Blkio { "io" } else { controller.v1_name() };
                 let _ = write(&dir.join("cgroup.subtree_control"), &format!("+{name}"));
             }
         }
@@ -191,6 +231,24 @@ impl Hierarchy {
     }
 }
 
+/// One device's throttle: `io.max` in v2, the four `blkio.throttle.*` files in v1. A 0 there
+/// lifts the limit, as "max" does in v2.
+fn write_io(dir: &Path, v2: bool, io: IoLimit) -> Result<()> {
+    let (major, minor) = io.device;
+    let (bps, iops) = (io.bytes_per_sec, u64::from(io.ops_per_sec));
+    if v2 {
+        let v = |n: u64| if n == 0 { "max".to_owned() } else { n.to_string() };
+        let line = format!("{major}:{minor} rbps={} wbps={} riops={} wiops={}", v(bps), v(bps), v(iops), v(iops));
+        return write(&dir.join("io.max"), &line);
+    }
+    for (file, value) in
+        [("read_bps_device", bps), ("write_bps_device", bps), ("read_iops_device", iops), ("write_iops_device", iops)]
+    {
+        write(&dir.join(format!("blkio.throttle.{file}")), &format!("{major}:{minor} {value}"))?;
+    }
+    Ok(())
+}
+
 /// `<parent of mine>/selfcloud`, never above the mount point.
 fn beside(mine: &Path, point: &Path) -> PathBuf {
     let parent = if mine == point { point } else { mine.parent().unwrap_or(point) };
@@ -223,10 +281,20 @@ impl Group {
                     write(&dir.join("cpu.cfs_quota_us"), &quota_us.to_string())?;
                 }
                 (Controller::Pids, _) => write(&dir.join("pids.max"), &limits.pids.to_string())?,
+                (Controller::Blkio, v2) => {
+                    if let Some(io) = limits.io {
+                        write_io(dir, *v2, io)?;
+                    }
+                }
                 (Controller::CpuAcct, _) => {}
             }
         }
         Ok(())
+    }
+
+    /// Whether this group throttles disk I/O (the blkio/io controller is mounted).
+    pub fn throttles_io(&self) -> bool {
+        self.dirs.iter().any(|(c, _, _)| *c == Controller::Blkio)
     }
 
     /// Moves a process (and so every thread and child it starts later) into the group.

@@ -9,6 +9,7 @@
 //! failing on the first sign-up. No domain types live here: paths, ids and kernel calls.
 
 pub mod cgroups;
+pub mod image;
 #[cfg(target_os = "linux")]
 mod linux;
 
@@ -28,6 +29,9 @@ pub struct Spec {
     /// (`None`: the server's own ids, which are then unprivileged already). The directory must
     /// belong to it.
     pub host_id: Option<u32>,
+    /// The instance's own disk, mounted at `dir` before anything else (only a server running
+    /// as root gives one): `None` keeps `dir` on the host's filesystem.
+    pub image: Option<image::Image>,
 }
 
 /// One layer of the sandbox and whether this kernel has it.
@@ -67,8 +71,8 @@ pub struct Entered {
 /// Puts the calling process behind the walls. Must run before any thread is started (user
 /// namespaces refuse a threaded caller). Returns in a new child that is pid 1 of its own pid
 /// namespace; the original process stays behind as its reaper and exits with the child's status,
-/// so it never returns. The listener must be created by the caller *after* this (the network
-/// namespace is empty and the mount view has only the instance directory).
+/// so it never returns. The network namespace is empty: the caller's one way out is the
+/// listening socket the server handed it.
 pub fn enter(spec: &Spec) -> std::io::Result<Entered> {
     #[cfg(target_os = "linux")]
     {
@@ -97,7 +101,8 @@ pub fn restrict(spec: &Spec) -> std::io::Result<Entered> {
 }
 
 /// The last wall: the seccomp allow-list. Separate from [`enter`] because the caller still has
-/// to bind its socket after the mount view is up; nothing may create a socket after this.
+/// to read its key and open its files behind the other walls; nothing may create a socket
+/// after this.
 pub fn lock_down() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {

@@ -321,6 +321,13 @@ pub struct Settings {
     /// run as root runs every instance as its own unprivileged uid and ignores this.
     #[arg(long, env = "SELFCLOUD_INSTANCE_UIDS", default_value = "1879048192:65536")]
     pub instance_uids: selfcloud_control::runtime::HostIds,
+    /// A disk of its own for each instance (`--runtime process`): a loop image of its tier's
+    /// `--*-disk-mib`, so it cannot fill the home's disk for everyone. `auto`: when the server
+    /// runs as root with namespaces and mkfs.ext4 (e2fsprogs); `on`: refuse to start otherwise;
+    /// `off`: instances write on the home's filesystem (an instance that already has an image
+    /// keeps it).
+    #[arg(long, env = "SELFCLOUD_INSTANCE_DISK_IMAGES", value_enum, default_value_t = DiskImages::Auto)]
+    pub instance_disk_images: DiskImages,
     /// Longest line of an instance's stderr the server logs, in bytes (at least 64); the rest of
     /// a longer line is dropped, and the line says it was cut.
     #[arg(long, env = "SELFCLOUD_INSTANCE_LOG_LINE_MAX", default_value_t = InstanceLog::default().line_max as u64,
@@ -340,6 +347,16 @@ pub struct Settings {
     /// Processes and threads of a free-tier instance.
     #[arg(long, env = "SELFCLOUD_FREE_PIDS", default_value_t = TierResources::default().free.pids)]
     pub free_pids: u32,
+    /// Disk of a free-tier instance, in MiB: the size of its own disk image (the server running
+    /// as root gives each instance one; it grows, never shrinks, when a tier changes).
+    #[arg(long, env = "SELFCLOUD_FREE_DISK_MIB", default_value_t = TierResources::default().free.disk_bytes >> 20)]
+    pub free_disk_mib: u64,
+    /// Reads and writes on a free-tier instance's disk, each in MiB a second (0: unbounded).
+    #[arg(long, env = "SELFCLOUD_FREE_IO_MIB_PER_SEC", default_value_t = TierResources::default().free.io_bytes_per_sec >> 20)]
+    pub free_io_mib_per_sec: u64,
+    /// Reads and writes a second on a free-tier instance's disk, each (0: unbounded).
+    #[arg(long, env = "SELFCLOUD_FREE_IO_OPS_PER_SEC", default_value_t = TierResources::default().free.io_ops_per_sec)]
+    pub free_io_ops_per_sec: u32,
     /// Memory of a growth-tier instance, in MiB.
     #[arg(long, env = "SELFCLOUD_GROWTH_MEMORY_MIB", default_value_t = TierResources::default().growth.memory_bytes >> 20)]
     pub growth_memory_mib: u64,
@@ -349,6 +366,16 @@ pub struct Settings {
     /// Processes and threads of a growth-tier instance.
     #[arg(long, env = "SELFCLOUD_GROWTH_PIDS", default_value_t = TierResources::default().growth.pids)]
     pub growth_pids: u32,
+    /// Disk of a growth-tier instance, in MiB: the size of its own disk image (the server running
+    /// as root gives each instance one; it grows, never shrinks, when a tier changes).
+    #[arg(long, env = "SELFCLOUD_GROWTH_DISK_MIB", default_value_t = TierResources::default().growth.disk_bytes >> 20)]
+    pub growth_disk_mib: u64,
+    /// Reads and writes on a growth-tier instance's disk, each in MiB a second (0: unbounded).
+    #[arg(long, env = "SELFCLOUD_GROWTH_IO_MIB_PER_SEC", default_value_t = TierResources::default().growth.io_bytes_per_sec >> 20)]
+    pub growth_io_mib_per_sec: u64,
+    /// Reads and writes a second on a growth-tier instance's disk, each (0: unbounded).
+    #[arg(long, env = "SELFCLOUD_GROWTH_IO_OPS_PER_SEC", default_value_t = TierResources::default().growth.io_ops_per_sec)]
+    pub growth_io_ops_per_sec: u32,
     /// Memory of a pro-tier instance, in MiB.
     #[arg(long, env = "SELFCLOUD_PRO_MEMORY_MIB", default_value_t = TierResources::default().pro.memory_bytes >> 20)]
     pub pro_memory_mib: u64,
@@ -358,6 +385,16 @@ pub struct Settings {
     /// Processes and threads of a pro-tier instance.
     #[arg(long, env = "SELFCLOUD_PRO_PIDS", default_value_t = TierResources::default().pro.pids)]
     pub pro_pids: u32,
+    /// Disk of a pro-tier instance, in MiB: the size of its own disk image (the server running
+    /// as root gives each instance one; it grows, never shrinks, when a tier changes).
+    #[arg(long, env = "SELFCLOUD_PRO_DISK_MIB", default_value_t = TierResources::default().pro.disk_bytes >> 20)]
+    pub pro_disk_mib: u64,
+    /// Reads and writes on a pro-tier instance's disk, each in MiB a second (0: unbounded).
+    #[arg(long, env = "SELFCLOUD_PRO_IO_MIB_PER_SEC", default_value_t = TierResources::default().pro.io_bytes_per_sec >> 20)]
+    pub pro_io_mib_per_sec: u64,
+    /// Reads and writes a second on a pro-tier instance's disk, each (0: unbounded).
+    #[arg(long, env = "SELFCLOUD_PRO_IO_OPS_PER_SEC", default_value_t = TierResources::default().pro.io_ops_per_sec)]
+    pub pro_io_ops_per_sec: u32,
     /// Owner API session lifetime, in seconds.
     #[arg(long, env = "SELFCLOUD_SESSION_TTL", default_value_t = TokenTtls::default().session.as_secs())]
     pub session_ttl: u64,
@@ -424,16 +461,25 @@ impl Settings {
                         memory_bytes: self.free_memory_mib << 20,
                         cpu_millis: self.free_cpu_millis,
                         pids: self.free_pids,
+                        disk_bytes: self.free_disk_mib << 20,
+                        io_bytes_per_sec: self.free_io_mib_per_sec << 20,
+                        io_ops_per_sec: self.free_io_ops_per_sec,
                     },
                     growth: Resources {
                         memory_bytes: self.growth_memory_mib << 20,
                         cpu_millis: self.growth_cpu_millis,
                         pids: self.growth_pids,
+                        disk_bytes: self.growth_disk_mib << 20,
+                        io_bytes_per_sec: self.growth_io_mib_per_sec << 20,
+                        io_ops_per_sec: self.growth_io_ops_per_sec,
                     },
                     pro: Resources {
                         memory_bytes: self.pro_memory_mib << 20,
                         cpu_millis: self.pro_cpu_millis,
                         pids: self.pro_pids,
+                        disk_bytes: self.pro_disk_mib << 20,
+                        io_bytes_per_sec: self.pro_io_mib_per_sec << 20,
+                        io_ops_per_sec: self.pro_io_ops_per_sec,
                     },
                 },
             },
@@ -497,8 +543,36 @@ impl Settings {
                 "the server runs as root: each instance runs as a host uid of its own"
             );
         }
+        let images = config.host_ids.is_some() && config.sandbox;
+        config.disk_images = match (self.instance_disk_images, images, selfcloud_sandbox::image::mkfs()) {
+            (DiskImages::Off, ..) => false,
+            (_, true, Ok(_)) => true,
+            (DiskImages::On, false, _) => {
+                anyhow::bail!("--instance-disk-images on needs the server to run as root, with namespaces")
+            }
+            (DiskImages::On, true, Err(e)) => anyhow::bail!("--instance-disk-images on: {e}"),
+            (DiskImages::Auto, _, why) => {
+                let why = match why {
+                    Err(e) if images => e.to_string(),
+                    _ => "the server does not run as root with namespaces".into(),
+                };
+                tracing::warn!(why = %why, "instances have no disk of their own: one can fill the home's disk");
+                false
+            }
+        };
+        if config.disk_images {
+            tracing::info!("each instance has a disk of its own (a loop image of its tier's disk limit)");
+        }
         let present: Vec<&str> = layers.iter().filter(|l| l.available).map(|l| l.name).collect();
         tracing::info!(layers = %present.join(","), "each instance runs in its own process");
         Ok(selfcloud_control::RuntimeConfig::Process(config))
     }
+}
+
+/// `--instance-disk-images`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskImages {
+    Auto,
+    On,
+    Off,
 }

@@ -5,147 +5,13 @@
 //! is lost.
 #![cfg(all(target_os = "linux", feature = "attack-probes"))]
 
-use axum::body::Body;
-use selfcloud_core::InstanceId;
-use selfcloud_instance::{CallContext, InstanceClient};
+mod walls;
+
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-const PASSWORD: &str = "correct horse battery";
-
-struct Up {
-    child: Child,
-    base: String,
-    home: PathBuf,
-    http: reqwest::Client,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The model the LLM tests use (`./selfcloud test` sets it), shown to instances read-only.
-fn test_model() -> Option<PathBuf> {
-    std::env::var_os("SELFCLOUD_TEST_MODEL").map(PathBuf::from)
-}
-
-fn start(home: &Path) -> Up {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_selfcloud"))
-        .args(["up", "--runtime", "process", "--addr", "127.0.0.1:0", "--kdf-memory-kib", "8", "--kdf-iterations", "1"])
-        // Tight limits, so the attacks meet them quickly.
-        .args(["--free-memory-mib", "96", "--free-pids", "48", "--hibernate-after", "600", "--rate-per-ip", "1000"])
-        .env("SELFCLOUD_HOME", home)
-        .env("SELFCLOUD_MODEL", test_model().map_or_else(|| "none".into(), |m| m.display().to_string()))
-        .env("SELFCLOUD_EMBEDDING_MODEL", std::env::var("SELFCLOUD_TEST_EMBED_MODEL").unwrap_or_else(|_| "none".into()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base =
-        line.trim().strip_prefix("selfcloud listening on ").expect("the first line names the address").to_owned();
-    Up { child, base, home: home.to_owned(), http: reqwest::Client::new() }
-}
-
-struct User {
-    token: String,
-    instance: InstanceId,
-}
-
-impl Up {
-    async fn user(&self, name: &str) -> User {
-        self.user_with_code(name).await.0
-    }
-
-    /// A new user, and the recovery code sign-up gave them.
-    async fn user_with_code(&self, name: &str) -> (User, String) {
-        let body = json!({"username": name, "password": PASSWORD});
-        let account: Value = self
-            .http
-            .post(format!("{}/v1/accounts", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let session: Value = self
-            .http
-            .post(format!("{}/v1/sessions", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let user = User {
-            token: session["token"].as_str().unwrap().to_owned(),
-            instance: account["instance"]["id"].as_str().expect("sign-up names the instance").parse().unwrap(),
-        };
-        (user, account["recovery_code"].as_str().unwrap().to_owned())
-    }
-
-    async fn put(&self, user: &User, key: &str, value: Value) -> u16 {
-        let url = format!("{}/v1/storage/notes/{key}", self.base);
-        self.http.put(url).bearer_auth(&user.token).json(&value).send().await.unwrap().status().as_u16()
-    }
-
-    async fn get(&self, user: &User, key: &str) -> (u16, Value) {
-        let url = format!("{}/v1/storage/notes/{key}", self.base);
-        let resp = self.http.get(url).bearer_auth(&user.token).send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    /// The operator's view of every instance.
-    async fn instances(&self) -> Vec<Value> {
-        let token = std::fs::read_to_string(self.home.join("operator.token")).unwrap();
-        let url = format!("{}/v1/admin/instances", self.base);
-        let list: Value = self.http.get(url).bearer_auth(token.trim()).send().await.unwrap().json().await.unwrap();
-        list["instances"].as_array().unwrap().clone()
-    }
-
-    async fn view(&self, user: &User) -> Value {
-        let id = user.instance.to_string();
-        self.instances().await.into_iter().find(|i| i["id"] == id.as_str()).unwrap()
-    }
-
-    fn dir(&self, user: &User) -> PathBuf {
-        selfcloud_control::instance_dir(&self.home, user.instance)
-    }
-
-    /// Runs a probe inside `user`'s instance, speaking the protocol on its socket as control does.
-    async fn probe(&self, user: &User, probe: Value) -> Result<Value, String> {
-        let socket = self.dir(user).join(selfcloud_instance::transport::SOCKET_FILE);
-        let client = InstanceClient::connect(user.instance, &socket).await.map_err(|e| e.to_string())?;
-        let req = http::Request::post("/system/probe")
-            .header("content-type", "application/json")
-            .body(Body::from(probe.to_string()))
-            .unwrap();
-        let resp = client.call(&CallContext::system(0, 30_000), req).await.map_err(|e| e.message)?;
-        let status = resp.status();
-        let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.map_err(|e| e.to_string())?.to_bytes();
-        if !status.is_success() {
-            return Err(format!("{status}: {}", String::from_utf8_lossy(&bytes)));
-        }
-        Ok(serde_json::from_slice(&bytes).unwrap())
-    }
-
-    async fn refused(&self, user: &User, probe: Value) -> String {
-        let out = self.probe(user, probe.clone()).await.unwrap_or_else(|e| panic!("{probe}: {e}"));
-        assert_eq!(out["got_through"], false, "{probe} got through: {out}");
-        out["detail"].as_str().unwrap().to_owned()
-    }
-}
+use walls::*;
 
 #[tokio::test]
 async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving() {
@@ -361,7 +227,10 @@ async fn an_instance_cannot_reach_its_owners_keys_nor_break_a_password_change() 
     assert!(!listed.contains("keys.json") && !listed.contains(".staged"), "{listed}");
     let secret = std::fs::read_to_string(&key_file).unwrap();
     let wrap: Value = serde_json::from_str(&secret).unwrap();
-    for entry in std::fs::read_dir(up.dir(&ada)).unwrap() {
+    let seen = up.seen_dir(&ada).await;
+    let entries: Vec<_> = std::fs::read_dir(up.dir(&ada)).unwrap().chain(std::fs::read_dir(&seen).unwrap()).collect();
+    assert!(entries.len() > 2, "the instance's files are read: {entries:?}");
+    for entry in entries {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap_or_default();
         let needle = wrap["recovery_wrapped"].as_str().unwrap().as_bytes();
@@ -405,7 +274,7 @@ async fn under_a_root_server_each_instance_runs_as_an_unprivileged_uid_of_its_ow
         }
         if root {
             use std::os::unix::fs::MetadataExt;
-            let owner = std::fs::metadata(up.dir(user).join("store.db")).unwrap().uid();
+            let owner = std::fs::metadata(up.seen_dir(user).await.join("store.db")).unwrap().uid();
             assert_eq!(owner, *uids.last().unwrap(), "its files are its own");
         }
     }
@@ -413,37 +282,4 @@ async fn under_a_root_server_each_instance_runs_as_an_unprivileged_uid_of_its_ow
         uids.dedup();
         assert_eq!(uids.len(), 2, "each instance its own uid: {uids:?}");
     }
-}
-
-/// The one child of `pid` (the instance behind the process the server started).
-fn children(pid: u64) -> u64 {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-    children.trim().parse().unwrap_or_else(|_| panic!("{pid} has not one child: {children:?}"))
-}
-
-/// Whether `pid` has ended: gone, or a zombie not yet reaped.
-fn ended(pid: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // The state follows the command's name, which closes with the line's last parenthesis.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-    }
-}
-
-/// Waits, up to 10 s, until `done`.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("waited 10 s for {what}");
-}
-
-/// A stream of the chunks sent on `rx`.
-fn tokio_stream_from(
-    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }

@@ -261,10 +261,33 @@ async fn every_file_and_directory_under_the_home_is_the_server_users_alone() {
                 files += 1;
                 let mode = std::fs::metadata(&path).unwrap().permissions().mode();
                 assert_eq!(mode & 0o077, 0, "{} is {:o}", path.display(), mode & 0o777);
+                if path.extension().is_some_and(|e| e == "ext4") {
+                    files += files_in_image(&path);
+                }
             }
         }
     }
     assert!(files > 10, "{files}");
+}
+
+/// The files at the top of an instance's disk image, each checked to be its owner's alone;
+/// answers how many there are (read with e2fsprogs' debugfs, which mounts nothing).
+fn files_in_image(image: &std::path::Path) -> usize {
+    let out = Command::new("debugfs").arg("-R").arg("ls -l /").arg(image).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let mut files = 0;
+    for line in listing.lines() {
+        // "  12  100600 (1)   0   0  4096  7-Dec-2026 05:58 store.db"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(mode), Some(name)) = (fields.get(1), fields.last()) else { continue };
+        let Ok(mode) = u32::from_str_radix(mode, 8) else { continue };
+        if mode & 0o170000 == 0o100000 {
+            files += 1;
+            assert_eq!(mode & 0o077, 0, "{name} in {} is {:o}", image.display(), mode & 0o777);
+        }
+    }
+    assert!(files > 0, "{} holds no file: {listing}", image.display());
+    files
 }
 
 #[test]

@@ -65,7 +65,13 @@ impl Counters {
 }
 
 fn db_err(e: rocksdb::Error) -> Error {
-    Error::internal(format!("rocksdb: {e}"))
+    // RocksDB names the failure only in its message ("IO error: No space left on device").
+    let text = e.to_string();
+    if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+        Error::disk_full(format!("rocksdb: {text}"))
+    } else {
+        Error::internal(format!("rocksdb: {text}"))
+    }
 }
 
 fn record_key(collection: &str, key: &str) -> Vec<u8> {

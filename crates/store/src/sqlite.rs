@@ -66,7 +66,7 @@ pub(crate) struct SqliteEngine {
 }
 
 fn db_err(e: rusqlite::Error) -> Error {
-    Error::internal(format!("sqlite: {e}"))
+    selfcloud_durable::sqlite::error("sqlite", e)
 }
 
 impl SqliteEngine {

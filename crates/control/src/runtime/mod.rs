@@ -59,6 +59,8 @@ pub struct WakeSpec {
     pub resources: Resources,
     /// The host uid its root runs as (process runtime, server running as root).
     pub host_id: Option<u32>,
+    /// Its own disk (process runtime, server running as root), mounted at `dir` inside it.
+    pub image: Option<selfcloud_instance::protocol::DiskImage>,
 }
 
 /// What an awake instance used, from its cgroup (`None` where not measured).

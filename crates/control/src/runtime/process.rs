@@ -12,7 +12,7 @@ use super::{Awake, ResourceUsage, Runtime, RuntimeKind, WakeSpec};
 use async_trait::async_trait;
 use selfcloud_core::config::{InstanceLog, Resources};
 use selfcloud_core::{Error, Result};
-use selfcloud_instance::protocol::{Start, READY_LINE};
+use selfcloud_instance::protocol::{Start, LISTENER_FD, READY_LINE};
 use selfcloud_instance::transport::SOCKET_FILE;
 use selfcloud_instance::{DataKey, InstanceClient};
 use selfcloud_sandbox::cgroups;
@@ -40,6 +40,9 @@ pub struct ProcessConfig {
     /// When the server runs as root: the host uids instances' roots are mapped to, one of its
     /// own per instance (`None`: instances run as the server's own, unprivileged, uid).
     pub host_ids: Option<HostIds>,
+    /// Give each instance a disk of its own, a loop image of its tier's disk limit (needs the
+    /// server to run as root; `false`: instances write on the home's filesystem, unbounded).
+    pub disk_images: bool,
 }
 
 /// A range of host uids (each also the gid) for instances: `first`, `first + 1`, ...
@@ -80,6 +83,8 @@ impl ProcessConfig {
             log: InstanceLog::default(),
             // SAFETY: reads this process's effective uid.
             host_ids: (unsafe { libc::geteuid() } == 0).then_some(HostIds::DEFAULT),
+            // SAFETY: as above.
+            disk_images: unsafe { libc::geteuid() } == 0,
         }
     }
 }
@@ -108,8 +113,13 @@ impl Process {
     }
 }
 
-fn limits(r: Resources) -> cgroups::Limits {
-    cgroups::Limits { memory_bytes: r.memory_bytes, cpu_millis: r.cpu_millis, pids: r.pids }
+fn limits(r: Resources, disk: Option<(u32, u32)>) -> cgroups::Limits {
+    let io = disk.map(|device| cgroups::IoLimit {
+        device,
+        bytes_per_sec: r.io_bytes_per_sec,
+        ops_per_sec: r.io_ops_per_sec,
+    });
+    cgroups::Limits { memory_bytes: r.memory_bytes, cpu_millis: r.cpu_millis, pids: r.pids, io }
 }
 
 /// SIGKILLs the instance's process group: its reaper and the instance (which started it with
@@ -138,6 +148,10 @@ impl Runtime for Process {
             )));
         }
         let _ = std::fs::remove_file(&socket);
+        // Bound here and handed in: the instance never makes a socket, and the path stays the
+        // server's to connect to even where the instance's directory is its own disk image.
+        let listener = std::os::unix::net::UnixListener::bind(&socket)
+            .map_err(|e| Error::internal(format!("instance {id}: bind {}: {e}", socket.display())))?;
         if let Some(host_id) = spec.host_id {
             // The instance's root is this host uid: everything in its directory becomes its own
             // (files made by the server at provisioning, and by an earlier uid after a change).
@@ -147,8 +161,11 @@ impl Runtime for Process {
                 .map_err(Error::internal)?
                 .map_err(|e| Error::internal(format!("instance {id}: chown to its uid {host_id}: {e}")))?;
         }
+        // Its I/O is throttled on the disk holding the home, where its image's reads and
+        // writes land too (the loop device passes each on in the instance's own group).
+        let disk = cgroups::IoLimit::device_of(&spec.dir);
         let group = match &self.cgroups {
-            Some(h) => Some(h.create(&id.to_string(), limits(spec.resources)).map_err(Error::internal)?),
+            Some(h) => Some(h.create(&id.to_string(), limits(spec.resources, disk)).map_err(Error::internal)?),
             None => None,
         };
         let mut command = tokio::process::Command::new(&self.config.program);
@@ -168,10 +185,22 @@ impl Runtime for Process {
         // Its own session, with no controlling terminal: a terminal's Ctrl-C reaches the server,
         // which drains the instances instead of their dying mid-write, and the instance cannot
         // reach the operator's terminal.
-        // SAFETY: setsid is async-signal-safe, which is all that may run between fork and exec.
+        let listening = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        // SAFETY: setsid, dup2 and fcntl are async-signal-safe, which is all that may run
+        // between fork and exec.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The listener at the one descriptor the instance keeps; dup2 leaves the copy
+                // open across exec (and where it is already there, its close-on-exec goes).
+                let moved = if listening == LISTENER_FD {
+                    libc::fcntl(LISTENER_FD, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(listening, LISTENER_FD)
+                };
+                if moved < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -185,6 +214,9 @@ impl Runtime for Process {
         let mut child = command
             .spawn()
             .map_err(|e| Error::internal(format!("start {} instance run: {e}", self.config.program.display())))?;
+        // The instance holds it now; the server's copy would only keep the socket alive after
+        // the instance is gone.
+        drop(listener);
         let pid = child.id().ok_or_else(|| Error::internal("the instance exited at once"))?;
         let fail = |what: String, group: &Option<cgroups::Group>| {
             kill_group(pid);
@@ -209,6 +241,7 @@ impl Runtime for Process {
             sandbox: self.config.sandbox,
             read_only: self.config.read_only.clone(),
             host_id: spec.host_id,
+            image: spec.image,
         };
         // The start message, then the key on a line of its own (read once behind the walls).
         let mut line = serde_json::to_vec(&start).map_err(Error::internal)?;
@@ -247,7 +280,7 @@ impl Runtime for Process {
             let _ = reaped.set(why);
             let _ = done_tx.send(true);
         });
-        Ok(Box::new(ProcessAwake { client, pid, exit, done, stdin: parking_lot::Mutex::new(Some(stdin)), group }))
+        Ok(Box::new(ProcessAwake { client, pid, exit, done, stdin: parking_lot::Mutex::new(Some(stdin)), group, disk }))
     }
 }
 
@@ -259,6 +292,8 @@ struct ProcessAwake {
     /// Closing it asks the instance to stop.
     stdin: parking_lot::Mutex<Option<tokio::process::ChildStdin>>,
     group: Option<cgroups::Group>,
+    /// The disk its I/O is throttled on.
+    disk: Option<(u32, u32)>,
 }
 
 #[async_trait]
@@ -285,7 +320,7 @@ impl Awake for ProcessAwake {
 
     fn limit(&self, resources: Resources) -> Result<()> {
         match &self.group {
-            Some(g) => g.set_limits(limits(resources)).map_err(Error::internal),
+            Some(g) => g.set_limits(limits(resources, self.disk)).map_err(Error::internal),
             None => Ok(()),
         }
     }

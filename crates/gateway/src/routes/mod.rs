@@ -21,8 +21,8 @@ pub struct ErrorBody {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// One of: invalid_request, unauthenticated, forbidden, not_found, conflict,
-    /// precondition_failed, too_large, unsupported_media_type, rate_limited, quota_exceeded,
-    /// unavailable, internal.
+    /// precondition_failed, too_large, unsupported_media_type, rate_limited, budget_exceeded,
+    /// quota_exceeded, disk_full, unavailable, internal.
     pub code: String,
     pub message: String,
 }

@@ -41,6 +41,9 @@ pub(crate) struct Shared {
     /// How this instance answers when a test has turned it hostile (`probes::Hostility`).
     #[cfg(feature = "attack-probes")]
     pub hostile: std::sync::Mutex<probes::Hostility>,
+    /// Every audit append fails as on a full disk while a test has set it (`probes`).
+    #[cfg(feature = "attack-probes")]
+    pub audit_unwritable: std::sync::atomic::AtomicBool,
 }
 
 type S = State<Arc<Shared>>;
@@ -58,6 +61,8 @@ pub fn router(local: Local, settings: Settings) -> Router {
         settings,
         #[cfg(feature = "attack-probes")]
         hostile: Default::default(),
+        #[cfg(feature = "attack-probes")]
+        audit_unwritable: Default::default(),
     });
     let api = Router::new()
         .route("/v1/storage/{collection}", get(storage::list))

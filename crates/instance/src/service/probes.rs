@@ -89,11 +89,26 @@ pub enum Probe {
     LedgerUnwritable {
         unwritable: bool,
     },
+    /// From now on (until turned off) every append to the access log fails as on a full disk.
+    AuditUnwritable {
+        unwritable: bool,
+    },
     /// Writes `text`, `times` times over, straight to fd 2 (what the server logs of it).
     Stderr {
         text: String,
         #[serde(default = "once")]
         times: usize,
+    },
+    /// Writes up to `bytes` to `path` in 1 MiB pieces, then fsyncs it (a disk filled, or a
+    /// copy-and-fsync burst). Gets through if all of it was written and synced; the detail says
+    /// how much was, in how long, and what stopped it.
+    FillDisk {
+        path: PathBuf,
+        bytes: u64,
+    },
+    /// Removes the file at `path`.
+    Remove {
+        path: PathBuf,
     },
     /// Goes for the file behind fd 2 (the server's log, were it one): fchmod 0666, ftruncate,
     /// O_APPEND off and a line written at offset 0. Gets through if the truncation or the write
@@ -157,6 +172,10 @@ pub async fn run(s: S, ctx: Ctx, ApiJson(probe): ApiJson<Probe>) -> ApiResult<Js
     if let Probe::LedgerUnwritable { unwritable } = probe {
         s.ledger.unwritable.store(unwritable, std::sync::atomic::Ordering::Relaxed);
         return Ok(Json(Outcome { got_through: true, detail: format!("ledger unwritable: {unwritable}") }));
+    }
+    if let Probe::AuditUnwritable { unwritable } = probe {
+        s.audit_unwritable.store(unwritable, std::sync::atomic::Ordering::Relaxed);
+        return Ok(Json(Outcome { got_through: true, detail: format!("access log unwritable: {unwritable}") }));
     }
     let out = tokio::task::spawn_blocking(move || attempt(probe)).await.map_err(selfcloud_core::Error::internal)?;
     Ok(Json(out))
@@ -294,7 +313,7 @@ fn attempt(probe: Probe) -> Outcome {
                 },
             }
         }
-        Probe::Hostile { .. } | Probe::LedgerUnwritable { .. } => {
+        Probe::Hostile { .. } | Probe::LedgerUnwritable { .. } | Probe::AuditUnwritable { .. } => {
             Outcome { got_through: false, detail: "set by `run`, not here".into() }
         }
         Probe::TypeIntoTerminal => {
@@ -314,6 +333,35 @@ fn attempt(probe: Probe) -> Outcome {
             outcome(std::io::stderr().lock().write_all(text.repeat(times).as_bytes()))
         }
         Probe::TamperStderr => tamper_stderr(),
+        Probe::FillDisk { path, bytes } => fill_disk(&path, bytes),
+        Probe::Remove { path } => outcome(std::fs::remove_file(path)),
+    }
+}
+
+fn fill_disk(path: &Path, bytes: u64) -> Outcome {
+    use selfcloud_core::Error;
+    use std::io::Write;
+    let started = std::time::Instant::now();
+    let piece = vec![0x5au8; 1 << 20];
+    let mut written = 0u64;
+    let result = std::fs::File::create(path).and_then(|mut f| {
+        // Big pieces, then (once one finds no room) small ones, for what room is left.
+        let mut size = piece.len();
+        while written < bytes {
+            let n = size.min((bytes - written) as usize);
+            match f.write(&piece[..n]) {
+                Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                Ok(n) => written += n as u64,
+                Err(e) if size > 4096 && Error::is_no_space(&e) => size = 4096,
+                Err(e) => return Err(e),
+            }
+        }
+        f.sync_all()
+    });
+    let ms = started.elapsed().as_millis();
+    match result {
+        Ok(()) => Outcome { got_through: true, detail: format!("wrote {written} bytes in {ms} ms") },
+        Err(e) => Outcome { got_through: false, detail: format!("wrote {written} bytes in {ms} ms, then: {e}") },
     }
 }
 

@@ -39,6 +39,10 @@ pub struct AuditBatch {
 
 pub(crate) async fn append_audit(s: S, ctx: Ctx, ApiJson(batch): ApiJson<AuditBatch>) -> ApiResult<StatusCode> {
     ctx.require(&Need::System)?;
+    #[cfg(feature = "attack-probes")]
+    if s.audit_unwritable.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(selfcloud_core::Error::disk_full("the access log is unwritable (attack probe)").into());
+    }
     s.local.append_audit(batch.entries, batch.keep).await?;
     Ok(StatusCode::NO_CONTENT)
 }

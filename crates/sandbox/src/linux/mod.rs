@@ -83,6 +83,21 @@ pub fn enter(spec: &Spec) -> Result<Entered> {
     // nobody outside, so a kernel bug reached from inside lands as an unprivileged user. Only a
     // process of the parent namespace may map another uid than its own, so a helper forked
     // before the unshare (still host root, outside every namespace) writes the maps.
+    // The instance's own disk first, while this process is still host root in the host's
+    // namespaces (ext4 mounts only there), in a mount namespace of its own: the mount, and the
+    // loop device under it, then go with the instance whatever ends it.
+    if let Some(image) = &spec.image {
+        if !uid.is_root() {
+            return Err(Error::other("a disk image needs the server to run as root"));
+        }
+        unshare(CloneFlags::CLONE_NEWNS).map_err(|e| io("unshare the mount namespace", e))?;
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+            .map_err(|e| io("make / private", e))?;
+        crate::image::attach(image, &spec.dir)?;
+        if let Some(id) = spec.host_id {
+            crate::give_to(&spec.dir, id)?;
+        }
+    }
     let mapper = match spec.host_id {
         Some(id) if uid.is_root() => Some(IdMapper::fork(id)?),
         _ => None,
