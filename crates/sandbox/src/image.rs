@@ -128,8 +128,8 @@ fn grow_to_device(target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The two loop-device calls an attach needs, by hand: the kept crate for them builds its
-/// bindings with libclang at compile time, which a fresh machine lacks, for two ioctls.
+/// The two loop-device calls an attach needs, by hand: two ioctls and their structs from
+/// <linux/loop.h> do not warrant a crate that generates bindings at build time.
 #[cfg(target_os = "linux")]
 mod loopdev {
     use std::io::{Error, Result};

@@ -166,3 +166,59 @@ async fn audit_entries_an_instance_cannot_take_wait_until_it_can() {
     let want: Vec<String> = (1..=3).rev().map(|n| format!("/v1/storage/notes/during-{n}")).collect();
     assert_eq!(seen, want, "every entry kept, in order");
 }
+
+/// Not a check but a measurement (run it with `--ignored --nocapture`): one user's 1 KiB PUTs,
+/// their p50 and p90 while the instance is quiet and while another instance writes 256 MiB and
+/// fsyncs it again and again, with the tier's I/O limits and without them.
+#[tokio::test]
+#[ignore]
+async fn measure_a_neighbours_put_latency_under_a_copy_and_fsync_burst() {
+    for (label, flags) in [
+        ("unbounded", ["--free-io-mib-per-sec", "0", "--free-io-ops-per-sec", "0"]),
+        ("tier limits (default)", ["--free-io-mib-per-sec", "64", "--free-io-ops-per-sec", "1000"]),
+    ] {
+        let home = tempfile::tempdir().unwrap();
+        let up = std::sync::Arc::new(start_with(home.path(), &flags));
+        let (ada, bob) = (up.user("ada").await, up.user("bob").await);
+        assert_eq!(up.put(&ada, "a", json!(1)).await, 200);
+        let puts = |n: usize| {
+            let (up, token) = (up.clone(), bob.token.clone());
+            async move {
+                let mut took = Vec::with_capacity(n);
+                for i in 0..n {
+                    let started = std::time::Instant::now();
+                    let url = format!("{}/v1/storage/notes/k{i}", up.base);
+                    let resp = up.http.put(url).bearer_auth(&token).json(&json!("x".repeat(1024))).send().await;
+                    assert_eq!(resp.unwrap().status(), 200);
+                    took.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+                took.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                (took[n / 2], took[n * 9 / 10])
+            }
+        };
+        let quiet = puts(300).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let burst = {
+            let (up, stop) = (up.clone(), stop.clone());
+            let ada = User { token: ada.token.clone(), instance: ada.instance };
+            tokio::spawn(async move {
+                let mut rounds = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let p = json!({"probe": "fill_disk", "path": "/instance/burst", "bytes": 256u64 << 20});
+                    let out = up.probe(&ada, p).await.unwrap();
+                    rounds.push(out["detail"].as_str().unwrap().to_owned());
+                    up.probe(&ada, json!({"probe": "remove", "path": "/instance/burst"})).await.unwrap();
+                }
+                rounds
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let busy = puts(300).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let rounds = burst.await.unwrap();
+        println!(
+            "{label}: neighbour PUT p50/p90 quiet {:.2}/{:.2} ms, under the burst {:.2}/{:.2} ms; bursts: {rounds:?}",
+            quiet.0, quiet.1, busy.0, busy.1
+        );
+    }
+}
