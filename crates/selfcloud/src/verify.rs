@@ -19,8 +19,17 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         bail!("{} is not a selfcloud home (no control.db)", args.home.display());
     }
     // One open instance at a time: each is closed as the next is checked.
-    let config =
+    let mut config =
         selfcloud_control::ControlConfig { open_instances: 1, ..selfcloud_control::ControlConfig::new(&args.home) };
+    // Instances with disks of their own are opened where only they can be: in their own process,
+    // which mounts its image. No image is made here.
+    if args.home.join(selfcloud_control::disk::IMAGES_DIR).is_dir() {
+        let mut process = selfcloud_control::runtime::ProcessConfig::new(std::env::current_exe()?);
+        process.sandbox = selfcloud_sandbox::namespaces_available(&selfcloud_sandbox::probe());
+        process.cgroups = false;
+        process.disk_images = false;
+        config.runtime = selfcloud_control::RuntimeConfig::Process(process);
+    }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
     let control = selfcloud_control::Control::open(config, now)
         .map_err(|e| anyhow::anyhow!("{}: {}", e.message, e.detail.unwrap_or_default()))

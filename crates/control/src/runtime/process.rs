@@ -280,7 +280,16 @@ impl Runtime for Process {
             let _ = reaped.set(why);
             let _ = done_tx.send(true);
         });
-        Ok(Box::new(ProcessAwake { client, pid, exit, done, stdin: parking_lot::Mutex::new(Some(stdin)), group, disk }))
+        Ok(Box::new(ProcessAwake {
+            client,
+            pid,
+            exit,
+            done,
+            stdin: parking_lot::Mutex::new(Some(stdin)),
+            group,
+            disk,
+            socket,
+        }))
     }
 }
 
@@ -294,6 +303,7 @@ struct ProcessAwake {
     group: Option<cgroups::Group>,
     /// The disk its I/O is throttled on.
     disk: Option<(u32, u32)>,
+    socket: PathBuf,
 }
 
 #[async_trait]
@@ -339,5 +349,7 @@ impl Awake for ProcessAwake {
         if let Some(g) = &self.group {
             g.remove();
         }
+        // The socket the server bound for it (the next wake binds a new one).
+        let _ = std::fs::remove_file(&self.socket);
     }
 }

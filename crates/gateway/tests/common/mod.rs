@@ -34,8 +34,12 @@ pub fn test_config(home: &std::path::Path) -> ControlConfig {
     config.kdf = KdfParams::INSECURE_FOR_TESTS;
     config.limits = Limits { rate_per_ip: 10_000, ..Limits::default() };
     if let Some(program) = std::env::var_os(PROCESS_RUNTIME_ENV) {
-        config.runtime =
-            selfcloud_control::RuntimeConfig::Process(selfcloud_control::runtime::ProcessConfig::new(program.into()));
+        let mut process = selfcloud_control::runtime::ProcessConfig::new(program.into());
+        // The suite reads instances' files from the host (sealed values, spools, key files), so
+        // their directories stay on the home's filesystem; disks of their own are attacked by
+        // the real binary's suites (`selfcloud/tests/disk.rs`, `sandbox.rs`).
+        process.disk_images = false;
+        config.runtime = selfcloud_control::RuntimeConfig::Process(process);
     }
     config
 }
