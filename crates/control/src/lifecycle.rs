@@ -20,6 +20,8 @@ use zeroize::Zeroizing;
 /// What a recovery hands back: a session and the next recovery code (the one used is spent).
 #[derive(Clone, Debug)]
 pub struct Recovered {
+    /// The recovered account's instance (whose access log notes the recovery).
+    pub instance_id: selfcloud_core::InstanceId,
     pub token: String,
     pub expires_at: u64,
     pub recovery_code: String,
@@ -129,7 +131,7 @@ impl Control {
             let next = RecoveryCode::generate();
             let (token, expires_at) = this.set_password(&u, &mut file, &data_key, &new, Some(&next), now)?;
             tracing::info!(user = %u.id, "password reset with the recovery code");
-            Ok(Recovered { token, expires_at, recovery_code: next.display() })
+            Ok(Recovered { instance_id: u.instance_id, token, expires_at, recovery_code: next.display() })
         })
         .await
         .map_err(Error::internal)?

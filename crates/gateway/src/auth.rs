@@ -77,16 +77,7 @@ impl Caller {
     }
 
     pub fn actor(&self) -> Actor {
-        match &self.token.grant {
-            _ if self.is_owner() => Actor::Owner,
-            Some(g) => Actor::App {
-                client_id: g.client_id.to_string(),
-                name: g.app_name.clone(),
-                grant_id: g.grant_id.to_string(),
-            },
-            // An app token always has its grant; were one ever without, it is an app with no name.
-            None => Actor::App { client_id: String::new(), name: String::new(), grant_id: String::new() },
-        }
+        actor_of(&self.token)
     }
 }
 
@@ -115,8 +106,45 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
     next.run(req).await
 }
 
-/// Middleware for routes that reach an instance: after the handler answers, the request joins
-/// that instance's access log (queued; written off the request's path).
+/// A change made without a bearer token (a recovery, a token exchange) as its instance's log
+/// keeps it: what the middleware below writes for every other call.
+pub fn change_entry(
+    state: &AppState,
+    actor: Actor,
+    method: &str,
+    path: &str,
+    status: u16,
+    headers: &HeaderMap,
+) -> AuditEntry {
+    let max = state.limits.audit_field_max;
+    AuditEntry {
+        at_ms: state.clock.now_ms(),
+        actor,
+        method: capped(method, 16),
+        path: capped(path, max),
+        scope: None,
+        status,
+        request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(|id| capped(id, max)),
+    }
+}
+
+/// Whom a token speaks for: the owner (their sessions) or an app, through its grant.
+pub fn actor_of(token: &TokenInfo) -> Actor {
+    match &token.grant {
+        _ if matches!(token.kind, TokenKind::Session | TokenKind::Web) => Actor::Owner,
+        Some(g) => Actor::App {
+            client_id: g.client_id.to_string(),
+            name: g.app_name.clone(),
+            grant_id: g.grant_id.to_string(),
+        },
+        // An app token always has its grant; were one ever without, it is an app with no name.
+        None => Actor::App { client_id: String::new(), name: String::new(), grant_id: String::new() },
+    }
+}
+
+/// Middleware for routes that reach an instance or change its account: after the handler
+/// answers, the request joins that instance's access log (queued; written off the request's
+/// path).
 pub async fn audited(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(caller) = req.extensions().get::<Caller>().cloned() else {
         return next.run(req).await;

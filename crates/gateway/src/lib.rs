@@ -103,7 +103,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/assistant/settings", get(assistant::settings).put(assistant::settings))
         .route_layer(from_fn_with_state(state.clone(), auth::audited));
 
-    // Routes that need a token but are not instance data (the owner's and developer's APIs).
+    // Routes that need a token but are not instance data (the owner's and developer's APIs):
+    // audited too, so every change to the account, its apps and its grants is in its log.
     let authenticated = Router::new()
         .route("/v1/accounts/me", axum::routing::delete(accounts::delete_account))
         .route("/v1/accounts/me/password", put(accounts::change_password))
@@ -112,6 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/apps/{id}", axum::routing::delete(apps::delete))
         .route("/v1/grants", get(apps::list_grants))
         .route("/v1/grants/{id}", axum::routing::delete(apps::revoke_grant).patch(apps::change_grant))
+        .route_layer(from_fn_with_state(state.clone(), auth::audited))
         .merge(instance_api)
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
 

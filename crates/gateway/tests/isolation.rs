@@ -196,9 +196,10 @@ async fn app_tokens_reach_only_their_scopes_and_never_owner_powers() {
     assert!(first["at_ms"].as_u64().unwrap() > 1_700_000_000_000);
     assert!(first["request_id"].as_str().is_some());
     let refused: Vec<u64> = app_entries.iter().map(|e| e["status"].as_u64().unwrap()).filter(|s| *s == 403).collect();
-    // Six storage calls, /v1/me, two LLM calls, /v1/audit, the export and the import: each
-    // refused call on instance data is audited.
-    assert_eq!(refused.len(), 12, "{audit}");
+    // Six storage calls, /v1/me, two LLM calls, /v1/audit, the export and the import, and the
+    // eight calls on the account, its apps, grants and sessions: each refused call is audited.
+    assert_eq!(refused.len(), 20, "{audit}");
+    assert!(app_entries.iter().any(|e| e["path"] == "/v1/accounts/me/password" && e["status"] == 403), "{audit}");
     assert!(app_entries.iter().any(|e| e["path"] == "/v1/me" && e["status"] == 403), "{audit}");
 }
 

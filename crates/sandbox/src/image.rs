@@ -94,6 +94,7 @@ pub fn attach(image: &Image, target: &Path) -> Result<()> {
     // Opened for direct I/O: the loop device reads and writes it as the file was opened.
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_DIRECT).open(&image.path)?;
+    lock_whole(&file, &image.path)?;
     // The device stays open until the mount holds it: a loop device set to clear itself does
     // so when its last opener closes it.
     let (device, open_device) = loopdev::configure(&file)?;
@@ -107,6 +108,31 @@ pub fn attach(image: &Image, target: &Path) -> Result<()> {
         grow_to_device(target)?;
     }
     Ok(())
+}
+
+/// Takes the image's one lock, on the open file the loop device is about to hold: the lock
+/// then lasts as long as the loop device does, past this process, so a wake that follows a
+/// killed instance waits until the kernel has let go of the earlier mount instead of mounting
+/// the same filesystem twice.
+#[cfg(target_os = "linux")]
+fn lock_whole(file: &std::fs::File, path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    loop {
+        // SAFETY: a lock on a descriptor the caller holds open.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(Error::new(e.kind(), format!("lock {}: {e}", path.display())));
+        }
+        if started.elapsed() > WAIT {
+            return Err(Error::other(format!("{} is still mounted by an earlier run after {WAIT:?}", path.display())));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Grows the mounted ext4 at `target` to fill its device (online, as resize2fs does).

@@ -426,13 +426,21 @@ pub async fn token(
             }
         };
         match outcome {
-            TokenOutcome::Issued(t) => Ok(serde_json::json!({
+            TokenOutcome::Issued(t) => {
+                // Each exchange is in the user's access log, as the app it was for.
+                if let Some(info) = s.control.authenticate(&t.access, now) {
+                    let actor = crate::auth::actor_of(&info);
+                    let entry = crate::auth::change_entry(&s, actor, "POST", "/oauth/token", 200, &headers);
+                    s.audit.record(info.instance_id, entry).await;
+                }
+                Ok(serde_json::json!({
                 "access_token": t.access,
                 "token_type": "Bearer",
                 "expires_in": t.expires_at.saturating_sub(now),
                 "refresh_token": t.refresh,
                 "scope": t.scopes.to_string(),
-            })),
+                }))
+            }
             TokenOutcome::Refused(e) | TokenOutcome::Revoked(e) => Err(e.into()),
             TokenOutcome::GrantEnded => {
                 Err(TokenError::new(TokenErrorKind::InvalidGrant, "the grant was revoked").into())

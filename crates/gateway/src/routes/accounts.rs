@@ -13,6 +13,7 @@ use selfcloud_control::TokenKind;
 use selfcloud_core::Scope;
 use selfcloud_instance::protocol::Need;
 use selfcloud_instance::service::system::{AuditPage, AuditQuery};
+use selfcloud_instance::Actor;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -162,10 +163,14 @@ pub struct Recovered {
 pub async fn recover(
     State(s): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<Recovery>,
 ) -> ApiResult<Response> {
     s.rate.check_ip(peer.ip())?;
     let r = crate::throttle::recover(&s, &body.username, &body.recovery_code, &body.new_password).await?;
+    // The owner's log says their password was reset (a failed try names no account).
+    let entry = crate::auth::change_entry(&s, Actor::Owner, "POST", "/v1/accounts/recover", 200, &headers);
+    s.audit.record(r.instance_id, entry).await;
     Ok(Json(Recovered { token: r.token, expires_at: r.expires_at, recovery_code: r.recovery_code }).into_response())
 }
 
