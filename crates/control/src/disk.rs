@@ -30,10 +30,9 @@ pub(crate) fn prepare(home: &Path, id: InstanceId, dir: &Path, bytes: u64, make:
     if !exists && !make {
         return Ok(None);
     }
-    // A socket is nothing to copy: the server binds a new one at each wake.
-    let socket = dir.join(selfcloud_instance::transport::SOCKET_FILE);
-    let _ = std::fs::remove_file(&socket);
     if !exists {
+        // A socket is nothing to copy: the server binds a new one at each wake.
+        let _ = std::fs::remove_file(dir.join(selfcloud_instance::transport::SOCKET_FILE));
         let parent = path.parent().expect("an image has a parent");
         std::fs::create_dir_all(parent).map_err(|e| io_err("create", parent, e))?;
         selfcloud_durable::restrict(parent, selfcloud_durable::DIR_MODE)?;
@@ -51,18 +50,24 @@ pub(crate) fn prepare(home: &Path, id: InstanceId, dir: &Path, bytes: u64, make:
     Ok(Some(DiskImage { path, bytes }))
 }
 
-/// Removes what `dir` holds (copies now in the image), keeping `dir`: the mount point.
+/// Removes what `dir` holds (copies now in the image), keeping `dir`: the mount point. An
+/// empty directory, as at every wake after the first, costs one read and no sync.
 fn clear(dir: &Path) -> Result<()> {
+    let mut removed = false;
     for entry in std::fs::read_dir(dir).map_err(|e| io_err("read", dir, e))? {
         let entry = entry.map_err(|e| io_err("read", dir, e))?;
         let path = entry.path();
-        let removed = match entry.file_type() {
+        let gone = match entry.file_type() {
             Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
             _ => std::fs::remove_file(&path),
         };
-        removed.map_err(|e| io_err("remove", &path, e))?;
+        gone.map_err(|e| io_err("remove", &path, e))?;
+        removed = true;
     }
-    selfcloud_durable::sync_dir(dir)
+    if removed {
+        selfcloud_durable::sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Removes instance `id`'s image (already gone is fine). Blocking.

@@ -6,7 +6,7 @@
 use crate::registry::{AppRow, Ended, FamilyPlan, GrantRow, GrantTerms, Issued, NewCodeRow, Redeemed, Registry};
 use crate::tokens::{hash_token, new_token, GrantRef, TokenInfo, TokenKind};
 use crate::Control;
-use selfcloud_core::{AppId, Error, GrantId, Result, ScopeSet, UserId};
+use selfcloud_core::{AppId, Error, GrantId, InstanceId, Result, ScopeSet, UserId};
 use std::sync::Arc;
 
 pub use crate::registry::{CodeRow as CodeGrant, RefreshRow as RefreshGrant, Verdict};
@@ -107,6 +107,9 @@ pub enum TokenOutcome<E> {
 pub struct AppTokens {
     pub access: String,
     pub refresh: String,
+    /// The user's instance, and the grant the tokens act under.
+    pub instance: InstanceId,
+    pub grant: GrantRef,
     /// Of the access token, Unix seconds.
     pub expires_at: u64,
     pub scopes: ScopeSet,
@@ -292,13 +295,20 @@ impl Control {
                 let expires_at = access_expires_at;
                 self.tokens.remove(&removed);
                 let grant = GrantRef { grant_id: grant, client_id: app, app_name };
-                let info =
-                    TokenInfo::new(TokenKind::Access, user, instance, Some(grant), scopes.clone(), expires_at, 0)
-                        .in_family(Some(family));
+                let info = TokenInfo::new(
+                    TokenKind::Access,
+                    user,
+                    instance,
+                    Some(grant.clone()),
+                    scopes.clone(),
+                    expires_at,
+                    0,
+                )
+                .in_family(Some(family));
                 // A revocation that committed after this issue has fenced the grant: the token is
                 // refused here, and the refresh token was deleted with the grant.
                 self.tokens.insert(hash_token(&access), info);
-                TokenOutcome::Issued(AppTokens { access, refresh, expires_at, scopes })
+                TokenOutcome::Issued(AppTokens { access, refresh, instance, grant, expires_at, scopes })
             }
         })
     }

@@ -121,9 +121,8 @@ impl Error {
     }
     /// Whether an I/O error means there is no room left (no space, or over a quota).
     pub fn is_no_space(e: &std::io::Error) -> bool {
-        matches!(e.raw_os_error(), Some(28 /* ENOSPC */) | Some(122 /* EDQUOT */))
-            || e.kind() == std::io::ErrorKind::StorageFull
-            || e.kind() == std::io::ErrorKind::QuotaExceeded
+        // ENOSPC and EDQUOT.
+        matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
     }
     pub fn status(&self) -> StatusCode {
         self.code.status()

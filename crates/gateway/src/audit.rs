@@ -81,81 +81,70 @@ struct Pending {
 /// oldest go, counted (memory is bounded; a disk full for hours cannot take the server down).
 struct Retries {
     by_instance: HashMap<InstanceId, Pending>,
-    held: usize,
     max: usize,
 }
 
 impl Retries {
+    fn held(&self) -> usize {
+        self.by_instance.values().map(|p| p.entries.len()).sum()
+    }
+
     fn next_due(&self) -> Option<Instant> {
         self.by_instance.values().map(|p| p.due).min()
     }
 
-    /// Entries for `id` that came while earlier ones of it wait join them, so order is kept.
-    fn join(&mut self, id: InstanceId, entries: &mut Vec<AuditEntry>) -> bool {
+    /// An entry for `id` that came while earlier ones of it wait joins them, so order is kept;
+    /// it is handed back when none wait.
+    fn join(&mut self, id: InstanceId, entry: AuditEntry) -> Option<AuditEntry> {
         match self.by_instance.get_mut(&id) {
             Some(p) => {
-                self.held += entries.len();
-                p.entries.append(entries);
-                true
+                p.entries.push(entry);
+                None
             }
-            None => false,
+            None => Some(entry),
         }
     }
 
-    /// Keeps `entries` for another try after its delay; answers how many older ones it dropped.
-    fn keep(&mut self, id: InstanceId, entries: Vec<AuditEntry>, attempts: u32, now: Instant) -> usize {
-        self.held += entries.len();
-        let p = self.by_instance.entry(id).or_insert(Pending { entries: Vec::new(), attempts, due: now });
-        let mut joined = entries;
-        joined.append(&mut p.entries);
-        p.entries = joined;
-        p.attempts = attempts;
-        p.due = now + retry_delay(attempts);
-        let mut dropped = 0;
-        while self.held > self.max {
-            let Some(oldest) = self.by_instance.values_mut().filter(|p| !p.entries.is_empty()).min_by_key(|p| p.due)
-            else {
-                break;
-            };
-            let cut = (self.held - self.max).min(oldest.entries.len());
+    /// Keeps a batch that failed for another try after its delay, before what joined it
+    /// meanwhile; answers how many of the oldest entries it dropped to stay within `max`.
+    fn keep(&mut self, id: InstanceId, mut entries: Vec<AuditEntry>, attempts: u32, now: Instant) -> usize {
+        let due = now + retry_delay(attempts);
+        let p = self.by_instance.entry(id).or_insert(Pending { entries: Vec::new(), attempts, due });
+        entries.append(&mut p.entries);
+        *p = Pending { entries, attempts, due };
+        let mut over = self.held().saturating_sub(self.max);
+        let dropped = over;
+        while over > 0 {
+            let Some(oldest) = self.by_instance.values_mut().min_by_key(|p| p.due) else { break };
+            let cut = over.min(oldest.entries.len());
             oldest.entries.drain(..cut);
-            self.held -= cut;
-            dropped += cut;
+            over -= cut;
+            self.by_instance.retain(|_, p| !p.entries.is_empty());
         }
-        self.by_instance.retain(|_, p| !p.entries.is_empty());
         dropped
     }
 
     /// The batches due by `now`, taken out, each with its attempts so far.
-    fn take_due(&mut self, now: Instant) -> Vec<(InstanceId, Vec<AuditEntry>, u32)> {
-        let ids: Vec<InstanceId> = self.by_instance.iter().filter(|(_, p)| p.due <= now).map(|(id, _)| *id).collect();
-        let mut due = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(p) = self.by_instance.remove(&id) {
-                self.held -= p.entries.len();
-                due.push((id, p.entries, p.attempts));
-            }
-        }
-        due
+    fn take_due(&mut self, now: Instant) -> HashMap<InstanceId, (Vec<AuditEntry>, u32)> {
+        let due: Vec<InstanceId> = self.by_instance.iter().filter(|(_, p)| p.due <= now).map(|(id, _)| *id).collect();
+        due.into_iter().filter_map(|id| self.by_instance.remove(&id).map(|p| (id, (p.entries, p.attempts)))).collect()
     }
 }
 
 async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, failures: Counter, keep: u64, max: usize) {
     let mut buf = Vec::with_capacity(BATCH);
-    let mut retries = Retries { by_instance: HashMap::new(), held: 0, max: max.max(1) };
+    let mut retries = Retries { by_instance: HashMap::new(), max: max.max(1) };
     let mut open = true;
     loop {
         if open {
-            // Wait for entries, or until the next retry is due.
+            // Wait for entries (`Some(0)`: every sender is gone), or until a retry is due (`None`).
             let got = match retries.next_due() {
-                Some(due) => {
-                    tokio::time::timeout_at(due.into(), rx.recv_many(&mut buf, BATCH)).await.unwrap_or(usize::MAX)
-                }
-                None => rx.recv_many(&mut buf, BATCH).await,
+                Some(due) => tokio::time::timeout_at(due.into(), rx.recv_many(&mut buf, BATCH)).await.ok(),
+                None => Some(rx.recv_many(&mut buf, BATCH).await),
             };
-            open = got != 0;
+            open = got != Some(0);
             let flush_asked = buf.iter().any(|m| matches!(m, Message::Flush(_)));
-            if open && got != usize::MAX && !flush_asked && buf.len() < BATCH {
+            if got.is_some_and(|n| n > 0) && !flush_asked && buf.len() < BATCH {
                 tokio::time::sleep(LINGER).await;
                 while buf.len() < BATCH {
                     match rx.try_recv() {
@@ -164,22 +153,19 @@ async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, failures
                     }
                 }
             }
-        } else if retries.by_instance.is_empty() {
-            return; // every sender is gone, the queue is empty and nothing waits for a retry
-        } else if let Some(due) = retries.next_due() {
-            tokio::time::sleep_until(due.into()).await;
+        } else {
+            match retries.next_due() {
+                Some(due) => tokio::time::sleep_until(due.into()).await,
+                None => return, // every sender is gone, the queue is empty and nothing waits
+            }
         }
-        let mut batches: HashMap<InstanceId, (Vec<AuditEntry>, u32)> = HashMap::new();
-        for (id, entries, attempts) in retries.take_due(Instant::now()) {
-            batches.insert(id, (entries, attempts));
-        }
+        let mut batches = retries.take_due(Instant::now());
         let mut waiters = Vec::new();
         for msg in buf.drain(..) {
             match msg {
                 Message::Entry(id, e) => {
-                    let mut one = vec![e];
-                    if !retries.join(id, &mut one) {
-                        batches.entry(id).or_default().0.append(&mut one);
+                    if let Some(e) = retries.join(id, e) {
+                        batches.entry(id).or_default().0.push(e);
                     }
                 }
                 Message::Flush(w) => waiters.push(w),
@@ -190,7 +176,7 @@ async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, failures
             // the log of every other instance behind it.
             let append = async {
                 match control.instance(id).await {
-                    Ok(instance) => instance.append_audit(entries.clone(), keep).await,
+                    Ok(instance) => instance.append_audit(&entries, keep).await,
                     Err(e) => Err(e),
                 }
             };
@@ -211,7 +197,7 @@ async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, failures
                     if dropped > 0 {
                         tracing::error!(
                             dropped,
-                            held = retries.held,
+                            held = retries.held(),
                             "audit entries dropped: too many wait for a retry"
                         );
                     }
@@ -271,22 +257,19 @@ mod tests {
             "ins_bb0123456789abcdef0123456789abcd".parse().unwrap(),
         );
         let now = Instant::now();
-        let mut r = Retries { by_instance: HashMap::new(), held: 0, max: 4 };
+        let mut r = Retries { by_instance: HashMap::new(), max: 4 };
         assert_eq!(r.keep(a, vec![entry("/1"), entry("/2")], 1, now), 0);
         assert!(r.take_due(now).is_empty(), "not before its delay");
         // Later entries of the same instance join it, after it.
-        let mut later = vec![entry("/3")];
-        assert!(r.join(a, &mut later) && later.is_empty());
-        assert!(!r.join(b, &mut vec![entry("/x")]));
+        assert!(r.join(a, entry("/3")).is_none());
+        assert_eq!(r.join(b, entry("/x")).map(|e| e.path), Some("/x".into()));
         // Past the bound the oldest go: b's batch is kept, a's first entries dropped.
         assert_eq!(r.keep(b, vec![entry("/b1"), entry("/b2")], 1, now + Duration::from_millis(1)), 1);
         let due = r.take_due(now + Duration::from_secs(1));
-        let paths = |id| -> Vec<String> {
-            due.iter().find(|(i, _, _)| *i == id).unwrap().1.iter().map(|e| e.path.clone()).collect()
-        };
+        let paths = |id| -> Vec<String> { due[&id].0.iter().map(|e| e.path.clone()).collect() };
         assert_eq!(paths(a), ["/2", "/3"]);
         assert_eq!(paths(b), ["/b1", "/b2"]);
-        assert_eq!(r.held, 0);
+        assert_eq!(r.held(), 0);
         assert!(r.next_due().is_none());
     }
 

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use selfcloud_control::tokens::hash_token;
-use selfcloud_control::{TokenInfo, TokenKind};
+use selfcloud_control::{GrantRef, TokenInfo, TokenKind};
 use selfcloud_core::{Error, Scope};
 use selfcloud_instance::protocol::Need;
 use selfcloud_instance::{Actor, AuditEntry};
@@ -106,40 +106,42 @@ pub async fn authenticate(State(state): State<Arc<AppState>>, mut req: Request, 
     next.run(req).await
 }
 
-/// A change made without a bearer token (a recovery, a token exchange) as its instance's log
-/// keeps it: what the middleware below writes for every other call.
-pub fn change_entry(
-    state: &AppState,
-    actor: Actor,
-    method: &str,
-    path: &str,
-    status: u16,
-    headers: &HeaderMap,
-) -> AuditEntry {
-    let max = state.limits.audit_field_max;
-    AuditEntry {
-        at_ms: state.clock.now_ms(),
-        actor,
-        method: capped(method, 16),
-        path: capped(path, max),
-        scope: None,
-        status,
-        request_id: headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(|id| capped(id, max)),
+/// What the access log keeps of a request, read before it is answered: its method, path and
+/// request id, capped and printable. The middleware below takes one from every call with a
+/// bearer token; a change made without one (a recovery, a token exchange) by its handler.
+pub struct Logged {
+    method: String,
+    path: String,
+    request_id: Option<String>,
+}
+
+impl Logged {
+    pub fn new(state: &AppState, method: &str, path: &str, headers: &HeaderMap) -> Logged {
+        let max = state.limits.audit_field_max;
+        let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(|id| capped(id, max));
+        Logged { method: capped(method, 16), path: capped(path, max), request_id }
+    }
+
+    /// The entry, once the request is answered.
+    pub fn entry(self, state: &AppState, actor: Actor, scope: Option<String>, status: u16) -> AuditEntry {
+        let Logged { method, path, request_id } = self;
+        AuditEntry { at_ms: state.clock.now_ms(), actor, method, path, scope, status, request_id }
     }
 }
 
 /// Whom a token speaks for: the owner (their sessions) or an app, through its grant.
-pub fn actor_of(token: &TokenInfo) -> Actor {
+fn actor_of(token: &TokenInfo) -> Actor {
     match &token.grant {
         _ if matches!(token.kind, TokenKind::Session | TokenKind::Web) => Actor::Owner,
-        Some(g) => Actor::App {
-            client_id: g.client_id.to_string(),
-            name: g.app_name.clone(),
-            grant_id: g.grant_id.to_string(),
-        },
+        Some(g) => app_actor(g),
         // An app token always has its grant; were one ever without, it is an app with no name.
         None => Actor::App { client_id: String::new(), name: String::new(), grant_id: String::new() },
     }
+}
+
+/// An app, as the access log names it: through the grant it acts under.
+pub fn app_actor(g: &GrantRef) -> Actor {
+    Actor::App { client_id: g.client_id.to_string(), name: g.app_name.clone(), grant_id: g.grant_id.to_string() }
 }
 
 /// Middleware for routes that reach an instance or change its account: after the handler
@@ -149,20 +151,10 @@ pub async fn audited(State(state): State<Arc<AppState>>, req: Request, next: Nex
     let Some(caller) = req.extensions().get::<Caller>().cloned() else {
         return next.run(req).await;
     };
-    let max = state.limits.audit_field_max;
-    let method = capped(req.method().as_str(), 16);
-    let path = capped(req.uri().path(), max);
-    let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(|id| capped(id, max));
+    let logged = Logged::new(&state, req.method().as_str(), req.uri().path(), req.headers());
     let resp = next.run(req).await;
-    let entry = AuditEntry {
-        at_ms: state.clock.now_ms(),
-        actor: caller.actor(),
-        method,
-        path,
-        scope: resp.extensions().get::<ScopeUsed>().map(|s| s.0.clone()),
-        status: resp.status().as_u16(),
-        request_id,
-    };
+    let scope = resp.extensions().get::<ScopeUsed>().map(|s| s.0.clone());
+    let entry = logged.entry(&state, caller.actor(), scope, resp.status().as_u16());
     state.audit.record(caller.token.instance_id, entry).await;
     resp
 }

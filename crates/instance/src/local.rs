@@ -250,7 +250,7 @@ impl Local {
         Ok(StorageUsage { records: usage.records, bytes: usage.bytes, quota_bytes: self.store.quota_bytes() })
     }
 
-    pub async fn append_audit(&self, entries: Vec<AuditEntry>, keep: u64) -> Result<()> {
+    pub async fn append_audit(&self, entries: &[AuditEntry], keep: u64) -> Result<()> {
         let encoded =
             entries.iter().map(|e| serde_json::to_vec(e).map_err(Error::internal)).collect::<Result<Vec<_>>>()?;
         self.blocking(move |s| s.append_log(&encoded, keep).map(drop)).await

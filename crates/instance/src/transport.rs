@@ -201,8 +201,8 @@ impl InstanceClient {
         self.system(Method::POST, "/system/verify", None).await?.ok_or_else(|| Error::internal("no report"))
     }
 
-    pub async fn append_audit(&self, entries: Vec<AuditEntry>, keep: u64) -> Result<()> {
-        let body = serde_json::to_vec(&AuditBatch { entries, keep }).map_err(Error::internal)?;
+    pub async fn append_audit(&self, entries: &[AuditEntry], keep: u64) -> Result<()> {
+        let body = serde_json::to_vec(&AuditBatch { entries: entries.into(), keep }).map_err(Error::internal)?;
         self.system::<()>(Method::POST, "/system/audit", Some(body)).await.map(drop)
     }
 }

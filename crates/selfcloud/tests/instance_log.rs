@@ -7,110 +7,46 @@
 //! request is no alarm: a body shorter than its `Content-Length` is a 400, and no warning.
 #![cfg(all(target_os = "linux", feature = "attack-probes"))]
 
-use axum::body::Body;
-use selfcloud_core::InstanceId;
-use selfcloud_instance::{CallContext, InstanceClient};
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
+mod walls;
+
+use serde_json::json;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use walls::*;
 
-const PASSWORD: &str = "correct horse battery";
 /// The settings the server runs under here.
 const LINE_MAX: usize = 1024;
 const LINES_PER_SEC: usize = 50;
 
-struct Up {
-    child: Child,
-    base: String,
-    home: PathBuf,
-    log: PathBuf,
-    http: reqwest::Client,
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The server, its stderr appended to `log` (made 0600), as an operator's service manager would.
-fn start(home: &Path, log: &Path) -> Up {
+fn start(home: &Path, log: &Path) -> (Up, ServerLog) {
     let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(log).unwrap();
     // What an earlier run left in it.
     std::io::Write::write_all(&mut file, b"an earlier line of the server's log\n").unwrap();
     // Settings by environment, which a server without them ignores (the run before the fix).
-    let mut child = Command::new(env!("CARGO_BIN_EXE_selfcloud"))
-        .args(["up", "--runtime", "process", "--addr", "127.0.0.1:0", "--kdf-memory-kib", "8", "--kdf-iterations", "1"])
-        .args(["--hibernate-after", "600", "--rate-per-ip", "1000"])
-        .env("SELFCLOUD_HOME", home)
-        .env("SELFCLOUD_MODEL", "none")
-        .env("SELFCLOUD_EMBEDDING_MODEL", "none")
-        .env("SELFCLOUD_INSTANCE_LOG_LINE_MAX", LINE_MAX.to_string())
-        .env("SELFCLOUD_INSTANCE_LOG_LINES_PER_SEC", LINES_PER_SEC.to_string())
-        .env("SELFCLOUD_BODY_READ_TIMEOUT", "1")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base =
-        line.trim().strip_prefix("selfcloud listening on ").expect("the first line names the address").to_owned();
-    Up { child, base, home: home.to_owned(), log: log.to_owned(), http: reqwest::Client::new() }
+    let env = [
+        ("SELFCLOUD_MODEL", "none".to_owned()),
+        ("SELFCLOUD_EMBEDDING_MODEL", "none".to_owned()),
+        ("SELFCLOUD_INSTANCE_LOG_LINE_MAX", LINE_MAX.to_string()),
+        ("SELFCLOUD_INSTANCE_LOG_LINES_PER_SEC", LINES_PER_SEC.to_string()),
+        ("SELFCLOUD_BODY_READ_TIMEOUT", "1".to_owned()),
+    ];
+    (launch(home, &[], &env, file.into()), ServerLog(log.to_owned()))
 }
 
-struct User {
-    token: String,
-    instance: InstanceId,
-}
+/// The server's log file.
+struct ServerLog(PathBuf);
 
-impl Up {
-    async fn user(&self, name: &str) -> User {
-        let body = json!({"username": name, "password": PASSWORD});
-        let url = format!("{}/v1/accounts", self.base);
-        let account: Value = self.http.post(url).json(&body).send().await.unwrap().json().await.unwrap();
-        let url = format!("{}/v1/sessions", self.base);
-        let session: Value = self.http.post(url).json(&body).send().await.unwrap().json().await.unwrap();
-        User {
-            token: session["token"].as_str().unwrap().to_owned(),
-            instance: account["instance"]["id"].as_str().expect("sign-up names the instance").parse().unwrap(),
-        }
-    }
-
-    async fn put(&self, user: &User, key: &str, value: Value) -> u16 {
-        let url = format!("{}/v1/storage/notes/{key}", self.base);
-        self.http.put(url).bearer_auth(&user.token).json(&value).send().await.unwrap().status().as_u16()
-    }
-
-    /// Runs a probe inside `user`'s instance, speaking the protocol on its socket as control does.
-    async fn probe(&self, user: &User, probe: Value) -> Value {
-        let dir = selfcloud_control::instance_dir(&self.home, user.instance);
-        let socket = dir.join(selfcloud_instance::transport::SOCKET_FILE);
-        let client = InstanceClient::connect(user.instance, &socket).await.unwrap();
-        let req = http::Request::post("/system/probe")
-            .header("content-type", "application/json")
-            .body(Body::from(probe.to_string()))
-            .unwrap();
-        let resp = client.call(&CallContext::system(0, 30_000), req).await.unwrap_or_else(|e| panic!("{probe}: {e:?}"));
-        let status = resp.status();
-        let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
-        assert!(status.is_success(), "{probe}: {status}: {}", String::from_utf8_lossy(&bytes));
-        serde_json::from_slice(&bytes).unwrap()
-    }
-
-    fn log(&self) -> Vec<u8> {
-        std::fs::read(&self.log).unwrap()
+impl ServerLog {
+    fn read(&self) -> Vec<u8> {
+        std::fs::read(&self.0).unwrap()
     }
 
     /// Waits, up to 10 s, for a line of the log holding `needle`.
     async fn logged(&self, needle: &str) -> bool {
         for _ in 0..400 {
-            if String::from_utf8_lossy(&self.log()).contains(needle) {
+            if String::from_utf8_lossy(&self.read()).contains(needle) {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -123,32 +59,32 @@ impl Up {
 async fn an_instance_cannot_rewrite_the_servers_log_and_its_lines_come_cleaned_tagged_and_rate_limited() {
     let home = tempfile::tempdir().unwrap();
     let log = home.path().join("server.log");
-    let up = start(&home.path().join("data"), &log);
+    let (up, server_log) = start(&home.path().join("data"), &log);
     let ada = up.user("ada").await;
     assert_eq!(up.put(&ada, "a", json!(1)).await, 200);
     let id = ada.instance.to_string();
     let tag = format!("instance={id}");
-    let before = up.log();
+    let before = server_log.read();
     let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o7777;
 
-    let tamper = up.probe(&ada, json!({"probe": "tamper_stderr"})).await;
+    let tamper = up.probe(&ada, json!({"probe": "tamper_stderr"})).await.unwrap();
     let escapes = "esc-probe \x1b[31mred\x1b[0m \x1b]0;title\x07 \x1b]8;;http://x.invalid/\x1b\\link\x1b]8;;\x1b\\ \
                    cr\roverwrite nul\0 bs\x08 c1\u{9b}2J del\x7f bidi\u{202e}txt esc-end\n";
-    up.probe(&ada, json!({"probe": "stderr", "text": escapes})).await;
-    up.probe(&ada, json!({"probe": "stderr", "text": "L", "times": 1usize << 20})).await;
-    up.probe(&ada, json!({"probe": "stderr", "text": " long-end\n"})).await;
-    up.probe(&ada, json!({"probe": "stderr", "text": "flood-line\n", "times": 5000})).await;
+    up.probe(&ada, json!({"probe": "stderr", "text": escapes})).await.unwrap();
+    up.probe(&ada, json!({"probe": "stderr", "text": "L", "times": 1usize << 20})).await.unwrap();
+    up.probe(&ada, json!({"probe": "stderr", "text": " long-end\n"})).await.unwrap();
+    up.probe(&ada, json!({"probe": "stderr", "text": "flood-line\n", "times": 5000})).await.unwrap();
     let dropped = format!("lines of instance {id} dropped");
-    let summarised = up.logged(&dropped).await;
+    let summarised = server_log.logged(&dropped).await;
     // Once the flood is over, a later line gets through again.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    up.probe(&ada, json!({"probe": "stderr", "text": "after-flood\n"})).await;
-    let after = up.logged("after-flood").await;
+    up.probe(&ada, json!({"probe": "stderr", "text": "after-flood\n"})).await.unwrap();
+    let after = server_log.logged("after-flood").await;
 
     // The log kept what it had, with its mode.
     let now = std::fs::metadata(&log).unwrap().permissions().mode() & 0o7777;
     assert_eq!(now, mode, "the log file's mode changed from {mode:o} to {now:o}: {tamper}");
-    let all = up.log();
+    let all = server_log.read();
     assert!(
         all.starts_with(&before),
         "the log lost or changed what it had ({tamper}): {} bytes before, now {}",
@@ -220,11 +156,11 @@ async fn short_body(base: &str, path: &str, token: &str, body: &str) -> String {
 async fn a_body_shorter_than_its_length_is_the_clients_error_and_no_alarm() {
     let home = tempfile::tempdir().unwrap();
     let log = home.path().join("server.log");
-    let up = start(&home.path().join("data"), &log);
+    let (up, server_log) = start(&home.path().join("data"), &log);
     let ada = up.user("ada").await;
     assert_eq!(up.put(&ada, "a", json!(1)).await, 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let before = up.log().len();
+    let before = server_log.read().len();
     for _ in 0..3 {
         let answer = short_body(&up.base, "/v1/storage/notes/short", &ada.token, r#"{"text":"#).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
@@ -235,7 +171,7 @@ async fn a_body_shorter_than_its_length_is_the_clients_error_and_no_alarm() {
     let url = format!("{}/v1/storage/notes/short", up.base);
     let missing = up.http.get(url).bearer_auth(&ada.token).send().await.unwrap().status().as_u16();
     assert_eq!(missing, 404);
-    let text = String::from_utf8_lossy(&up.log()[before..]).into_owned();
+    let text = String::from_utf8_lossy(&server_log.read()[before..]).into_owned();
     for alarm in ["WARN", "ERROR", "unreachable", "restarting"] {
         assert!(!text.contains(alarm), "the client's short body raised {alarm:?} in the server's log:\n{text}");
     }

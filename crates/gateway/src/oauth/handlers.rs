@@ -428,11 +428,9 @@ pub async fn token(
         match outcome {
             TokenOutcome::Issued(t) => {
                 // Each exchange is in the user's access log, as the app it was for.
-                if let Some(info) = s.control.authenticate(&t.access, now) {
-                    let actor = crate::auth::actor_of(&info);
-                    let entry = crate::auth::change_entry(&s, actor, "POST", "/oauth/token", 200, &headers);
-                    s.audit.record(info.instance_id, entry).await;
-                }
+                let logged = crate::auth::Logged::new(&s, "POST", "/oauth/token", &headers);
+                let entry = logged.entry(&s, crate::auth::app_actor(&t.grant), None, 200);
+                s.audit.record(t.instance, entry).await;
                 Ok(serde_json::json!({
                 "access_token": t.access,
                 "token_type": "Bearer",

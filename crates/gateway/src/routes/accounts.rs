@@ -1,6 +1,6 @@
 //! Accounts, sessions, the caller's profile and their access log.
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Logged};
 use crate::error::{ApiJson, ApiResult};
 use crate::routes::forward::forward;
 use crate::routes::ErrorBody;
@@ -169,7 +169,7 @@ pub async fn recover(
     s.rate.check_ip(peer.ip())?;
     let r = crate::throttle::recover(&s, &body.username, &body.recovery_code, &body.new_password).await?;
     // The owner's log says their password was reset (a failed try names no account).
-    let entry = crate::auth::change_entry(&s, Actor::Owner, "POST", "/v1/accounts/recover", 200, &headers);
+    let entry = Logged::new(&s, "POST", "/v1/accounts/recover", &headers).entry(&s, Actor::Owner, None, 200);
     s.audit.record(r.instance_id, entry).await;
     Ok(Json(Recovered { token: r.token, expires_at: r.expires_at, recovery_code: r.recovery_code }).into_response())
 }

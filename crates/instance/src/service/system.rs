@@ -30,20 +30,25 @@ pub(crate) async fn verify(s: S, ctx: Ctx) -> ApiResult<Json<IntegrityReport>> {
     Ok(Json(s.local.verify().await?))
 }
 
+/// Borrowed by the sender, which keeps its entries for a retry should the write fail.
 #[derive(Serialize, Deserialize)]
-pub struct AuditBatch {
-    pub entries: Vec<AuditEntry>,
+pub struct AuditBatch<'a> {
+    pub entries: std::borrow::Cow<'a, [AuditEntry]>,
     /// Entries past this many newest are dropped.
     pub keep: u64,
 }
 
-pub(crate) async fn append_audit(s: S, ctx: Ctx, ApiJson(batch): ApiJson<AuditBatch>) -> ApiResult<StatusCode> {
+pub(crate) async fn append_audit(
+    s: S,
+    ctx: Ctx,
+    ApiJson(batch): ApiJson<AuditBatch<'static>>,
+) -> ApiResult<StatusCode> {
     ctx.require(&Need::System)?;
     #[cfg(feature = "attack-probes")]
     if s.audit_unwritable.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(selfcloud_core::Error::disk_full("the access log is unwritable (attack probe)").into());
     }
-    s.local.append_audit(batch.entries, batch.keep).await?;
+    s.local.append_audit(&batch.entries, batch.keep).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -38,7 +38,14 @@ pub fn start(home: &Path) -> Up {
 
 /// [`start`], with more flags.
 pub fn start_with(home: &Path, flags: &[&str]) -> Up {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_selfcloud"))
+    launch(home, flags, &[], Stdio::inherit())
+}
+
+/// The server with `flags`, then `env` (which overrides the defaults here), its stderr on
+/// `stderr`; answers once it listens.
+pub fn launch(home: &Path, flags: &[&str], env: &[(&str, String)], stderr: Stdio) -> Up {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_selfcloud"));
+    command
         .args(["up", "--runtime", "process", "--addr", "127.0.0.1:0", "--kdf-memory-kib", "8", "--kdf-iterations", "1"])
         // Tight limits, so the attacks meet them quickly.
         .args(["--free-memory-mib", "96", "--free-pids", "48", "--hibernate-after", "600", "--rate-per-ip", "1000"])
@@ -46,10 +53,11 @@ pub fn start_with(home: &Path, flags: &[&str]) -> Up {
         .env("SELFCLOUD_HOME", home)
         .env("SELFCLOUD_MODEL", test_model().map_or_else(|| "none".into(), |m| m.display().to_string()))
         .env("SELFCLOUD_EMBEDDING_MODEL", std::env::var("SELFCLOUD_TEST_EMBED_MODEL").unwrap_or_else(|_| "none".into()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .env("RUST_LOG", "warn");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let base =
@@ -70,31 +78,17 @@ impl Up {
     /// A new user, and the recovery code sign-up gave them.
     pub async fn user_with_code(&self, name: &str) -> (User, String) {
         let body = json!({"username": name, "password": PASSWORD});
-        let account: Value = self
-            .http
-            .post(format!("{}/v1/accounts", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let session: Value = self
-            .http
-            .post(format!("{}/v1/sessions", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let account = self.post(&format!("{}/v1/accounts", self.base), &body).await;
+        let session = self.post(&format!("{}/v1/sessions", self.base), &body).await;
         let user = User {
             token: session["token"].as_str().unwrap().to_owned(),
             instance: account["instance"]["id"].as_str().expect("sign-up names the instance").parse().unwrap(),
         };
         (user, account["recovery_code"].as_str().unwrap().to_owned())
+    }
+
+    async fn post(&self, url: &str, body: &Value) -> Value {
+        self.http.post(url).json(body).send().await.unwrap().json().await.unwrap()
     }
 
     pub async fn put(&self, user: &User, key: &str, value: Value) -> u16 {
