@@ -25,7 +25,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use clock::Clock;
 use oauth::handlers as oauth_http;
-use routes::{accounts, admin, apps, assistant, llm, portability, storage};
+use routes::{accounts, admin, apps};
 use selfcloud_control::Control;
 use state::AppState;
 use std::net::SocketAddr;
@@ -83,24 +83,10 @@ impl Running {
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.limits.max_value_bytes + 64 * 1024;
 
-    // Routes that reach an instance: authenticated and audited.
-    let instance_api = Router::new()
+    // Routes that reach an instance: authenticated and audited. The parts' routes come from
+    // their declarations (`routes::forward::routes`); `/v1/me` is the gateway's own.
+    let instance_api = routes::forward::routes()
         .route("/v1/me", get(accounts::me))
-        .route("/v1/audit", get(accounts::audit))
-        .route("/v1/storage/{collection}", get(storage::list))
-        .route("/v1/storage/{collection}/{key}", put(storage::record).get(storage::record).delete(storage::record))
-        .route("/v1/export", get(portability::export))
-        .route("/v1/import", post(portability::import))
-        .route("/v1/llm/models", get(llm::models))
-        .route("/v1/llm/chat/completions", post(llm::chat))
-        .route("/v1/llm/embeddings", post(llm::embeddings))
-        .route("/v1/llm/usage", get(llm::usage))
-        .route("/v1/assistant/chat", post(assistant::chat))
-        .route("/v1/assistant/memories", get(assistant::memories).post(assistant::memories))
-        .route("/v1/assistant/memories/{id}", axum::routing::delete(assistant::memory))
-        .route("/v1/assistant/conversations", get(assistant::conversations))
-        .route("/v1/assistant/conversations/{id}", get(assistant::conversation).delete(assistant::conversation))
-        .route("/v1/assistant/settings", get(assistant::settings).put(assistant::settings))
         .route_layer(from_fn_with_state(state.clone(), auth::audited));
 
     // Routes that need a token but are not instance data (the owner's and developer's APIs):

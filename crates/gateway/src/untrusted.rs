@@ -12,6 +12,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use selfcloud_core::{Error, ErrorCode};
+use selfcloud_instance::part::Answer;
 use std::time::Duration;
 
 /// What a route's success may be.
@@ -46,13 +47,12 @@ const MESSAGE_CHARS: usize = 1000;
 const RETRY_AFTER_MAX: u64 = 86_400;
 
 impl Promise {
-    /// What the route at `path` promises (the public API's paths, as the instance serves them).
-    pub fn of_path(path: &str) -> Promise {
-        match path {
-            "/v1/export" => Promise::Tar,
-            "/v1/assistant/chat" => Promise::JsonOrEvents,
-            p if p.starts_with("/v1/llm/") => Promise::JsonOrEvents,
-            _ => Promise::Json,
+    /// What a route answering `answer` promises.
+    pub fn of(answer: Answer) -> Promise {
+        match answer {
+            Answer::Json | Answer::Empty => Promise::Json,
+            Answer::JsonOrEvents => Promise::JsonOrEvents,
+            Answer::Archive => Promise::Tar,
         }
     }
 
@@ -187,6 +187,7 @@ pub async fn answer(resp: Response, promise: Promise) -> Response {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::http::Method;
 
     fn head(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -198,11 +199,15 @@ mod tests {
 
     #[test]
     fn each_route_family_promises_its_media_types() {
-        assert_eq!(Promise::of_path("/v1/export"), Promise::Tar);
-        assert_eq!(Promise::of_path("/v1/llm/chat/completions"), Promise::JsonOrEvents);
-        assert_eq!(Promise::of_path("/v1/assistant/chat"), Promise::JsonOrEvents);
-        assert_eq!(Promise::of_path("/v1/storage/notes/a"), Promise::Json);
-        assert_eq!(Promise::of_path("/v1/import"), Promise::Json);
+        let promise = |method, path| match selfcloud_instance::service::resolve(&method, path).unwrap() {
+            selfcloud_instance::part::Resolved::Found(route, _) => Promise::of(route.answer),
+            _ => panic!("{path} is declared"),
+        };
+        assert_eq!(promise(Method::GET, "/v1/export"), Promise::Tar);
+        assert_eq!(promise(Method::POST, "/v1/llm/chat/completions"), Promise::JsonOrEvents);
+        assert_eq!(promise(Method::POST, "/v1/assistant/chat"), Promise::JsonOrEvents);
+        assert_eq!(promise(Method::GET, "/v1/storage/notes/a"), Promise::Json);
+        assert_eq!(promise(Method::POST, "/v1/import"), Promise::Json);
     }
 
     #[test]

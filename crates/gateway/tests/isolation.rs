@@ -33,7 +33,8 @@ fn owner_only_endpoints() -> Vec<(Method, &'static str, Option<Value>)> {
     ]
 }
 
-/// Every authenticated endpoint, with a body where it takes one.
+/// Authenticated endpoints, with a body where one is taken (every route of the instance's parts
+/// is also walked from its declaration in `routes.rs`).
 fn endpoints() -> Vec<(Method, &'static str, Option<Value>)> {
     let mut all = vec![
         (Method::GET, "/v1/me", None),

@@ -11,17 +11,13 @@ mod ledger;
 mod llm;
 mod local;
 mod memory;
+pub mod part;
 pub mod process;
 pub mod protocol;
 pub mod service;
 mod spool;
 pub mod transport;
 mod vectors;
-
-/// The internal collections an instance keeps (`Collection::internal`): an import may hold
-/// these and no other name starting with `_`.
-pub(crate) const INTERNAL_COLLECTIONS: [&str; 5] =
-    [ledger::COLLECTION, vectors::COLLECTION, memory::MEMORIES, memory::CONVERSATIONS, memory::SETTINGS];
 
 pub use protocol::{Actor, CallContext, Settings};
 pub use selfcloud_store::{DataKey, EngineKind};

@@ -44,7 +44,7 @@ fn import_spooled(store: &Store, path: &Path, key: &DataKey, max_value_bytes: us
 fn known_collection(collection: &Collection) -> Result<()> {
     let name = collection.as_str();
     match name.strip_prefix('_') {
-        Some(internal) if !crate::INTERNAL_COLLECTIONS.contains(&internal) => {
+        Some(internal) if !crate::service::is_internal_collection(internal) => {
             Err(Error::invalid(format!("the archive holds {name}, which is no part of an instance")))
         }
         _ => Ok(()),
@@ -273,7 +273,10 @@ mod tests {
 
     #[test]
     fn an_archive_may_hold_the_instances_own_collections_and_no_other_internal_one() {
-        for name in crate::INTERNAL_COLLECTIONS {
+        let declared: Vec<&str> = crate::service::PARTS.iter().flat_map(|p| p.collections.iter().copied()).collect();
+        // The ledger, the vector index, memories, conversations and the assistant's settings.
+        assert_eq!(declared.len(), 5, "{declared:?}");
+        for name in declared {
             assert!(known_collection(&Collection::internal(name)).is_ok(), "{name}");
         }
         assert!(known_collection(&Collection::parse("notes").unwrap()).is_ok());

@@ -4,8 +4,8 @@
 //! because one connection carries every concurrent call (no pool to keep), with per-stream flow
 //! control: a slow reader of an export slows the instance's writer, nothing piles up between.
 
+use crate::protocol::wire::{AuditBatch, Quota};
 use crate::protocol::{self, CallContext, CONTEXT_HEADER};
-use crate::service::system::{AuditBatch, Quota};
 use crate::{AuditEntry, IntegrityReport, StorageUsage};
 use axum::body::Body;
 use http::{Method, Request, Response, StatusCode};

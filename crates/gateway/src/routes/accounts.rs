@@ -1,8 +1,7 @@
-//! Accounts, sessions, the caller's profile and their access log.
+//! Accounts, sessions and the caller's profile.
 
 use crate::auth::{Caller, Logged};
 use crate::error::{ApiJson, ApiResult};
-use crate::routes::forward::forward;
 use crate::routes::ErrorBody;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, State};
@@ -11,8 +10,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use selfcloud_control::TokenKind;
 use selfcloud_core::Scope;
-use selfcloud_instance::protocol::Need;
-use selfcloud_instance::service::system::{AuditPage, AuditQuery};
 use selfcloud_instance::Actor;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -222,14 +219,4 @@ pub async fn me(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Jso
             Some(StorageSummary { records: usage.records, bytes: usage.bytes, quota_bytes: usage.quota_bytes });
     }
     Ok(Json(me))
-}
-
-/// The instance's access log, newest first (owner only).
-#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery), security(("bearer" = [])),
-    responses((status = 200, body = AuditPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn audit(State(s): State<Arc<AppState>>, caller: Caller, req: axum::extract::Request) -> ApiResult<Response> {
-    caller.check(&Need::Owner)?;
-    // The owner always sees their latest requests: what is queued is written first.
-    s.audit.flush().await;
-    forward(&s, &caller, Need::Owner, req).await
 }

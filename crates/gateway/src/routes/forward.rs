@@ -1,18 +1,28 @@
-//! Calls into the caller's instance: the gateway has authenticated, rate-limited and checked the
-//! access the call needs (`protocol::Need`); it now forwards the request as it came, with the
-//! call's context and without the client's credentials, and hands back the instance's answer as
-//! it streams, rebuilt as an untrusted answer (`crate::untrusted`). The audit middleware records
-//! it after.
+//! Calls into the caller's instance, on the routes its parts declare (`selfcloud_instance::part`):
+//! the gateway has authenticated and rate-limited the caller; here it checks the access the
+//! route declares (`protocol::Need`, the rule the instance applies again), then forwards the
+//! request as it came, with the call's context and without the client's credentials, and hands
+//! back the instance's answer as it streams, rebuilt as an untrusted answer
+//! (`crate::untrusted`). The audit middleware records it after.
+//!
+//! No route is written here: [`routes`] serves every declared public route, and everything about
+//! one (its access, whether it is paid in tokens, how long it may take, what it answers) comes
+//! from its declaration.
 
 use crate::auth::{Caller, ScopeUsed};
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::untrusted::{self, Promise};
-use axum::extract::Request;
-use axum::http::header;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
 use axum::response::Response;
-use selfcloud_instance::protocol::Need;
+use axum::routing::{on, MethodFilter};
+use axum::Router;
+use selfcloud_core::Error;
+use selfcloud_instance::part::{Answer, Body, Resolved, Route};
+use selfcloud_instance::service::{self, PARTS};
 use selfcloud_instance::CallContext;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a call waits for its instance's answer to begin (a body then streams for as long as
@@ -22,32 +32,57 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// size and the gateway's body-read timeout instead.
 pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
-/// Checks `need`, then forwards `req` to the caller's instance.
-pub async fn forward(s: &AppState, caller: &Caller, need: Need, req: Request) -> ApiResult<Response> {
-    forward_within(s, caller, need, req, CALL_TIMEOUT).await
+/// The routes of every part, each forwarded by [`call`].
+pub fn routes() -> Router<Arc<AppState>> {
+    let mut router = Router::new();
+    for route in PARTS.iter().flat_map(|part| part.routes.iter()).filter(|r| r.is_public()) {
+        let filter = MethodFilter::try_from(route.method.clone()).expect("a declared route's method is a standard one");
+        router = router.route(
+            route.path,
+            on(filter, |State(s): State<Arc<AppState>>, caller: Caller, req: Request| async move {
+                call(&s, &caller, req).await
+            }),
+        );
+    }
+    router
 }
 
-/// [`forward`], waiting up to `timeout` for the answer to begin.
-pub async fn forward_within(
-    s: &AppState,
-    caller: &Caller,
-    need: Need,
-    req: Request,
-    timeout: Duration,
-) -> ApiResult<Response> {
-    forward_with(s, caller, need, req, timeout, None).await
+/// Forwards `req` on its declared route: the API's routes, and the Super-App's calls for its
+/// pages, which pass the same checks.
+pub async fn call(s: &AppState, caller: &Caller, req: Request) -> ApiResult<Response> {
+    let (route, params) = match service::resolve(req.method(), req.uri().path())? {
+        Resolved::Found(route, params) => (route, params),
+        Resolved::WrongMethod | Resolved::NotFound => return Err(Error::not_found("no such endpoint").into()),
+    };
+    let need = route.need(|name| params.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str()))?;
+    let used = caller.check(&need)?;
+    if route.reads_access_log {
+        // The owner always sees their latest requests: what is queued is written first.
+        s.audit.flush().await;
+    }
+    let budget = if route.metered { token_budget(s, caller).await? } else { None };
+    let timeout = if route.body == Body::Archive { IMPORT_TIMEOUT } else { CALL_TIMEOUT };
+    let mut resp = send(s, caller, route, req, timeout, budget).await?;
+    if let Some(scope) = used {
+        resp.extensions_mut().insert(ScopeUsed(scope));
+    }
+    if route.answer == Answer::Archive && resp.status().is_success() {
+        let profile = s.control.profile(caller.token.user_id).await?;
+        let name = format!("attachment; filename=\"selfcloud-{}-{}.tar\"", profile.username, s.clock.now());
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, HeaderValue::from_str(&name).map_err(Error::internal)?);
+    }
+    Ok(resp)
 }
 
-/// [`forward_within`], telling the instance the app's daily LLM token budget.
-pub async fn forward_with(
+/// Sends a checked call to the caller's instance.
+async fn send(
     s: &AppState,
     caller: &Caller,
-    need: Need,
+    route: &Route,
     mut req: Request,
     timeout: Duration,
     token_budget: Option<u64>,
 ) -> ApiResult<Response> {
-    let used = caller.check(&need)?;
     let request_id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mut ctx = CallContext::new(
         caller.actor(),
@@ -64,11 +99,18 @@ pub async fn forward_with(
     for name in [header::AUTHORIZATION, header::COOKIE, header::HOST] {
         req.headers_mut().remove(name);
     }
-    let promise = Promise::of_path(req.uri().path());
     let instance = s.control.instance(caller.token.instance_id).await?;
-    let mut resp = untrusted::answer(instance.call(&ctx, req).await?, promise).await;
-    if let Some(scope) = used {
-        resp.extensions_mut().insert(ScopeUsed(scope));
+    Ok(untrusted::answer(instance.call(&ctx, req).await?, Promise::of(route.answer)).await)
+}
+
+/// The caller's daily token budget: an app's is its grant's under the tier's ceiling, the
+/// owner's the tier's own setting.
+async fn token_budget(s: &AppState, caller: &Caller) -> ApiResult<Option<u64>> {
+    if caller.is_owner() {
+        return Ok(Some(s.control.owner_token_budget(caller.token.instance_id)));
     }
-    Ok(resp)
+    match &caller.token.grant {
+        Some(g) => Ok(Some(s.control.token_budget(g.grant_id, caller.token.instance_id).await?)),
+        None => Ok(None),
+    }
 }

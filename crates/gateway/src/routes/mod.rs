@@ -1,14 +1,11 @@
 //! The HTTP handlers, one module per area of the contract. Handlers are thin: parse into
 //! `core` types, check the caller, call control or forward to the instance, shape the answer.
+//! The instance's own routes are not written here: `forward` serves what its parts declare.
 
 pub mod accounts;
 pub mod admin;
 pub mod apps;
-pub mod assistant;
 pub mod forward;
-pub mod llm;
-pub mod portability;
-pub mod storage;
 
 use serde::Serialize;
 

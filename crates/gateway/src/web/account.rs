@@ -5,7 +5,7 @@ use super::layout::{self, csrf_field, error_page};
 use super::session::{clear_cookies, session_cookies, with_cookies, Empty, Posted};
 use super::{logged, WebSession};
 use crate::error::ApiError;
-use crate::routes::portability;
+use crate::routes::forward;
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
@@ -107,7 +107,7 @@ pub async fn export(State(s): State<Arc<AppState>>, Posted { session, .. }: Post
         return error_page(&Error::internal("building the export request"));
     };
     let caller = session.caller.clone();
-    match portability::export(State(s.clone()), session.caller, req).await {
+    match forward::call(&s, &session.caller, req).await {
         // Everything left the instance, or was asked for: the access log says so either way, as
         // it does for the API's export.
         Ok(resp) if resp.status().is_success() => super::recorded(&s, &caller, &Method::GET, "/v1/export", resp).await,
@@ -139,7 +139,7 @@ pub async fn import(State(s): State<Arc<AppState>>, session: WebSession, req: Re
     parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-tar"));
     let req = Request::from_parts(parts, body);
     let caller = session.caller.clone();
-    match portability::import(State(s.clone()), caller.clone(), req).await {
+    match forward::call(&s, &caller, req).await {
         Ok(resp) => logged(&s, &caller, &Method::POST, "/v1/import", resp).await,
         Err(ApiError(e)) => ApiError(e).into_response(),
     }

@@ -22,7 +22,7 @@ pub use session::{clear_cookies, safe_next, session_cookies, web_cookie_name, We
 
 use crate::auth::{Caller, ScopeUsed};
 use crate::error::ApiError;
-use crate::routes::forward::forward;
+use crate::routes::forward;
 use crate::state::AppState;
 use axum::body::Body;
 use axum::extract::Request;
@@ -32,7 +32,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::BodyExt;
 use selfcloud_core::Error;
-use selfcloud_instance::protocol::Need;
 use selfcloud_instance::AuditEntry;
 use std::sync::Arc;
 
@@ -122,7 +121,7 @@ pub(crate) async fn call_with(
     uri: &str,
     req: Request,
 ) -> Result<Response, Error> {
-    let resp = forward(s, caller, Need::Owner, req).await.map_err(|ApiError(e)| e)?;
+    let resp = forward::call(s, caller, req).await.map_err(|ApiError(e)| e)?;
     Ok(logged(s, caller, &method, uri, resp).await)
 }
 

@@ -6,12 +6,13 @@
 //! Sources are found by their words (BM25) and, with an embedding model, by their meaning
 //! (the vector index, `crate::vectors`, brought up to date before each question and after writes).
 
-use super::{Ctx, Shared, S};
+use super::{memories, Ctx, Shared, S};
 use crate::api::{json_body, ApiBytes, ApiResult};
 use crate::memory::{self, Conversation};
-use crate::protocol::Need;
-use axum::http::HeaderMap;
+use crate::part::{Access, Answer, Body, Part, Route};
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
 use axum::Json;
 use futures_util::StreamExt;
 use selfcloud_core::Error;
@@ -21,6 +22,46 @@ use selfcloud_llm::retrieve::{self, Passage};
 use selfcloud_llm::{sse, Event, Events};
 use serde::Deserialize;
 use serde_json::json;
+
+/// The owner's assistant: owner only, whatever an app's scopes.
+pub static PART: Part = Part {
+    name: "assistant",
+    about: "The owner's assistant: answers from the owner's own records and memories, inside the instance.",
+    routes: &[
+        Route::new(
+            Method::POST,
+            "/v1/assistant/chat",
+            Access::Owner,
+            "An answer from the owner's own records and memories, with the records it was given (collection and key) as citations, and the conversation it belongs to. Body: `{\"message\": \"...\", \"collections\": [\"notes\"], \"conversation\": \"<id>\", \"stream\": false}` (collections: within the assistant's settings; conversation: one to go on with, a new one without).",
+            || post(chat),
+        )
+        .body(Body::Json)
+        .answer(Answer::JsonOrEvents)
+        .metered()
+        .errors(&[400, 403, 404, 429, 503]),
+        Route::new(Method::GET, "/v1/assistant/memories", Access::Owner, "The memories the assistant keeps and reads with every question: `{\"memories\": [...]}`.", || get(memories::list))
+            .errors(&[403]),
+        Route::new(Method::POST, "/v1/assistant/memories", Access::Owner, "A new memory (`{\"text\": \"...\"}`): 201 with its id.", || post(memories::add))
+            .body(Body::Json)
+            .errors(&[400, 403, 409]),
+        Route::new(Method::DELETE, "/v1/assistant/memories/{id}", Access::Owner, "Forgets one memory (404 when there is none of that id).", || delete(memories::delete))
+            .answer(Answer::Empty)
+            .errors(&[403, 404]),
+        Route::new(Method::GET, "/v1/assistant/conversations", Access::Owner, "The kept conversations, newest last: id, title (the first question), times, turns.", || get(memories::conversations))
+            .errors(&[403]),
+        Route::new(Method::GET, "/v1/assistant/conversations/{id}", Access::Owner, "One conversation with its turns.", || get(memories::conversation))
+            .errors(&[403, 404]),
+        Route::new(Method::DELETE, "/v1/assistant/conversations/{id}", Access::Owner, "Forgets one conversation.", || delete(memories::delete_conversation))
+            .answer(Answer::Empty)
+            .errors(&[403, 404]),
+        Route::new(Method::GET, "/v1/assistant/settings", Access::Owner, "The assistant's settings: the collections it may read (`null` for all).", || get(memories::settings))
+            .errors(&[403]),
+        Route::new(Method::PUT, "/v1/assistant/settings", Access::Owner, "New settings (`{\"collections\": [\"notes\"]}`, `null` for all).", || put(memories::set_settings))
+            .body(Body::Json)
+            .errors(&[400, 403]),
+    ],
+    collections: &[crate::vectors::COLLECTION, memory::MEMORIES, memory::CONVERSATIONS, memory::SETTINGS],
+};
 
 /// Text of one record the assistant ranks, at most (the start of a longer one), and of all the
 /// records it reads for one question: it holds them in the instance's memory at once.
@@ -48,8 +89,7 @@ struct AssistantRequest {
     stream: bool,
 }
 
-pub(crate) async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
-    ctx.require(&Need::Owner)?;
+async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
     let request: AssistantRequest = json_body(&headers, &body)?;
     for c in request.collections.iter().flatten() {
         selfcloud_core::Collection::parse(c)?;

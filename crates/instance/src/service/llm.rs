@@ -7,10 +7,12 @@
 use super::{Ctx, Shared, S};
 use crate::api::{json_body, ApiBytes, ApiResult};
 use crate::ledger::OWNER;
-use crate::protocol::{Actor, Need};
+use crate::part::{Access, Answer, Part, Route};
+use crate::protocol::Actor;
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::Json;
 use futures_util::StreamExt;
 use selfcloud_core::{Error, Scope};
@@ -22,8 +24,40 @@ use selfcloud_llm::{sse, Engine, Event, Events};
 use serde_json::json;
 use std::sync::Arc;
 
-pub(crate) async fn models(s: S, ctx: Ctx) -> ApiResult<Response> {
-    ctx.require(&Need::Scope(Scope::LlmChat))?;
+pub static PART: Part = Part {
+    name: "llm",
+    about: "The instance's private LLM, OpenAI-shaped: prompts, answers and vectors never leave the instance.",
+    routes: &[
+        Route::new(Method::GET, "/v1/llm/models", Access::Scope(Scope::LlmChat), "The model the instance's assistant runs, in OpenAI's list shape.", || get(models))
+            .errors(&[403, 503]),
+        Route::new(
+            Method::POST,
+            "/v1/llm/chat/completions",
+            Access::Scope(Scope::LlmChat),
+            "An OpenAI chat completion: JSON, or with `stream: true` server-sent `chat.completion.chunk` events ending in `data: [DONE]`.",
+            || post(chat),
+        )
+        .body(crate::part::Body::Json)
+        .answer(Answer::JsonOrEvents)
+        .metered()
+        .errors(&[400, 403, 429, 503]),
+        Route::new(
+            Method::POST,
+            "/v1/llm/embeddings",
+            Access::Scope(Scope::LlmEmbed),
+            "OpenAI embeddings of one text or a list: unit-length vectors (floats, or base64 with `encoding_format: \"base64\"`), paid from the caller's token budget like a chat.",
+            || post(embeddings),
+        )
+        .body(crate::part::Body::Json)
+        .metered()
+        .errors(&[400, 403, 429, 503]),
+        Route::new(Method::GET, "/v1/llm/usage", Access::Owner, "What each app spent of the LLM today, and when the day's budgets reset (owner only).", || get(usage))
+            .errors(&[403]),
+    ],
+    collections: &[crate::ledger::COLLECTION],
+};
+
+async fn models(s: S) -> ApiResult<Response> {
     let engine = s.llm.engine().await?;
     let m = engine.model();
     Ok(Json(json!({
@@ -34,8 +68,7 @@ pub(crate) async fn models(s: S, ctx: Ctx) -> ApiResult<Response> {
     .into_response())
 }
 
-pub(crate) async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
-    ctx.require(&Need::Scope(Scope::LlmChat))?;
+async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
     let request: ChatRequest = json_body(&headers, &body)?;
     let generation = request.validate(s.llm.limits())?;
     let engine = s.llm.engine().await?;
@@ -59,8 +92,7 @@ pub(crate) async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): Api
 /// Vectors of the texts, by the embedding model. An app pays the tokens the model read from its
 /// budget: texts that are more than it leaves are refused whole (429 `budget_exceeded`) before
 /// anything is computed.
-pub(crate) async fn embeddings(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
-    ctx.require(&Need::Scope(Scope::LlmEmbed))?;
+async fn embeddings(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
     let request: EmbeddingsRequest = json_body(&headers, &body)?;
     let embedder = s.llm.embedder().await?;
     let embedding = request.validate(s.llm.max_embedding_inputs(), embedder.dimensions())?;
@@ -73,8 +105,7 @@ pub(crate) async fn embeddings(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body
 
 /// `GET /v1/llm/usage`: what each app, and the owner's own calls, spent today (owner only), and
 /// when the day resets.
-pub(crate) async fn usage(s: S, ctx: Ctx) -> ApiResult<Response> {
-    ctx.require(&Need::Owner)?;
+async fn usage(s: S, ctx: Ctx) -> ApiResult<Response> {
     let now_ms = ctx.0.now_ms;
     let (owner, apps): (Vec<_>, Vec<_>) =
         s.ledger.day(&s.local, now_ms).await?.into_iter().partition(|d| d.grant_id == OWNER);

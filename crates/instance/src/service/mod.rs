@@ -4,8 +4,8 @@
 //! came, after authenticating, checking its scope, rate-limiting and auditing it; `/system/…`
 //! holds the calls only control makes.
 //!
-//! Every call must carry a [`CallContext`]; each handler checks the access it needs against it
-//! (the same rule the gateway applied: `protocol::check`).
+//! Every call must carry a [`CallContext`]; each route is served behind the check of the access
+//! its declaration names (the same rule the gateway applied: `protocol::check`).
 
 pub mod assistant;
 pub mod llm;
@@ -18,12 +18,12 @@ pub mod system;
 
 use crate::api::ApiError;
 use crate::local::Local;
-use crate::protocol::{CallContext, Need, Settings, CONTEXT_HEADER};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use crate::part::{Part, Resolved, Route};
+use crate::protocol::{CallContext, Settings, CONTEXT_HEADER};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, RawPathParams, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use axum::Router;
 use selfcloud_core::{Error, Result};
 use std::sync::Arc;
@@ -64,36 +64,57 @@ pub fn router(local: Local, settings: Settings) -> Router {
         #[cfg(feature = "attack-probes")]
         audit_unwritable: Default::default(),
     });
-    let api = Router::new()
-        .route("/v1/storage/{collection}", get(storage::list))
-        .route("/v1/storage/{collection}/{key}", put(storage::put).get(storage::get).delete(storage::delete))
-        .route("/v1/llm/models", get(llm::models))
-        .route("/v1/llm/chat/completions", post(llm::chat))
-        .route("/v1/llm/embeddings", post(llm::embeddings))
-        .route("/v1/llm/usage", get(llm::usage))
-        .route("/v1/assistant/chat", post(assistant::chat))
-        .route("/v1/assistant/memories", get(memories::list).post(memories::add))
-        .route("/v1/assistant/memories/{id}", delete(memories::delete))
-        .route("/v1/assistant/conversations", get(memories::conversations))
-        .route("/v1/assistant/conversations/{id}", get(memories::conversation).delete(memories::delete_conversation))
-        .route("/v1/assistant/settings", get(memories::settings).put(memories::set_settings))
-        .route("/v1/export", get(portability::export))
-        .route("/v1/import", post(portability::import))
-        .route("/v1/audit", get(system::read_audit))
-        .route("/system/usage", get(system::usage))
-        .route("/system/quota", put(system::set_quota))
-        .route("/system/verify", post(system::verify))
-        .route("/system/audit", post(system::append_audit));
+    let mut api = Router::new();
+    for route in served() {
+        let guarded = (route.serve)().route_layer(axum::middleware::from_fn_with_state(route, require));
+        api = api.route(route.path, guarded);
+    }
     #[cfg(feature = "attack-probes")]
-    let api = api
-        .route("/system/probe", post(probes::run))
-        .layer(axum::middleware::from_fn_with_state(shared.clone(), probes::hostile));
+    let api = api.layer(axum::middleware::from_fn_with_state(shared.clone(), probes::hostile));
     api.fallback(crate::api::not_found)
         .method_not_allowed_fallback(crate::api::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(context))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(crate::api::panicked))
         .with_state(shared)
+}
+
+/// The parts of an instance, each declared once (`crate::part`): what the router serves, the
+/// gateway forwards and documents, and an import accepts.
+pub static PARTS: [&Part; 6] =
+    [&storage::PART, &portability::PART, &system::AUDIT, &llm::PART, &assistant::PART, &system::PART];
+
+/// The routes this build serves: the parts', and in a test build the attack probes.
+fn served() -> impl Iterator<Item = &'static Route> {
+    let routes = PARTS.iter().flat_map(|part| part.routes.iter());
+    #[cfg(feature = "attack-probes")]
+    let routes = routes.chain(probes::PART.routes.iter());
+    routes
+}
+
+/// The declared route of a public `method` and `path`, the gateway's way to find what it forwards.
+pub fn resolve(method: &http::Method, path: &str) -> Result<Resolved<'static>> {
+    crate::part::resolve(PARTS.iter().flat_map(|p| p.routes.iter()).filter(|r| r.is_public()), method, path)
+}
+
+/// Whether `name` (without its `_`) is an internal collection a part keeps.
+pub(crate) fn is_internal_collection(name: &str) -> bool {
+    PARTS.iter().any(|part| part.collections.contains(&name))
+}
+
+/// Checks a call may do what its route's access names, before the route's handler runs: the
+/// rule the gateway applied, applied again to what the instance is handed.
+async fn require(State(route): State<&'static Route>, params: RawPathParams, req: Request, next: Next) -> Response {
+    let need = route.need(|name| params.iter().find(|(n, _)| *n == name).map(|(_, v)| v));
+    let ctx = req.extensions().get::<Ctx>();
+    match (need, ctx) {
+        (Ok(need), Some(ctx)) => match ctx.0.check(&need) {
+            Ok(_) => next.run(req).await,
+            Err(e) => ApiError(e).into_response(),
+        },
+        (Err(e), _) => ApiError(e).into_response(),
+        (_, None) => ApiError(Error::internal("no call context")).into_response(),
+    }
 }
 
 /// Reads the call context and holds the call to its deadline (for the answer's head; a body
@@ -117,12 +138,6 @@ async fn context(mut req: Request, next: Next) -> Response {
 /// The call's context, for handlers.
 #[derive(Clone)]
 pub(crate) struct Ctx(pub Arc<CallContext>);
-
-impl Ctx {
-    pub fn require(&self, need: &Need) -> Result<()> {
-        self.0.check(need).map(drop)
-    }
-}
 
 impl<St: Send + Sync> FromRequestParts<St> for Ctx {
     type Rejection = ApiError;

@@ -6,24 +6,51 @@
 use super::{Ctx, S};
 use crate::api::ApiResult;
 use crate::archive::{self, ArchiveWriter};
-use crate::protocol::Need;
+use crate::part::{schema_of, Access, Answer, Part, Route};
+use crate::protocol::wire::Imported;
 use crate::ImportLimits;
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::Json;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use selfcloud_core::{Error, ErrorCode};
-use serde::Serialize;
 use std::sync::Arc;
+
+pub static PART: Part = Part {
+    name: "portability",
+    about: "The user's data leaves with them and comes back: the whole instance as one archive.",
+    routes: &[
+        Route::new(
+            Method::GET,
+            "/v1/export",
+            Access::Owner,
+            "Stream the whole instance as a tar archive: records per collection as JSON lines, then a manifest with counts and SHA-256 of every part.",
+            || get(export),
+        )
+        .answer(Answer::Archive)
+        .errors(&[403]),
+        Route::new(
+            Method::POST,
+            "/v1/import",
+            Access::Owner,
+            "Restore an export archive into this instance, which must hold no record. The archive is checked whole first; then every record is written in one atomic step, or none is.",
+            || post(import),
+        )
+        .body(crate::part::Body::Archive)
+        .answer_schema(schema_of::<Imported>)
+        .errors(&[400, 403, 409, 413, 415, 507]),
+    ],
+    collections: &[],
+};
 
 /// Records and bytes of values read from the store per step of an export.
 const EXPORT_PAGE_RECORDS: usize = 1000;
 const EXPORT_PAGE_BYTES: usize = 1 << 20;
 
-pub(crate) async fn export(s: S, ctx: Ctx) -> ApiResult<Response> {
-    ctx.require(&Need::Owner)?;
+async fn export(s: S, ctx: Ctx) -> ApiResult<Response> {
     let state = ExportState {
         shared: s.0.clone(),
         writer: Some(ArchiveWriter::new(ctx.0.now_ms / 1000, archive::PART_BYTES)),
@@ -84,15 +111,7 @@ async fn next_chunk(mut st: ExportState) -> std::io::Result<Option<(Bytes, Expor
     }
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Imported {
-    pub records: u64,
-    pub bytes: u64,
-    pub quota_bytes: u64,
-}
-
-pub(crate) async fn import(s: S, ctx: Ctx, headers: HeaderMap, body: Body) -> ApiResult<Json<Imported>> {
-    ctx.require(&Need::Owner)?;
+async fn import(s: S, headers: HeaderMap, body: Body) -> ApiResult<Json<Imported>> {
     let media_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(|v| v.split(';').next());
     if !media_type.is_some_and(|t| t.trim().eq_ignore_ascii_case(archive::CONTENT_TYPE)) {
         let message = format!("an import is an export archive: send Content-Type: {}", archive::CONTENT_TYPE);

@@ -1,10 +1,9 @@
 //! Attack code run inside an instance process, for the sandbox's tests (feature
 //! `attack-probes`; never in a release build). Each probe tries one thing the walls must stop and
-//! says whether it got through. Only control's socket reaches it (`Need::System`).
+//! says whether it got through. Only control reaches it (`Access::System`).
 
-use super::{Ctx, Shared, S};
+use super::{Shared, S};
 use crate::api::{ApiJson, ApiResult};
-use crate::protocol::Need;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -163,8 +162,22 @@ fn mapped<T>(path: &Path, f: impl FnOnce(*mut libc::c_void, usize) -> std::io::R
     out
 }
 
-pub async fn run(s: S, ctx: Ctx, ApiJson(probe): ApiJson<Probe>) -> ApiResult<Json<Outcome>> {
-    ctx.require(&Need::System)?;
+/// The probes, control's alone like every `/system` call (a test plays control).
+pub static PART: crate::part::Part = crate::part::Part {
+    name: "attack-probes",
+    about: "What code that took over the instance would do (test builds only).",
+    routes: &[crate::part::Route::new(
+        http::Method::POST,
+        "/system/probe",
+        crate::part::Access::System,
+        "Runs one probe.",
+        || axum::routing::post(run),
+    )
+    .body(crate::part::Body::Json)],
+    collections: &[],
+};
+
+async fn run(s: S, ApiJson(probe): ApiJson<Probe>) -> ApiResult<Json<Outcome>> {
     if let Probe::Hostile { hostility } = probe {
         *s.hostile.lock().unwrap_or_else(|e| e.into_inner()) = hostility;
         return Ok(Json(Outcome { got_through: true, detail: "its answers are hostile from now on".into() }));

@@ -1,16 +1,64 @@
-//! Records in collections: `/v1/storage/{collection}[/{key}]`.
+//! Records in collections: `/v1/storage/{collection}[/{key}]`. Each call needs the storage
+//! scope of its collection (`Access::Record`), checked before a handler runs.
 
-use super::{Ctx, S};
+use super::S;
 use crate::api::{ApiBytes, ApiError, ApiPath, ApiQuery, ApiResult};
-use crate::protocol::Need;
+use crate::part::{query_of, schema_of, Access, Body, Part, Route};
+use crate::protocol::wire::{ListAnswer, ListQuery, ListedRecord, PutAnswer};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
 use axum::Json;
 use selfcloud_core::{Collection, Error, ErrorCode, RecordKey};
 use selfcloud_store::Precondition;
 use selfcloud_store::Rev;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+pub static PART: Part = Part {
+    name: "storage",
+    about: "The user's records: JSON values in collections, read and written by the storage scope of each collection.",
+    routes: &[
+        Route::new(
+            Method::GET,
+            "/v1/storage/{collection}",
+            Access::Record,
+            "A page of a collection, in key order.",
+            || get(list),
+        )
+        .query(query_of::<ListQuery>)
+        .answer_schema(schema_of::<ListAnswer>)
+        .errors(&[400, 403]),
+        Route::new(
+            Method::PUT,
+            "/v1/storage/{collection}/{key}",
+            Access::Record,
+            "Write a record (any JSON value up to the size limit).",
+            || put(write),
+        )
+        .body(Body::Json)
+        .answer_schema(schema_of::<PutAnswer>)
+        .headers(&[
+            ("If-Match", "Write only over this rev (\"17\"), or only over a record that exists (*)"),
+            ("If-None-Match", "*: write only a new record"),
+        ])
+        .errors(&[400, 403, 412, 413, 415, 507]),
+        Route::new(
+            Method::GET,
+            "/v1/storage/{collection}/{key}",
+            Access::Record,
+            "Read a record: the stored JSON value, with its rev as `ETag`.",
+            || get(read),
+        )
+        .errors(&[403, 404]),
+        Route::new(Method::DELETE, "/v1/storage/{collection}/{key}", Access::Record, "Delete a record.", || {
+            delete(remove)
+        })
+        .answer(crate::part::Answer::Empty)
+        .headers(&[("If-Match", "Delete only this rev (\"17\")")])
+        .errors(&[403, 404, 412]),
+    ],
+    collections: &[],
+};
 
 fn etag(rev: Rev) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{rev}\"")).expect("digits and quotes are a valid header")
@@ -45,25 +93,18 @@ fn precondition(headers: &HeaderMap) -> Result<Precondition, Error> {
     Ok(Precondition::None)
 }
 
-/// The names of a record path, as both sides of the boundary parse them.
-pub fn names(collection: &str, key: &str) -> Result<(Collection, RecordKey), Error> {
+/// The names of a record path.
+fn names(collection: &str, key: &str) -> Result<(Collection, RecordKey), Error> {
     Ok((Collection::parse(collection)?, RecordKey::parse(key)?))
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct PutAnswer {
-    pub rev: String,
-}
-
-pub(crate) async fn put(
+async fn write(
     s: S,
-    ctx: Ctx,
     ApiPath((collection, key)): ApiPath<(String, String)>,
     headers: HeaderMap,
     ApiBytes(body): ApiBytes,
 ) -> ApiResult<Response> {
     let (collection, key) = names(&collection, &key)?;
-    ctx.require(&Need::record(&Method::PUT, &collection))?;
     if !crate::api::is_json(&headers) {
         return Err(Error::new(
             ErrorCode::UnsupportedMediaType,
@@ -87,9 +128,8 @@ pub(crate) async fn put(
     Ok(([(header::ETAG, etag(rev))], Json(PutAnswer { rev: rev.to_string() })).into_response())
 }
 
-pub(crate) async fn get(s: S, ctx: Ctx, ApiPath((collection, key)): ApiPath<(String, String)>) -> ApiResult<Response> {
+async fn read(s: S, ApiPath((collection, key)): ApiPath<(String, String)>) -> ApiResult<Response> {
     let (collection, key) = names(&collection, &key)?;
-    ctx.require(&Need::record(&Method::GET, &collection))?;
     let Some(record) = s.local.get_record(&collection, &key).await? else {
         return Ok(ApiError(Error::not_found("no such record")).into_response());
     };
@@ -100,53 +140,20 @@ pub(crate) async fn get(s: S, ctx: Ctx, ApiPath((collection, key)): ApiPath<(Str
         .into_response())
 }
 
-pub(crate) async fn delete(
+async fn remove(
     s: S,
-    ctx: Ctx,
     ApiPath((collection, key)): ApiPath<(String, String)>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (collection, key) = names(&collection, &key)?;
-    ctx.require(&Need::record(&Method::DELETE, &collection))?;
     let cond = precondition(&headers)?;
     s.local.delete_record(&collection, &key, cond).await?;
     super::assistant::after_write(&s);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Only keys starting with this.
-    pub prefix: Option<String>,
-    /// Page size (default 100, at most 1000).
-    pub limit: Option<usize>,
-    /// From the previous page.
-    pub cursor: Option<String>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ListedRecord {
-    pub key: String,
-    pub rev: String,
-    #[schema(value_type = Object)]
-    pub value: Box<RawValue>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ListAnswer {
-    pub records: Vec<ListedRecord>,
-    pub cursor: Option<String>,
-}
-
-pub(crate) async fn list(
-    s: S,
-    ctx: Ctx,
-    ApiPath(collection): ApiPath<String>,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Response> {
+async fn list(s: S, ApiPath(collection): ApiPath<String>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Response> {
     let collection = Collection::parse(&collection)?;
-    ctx.require(&Need::record(&Method::GET, &collection))?;
     let limit = s.settings.page_limit(q.limit)?;
     let prefix = q.prefix.as_deref().unwrap_or("");
     let page = s.local.list_records(&collection, prefix, limit, s.settings.list_max_bytes, q.cursor.as_deref()).await?;

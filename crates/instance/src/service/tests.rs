@@ -93,3 +93,45 @@ async fn a_damaged_value_on_disk_breaks_no_list_or_export() {
     assert_eq!(manifest.records, 2, "the export runs to its end");
     assert_eq!(records.len(), 2);
 }
+
+/// A declared path with sample parameters: a collection and key an app holds no scope for.
+fn sample_path(route: &Route) -> String {
+    route.path.replace("{collection}", "notes").replace("{key}", "secret").replace("{id}", "x")
+}
+
+#[tokio::test]
+async fn every_declared_route_is_served_behind_the_access_it_declares() {
+    let dir = tempfile::tempdir().unwrap();
+    let (router, _, _) = instance(dir.path());
+    let stranger = CallContext::new(
+        Actor::App { client_id: "app_1".into(), name: "n".into(), grant_id: "grt_1".into() },
+        &ScopeSet::parse("storage:read:other chain:read").unwrap(),
+        None,
+        0,
+        5_000,
+    );
+    let routes: Vec<&Route> = served().collect();
+    assert!(routes.len() >= 20, "{routes:?}");
+    for route in routes {
+        let path = sample_path(route);
+        let method = route.method.as_str();
+        // No context, no call.
+        assert_eq!(call(&router, None, method, &path).await.0, StatusCode::BAD_REQUEST, "{route:?}");
+        // An app without the scope is refused before the handler runs; control's routes do not
+        // exist for it, nor for the owner.
+        let (status, body) = call(&router, Some(&stranger), method, &path).await;
+        let refused = if route.is_public() { StatusCode::FORBIDDEN } else { StatusCode::NOT_FOUND };
+        assert_eq!(status, refused, "{route:?}: {}", String::from_utf8_lossy(&body));
+        if !route.is_public() {
+            assert_eq!(call(&router, Some(&owner()), method, &path).await.0, StatusCode::NOT_FOUND, "{route:?}");
+            continue;
+        }
+        // The owner reaches its handler: whatever it answers, it is not the router's own refusal.
+        let (status, body) = call(&router, Some(&owner()), method, &path).await;
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            status != StatusCode::METHOD_NOT_ALLOWED && !text.contains("no such endpoint"),
+            "{route:?}: {status} {text}"
+        );
+    }
+}

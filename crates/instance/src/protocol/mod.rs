@@ -9,6 +9,8 @@
 //! The access rules ([`Need`], [`check`]) are pure functions used on both sides: the gateway checks
 //! before it forwards, the instance checks again on what it is handed.
 
+pub mod wire;
+
 use base64::Engine as _;
 use selfcloud_core::{Collection, Error, ErrorCode, Result, Scope, ScopeSet};
 use serde::{Deserialize, Serialize};
