@@ -441,7 +441,7 @@ impl Control {
         let ready = slot.ready.read().clone();
         if let Some((client, awake)) = ready.filter(|(_, a)| a.running()) {
             awake.limit(self.config.limits.resources.of(tier))?;
-            client.set_quota(self.config.limits.tier(tier).quota_bytes).await?;
+            crate::system::System(&client).set_quota(self.config.limits.tier(tier).quota_bytes).await?;
         }
         Ok(())
     }

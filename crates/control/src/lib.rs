@@ -18,6 +18,7 @@ mod provisioning;
 mod recovery;
 mod registry;
 pub mod runtime;
+mod system;
 mod tiers;
 pub mod tokens;
 mod verify;

@@ -74,7 +74,7 @@ impl Control {
         let mut instances = Vec::with_capacity(ids.len());
         for &id in &ids {
             let outcome = match self.instance(id).await {
-                Ok(instance) => instance.verify().await.map_err(reason),
+                Ok(instance) => crate::system::System(&instance).verify().await.map_err(reason),
                 Err(e) => Err(format!("cannot open: {}", reason(e))),
             };
             instances.push(InstanceCheck { id, outcome });

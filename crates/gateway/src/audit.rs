@@ -174,15 +174,10 @@ async fn writer(mut rx: mpsc::Receiver<Message>, control: Arc<Control>, failures
         for (id, (entries, attempts)) in batches {
             // Bounded: an instance that does not answer waits for its own retry, never stalls
             // the log of every other instance behind it.
-            let append = async {
-                match control.instance(id).await {
-                    Ok(instance) => instance.append_audit(&entries, keep).await,
-                    Err(e) => Err(e),
-                }
-            };
-            let result = tokio::time::timeout(APPEND_TIMEOUT, append).await.unwrap_or_else(|_| {
-                Err(selfcloud_core::Error::internal("the instance did not take its audit batch in time"))
-            });
+            let result =
+                tokio::time::timeout(APPEND_TIMEOUT, control.append_audit(id, &entries, keep)).await.unwrap_or_else(
+                    |_| Err(selfcloud_core::Error::internal("the instance did not take its audit batch in time")),
+                );
             match result {
                 Ok(()) if attempts > 0 => tracing::info!(instance = %id, attempts, "audit batch written after retries"),
                 Ok(()) => {}

@@ -4,15 +4,12 @@
 //! because one connection carries every concurrent call (no pool to keep), with per-stream flow
 //! control: a slow reader of an export slows the instance's writer, nothing piles up between.
 
-use crate::protocol::wire::{AuditBatch, Quota};
 use crate::protocol::{self, CallContext, CONTEXT_HEADER};
-use crate::{AuditEntry, IntegrityReport, StorageUsage};
-use axum::body::Body;
-use http::{Method, Request, Response, StatusCode};
+pub use axum::body::Body;
+use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use selfcloud_core::{Error, InstanceId, Result};
-use serde::de::DeserializeOwned;
 use std::any::Any;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,13 +23,8 @@ pub const SOCKET_FILE: &str = "instance.sock";
 /// Windows large enough that one stream can move a megabyte without waiting for a window update.
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 8 << 20;
-/// How long control's own calls wait for an answer.
-const SYSTEM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Beyond the call's own timeout, which the instance enforces, how long the caller waits.
 const ANSWER_GRACE: Duration = Duration::from_secs(2);
-/// The largest answer to a call of control's own (usage, a verify report): an instance cannot
-/// make the server buffer more.
-const SYSTEM_ANSWER_MAX: usize = 1 << 20;
 
 #[derive(Clone)]
 enum Transport {
@@ -153,57 +145,6 @@ impl InstanceClient {
             }),
             None => resp,
         })
-    }
-
-    /// A call of control's own, with a JSON answer (`None` for 204).
-    async fn system<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Option<T>> {
-        let now_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let ctx = CallContext::system(now_ms, SYSTEM_TIMEOUT.as_millis() as u64);
-        let mut req = Request::builder().method(method).uri(path);
-        if body.is_some() {
-            req = req.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        let req = req.body(body.map_or_else(Body::empty, Body::from)).map_err(Error::internal)?;
-        let resp = self.call(&ctx, req).await?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), SYSTEM_ANSWER_MAX);
-        let bytes = tokio::time::timeout(SYSTEM_TIMEOUT, body.collect())
-            .await
-            .map_err(|_| Error::unavailable("the instance's answer did not end in time", Duration::from_secs(1)))?
-            .map_err(Error::internal)?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(Error::from_body(&bytes, None)
-                .unwrap_or_else(|| Error::internal(format!("instance answered {status} without an error body"))));
-        }
-        if status == StatusCode::NO_CONTENT {
-            return Ok(None);
-        }
-        serde_json::from_slice(&bytes).map(Some).map_err(Error::internal)
-    }
-
-    pub async fn storage_usage(&self) -> Result<StorageUsage> {
-        self.system(Method::GET, "/system/usage", None).await?.ok_or_else(|| Error::internal("no usage"))
-    }
-
-    pub async fn set_quota(&self, quota_bytes: u64) -> Result<()> {
-        let body = serde_json::to_vec(&Quota { quota_bytes }).map_err(Error::internal)?;
-        self.system::<()>(Method::PUT, "/system/quota", Some(body)).await.map(drop)
-    }
-
-    pub async fn verify(&self) -> Result<IntegrityReport> {
-        self.system(Method::POST, "/system/verify", None).await?.ok_or_else(|| Error::internal("no report"))
-    }
-
-    pub async fn append_audit(&self, entries: &[AuditEntry], keep: u64) -> Result<()> {
-        let body = serde_json::to_vec(&AuditBatch { entries: entries.into(), keep }).map_err(Error::internal)?;
-        self.system::<()>(Method::POST, "/system/audit", Some(body)).await.map(drop)
     }
 }
 

@@ -71,3 +71,39 @@ fn the_crate_map_holds() {
     // The SDK is what app developers take: it needs no server crate.
     assert_eq!(ours("selfcloud-sdk"), BTreeSet::new());
 }
+
+/// The Rust sources under `dir`, with their text.
+fn sources(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            found.push((path, text));
+        }
+    }
+    found
+}
+
+/// Control's calls on an instance (`/system/…`) are made by control alone, through its one
+/// client (`control/src/system.rs`): the gateway asks control and never calls them, nor makes a
+/// call in control's name.
+#[test]
+fn only_control_calls_an_instances_system_routes() {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let gateway = sources(&crates.join("gateway/src"));
+    assert!(gateway.len() > 20, "the gateway's sources are read");
+    for (path, text) in gateway {
+        for forbidden in ["\"/system/", "CallContext::system"] {
+            assert!(!text.contains(forbidden), "{} holds {forbidden}", path.display());
+        }
+    }
+    let control: Vec<_> = sources(&crates.join("control/src"))
+        .into_iter()
+        .filter(|(_, text)| text.contains("\"/system/"))
+        .map(|(path, _)| path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(control, ["system.rs"], "control's system calls are made in one place");
+}

@@ -208,7 +208,7 @@ pub async fn me(State(s): State<Arc<AppState>>, caller: Caller) -> ApiResult<Jso
         storage: None,
     };
     if caller.is_owner() {
-        let usage = s.control.instance(caller.token.instance_id).await?.storage_usage().await?;
+        let usage = s.control.storage_usage(caller.token.instance_id).await?;
         me.tier = Some(profile.tier);
         me.instance = Some(InstanceSummary {
             id: profile.instance_id.to_string(),
