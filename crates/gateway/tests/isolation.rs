@@ -14,6 +14,7 @@ fn owner_only_endpoints() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::GET, "/v1/audit", None),
         (Method::GET, "/v1/grants", None),
         (Method::DELETE, "/v1/grants/grt_00000000000000000000000000000000", None),
+        (Method::PATCH, "/v1/grants/grt_00000000000000000000000000000000", Some(json!({"token_budget": 5}))),
         (
             Method::POST,
             "/v1/apps",
@@ -198,8 +199,8 @@ async fn app_tokens_reach_only_their_scopes_and_never_owner_powers() {
     assert!(first["request_id"].as_str().is_some());
     let refused: Vec<u64> = app_entries.iter().map(|e| e["status"].as_u64().unwrap()).filter(|s| *s == 403).collect();
     // Six storage calls, /v1/me, two LLM calls, /v1/audit, the export and the import, and the
-    // eight calls on the account, its apps, grants and sessions: each refused call is audited.
-    assert_eq!(refused.len(), 20, "{audit}");
+    // nine calls on the account, its apps, grants and sessions: each refused call is audited.
+    assert_eq!(refused.len(), 21, "{audit}");
     assert!(app_entries.iter().any(|e| e["path"] == "/v1/accounts/me/password" && e["status"] == 403), "{audit}");
     assert!(app_entries.iter().any(|e| e["path"] == "/v1/me" && e["status"] == 403), "{audit}");
 }
