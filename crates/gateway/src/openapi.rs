@@ -5,6 +5,7 @@
 use crate::routes::{accounts, admin, apps, ErrorBody};
 use selfcloud_instance::part::{Access, Answer, Body, Part, Route};
 use selfcloud_instance::service::PARTS;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
@@ -54,12 +55,15 @@ impl Modify for DeclaredParts {
     }
 }
 
+const JSON: &str = "application/json";
+
 type Schemas = std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>;
 
 fn operation(part: &Part, route: &Route, schemas: &mut Schemas) -> utoipa::openapi::path::Operation {
     let (summary, description) = route.doc.split_once(". ").map_or((route.doc, None), |(s, d)| (s, Some(d)));
     let mut op = OperationBuilder::new()
         .tag(part.name)
+        .operation_id(Some(operation_id(route)))
         .summary(Some(summary.trim_end_matches('.')))
         .description(description)
         .security(SecurityRequirement::new("bearer", scopes(route)));
@@ -76,7 +80,7 @@ fn operation(part: &Part, route: &Route, schemas: &mut Schemas) -> utoipa::opena
     }
     let request = match route.body {
         Body::None => None,
-        Body::Json => Some(("application/json", "A JSON value")),
+        Body::Json => Some((JSON, "A JSON value")),
         Body::Archive => Some(("application/x-tar", "An export archive")),
     };
     if let Some((content_type, about)) = request {
@@ -88,16 +92,15 @@ fn operation(part: &Part, route: &Route, schemas: &mut Schemas) -> utoipa::opena
         schemas.extend(found);
         Ref::from_schema_name(name)
     });
-    let success = match route.answer {
+    let (status, mut success) = match route.answer {
         Answer::Empty => ("204", ResponseBuilder::new().description("Done")),
-        Answer::Json => {
-            ("200", ResponseBuilder::new().description("The answer").content("application/json", Content::new(answer)))
-        }
+        Answer::Json => ("200", ResponseBuilder::new().description("The answer").content(JSON, Content::new(answer))),
+        Answer::Created => ("201", ResponseBuilder::new().description("Made").content(JSON, Content::new(answer))),
         Answer::JsonOrEvents => (
             "200",
             ResponseBuilder::new()
                 .description("The answer, or with `stream: true` server-sent events")
-                .content("application/json", Content::new(answer))
+                .content(JSON, Content::new(answer))
                 .content("text/event-stream", Content::new(None::<Ref>)),
         ),
         Answer::Archive => (
@@ -105,14 +108,27 @@ fn operation(part: &Part, route: &Route, schemas: &mut Schemas) -> utoipa::opena
             ResponseBuilder::new().description("The archive").content("application/x-tar", Content::new(None::<Ref>)),
         ),
     };
-    op = op.response(success.0, success.1.build());
+    for (name, about) in route.answer_headers {
+        let header = HeaderBuilder::new().schema(<String as utoipa::PartialSchema>::schema()).description(Some(*about));
+        success = success.header(*name, header.build());
+    }
+    op = op.response(status, success.build());
     for status in std::iter::once(&401).chain(route.errors) {
         let error = ResponseBuilder::new()
             .description(error_description(*status))
-            .content("application/json", Content::new(Some(Ref::from_schema_name(ErrorBody::name()))));
+            .content(JSON, Content::new(Some(Ref::from_schema_name(ErrorBody::name()))));
         op = op.response(status.to_string(), error.build());
     }
     op.build()
+}
+
+/// A name for generated clients: the method and the path's fixed words, `get_storage_collection_key`.
+fn operation_id(route: &Route) -> String {
+    let words = route.path.split('/').filter(|w| !w.is_empty() && *w != "v1").map(|w| w.trim_matches(['{', '}']));
+    std::iter::once(route.method.as_str().to_ascii_lowercase())
+        .chain(words.map(|w| w.replace('-', "_")))
+        .collect::<Vec<_>>()
+        .join("_")
 }
 
 /// The scopes an app's token needs for the route (none: the owner's alone).

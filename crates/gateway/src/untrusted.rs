@@ -50,7 +50,7 @@ impl Promise {
     /// What a route answering `answer` promises.
     pub fn of(answer: Answer) -> Promise {
         match answer {
-            Answer::Json | Answer::Empty => Promise::Json,
+            Answer::Json | Answer::Created | Answer::Empty => Promise::Json,
             Answer::JsonOrEvents => Promise::JsonOrEvents,
             Answer::Archive => Promise::Tar,
         }

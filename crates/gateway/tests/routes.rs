@@ -27,9 +27,16 @@ fn method(route: &Route) -> Method {
 /// The route's path with `id` for its `{id}`, on Ada's secret note, and a body where it takes one.
 fn call_of(route: &Route, id: &str) -> (Method, String, Option<Value>) {
     let path = route.path.replace("{collection}", "notes").replace("{key}", "secret").replace("{id}", id);
-    let body = match route.body {
-        selfcloud_instance::part::Body::None => None,
-        _ => Some(json!({"pwned": true, "message": "hi", "text": "planted", "collections": ["notes"]})),
+    // A body each route takes, so its success is reached where the instance can give one.
+    let body = match (route.body, route.path) {
+        (selfcloud_instance::part::Body::None, _) => None,
+        (_, "/v1/assistant/memories") => Some(json!({"text": "planted"})),
+        (_, "/v1/assistant/settings") => Some(json!({"collections": ["notes"]})),
+        (_, "/v1/assistant/chat") => Some(json!({"message": "hi"})),
+        (_, p) if p.starts_with("/v1/llm/") => {
+            Some(json!({"messages": [{"role": "user", "content": "hi"}], "input": "hi"}))
+        }
+        _ => Some(json!({"pwned": true})),
     };
     (method(route), path, body)
 }
@@ -145,6 +152,7 @@ async fn the_gateway_serves_and_documents_exactly_what_the_parts_declare() {
         let operation = &doc["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
         assert!(operation.is_object(), "{route:?} is not in the OpenAPI document");
         assert!(operation["responses"]["401"].is_object(), "{route:?}: {operation}");
+        assert!(operation["operationId"].is_string(), "{route:?}: {operation}");
         // The owner reaches the instance's handler: whatever it answers, it is not a refusal of
         // the gateway's router or the instance's.
         let (method, path, body) = call_of(route, "x");
@@ -153,6 +161,13 @@ async fn the_gateway_serves_and_documents_exactly_what_the_parts_declare() {
             st != StatusCode::METHOD_NOT_ALLOWED && answer["error"]["message"] != "no such endpoint",
             "{route:?} is not served: {st} {answer}"
         );
+        // A success answers with a status the document names.
+        if st.is_success() {
+            assert!(
+                operation["responses"][st.as_str()].is_object(),
+                "{route:?} answered {st}, undocumented: {operation}"
+            );
+        }
     }
     // Control's routes are neither served nor documented.
     for path in ["/system/usage", "/system/audit", "/system/probe"] {

@@ -55,6 +55,8 @@ pub enum Answer {
     Json,
     /// JSON, or with `stream: true` server-sent events.
     JsonOrEvents,
+    /// JSON, as 201: what was made.
+    Created,
     /// An export archive, which the gateway names as a download.
     Archive,
     /// 204, no body.
@@ -103,6 +105,8 @@ pub struct Route {
     pub query: Option<ParamsOf>,
     /// Request headers it reads, with what each means (documentation).
     pub headers: &'static [(&'static str, &'static str)],
+    /// Headers its success carries, with what each means (documentation).
+    pub answer_headers: &'static [(&'static str, &'static str)],
     pub(crate) serve: Serve,
 }
 
@@ -134,6 +138,7 @@ impl Route {
             answer_schema: None,
             query: None,
             headers: &[],
+            answer_headers: &[],
             serve,
         }
     }
@@ -167,6 +172,10 @@ impl Route {
     }
     pub(crate) const fn headers(mut self, headers: &'static [(&'static str, &'static str)]) -> Self {
         self.headers = headers;
+        self
+    }
+    pub(crate) const fn answer_headers(mut self, headers: &'static [(&'static str, &'static str)]) -> Self {
+        self.answer_headers = headers;
         self
     }
 

@@ -62,14 +62,21 @@ pub async fn call(s: &AppState, caller: &Caller, req: Request) -> ApiResult<Resp
     }
     let budget = if route.metered { token_budget(s, caller).await? } else { None };
     let timeout = if route.body == Body::Archive { IMPORT_TIMEOUT } else { CALL_TIMEOUT };
+    // A download is named before the instance starts sending it.
+    let download = match route.answer {
+        Answer::Archive => {
+            let profile = s.control.profile(caller.token.user_id).await?;
+            let name = format!("attachment; filename=\"selfcloud-{}-{}.tar\"", profile.username, s.clock.now());
+            Some(HeaderValue::from_str(&name).map_err(Error::internal)?)
+        }
+        _ => None,
+    };
     let mut resp = send(s, caller, route, req, timeout, budget).await?;
     if let Some(scope) = used {
         resp.extensions_mut().insert(ScopeUsed(scope));
     }
-    if route.answer == Answer::Archive && resp.status().is_success() {
-        let profile = s.control.profile(caller.token.user_id).await?;
-        let name = format!("attachment; filename=\"selfcloud-{}-{}.tar\"", profile.username, s.clock.now());
-        resp.headers_mut().insert(header::CONTENT_DISPOSITION, HeaderValue::from_str(&name).map_err(Error::internal)?);
+    if let Some(name) = download.filter(|_| resp.status().is_success()) {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, name);
     }
     Ok(resp)
 }

@@ -43,6 +43,7 @@ pub static PART: Part = Part {
             .errors(&[403]),
         Route::new(Method::POST, "/v1/assistant/memories", Access::Owner, "A new memory (`{\"text\": \"...\"}`): 201 with its id.", || post(memories::add))
             .body(Body::Json)
+            .answer(Answer::Created)
             .errors(&[400, 403, 409]),
         Route::new(Method::DELETE, "/v1/assistant/memories/{id}", Access::Owner, "Forgets one memory (404 when there is none of that id).", || delete(memories::delete))
             .answer(Answer::Empty)

@@ -37,6 +37,7 @@ pub static PART: Part = Part {
         )
         .body(Body::Json)
         .answer_schema(schema_of::<PutAnswer>)
+        .answer_headers(&[("ETag", "The record's new rev")])
         .headers(&[
             ("If-Match", "Write only over this rev (\"17\"), or only over a record that exists (*)"),
             ("If-None-Match", "*: write only a new record"),
@@ -49,6 +50,7 @@ pub static PART: Part = Part {
             "Read a record: the stored JSON value, with its rev as `ETag`.",
             || get(read),
         )
+        .answer_headers(&[("ETag", "The record's rev, for If-Match")])
         .errors(&[403, 404]),
         Route::new(Method::DELETE, "/v1/storage/{collection}/{key}", Access::Record, "Delete a record.", || {
             delete(remove)
