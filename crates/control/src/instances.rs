@@ -234,7 +234,8 @@ impl Control {
             if registry.instance_deleted(id)? {
                 return Err(Error::not_found("instance not found"));
             }
-            let host_id = host_ids.map(|r| registry.host_id(id, r.first, r.count)).transpose()?;
+            let host_id =
+                host_ids.map(|r| r.instances()).map(|(first, count)| registry.host_id(id, first, count)).transpose()?;
             // The sealed wrap is the same in a staged change's file: the current one will do.
             let file = crate::keystore::read(&home, id)?;
             let key = keys::unwrap(&seal, keys::SEAL_PURPOSE, &file.sealed)?;
@@ -379,6 +380,12 @@ impl Control {
         if !slots.is_empty() {
             tracing::info!(instances = slots.len(), "instances stopped");
         }
+        self.runtime.stop().await;
+    }
+
+    /// The shared LLM engine's process id while it runs.
+    pub fn engine_pid(&self) -> Option<u32> {
+        self.runtime.engine_pid()
     }
 
     /// What the table knows of `id` (never its contents).

@@ -47,6 +47,26 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokens::TokenTable;
 
+/// The shared LLM engine's working directory in the home (empty: it writes nothing).
+pub const ENGINE_DIR: &str = "engine";
+
+/// The shared LLM engine the process runtime runs beside its instances, in shared mode: its
+/// own directory in the home, the model its one file, and the first uid of the instances' range
+/// (which no instance is given) where the server runs as root.
+fn engine_config(config: &ControlConfig, p: &runtime::ProcessConfig) -> Option<runtime::engine::EngineConfig> {
+    let options = config.llm.as_ref()?.shared.clone()?;
+    Some(runtime::engine::EngineConfig {
+        program: p.program.clone(),
+        read_only: vec![options.path.clone()],
+        options,
+        dir: config.home.join(ENGINE_DIR),
+        sandbox: p.sandbox,
+        host_id: p.host_ids.map(|r| r.first),
+        memory_bytes: p.engine_memory_bytes,
+        log: p.log,
+    })
+}
+
 /// Everything control needs to know, filled by the binary from flags and environment.
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
@@ -141,7 +161,7 @@ impl Control {
         let operator_token_hash = tiers::load_or_create_operator_token(home)?;
         let runtime: Box<dyn runtime::Runtime> = match &config.runtime {
             RuntimeConfig::Inproc => Box::new(runtime::Inproc),
-            RuntimeConfig::Process(p) => Box::new(runtime::Process::new(p.clone())?),
+            RuntimeConfig::Process(p) => Box::new(runtime::Process::new(p.clone(), engine_config(&config, p))?),
         };
         let control = Control {
             runtime,

@@ -377,7 +377,8 @@ async fn in_shared_mode_several_users_chat_at_once_through_one_batching_engine()
     let Some(model) = test_model() else { return };
     let s = Server::start_with(|c| {
         with_model(c, &model, 4, 8);
-        c.llm.as_mut().unwrap().shared = true;
+        let llm = c.llm.as_mut().unwrap();
+        llm.shared = Some(llm.engine.clone());
     })
     .await;
     let mut tokens = Vec::new();

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod archive;
+mod broker;
 mod ledger;
 mod llm;
 mod local;
@@ -14,6 +15,7 @@ mod memory;
 pub mod part;
 pub mod process;
 pub mod protocol;
+mod remote_engine;
 pub mod service;
 mod spool;
 pub mod transport;

@@ -13,13 +13,15 @@ use std::time::Duration;
 
 pub struct Llm {
     settings: Option<LlmSettings>,
+    /// Control's broker, in an instance process: the shared engine is reached through it.
+    broker: Option<Arc<crate::broker::Broker>>,
     engine: tokio::sync::OnceCell<Arc<dyn Engine>>,
     embedder: tokio::sync::OnceCell<Arc<Embedder>>,
 }
 
 impl Llm {
-    pub fn new(settings: Option<LlmSettings>) -> Self {
-        Llm { settings, engine: Default::default(), embedder: Default::default() }
+    pub fn new(settings: Option<LlmSettings>, broker: Option<Arc<crate::broker::Broker>>) -> Self {
+        Llm { settings, broker, engine: Default::default(), embedder: Default::default() }
     }
 
     pub fn limits(&self) -> selfcloud_llm::openai::RequestLimits {
@@ -34,12 +36,36 @@ impl Llm {
                 Duration::from_secs(60),
             ));
         };
-        let (options, shared) = (settings.engine.clone(), settings.shared);
-        loaded(&self.engine, "the assistant's model", move || match shared {
-            true => BatchedEngine::shared(&options).map(|e| e as Arc<dyn Engine>),
-            false => LlamaEngine::load(&options).map(|e| Arc::new(e) as Arc<dyn Engine>),
-        })
-        .await
+        match (&settings.shared, &self.broker) {
+            // Shared mode in an instance process: the engine process, through the broker's
+            // channel (asked for again whenever it breaks).
+            (Some(_), Some(broker)) => {
+                let broker = broker.clone();
+                let engine = self
+                    .engine
+                    .get_or_try_init(|| async move {
+                        let engine = crate::remote_engine::RemoteEngine::connect(broker).await?;
+                        Ok::<_, Error>(Arc::new(engine) as Arc<dyn Engine>)
+                    })
+                    .await?;
+                Ok(engine.clone())
+            }
+            // Shared mode with the in-process runtime: one engine in the server's process.
+            (Some(shared), None) => {
+                let options = shared.clone();
+                loaded(&self.engine, "the shared engine", move || {
+                    BatchedEngine::shared(&options).map(|e| e as Arc<dyn Engine>)
+                })
+                .await
+            }
+            (None, _) => {
+                let options = settings.engine.clone();
+                loaded(&self.engine, "the assistant's model", move || {
+                    LlamaEngine::load(&options).map(|e| Arc::new(e) as Arc<dyn Engine>)
+                })
+                .await
+            }
+        }
     }
 
     /// The embedding model, loading it on first use; 503 when the server has none.

@@ -5,6 +5,7 @@
 //! its stdin closes: the server closes it to hibernate or drain the instance, and the kernel
 //! closes it if the server dies, so an instance never outlives its server.
 
+use crate::protocol::broker::BROKER_FD;
 use crate::protocol::{Start, LISTENER_FD, READY_LINE};
 use crate::transport::serve_socket;
 use crate::{local::Local, service, DataKey};
@@ -48,9 +49,9 @@ fn read_line() -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
 /// Runs the instance living in `dir`. Call it before any thread is started (the sandbox needs a
 /// single-threaded caller). Returns once the instance has stopped.
 pub fn run(dir: &Path) -> std::io::Result<()> {
-    // Only stdin, stdout, stderr and the listening socket cross from the server: any other
-    // descriptor a library left inheritable is closed before anything else runs.
-    let first_closed = LISTENER_FD + 1;
+    // Only stdin, stdout, stderr, the listening socket and the broker's cross from the server:
+    // any other descriptor a library left inheritable is closed before anything else runs.
+    let first_closed = BROKER_FD + 1;
     // SAFETY: closes descriptors this process has not opened (nothing here uses them).
     unsafe {
         if libc::syscall(libc::SYS_close_range, first_closed as u32, u32::MAX, 0u32) != 0 {
@@ -98,12 +99,20 @@ pub fn run(dir: &Path) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
     // From here on no socket can be made, no process started, nothing outside signalled.
     selfcloud_sandbox::lock_down().map_err(|e| bad("seccomp", e))?;
+    // Its reader is a thread, so only now (the walls need a single-threaded caller).
+    let broker = match crate::broker::Broker::handed() {
+        Ok(b) => Some(std::sync::Arc::new(b)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no broker: this instance reaches nothing outside itself");
+            None
+        }
+    };
 
     let settings = start.settings;
     let options = StoreOptions { quota_bytes: settings.quota_bytes };
     let local = Local::open(settings.id, &root, &data_key, options).map_err(|e| bad("open the store", e))?;
     drop(data_key);
-    let router = service::router(local, settings);
+    let router = service::router_with(local, settings, broker);
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(16).enable_all().build()?;

@@ -4,10 +4,10 @@
 
 use crate::openai::{FinishReason, Generation, Usage};
 use selfcloud_core::Error;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How long each phase of a generation took, as llama-server reports it in every answer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     /// Prompt tokens evaluated (those reused from the same caller's previous turn are not).
     pub prompt_n: u64,
@@ -47,7 +47,7 @@ pub enum Event {
 }
 
 /// The model an engine serves, as `GET /v1/llm/models` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// The name clients pass as `model`.
     pub id: String,

@@ -12,6 +12,7 @@
 pub mod batched;
 pub mod budget;
 pub mod catalog;
+pub mod channel;
 pub mod convert;
 pub mod embed;
 pub mod embeddings;

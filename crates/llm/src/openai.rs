@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 pub const MAX_MESSAGES: usize = 256;
 pub const MAX_PROMPT_BYTES: usize = 256 * 1024;
 
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Message {
     pub role: String,
     /// A string, or OpenAI's list of parts, of which text parts are read (joined) and any other
@@ -96,7 +96,7 @@ pub struct ChatRequest {
 }
 
 /// How tokens are drawn.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {
     /// 0 means greedy: always the most likely token.
     pub temperature: f32,
@@ -250,14 +250,14 @@ fn truncate(s: &str) -> String {
 }
 
 /// Why a generation ended, in OpenAI's words.
-#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     Stop,
     Length,
 }
 
-#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,

@@ -9,6 +9,8 @@
 //! failing on the first sign-up. No domain types live here: paths, ids and kernel calls.
 
 pub mod cgroups;
+#[cfg(unix)]
+pub mod fds;
 pub mod image;
 #[cfg(target_os = "linux")]
 mod linux;

@@ -33,6 +33,20 @@ pub enum Command {
     /// The instance process (`instance run`), started by the server's `process` runtime.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// The shared LLM engine process (`engine run`), started by the server's `process` runtime.
+    #[command(subcommand)]
+    Engine(EngineCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EngineCommand {
+    /// Serve the shared LLM engine to the instances whose channels the server hands in; reads
+    /// its start message from stdin and stops when stdin closes. Not for use by hand.
+    Run {
+        /// Its working directory (empty).
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -44,6 +58,13 @@ pub enum InstanceCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+}
+
+/// Where chats are computed (`--llm-engine`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LlmEngine {
+    Shared,
+    Instance,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,12 +134,21 @@ pub struct LlmArgs {
     /// Chats one instance generates at once (in shared mode: all instances together).
     #[arg(long, env = "SELFCLOUD_LLM_SLOTS", default_value_t = 1)]
     pub llm_slots: usize,
-    /// Shared mode: one batching engine for every instance (continuous batching, a sequence per
-    /// chat, nothing kept between chats) for throughput, instead of each instance's own engine
-    /// in its own process. Needs `--runtime inproc`: prompts then pass through the server's
-    /// process, not only the user's instance.
-    #[arg(long, env = "SELFCLOUD_LLM_SHARED")]
-    pub llm_shared: bool,
+    /// Where chats are computed. `shared` (the default): one continuous-batching engine for
+    /// every instance, in a sandboxed process of its own (`--runtime process`) or in the server
+    /// (`--runtime inproc`), a sequence per chat and nothing kept between chats, for throughput
+    /// and one context's memory; prompts then pass through that engine, and no other instance.
+    /// `instance`: each instance runs its own engine in its own process, with `--llm-slots`
+    /// slots and a prompt cache kept between a caller's turns.
+    #[arg(long, env = "SELFCLOUD_LLM_ENGINE", value_enum, default_value = "shared")]
+    pub llm_engine: LlmEngine,
+    /// Chats the shared engine computes at once, all instances together (one instance holds at
+    /// most half of them); each holds `--llm-context-tokens` of KV cache.
+    #[arg(long, env = "SELFCLOUD_LLM_SHARED_PLACES", default_value_t = 4)]
+    pub llm_shared_places: usize,
+    /// The shared engine's memory limit (its cgroup's), in MiB.
+    #[arg(long, env = "SELFCLOUD_LLM_ENGINE_MEMORY_MIB", default_value_t = 4096)]
+    pub llm_engine_memory_mib: u64,
     /// Chats one instance holds waiting for a slot; past it a chat is refused with 429.
     #[arg(long, env = "SELFCLOUD_LLM_QUEUE", default_value_t = 4)]
     pub llm_queue: usize,
@@ -154,8 +184,8 @@ impl LlmArgs {
     pub fn settings(&self, path: PathBuf, name: String, embedding: Option<EmbedOptions>) -> LlmSettings {
         LlmSettings {
             engine: LlamaOptions {
-                path,
-                name,
+                path: path.clone(),
+                name: name.clone(),
                 context_tokens: self.llm_context_tokens.max(64),
                 slots: self.llm_slots.max(1),
                 queue: self.llm_queue,
@@ -171,7 +201,15 @@ impl LlmArgs {
                 assistant_embeds_per_pass: self.assistant_embeds_per_pass,
             },
             embedding,
-            shared: self.llm_shared,
+            shared: (self.llm_engine == LlmEngine::Shared).then(|| LlamaOptions {
+                path: path.clone(),
+                name: name.clone(),
+                context_tokens: self.llm_context_tokens.max(64),
+                slots: self.llm_shared_places.max(1),
+                queue: self.llm_queue.max(self.llm_shared_places),
+                threads: self.llm_threads,
+                stalled_reader_ms: self.llm_stalled_reader_ms.max(1),
+            }),
         }
     }
 }

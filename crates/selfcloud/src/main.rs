@@ -33,6 +33,10 @@ fn main() -> anyhow::Result<()> {
         // Before any thread exists: the sandbox needs a single-threaded caller.
         return instance_run(dir);
     }
+    if let cli::Command::Engine(cli::EngineCommand::Run { dir }) = &cli.command {
+        log_to_stderr();
+        return selfcloud_engine::run(dir).map_err(|e| anyhow::anyhow!("the shared engine: {e}"));
+    }
     // The external load generator keeps to one thread, leaving the other cores to the servers.
     let one_thread = matches!(&cli.command, cli::Command::Bench(b) if b.is_load_generator());
     let runtime = match one_thread {
@@ -44,13 +48,19 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Bench(args) => runtime.block_on(bench::run(args)),
         cli::Command::Verify(args) => runtime.block_on(verify::run(args)),
         cli::Command::Model(args) => runtime.block_on(model::run(args)),
-        cli::Command::Instance(_) => unreachable!("handled above"),
+        cli::Command::Instance(_) | cli::Command::Engine(_) => unreachable!("handled above"),
     }
 }
 
 /// One instance process; logs to its stderr, a pipe the server reads, cleans, tags and rate limits
 /// (`control::runtime::stderr`), quietly unless RUST_LOG asks.
 fn instance_run(dir: &std::path::Path) -> anyhow::Result<()> {
+    log_to_stderr();
+    selfcloud_instance::process::run(dir).map_err(|e| anyhow::anyhow!("instance {}: {e}", dir.display()))
+}
+
+/// A process the server started logs to its stderr, a pipe the server reads.
+fn log_to_stderr() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
@@ -58,5 +68,4 @@ fn instance_run(dir: &std::path::Path) -> anyhow::Result<()> {
         Ok("json") => builder.json().init(),
         _ => builder.init(),
     }
-    selfcloud_instance::process::run(dir).map_err(|e| anyhow::anyhow!("instance {}: {e}", dir.display()))
 }

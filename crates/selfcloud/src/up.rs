@@ -24,18 +24,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut config = args.settings.control_config(args.home.clone());
     config.llm = crate::model::resolve(&args.llm, &args.home).await?;
     config.runtime = args.settings.runtime()?;
-    if args.llm.llm_shared && !matches!(config.runtime, selfcloud_control::RuntimeConfig::Inproc) {
-        anyhow::bail!(
-            "--llm-shared needs --runtime inproc: the shared engine serves every instance from the server's process \
-             (each instance's own sandboxed process cannot reach it yet)"
-        );
+    if let selfcloud_control::RuntimeConfig::Process(process) = &mut config.runtime {
+        process.engine_memory_bytes = args.llm.llm_engine_memory_mib.max(64) << 20;
     }
     if let (selfcloud_control::RuntimeConfig::Process(process), Some(llm)) = (&mut config.runtime, &config.llm) {
         // The sandbox shows each instance the model files, read-only, and nothing else outside its
         // own directory: the files, not their directory, which `model pull` keeps private (an
-        // instance running as an unprivileged uid of its own could not enter it).
+        // instance running as an unprivileged uid of its own could not enter it). In shared mode
+        // the chat model is the engine's alone.
+        let chat = llm.shared.is_none().then_some(&llm.engine.path);
         let embedding = llm.embedding.iter().map(|e| &e.path);
-        for file in std::iter::once(&llm.engine.path).chain(embedding) {
+        for file in chat.into_iter().chain(embedding) {
             if !process.read_only.iter().any(|f| f == file) {
                 process.read_only.push(file.to_owned());
             }

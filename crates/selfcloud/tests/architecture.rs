@@ -48,6 +48,9 @@ fn the_crate_map_holds() {
     // The LLM is a part of an instance: it knows the shared types and nothing of stores or routing.
     assert_eq!(ours("selfcloud-llm"), BTreeSet::from(["selfcloud-core"]));
     assert!(!of("selfcloud-llm").contains("axum"), "the LLM part routes HTTP");
+    // The shared engine's process serves the LLM part over channels: the model and its walls,
+    // nothing of instances, stores or control.
+    assert_eq!(ours("selfcloud-engine"), BTreeSet::from(["selfcloud-core", "selfcloud-llm", "selfcloud-sandbox"]));
     assert!(ours("selfcloud-instance").iter().all(|d| [
         "selfcloud-core",
         "selfcloud-durable",

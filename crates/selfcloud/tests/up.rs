@@ -191,7 +191,9 @@ fn help_names_every_limit() {
         "--llm-default-max-tokens",
         "--embedding-model",
         "--llm-max-embedding-inputs",
-        "--llm-shared",
+        "--llm-engine",
+        "--llm-shared-places",
+        "--llm-engine-memory-mib",
         "--assistant-max-records",
         "--assistant-max-memories",
         "--assistant-embeds-per-pass",
@@ -288,17 +290,4 @@ fn files_in_image(image: &std::path::Path) -> usize {
     }
     assert!(files > 0, "{} holds no file: {listing}", image.display());
     files
-}
-
-#[test]
-fn the_shared_engine_needs_the_inproc_runtime() {
-    let home = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_selfcloud"))
-        .args(["up", "--addr", "127.0.0.1:0", "--model", "none", "--llm-shared", "--runtime", "process"])
-        .env("SELFCLOUD_HOME", home.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--llm-shared needs --runtime inproc"), "{err}");
 }

@@ -10,6 +10,8 @@
 //! Both are handed a data key at wake and nothing else of the store: store types stay behind
 //! the instance boundary.
 
+pub mod broker;
+pub mod engine;
 mod inproc;
 mod process;
 pub mod stderr;
@@ -71,6 +73,12 @@ pub trait Runtime: Send + Sync + 'static {
     fn kind(&self) -> RuntimeKind;
     /// Starts the instance; answers once it takes calls.
     async fn wake(&self, spec: WakeSpec, key: DataKey) -> Result<Box<dyn Awake>>;
+    /// The shared LLM engine's process id while it runs (process runtime in shared mode).
+    fn engine_pid(&self) -> Option<u32> {
+        None
+    }
+    /// Stops what the runtime runs beside the instances (the shared engine).
+    async fn stop(&self) {}
 }
 
 /// One running instance.

@@ -12,6 +12,7 @@ use super::{Awake, ResourceUsage, Runtime, RuntimeKind, WakeSpec};
 use async_trait::async_trait;
 use selfcloud_core::config::{InstanceLog, Resources};
 use selfcloud_core::{Error, Result};
+use selfcloud_instance::protocol::broker::BROKER_FD;
 use selfcloud_instance::protocol::{Start, LISTENER_FD, READY_LINE};
 use selfcloud_instance::transport::SOCKET_FILE;
 use selfcloud_instance::{DataKey, InstanceClient};
@@ -43,10 +44,12 @@ pub struct ProcessConfig {
     /// Give each instance a disk of its own, a loop image of its tier's disk limit (needs the
     /// server to run as root; `false`: instances write on the home's filesystem, unbounded).
     pub disk_images: bool,
+    /// The shared LLM engine's memory limit (its cgroup's), in shared mode.
+    pub engine_memory_bytes: u64,
 }
 
-/// A range of host uids (each also the gid) for instances: `first`, `first + 1`, ...
-/// `first + count - 1`. No other user of the machine may hold one.
+/// A range of host uids (each also the gid): `first` for the shared LLM engine, `first + 1`, ...
+/// `first + count - 1` for instances. No other user of the machine may hold one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostIds {
     pub first: u32,
@@ -54,6 +57,11 @@ pub struct HostIds {
 }
 
 impl HostIds {
+    /// The uids instances are given (the range's first is the shared engine's).
+    pub fn instances(self) -> (u32, u32) {
+        (self.first + 1, self.count - 1)
+    }
+
     /// Just above the range systemd leaves to containers (524288 to 1879048191), below 2^31.
     pub const DEFAULT: HostIds = HostIds { first: 1_879_048_192, count: 65_536 };
 }
@@ -65,8 +73,8 @@ impl std::str::FromStr for HostIds {
         let (first, count) = s.split_once(':').ok_or("expected FIRST:COUNT")?;
         let first: u32 = first.parse().map_err(|e| format!("FIRST: {e}"))?;
         let count: u32 = count.parse().map_err(|e| format!("COUNT: {e}"))?;
-        if first == 0 || count == 0 || first.checked_add(count).is_none_or(|end| end > i32::MAX as u32) {
-            return Err("FIRST must be above 0, COUNT at least 1, and FIRST + COUNT at most 2^31 - 1".into());
+        if first == 0 || count < 2 || first.checked_add(count).is_none_or(|end| end > i32::MAX as u32) {
+            return Err("FIRST must be above 0, COUNT at least 2, and FIRST + COUNT at most 2^31 - 1".into());
         }
         Ok(HostIds { first, count })
     }
@@ -85,6 +93,7 @@ impl ProcessConfig {
             host_ids: (unsafe { libc::geteuid() } == 0).then_some(HostIds::DEFAULT),
             // SAFETY: as above.
             disk_images: unsafe { libc::geteuid() } == 0,
+            engine_memory_bytes: 4 << 30,
         }
     }
 }
@@ -92,12 +101,15 @@ impl ProcessConfig {
 pub struct Process {
     config: ProcessConfig,
     cgroups: Option<cgroups::Hierarchy>,
+    /// What the broker hands instances (`broker.rs`).
+    offered: super::broker::Offered,
 }
 
 impl Process {
     /// Finds the cgroup trees (when asked to drive them).
     /// Where they cannot be driven, instances run without limits, and the log says why.
-    pub fn new(config: ProcessConfig) -> Result<Self> {
+    /// `engine`: the shared LLM engine to run beside the instances (shared mode).
+    pub fn new(config: ProcessConfig, engine: Option<super::engine::EngineConfig>) -> Result<Self> {
         let cgroups = match config.cgroups.then(cgroups::Hierarchy::detect) {
             Some(Ok(h)) => {
                 tracing::info!(trees = %h.describe(), "instance cgroups");
@@ -109,7 +121,8 @@ impl Process {
             }
             None => None,
         };
-        Ok(Process { config, cgroups })
+        let engine = engine.map(|e| Arc::new(super::engine::EngineHost::new(e, cgroups.clone())));
+        Ok(Process { config, cgroups, offered: super::broker::Offered { engine } })
     }
 }
 
@@ -136,6 +149,16 @@ const SOCKET_PATH_MAX: usize = 107;
 impl Runtime for Process {
     fn kind(&self) -> RuntimeKind {
         RuntimeKind::Process
+    }
+
+    fn engine_pid(&self) -> Option<u32> {
+        self.offered.engine.as_ref().and_then(|e| e.pid())
+    }
+
+    async fn stop(&self) {
+        if let Some(engine) = &self.offered.engine {
+            engine.stop().await;
+        }
     }
 
     async fn wake(&self, spec: WakeSpec, key: DataKey) -> Result<Box<dyn Awake>> {
@@ -186,6 +209,10 @@ impl Runtime for Process {
         // which drains the instances instead of their dying mid-write, and the instance cannot
         // reach the operator's terminal.
         let listening = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        // The broker's socket: the instance's one way to ask for an outside channel.
+        let (broker, brokered) = selfcloud_sandbox::fds::pair(selfcloud_sandbox::fds::Pair::Messages)
+            .map_err(|e| Error::internal(format!("instance {id}: the broker's socket: {e}")))?;
+        let brokered_fd = std::os::fd::AsRawFd::as_raw_fd(&brokered);
         // SAFETY: setsid, dup2 and fcntl are async-signal-safe, which is all that may run
         // between fork and exec.
         unsafe {
@@ -193,6 +220,11 @@ impl Runtime for Process {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // The broker's socket out of the listener's way first, should it sit there.
+                let brokered_fd = match brokered_fd {
+                    LISTENER_FD => libc::fcntl(brokered_fd, libc::F_DUPFD_CLOEXEC, BROKER_FD + 1),
+                    fd => fd,
+                };
                 // The listener at the one descriptor the instance keeps; dup2 leaves the copy
                 // open across exec (and where it is already there, its close-on-exec goes).
                 let moved = if listening == LISTENER_FD {
@@ -200,7 +232,16 @@ impl Runtime for Process {
                 } else {
                     libc::dup2(listening, LISTENER_FD)
                 };
-                if moved < 0 {
+                // The broker's at the next; where it is already there, dup2 leaves its
+                // close-on-exec, so clear that.
+                let brokered = if brokered_fd == BROKER_FD {
+                    libc::fcntl(BROKER_FD, libc::F_SETFD, 0)
+                } else if brokered_fd < 0 {
+                    -1
+                } else {
+                    libc::dup2(brokered_fd, BROKER_FD)
+                };
+                if moved < 0 || brokered < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -217,6 +258,8 @@ impl Runtime for Process {
         // The instance holds it now; the server's copy would only keep the socket alive after
         // the instance is gone.
         drop(listener);
+        drop(brokered);
+        super::broker::spawn(id, broker, self.offered.clone());
         let pid = child.id().ok_or_else(|| Error::internal("the instance exited at once"))?;
         let fail = |what: String, group: &Option<cgroups::Group>| {
             kill_group(pid);

@@ -6,7 +6,6 @@
 //! counting the others), and logs each through `tracing` tagged with the instance's id.
 
 use selfcloud_core::config::InstanceLog;
-use selfcloud_core::InstanceId;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -201,12 +200,16 @@ impl Rate {
     }
 }
 
+/// Whose stderr it is: an instance's id, or the shared engine's name.
+pub trait Who: std::fmt::Display + Copy + Send + 'static {}
+impl<T: std::fmt::Display + Copy + Send + 'static> Who for T {}
+
 /// Logs `id`'s stderr until it closes (the instance and its reaper have exited).
-pub fn spawn(id: InstanceId, pipe: impl AsyncRead + Unpin + Send + 'static, settings: InstanceLog) {
+pub fn spawn(id: impl Who, pipe: impl AsyncRead + Unpin + Send + 'static, settings: InstanceLog) {
     tokio::spawn(read(id, pipe, settings));
 }
 
-async fn read(id: InstanceId, mut pipe: impl AsyncRead + Unpin, settings: InstanceLog) {
+async fn read(id: impl Who, mut pipe: impl AsyncRead + Unpin, settings: InstanceLog) {
     let mut lines = Lines::new(settings.line_max);
     let mut rate = Rate::new(settings.lines_per_sec, Instant::now());
     let mut buf = vec![0u8; 16 * 1024];
@@ -235,7 +238,7 @@ async fn read(id: InstanceId, mut pipe: impl AsyncRead + Unpin, settings: Instan
     summary(id, &mut rate, true);
 }
 
-fn log(id: InstanceId, rate: &mut Rate, line: &str) {
+fn log(id: impl Who, rate: &mut Rate, line: &str) {
     let now = Instant::now();
     if rate.admit(now) {
         summary(id, rate, false);
@@ -244,7 +247,7 @@ fn log(id: InstanceId, rate: &mut Rate, line: &str) {
     }
 }
 
-fn summary(id: InstanceId, rate: &mut Rate, last: bool) {
+fn summary(id: impl Who, rate: &mut Rate, last: bool) {
     if let Some(n) = rate.dropped(Instant::now(), last) {
         tracing::warn!(instance = %id, dropped = n, "{n} lines of instance {id} dropped");
     }

@@ -365,10 +365,6 @@ pub fn with_model(config: &mut ControlConfig, model: &std::path::Path, slots: us
             process.read_only.push(e.path.clone());
         }
     }
-    config.llm = Some(selfcloud_instance::protocol::LlmSettings {
-        engine,
-        limits: Default::default(),
-        embedding,
-        shared: false,
-    });
+    config.llm =
+        Some(selfcloud_instance::protocol::LlmSettings { engine, limits: Default::default(), embedding, shared: None });
 }

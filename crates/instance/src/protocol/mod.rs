@@ -9,6 +9,7 @@
 //! The access rules ([`Need`], [`check`]) are pure functions used on both sides: the gateway checks
 //! before it forwards, the instance checks again on what it is handed.
 
+pub mod broker;
 pub mod wire;
 
 use base64::Engine as _;
@@ -157,10 +158,12 @@ pub struct LlmSettings {
     /// The embedding model; `None` answers `/v1/llm/embeddings` with 503.
     #[serde(default)]
     pub embedding: Option<selfcloud_llm::embed::EmbedOptions>,
-    /// Shared mode: one batching engine for every instance of this process (in-process
-    /// runtime only), instead of each instance's own.
+    /// Shared mode: one batching engine for every instance, with these options (its places are
+    /// all instances' together), instead of each instance's own: the engine process reached
+    /// through control's broker, or with the in-process runtime one engine in the server's
+    /// process. `None`: each instance runs its own engine (`engine`).
     #[serde(default)]
-    pub shared: bool,
+    pub shared: Option<selfcloud_llm::llama::LlamaOptions>,
 }
 
 impl Settings {

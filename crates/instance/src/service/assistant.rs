@@ -62,6 +62,7 @@ pub static PART: Part = Part {
             .errors(&[400, 403]),
     ],
     collections: &[crate::vectors::COLLECTION, memory::MEMORIES, memory::CONVERSATIONS, memory::SETTINGS],
+    channels: &[],
 };
 
 /// Text of one record the assistant ranks, at most (the start of a longer one), and of all the

@@ -55,6 +55,7 @@ pub static PART: Part = Part {
             .errors(&[403]),
     ],
     collections: &[crate::ledger::COLLECTION],
+    channels: &[crate::protocol::broker::Channel::LlmEngine],
 };
 
 async fn models(s: S) -> ApiResult<Response> {

@@ -50,8 +50,14 @@ type S = State<Arc<Shared>>;
 
 /// The instance's API over its parts.
 pub fn router(local: Local, settings: Settings) -> Router {
+    router_with(local, settings, None)
+}
+
+/// [`router`] in an instance process, whose parts reach outside only through control's
+/// `broker`.
+pub fn router_with(local: Local, settings: Settings, broker: Option<Arc<crate::broker::Broker>>) -> Router {
     let body_limit = settings.max_value_bytes + 64 * 1024;
-    let llm = crate::llm::Llm::new(settings.llm.clone());
+    let llm = crate::llm::Llm::new(settings.llm.clone(), broker);
     let shared = Arc::new(Shared {
         local,
         llm,
@@ -95,6 +101,12 @@ fn served() -> impl Iterator<Item = &'static Route> {
 /// The declared route of a public `method` and `path`, the gateway's way to find what it forwards.
 pub fn resolve(method: &http::Method, path: &str) -> Result<Resolved<'static>> {
     crate::part::resolve(PARTS.iter().flat_map(|p| p.routes.iter()).filter(|r| r.is_public()), method, path)
+}
+
+/// Whether a part of an instance declares `channel`: control's broker hands an instance only
+/// those.
+pub fn declares_channel(channel: crate::protocol::broker::Channel) -> bool {
+    PARTS.iter().any(|part| part.channels.contains(&channel))
 }
 
 /// Whether `name` (without its `_`) is an internal collection a part keeps.

@@ -44,6 +44,7 @@ pub static PART: Part = Part {
         .errors(&[400, 403, 409, 413, 415, 507]),
     ],
     collections: &[],
+    channels: &[],
 };
 
 /// Records and bytes of values read from the store per step of an export.

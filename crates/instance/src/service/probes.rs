@@ -175,6 +175,7 @@ pub static PART: crate::part::Part = crate::part::Part {
     )
     .body(crate::part::Body::Json)],
     collections: &[],
+    channels: &[],
 };
 
 async fn run(s: S, ApiJson(probe): ApiJson<Probe>) -> ApiResult<Json<Outcome>> {

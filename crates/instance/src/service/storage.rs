@@ -60,6 +60,7 @@ pub static PART: Part = Part {
         .errors(&[403, 404, 412]),
     ],
     collections: &[],
+    channels: &[],
 };
 
 fn etag(rev: Rev) -> HeaderValue {

@@ -29,6 +29,7 @@ pub static PART: Part = Part {
         .answer(Answer::Empty),
     ],
     collections: &[],
+    channels: &[],
 };
 
 /// The owner's access log (control writes it, through `/system/audit`).
@@ -47,6 +48,7 @@ pub static AUDIT: Part = Part {
     .answer_schema(schema_of::<AuditPage>)
     .errors(&[403])],
     collections: &[],
+    channels: &[],
 };
 
 async fn usage(s: S) -> ApiResult<Json<StorageUsage>> {
