@@ -64,9 +64,15 @@ async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving
         up.refused(&ada, json!({"probe": "write", "path": path})).await;
     }
     assert!(!home.path().join("planted").exists() && !Path::new("/tmp/planted").exists());
-    // The model file is in the view, read-only: every instance maps the same weights and none
-    // can change them for the others.
+    // The chat model is the shared engine's alone (`--llm-engine shared`, the default): not in
+    // an instance's view at all.
     if let Some(model) = test_model() {
+        let why = up.refused(&ada, json!({"probe": "read", "path": model})).await;
+        assert!(why.contains("No such file"), "the chat model is in the view: {why}");
+    }
+    // The embedding model is, read-only: every instance maps the same weights and none can
+    // change them for the others.
+    if let Some(model) = test_embed_model() {
         up.refused(&ada, json!({"probe": "write", "path": model})).await;
         let models = model.parent().unwrap();
         // Its directory holds nothing else to see: Landlock refuses to list it (the rule is on the
@@ -97,7 +103,7 @@ async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving
     // Nor see, through what instances share, what the others do: which pages of a file mapped
     // read-only by every instance (the model) are cached, nor evict them to watch them come back;
     // nor the host's load and memory, nor its disks.
-    let mapped: Vec<PathBuf> = std::iter::once("/instance/probe.txt".into()).chain(test_model()).collect();
+    let mapped: Vec<PathBuf> = std::iter::once("/instance/probe.txt".into()).chain(test_embed_model()).collect();
     for path in &mapped {
         for probe in ["mincore", "fadvise_dontneed", "pageout"] {
             let why = up.refused(&ada, json!({"probe": probe, "path": path})).await;
@@ -109,7 +115,7 @@ async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving
     // By name and by descriptor (on what it can open: the root itself it may not read).
     let why = up.refused(&ada, json!({"probe": "statfs", "path": "/"})).await;
     assert!(why.starts_with("statfs: Operation not permitted"), "statfs on /: {why}");
-    for path in std::iter::once("/instance".into()).chain(test_model()) {
+    for path in std::iter::once("/instance".into()).chain(test_embed_model()) {
         let why = up.refused(&ada, json!({"probe": "statfs", "path": path})).await;
         assert_eq!(why.matches("not permitted").count(), 2, "statfs and fstatfs on {}: {why}", path.display());
     }
@@ -282,4 +288,82 @@ async fn under_a_root_server_each_instance_runs_as_an_unprivileged_uid_of_its_ow
         uids.dedup();
         assert_eq!(uids.len(), 2, "each instance its own uid: {uids:?}");
     }
+}
+
+/// The shared LLM engine (`--llm-engine shared`, the default) runs behind the instance's walls,
+/// as a process of its own started on the first chat: another network namespace than the
+/// server's, seccomp and no privilege to gain, the range's first uid where the server runs as
+/// root (no instance has it), nothing of the home in its view, and no socket anyone could reach
+/// it by; it ends with the server.
+#[tokio::test]
+async fn the_shared_engine_runs_behind_the_walls_with_no_address() {
+    let Some(_) = test_model() else { return };
+    let home = tempfile::tempdir().unwrap();
+    let mut up = start(home.path());
+    let server = up.child.id() as u64;
+    // The server's children, whichever of its threads started them.
+    let engine_of = || {
+        let tasks = std::fs::read_dir(format!("/proc/{server}/task")).unwrap();
+        let kids: String = tasks
+            .map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ");
+        kids.split_whitespace().map(|p| p.parse::<u64>().unwrap()).find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmd.split(|b| *b == 0).any(|a| a == b"engine")
+        })
+    };
+    let ada = up.user("ada").await;
+    assert_eq!(engine_of(), None, "no engine before the first chat");
+    let question = json!({"messages": [{"role": "user", "content": "What is the capital of France?"}],
+                          "temperature": 0, "max_tokens": 16});
+    let answer: Value = up
+        .http
+        .post(format!("{}/v1/llm/chat/completions", up.base))
+        .bearer_auth(&ada.token)
+        .json(&question)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(answer["choices"][0]["message"]["content"].as_str().unwrap_or("").contains("Paris"), "{answer}");
+    let reaper = engine_of().expect("the engine is a process of the server's");
+    let engine = children(reaper);
+    let ns = |pid: u64, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    for kind in ["net", "mnt", "pid", "user"] {
+        assert_ne!(ns(engine, kind), ns(server, kind), "the engine shares the server's {kind} namespace");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{engine}/status")).unwrap();
+    for line in ["Seccomp:\t2", "NoNewPrivs:\t1"] {
+        assert!(status.lines().any(|l| l == line), "no {line:?} in the engine's status:\n{status}");
+    }
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: reads this process's effective uid.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(uid, selfcloud_control::runtime::HostIds::DEFAULT.first, "the range's first uid");
+        let instance = children(up.view(&ada).await["pid"].as_u64().unwrap());
+        let instance_status = std::fs::read_to_string(format!("/proc/{instance}/status")).unwrap();
+        assert!(!instance_status.contains(&format!("Uid:\t{uid}\t")), "an instance has the engine's uid");
+    }
+    // Its view: its empty directory and the model, none of the home.
+    let mounts = std::fs::read_to_string(format!("/proc/{engine}/mountinfo")).unwrap();
+    assert!(!mounts.contains("instances") && !mounts.contains("control.db"), "{mounts}");
+    // No socket with a name: what it serves on are the pairs control handed it.
+    let unix = std::fs::read_to_string(format!("/proc/{engine}/net/unix")).unwrap();
+    assert!(unix.lines().skip(1).all(|l| l.split_whitespace().nth(7).is_none()), "a named socket: {unix}");
+
+    // SAFETY: a signal to the server this test started.
+    assert_eq!(unsafe { libc::kill(server as i32, libc::SIGTERM) }, 0);
+    assert!(up.child.wait().unwrap().success());
+    until("the engine ends with the server", || ended(engine) && ended(reaper)).await;
 }

@@ -32,6 +32,12 @@ pub fn test_model() -> Option<PathBuf> {
     std::env::var_os("SELFCLOUD_TEST_MODEL").map(PathBuf::from)
 }
 
+/// The embedding model, which every instance maps itself (in shared mode the chat model is the
+/// engine's alone).
+pub fn test_embed_model() -> Option<PathBuf> {
+    std::env::var_os("SELFCLOUD_TEST_EMBED_MODEL").map(PathBuf::from)
+}
+
 pub fn start(home: &Path) -> Up {
     start_with(home, &[])
 }
