@@ -21,7 +21,7 @@ use selfcloud_llm::batched::BatchedEngine;
 use selfcloud_llm::channel::{EngineStart, Tenant, ENGINE_BROKER_FD, ENGINE_READY_LINE};
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,25 +32,15 @@ fn bad(what: &str, e: impl std::fmt::Display) -> std::io::Error {
 /// Runs the engine with `dir` as its (empty) working directory. Call it before any thread is
 /// started (the walls need a single-threaded caller). Returns once told to stop.
 pub fn run(dir: &Path) -> std::io::Result<()> {
-    // Only stdin, stdout, stderr and the broker's socket cross from the server.
-    // SAFETY: closes descriptors this process has not opened (nothing here uses them).
-    unsafe {
-        if libc::syscall(libc::SYS_close_range, (ENGINE_BROKER_FD + 1) as u32, u32::MAX, 0u32) != 0 {
-            for fd in ENGINE_BROKER_FD + 1..1024 {
-                libc::close(fd);
-            }
-        }
-        // Prompts pass through its memory: no core dump carries them off, no /proc reads them.
-        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        libc::setrlimit(libc::RLIMIT_CORE, &none);
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-    }
+    // Only stdin, stdout, stderr and the broker's socket cross from the server; prompts pass
+    // through its memory, so no core dump carries them off.
+    selfcloud_sandbox::close_inherited_and_undump(ENGINE_BROKER_FD + 1);
     let mut stdin = std::io::stdin().lock();
     let mut line = String::new();
     stdin.by_ref().take(64 * 1024).read_line(&mut line)?;
     drop(stdin);
     let start: EngineStart = serde_json::from_str(&line).map_err(|e| bad("the start message", e))?;
-    let broker = handed_broker()?;
+    let broker = selfcloud_sandbox::fds::handed(ENGINE_BROKER_FD, libc::SOCK_SEQPACKET, "the broker's socket")?;
     let spec = selfcloud_sandbox::Spec {
         dir: dir.to_owned(),
         read_only: start.read_only.clone(),
@@ -113,25 +103,4 @@ pub fn run(dir: &Path) -> std::io::Result<()> {
         }
         Ok::<_, std::io::Error>(())
     })
-}
-
-/// The broker's socket control handed in at [`ENGINE_BROKER_FD`], once it is sure to be one.
-fn handed_broker() -> std::io::Result<OwnedFd> {
-    let mut kind: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: asks the descriptor's socket type into a local.
-    let rc = unsafe {
-        libc::getsockopt(
-            ENGINE_BROKER_FD,
-            libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&mut kind as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || kind != libc::SOCK_SEQPACKET {
-        return Err(bad("the broker's socket", format!("descriptor {ENGINE_BROKER_FD} is none (control hands it in)")));
-    }
-    // SAFETY: the descriptor is a socket this process owns from now on.
-    Ok(unsafe { OwnedFd::from_raw_fd(ENGINE_BROKER_FD) })
 }

@@ -5,7 +5,7 @@
 use crate::protocol::broker::{Channel, Message, BROKER_FD, MAX_MESSAGE_BYTES};
 use selfcloud_core::{Error, Result};
 use selfcloud_sandbox::fds;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 /// How long a part waits for control's answer before it answers its own caller 503.
@@ -22,23 +22,7 @@ impl Broker {
     /// The socket the server handed in at [`BROKER_FD`], once it is sure to be one, with a thread
     /// reading control's answers from it.
     pub fn handed() -> std::io::Result<Broker> {
-        let mut kind: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: asks the descriptor's socket type into a local.
-        let rc = unsafe {
-            libc::getsockopt(
-                BROKER_FD,
-                libc::SOL_SOCKET,
-                libc::SO_TYPE,
-                (&mut kind as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 || kind != libc::SOCK_SEQPACKET {
-            return Err(std::io::Error::other(format!("descriptor {BROKER_FD} is not the broker's socket")));
-        }
-        // SAFETY: the descriptor is a socket this process owns from now on.
-        let socket = unsafe { OwnedFd::from_raw_fd(BROKER_FD) };
+        let socket = fds::handed(BROKER_FD, libc::SOCK_SEQPACKET, "the broker's socket")?;
         Self::on(socket)
     }
 

@@ -52,20 +52,9 @@ pub fn run(dir: &Path) -> std::io::Result<()> {
     // Only stdin, stdout, stderr, the listening socket and the broker's cross from the server:
     // any other descriptor a library left inheritable is closed before anything else runs.
     let first_closed = BROKER_FD + 1;
-    // SAFETY: closes descriptors this process has not opened (nothing here uses them).
-    unsafe {
-        if libc::syscall(libc::SYS_close_range, first_closed as u32, u32::MAX, 0u32) != 0 {
-            // Before Linux 5.9: one by one.
-            for fd in first_closed..1024 {
-                libc::close(fd);
-            }
-        }
-        // The data key lives in this process: no core dump may carry it off, and nothing of
-        // this user's may read its memory through /proc.
-        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        libc::setrlimit(libc::RLIMIT_CORE, &none);
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-    }
+    // The data key lives in this process: no core dump may carry it off, and nothing of this
+    // user's may read its memory through /proc.
+    selfcloud_sandbox::close_inherited_and_undump(first_closed);
     let line = read_line()?;
     let start: Start = serde_json::from_slice(&line).map_err(|e| bad("the start message", e))?;
     drop(line);

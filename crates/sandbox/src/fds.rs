@@ -31,6 +31,35 @@ pub fn pair(kind: Pair) -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// The socket of `kind` (`libc::SOCK_SEQPACKET`, ...) a parent handed this process at `fd`,
+/// once it is sure to be one; `what` names it in the error.
+pub fn handed(fd: RawFd, kind: libc::c_int, what: &str) -> Result<OwnedFd> {
+    let mut found: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: asks the descriptor's socket type into a local.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE, (&mut found as *mut libc::c_int).cast(), &mut len)
+    };
+    if rc != 0 || found != kind {
+        return Err(Error::other(format!("{what}: descriptor {fd} is none (the server hands it in)")));
+    }
+    // SAFETY: the descriptor is a socket this process owns from now on.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Between fork and exec: puts `fd` at `target`, open across exec (dup2 onto itself would
+/// leave close-on-exec set, so that is cleared instead). Async-signal-safe; negative on failure.
+pub fn place(fd: RawFd, target: RawFd) -> libc::c_int {
+    // SAFETY: fcntl and dup2 on descriptors the caller holds; both async-signal-safe.
+    unsafe {
+        match fd {
+            f if f < 0 => -1,
+            f if f == target => libc::fcntl(target, libc::F_SETFD, 0),
+            f => libc::dup2(f, target),
+        }
+    }
+}
+
 /// Makes `fd` non-blocking (for an event loop's readiness).
 pub fn set_nonblocking(fd: BorrowedFd) -> Result<()> {
     // SAFETY: reads and sets the flags of a descriptor the caller holds.

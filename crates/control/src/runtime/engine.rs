@@ -165,11 +165,7 @@ impl EngineHost {
         // SAFETY: setsid and dup2 are async-signal-safe, all that runs between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                // dup2 onto itself would leave close-on-exec set: clear it there instead.
-                let moved = match handed {
-                    ENGINE_BROKER_FD => libc::fcntl(handed, libc::F_SETFD, 0),
-                    _ => libc::dup2(handed, ENGINE_BROKER_FD),
-                };
+                let moved = fds::place(handed, ENGINE_BROKER_FD);
                 if libc::setsid() < 0 || moved < 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -225,22 +225,9 @@ impl Runtime for Process {
                     LISTENER_FD => libc::fcntl(brokered_fd, libc::F_DUPFD_CLOEXEC, BROKER_FD + 1),
                     fd => fd,
                 };
-                // The listener at the one descriptor the instance keeps; dup2 leaves the copy
-                // open across exec (and where it is already there, its close-on-exec goes).
-                let moved = if listening == LISTENER_FD {
-                    libc::fcntl(LISTENER_FD, libc::F_SETFD, 0)
-                } else {
-                    libc::dup2(listening, LISTENER_FD)
-                };
-                // The broker's at the next; where it is already there, dup2 leaves its
-                // close-on-exec, so clear that.
-                let brokered = if brokered_fd == BROKER_FD {
-                    libc::fcntl(BROKER_FD, libc::F_SETFD, 0)
-                } else if brokered_fd < 0 {
-                    -1
-                } else {
-                    libc::dup2(brokered_fd, BROKER_FD)
-                };
+                // The listener and the broker's socket at the descriptors the instance keeps.
+                let moved = selfcloud_sandbox::fds::place(listening, LISTENER_FD);
+                let brokered = selfcloud_sandbox::fds::place(brokered_fd, BROKER_FD);
                 if moved < 0 || brokered < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
