@@ -93,6 +93,8 @@ pub struct ControlConfig {
     pub kdf_wait: std::time::Duration,
     /// The private LLM every instance runs, when the server has a model.
     pub llm: Option<selfcloud_instance::protocol::LlmSettings>,
+    /// The outside hosts instances may reach (an upstream LLM provider), and how much.
+    pub egress: runtime::egress::EgressConfig,
 }
 
 impl ControlConfig {
@@ -111,6 +113,7 @@ impl ControlConfig {
             kdf_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             kdf_wait: std::time::Duration::from_secs(10),
             llm: None,
+            egress: Default::default(),
         }
     }
 }
@@ -159,9 +162,12 @@ impl Control {
         keystore::migrate(home, |id| instance_dir(home, id), &registry.instance_ids()?)?;
         let tiers = parking_lot::RwLock::new(registry.instance_tiers()?);
         let operator_token_hash = tiers::load_or_create_operator_token(home)?;
+        let egress = Arc::new(runtime::egress::Egress::new(config.egress.clone())?);
         let runtime: Box<dyn runtime::Runtime> = match &config.runtime {
-            RuntimeConfig::Inproc => Box::new(runtime::Inproc),
-            RuntimeConfig::Process(p) => Box::new(runtime::Process::new(p.clone(), engine_config(&config, p))?),
+            RuntimeConfig::Inproc => {
+                Box::new(runtime::Inproc::new(runtime::broker::Offered { engine: None, egress: Some(egress) }))
+            }
+            RuntimeConfig::Process(p) => Box::new(runtime::Process::new(p.clone(), engine_config(&config, p), egress)?),
         };
         let control = Control {
             runtime,

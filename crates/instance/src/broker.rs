@@ -3,9 +3,14 @@
 //! connected to that channel's one peer; the instance itself never makes a socket.
 
 use crate::protocol::broker::{Channel, Message, BROKER_FD, MAX_MESSAGE_BYTES};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use selfcloud_core::{Error, Result};
 use selfcloud_sandbox::fds;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a part waits for control's answer before it answers its own caller 503.
@@ -63,5 +68,55 @@ impl Broker {
             }
             Ok(Some(_)) => Err(none("the broker answered something else")),
         }
+    }
+}
+
+/// HTTP/2 on a channel the broker hands in (the shared engine's, the egress channel), asked for
+/// again whenever the last one has broken; `broken` is what a caller is told when it breaks.
+pub struct HttpChannel {
+    broker: Arc<Broker>,
+    channel: Channel,
+    broken: fn() -> Error,
+    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+}
+
+impl HttpChannel {
+    pub fn new(broker: Arc<Broker>, channel: Channel, broken: fn() -> Error) -> HttpChannel {
+        HttpChannel { broker, channel, broken, conn: Default::default() }
+    }
+
+    /// Sends `request` on the channel, opening a new one where the last has broken.
+    pub async fn send(&self, request: http::Request<Full<Bytes>>) -> Result<http::Response<hyper::body::Incoming>> {
+        let mut sender = {
+            let mut conn = self.conn.lock().await;
+            match conn.as_ref().filter(|s| !s.is_closed()) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = self.open().await?;
+                    *conn = Some(s.clone());
+                    s
+                }
+            }
+        };
+        sender.ready().await.map_err(|_| (self.broken)())?;
+        sender.send_request(request).await.map_err(|_| (self.broken)())
+    }
+
+    async fn open(&self) -> Result<SendRequest<Full<Bytes>>> {
+        let fd = self.broker.ask(self.channel).await?;
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        stream.set_nonblocking(true).map_err(Error::internal)?;
+        let stream = tokio::net::UnixStream::from_std(stream).map_err(Error::internal)?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|_| (self.broken)())?;
+        let channel = self.channel.as_str();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(channel, error = %e, "a brokered channel ended");
+            }
+        });
+        Ok(sender)
     }
 }

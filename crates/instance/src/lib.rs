@@ -25,7 +25,7 @@ pub use protocol::{Actor, CallContext, Settings};
 pub use selfcloud_store::{DataKey, EngineKind};
 pub use transport::InstanceClient;
 
-use selfcloud_core::Result;
+use selfcloud_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -100,11 +100,22 @@ pub fn create(settings: &Settings, dir: &Path, key: &DataKey, engine: EngineKind
 }
 
 /// Opens the instance living in `dir` inside this process (the `inproc` runtime).
-pub fn open_in_process(dir: &Path, key: &DataKey, settings: Settings) -> Result<InstanceClient> {
+pub fn open_in_process(
+    dir: &Path,
+    key: &DataKey,
+    settings: Settings,
+    broker: Option<std::os::fd::OwnedFd>,
+) -> Result<InstanceClient> {
     let options = selfcloud_store::StoreOptions { quota_bytes: settings.quota_bytes };
     let id = settings.id;
     let local = local::Local::open(id, dir, key, options)?;
-    Ok(InstanceClient::in_process(id, service::router(local, settings)))
+    // In the server's process too, the parts reach outside only through the broker's socket
+    // (`broker`: this end of it), and the shared engine is in this process.
+    let outside = match broker.map(broker::Broker::on).transpose() {
+        Ok(broker) => broker.map(|b| service::Outside { broker: std::sync::Arc::new(b), engine_beyond: false }),
+        Err(e) => return Err(Error::internal(format!("the broker's socket: {e}"))),
+    };
+    Ok(InstanceClient::in_process(id, service::router_with(local, settings, outside)))
 }
 
 #[cfg(test)]

@@ -24,6 +24,9 @@ pub struct Part {
     /// The internal collections it keeps (`Collection::internal` names, without the `_`): in
     /// every export, and the only `_` names an import may hold.
     pub collections: &'static [&'static str],
+    /// Internal collections holding secrets (an upstream provider's key): kept like the others,
+    /// but in no export, and refused in an import.
+    pub sealed: &'static [&'static str],
     /// The outside channels it needs, which control's broker hands the instance on request
     /// (`protocol::broker`): the only way anything of it reaches past the instance.
     pub channels: &'static [crate::protocol::broker::Channel],

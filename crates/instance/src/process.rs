@@ -101,7 +101,8 @@ pub fn run(dir: &Path) -> std::io::Result<()> {
     let options = StoreOptions { quota_bytes: settings.quota_bytes };
     let local = Local::open(settings.id, &root, &data_key, options).map_err(|e| bad("open the store", e))?;
     drop(data_key);
-    let router = service::router_with(local, settings, broker);
+    let outside = broker.map(|broker| service::Outside { broker, engine_beyond: true });
+    let router = service::router_with(local, settings, outside);
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(16).enable_all().build()?;

@@ -5,11 +5,9 @@
 //! the answers under way end with 503 and `Retry-After`, and the next call asks the broker for
 //! a channel to the engine that replaced it.
 
-use crate::broker::Broker;
+use crate::broker::{Broker, HttpChannel};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use selfcloud_core::{Error, Result};
 use selfcloud_llm::channel::{self, Ask, Frame, WireError};
 use selfcloud_llm::engine::{Events, ModelInfo};
@@ -31,43 +29,23 @@ fn restarting() -> Error {
 
 pub struct RemoteEngine {
     info: ModelInfo,
-    broker: Arc<Broker>,
-    conn: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
+    channel: HttpChannel,
     runtime: tokio::runtime::Handle,
 }
 
 impl RemoteEngine {
     /// Asks the broker for the engine's channel and the engine for its model.
     pub async fn connect(broker: Arc<Broker>) -> Result<RemoteEngine> {
-        let sender = open(&broker).await?;
         let mut engine = RemoteEngine {
             info: ModelInfo { id: String::new(), context_tokens: 0, size_bytes: 0 },
-            broker,
-            conn: tokio::sync::Mutex::new(Some(sender)),
+            channel: HttpChannel::new(broker, Channel::LlmEngine, restarting),
             runtime: tokio::runtime::Handle::current(),
         };
         let request = http::Request::get(channel::MODEL_PATH).body(Full::default()).map_err(Error::internal)?;
-        let answer = engine.send(request).await?;
+        let answer = engine.channel.send(request).await?;
         let body = Limited::new(answer.into_body(), 64 * 1024).collect().await.map_err(|_| restarting())?;
         engine.info = channel::parse_model(&body.to_bytes())?;
         Ok(engine)
-    }
-
-    /// Sends `request` on the channel, opening a new one where the last has broken.
-    async fn send(&self, request: http::Request<Full<Bytes>>) -> Result<http::Response<hyper::body::Incoming>> {
-        let mut sender = {
-            let mut conn = self.conn.lock().await;
-            match conn.as_ref().filter(|s| !s.is_closed()) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = open(&self.broker).await?;
-                    *conn = Some(s.clone());
-                    s
-                }
-            }
-        };
-        sender.ready().await.map_err(|_| restarting())?;
-        sender.send_request(request).await.map_err(|_| restarting())
     }
 
     async fn start(&self, generation: Generation) -> Result<Events> {
@@ -76,7 +54,7 @@ impl RemoteEngine {
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
             .map_err(Error::internal)?;
-        let answer = self.send(request).await?;
+        let answer = self.channel.send(request).await?;
         if !answer.status().is_success() {
             let body = Limited::new(answer.into_body(), 64 * 1024).collect().await.map_err(|_| restarting())?;
             let wire: WireError = serde_json::from_slice(&body.to_bytes())
@@ -120,24 +98,6 @@ impl RemoteEngine {
         });
         Ok(rx)
     }
-}
-
-/// A new channel to the engine, from the broker, with HTTP/2 on it.
-async fn open(broker: &Broker) -> Result<SendRequest<Full<Bytes>>> {
-    let fd = broker.ask(Channel::LlmEngine).await?;
-    let stream = std::os::unix::net::UnixStream::from(fd);
-    stream.set_nonblocking(true).map_err(Error::internal)?;
-    let stream = tokio::net::UnixStream::from_std(stream).map_err(Error::internal)?;
-    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-        .await
-        .map_err(|_| restarting())?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "the engine's channel ended");
-        }
-    });
-    Ok(sender)
 }
 
 impl Engine for RemoteEngine {

@@ -4,6 +4,7 @@
 //! channel and this server offers it, already connected to that channel's one peer. Asks are
 //! paced, so an instance that asks in a loop costs the peer one new channel per [`PACE`].
 
+use super::egress::Egress;
 use super::engine::EngineHost;
 use selfcloud_core::InstanceId;
 use selfcloud_instance::protocol::broker::{Channel, Message, MAX_MESSAGE_BYTES};
@@ -20,6 +21,7 @@ pub const PACE: Duration = Duration::from_millis(250);
 #[derive(Clone, Default)]
 pub struct Offered {
     pub engine: Option<Arc<EngineHost>>,
+    pub egress: Option<Arc<Egress>>,
 }
 
 /// Serves `id`'s end of its broker socket until the instance closes it (it exited).
@@ -86,6 +88,14 @@ async fn answer(id: InstanceId, channel: Channel, offered: &Offered) -> (Message
             Some(engine) => match engine.connect(id).await {
                 Ok(fd) => (Message::Channel { channel }, Some(fd)),
                 Err(e) => (refused(e.message, e.retry_after), None),
+            },
+        },
+        // A channel only: each request on it is checked against the allow-list (`egress.rs`).
+        Channel::Egress => match &offered.egress {
+            None => (refused("this server lets instances reach no outside host".into(), None), None),
+            Some(egress) => match egress.connect(id) {
+                Ok(fd) => (Message::Channel { channel }, Some(fd)),
+                Err(e) => (refused(e.message, None), None),
             },
         },
     }

@@ -11,6 +11,7 @@
 //! the instance boundary.
 
 pub mod broker;
+pub mod egress;
 pub mod engine;
 mod inproc;
 mod process;

@@ -109,7 +109,11 @@ impl Process {
     /// Finds the cgroup trees (when asked to drive them).
     /// Where they cannot be driven, instances run without limits, and the log says why.
     /// `engine`: the shared LLM engine to run beside the instances (shared mode).
-    pub fn new(config: ProcessConfig, engine: Option<super::engine::EngineConfig>) -> Result<Self> {
+    pub fn new(
+        config: ProcessConfig,
+        engine: Option<super::engine::EngineConfig>,
+        egress: Arc<super::egress::Egress>,
+    ) -> Result<Self> {
         let cgroups = match config.cgroups.then(cgroups::Hierarchy::detect) {
             Some(Ok(h)) => {
                 tracing::info!(trees = %h.describe(), "instance cgroups");
@@ -122,7 +126,7 @@ impl Process {
             None => None,
         };
         let engine = engine.map(|e| Arc::new(super::engine::EngineHost::new(e, cgroups.clone())));
-        Ok(Process { config, cgroups, offered: super::broker::Offered { engine } })
+        Ok(Process { config, cgroups, offered: super::broker::Offered { engine, egress: Some(egress) } })
     }
 }
 

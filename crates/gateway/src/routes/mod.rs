@@ -19,7 +19,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// One of: invalid_request, unauthenticated, forbidden, not_found, conflict,
     /// precondition_failed, too_large, unsupported_media_type, rate_limited, budget_exceeded,
-    /// quota_exceeded, disk_full, unavailable, internal.
+    /// quota_exceeded, disk_full, unavailable, upstream_failed (502: an outside host the instance
+    /// asked, such as an upstream LLM provider, failed), internal.
     pub code: String,
     pub message: String,
 }

@@ -20,12 +20,16 @@ pub enum Channel {
     /// The shared LLM engine process (`selfcloud engine run`): the instance's end of a stream
     /// pair whose other end the engine holds, named to it as this instance's.
     LlmEngine,
+    /// Requests to hosts outside, on the operator's allow-list (`protocol::egress`): the
+    /// instance's end of a stream pair whose other end control serves as HTTP/2.
+    Egress,
 }
 
 impl Channel {
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::LlmEngine => "llm_engine",
+            Channel::Egress => "egress",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! before it forwards, the instance checks again on what it is handed.
 
 pub mod broker;
+pub mod egress;
 pub mod wire;
 
 use base64::Engine as _;

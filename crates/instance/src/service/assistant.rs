@@ -62,6 +62,7 @@ pub static PART: Part = Part {
             .errors(&[400, 403]),
     ],
     collections: &[crate::vectors::COLLECTION, memory::MEMORIES, memory::CONVERSATIONS, memory::SETTINGS],
+    sealed: &[],
     channels: &[],
 };
 

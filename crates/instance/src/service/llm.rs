@@ -55,21 +55,36 @@ pub static PART: Part = Part {
             .errors(&[403]),
     ],
     collections: &[crate::ledger::COLLECTION],
+    sealed: &[],
     channels: &[crate::protocol::broker::Channel::LlmEngine],
 };
 
+/// The instance's model, and the upstream provider's when the owner named one.
 async fn models(s: S) -> ApiResult<Response> {
-    let engine = s.llm.engine().await?;
-    let m = engine.model();
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{"id": m.id, "object": "model", "created": 0, "owned_by": "selfcloud",
-                  "context_length": m.context_tokens, "size_bytes": m.size_bytes}],
-    }))
-    .into_response())
+    let mut data = Vec::new();
+    if let Some(p) = super::upstream::provider(&s).await? {
+        data.push(json!({"id": p.model, "object": "model", "created": 0, "owned_by": "upstream"}));
+    }
+    match s.llm.engine().await {
+        Ok(engine) => {
+            let m = engine.model();
+            data.insert(
+                0,
+                json!({"id": m.id, "object": "model", "created": 0, "owned_by": "selfcloud",
+                                  "context_length": m.context_tokens, "size_bytes": m.size_bytes}),
+            );
+        }
+        Err(e) if data.is_empty() => return Err(e.into()),
+        Err(_) => {}
+    }
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
 }
 
 async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
+    // A chat naming the owner's upstream provider's model goes there, as the caller wrote it.
+    if let Some(provider) = super::upstream::chosen(&s, &headers, &body).await? {
+        return super::upstream::chat(&s, &ctx, provider, body).await;
+    }
     let request: ChatRequest = json_body(&headers, &body)?;
     let generation = request.validate(s.llm.limits())?;
     let engine = s.llm.engine().await?;

@@ -15,6 +15,7 @@ pub mod portability;
 mod probes;
 pub mod storage;
 pub mod system;
+pub mod upstream;
 
 use crate::api::ApiError;
 use crate::local::Local;
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     /// One conversation write at a time (`memory::add_exchange`).
     pub conversation_writes: tokio::sync::Mutex<()>,
     pub settings: Settings,
+    /// Requests to outside hosts (an upstream provider's), through control's broker.
+    pub egress: Option<crate::broker::HttpChannel>,
     /// How this instance answers when a test has turned it hostile (`probes::Hostility`).
     #[cfg(feature = "attack-probes")]
     pub hostile: std::sync::Mutex<probes::Hostility>,
@@ -53,11 +56,23 @@ pub fn router(local: Local, settings: Settings) -> Router {
     router_with(local, settings, None)
 }
 
-/// [`router`] in an instance process, whose parts reach outside only through control's
-/// `broker`.
-pub fn router_with(local: Local, settings: Settings, broker: Option<Arc<crate::broker::Broker>>) -> Router {
+/// How an instance's parts reach outside it: only through control's broker.
+pub(crate) struct Outside {
+    pub broker: Arc<crate::broker::Broker>,
+    /// The shared LLM engine is another process, reached through the broker (the process
+    /// runtime); otherwise it is in this one.
+    pub engine_beyond: bool,
+}
+
+/// [`router`] with the broker through which its parts reach outside.
+pub(crate) fn router_with(local: Local, settings: Settings, outside: Option<Outside>) -> Router {
     let body_limit = settings.max_value_bytes + 64 * 1024;
-    let llm = crate::llm::Llm::new(settings.llm.clone(), broker);
+    let engine_broker = outside.as_ref().filter(|o| o.engine_beyond).map(|o| o.broker.clone());
+    let llm = crate::llm::Llm::new(settings.llm.clone(), engine_broker);
+    let egress = outside.map(|o| {
+        let broken = || Error::unavailable("the way out to outside hosts broke; try again", Duration::from_secs(2));
+        crate::broker::HttpChannel::new(o.broker, crate::protocol::broker::Channel::Egress, broken)
+    });
     let shared = Arc::new(Shared {
         local,
         llm,
@@ -65,6 +80,7 @@ pub fn router_with(local: Local, settings: Settings, broker: Option<Arc<crate::b
         vectors: Default::default(),
         conversation_writes: Default::default(),
         settings,
+        egress,
         #[cfg(feature = "attack-probes")]
         hostile: Default::default(),
         #[cfg(feature = "attack-probes")]
@@ -87,8 +103,8 @@ pub fn router_with(local: Local, settings: Settings, broker: Option<Arc<crate::b
 
 /// The parts of an instance, each declared once (`crate::part`): what the router serves, the
 /// gateway forwards and documents, and an import accepts.
-pub static PARTS: [&Part; 6] =
-    [&storage::PART, &portability::PART, &system::AUDIT, &llm::PART, &assistant::PART, &system::PART];
+pub static PARTS: [&Part; 7] =
+    [&storage::PART, &portability::PART, &system::AUDIT, &llm::PART, &upstream::PART, &assistant::PART, &system::PART];
 
 /// The routes this build serves: the parts', and in a test build the attack probes.
 fn served() -> impl Iterator<Item = &'static Route> {
@@ -109,7 +125,12 @@ pub fn declares_channel(channel: crate::protocol::broker::Channel) -> bool {
     PARTS.iter().any(|part| part.channels.contains(&channel))
 }
 
-/// Whether `name` (without its `_`) is an internal collection a part keeps.
+/// Whether `collection` is an internal one a part keeps sealed (`Part::sealed`): in no export.
+pub(crate) fn is_sealed_collection(collection: &selfcloud_core::Collection) -> bool {
+    collection.as_str().strip_prefix('_').is_some_and(|name| PARTS.iter().any(|part| part.sealed.contains(&name)))
+}
+
+/// Whether `name` (without its `_`) is an internal collection an import may hold.
 pub(crate) fn is_internal_collection(name: &str) -> bool {
     PARTS.iter().any(|part| part.collections.contains(&name))
 }

@@ -44,6 +44,7 @@ pub static PART: Part = Part {
         .errors(&[400, 403, 409, 413, 415, 507]),
     ],
     collections: &[],
+    sealed: &[],
     channels: &[],
 };
 
@@ -98,7 +99,9 @@ async fn next_chunk(mut st: ExportState) -> std::io::Result<Option<(Bytes, Expor
         (st.cursor, st.scanned) = (page.cursor.clone(), page.cursor.is_none());
         // Serialising and hashing a part is CPU work: off the async runtime.
         let (writer, ready) = tokio::task::spawn_blocking(move || {
-            page.records.iter().try_for_each(|r| writer.push(r))?;
+            // A sealed collection (a key) never leaves in an archive.
+            let exported = page.records.iter().filter(|r| !super::is_sealed_collection(&r.collection));
+            exported.into_iter().try_for_each(|r| writer.push(r))?;
             let ready = writer.take();
             Ok::<_, Error>((writer, ready))
         })

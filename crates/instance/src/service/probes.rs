@@ -175,6 +175,7 @@ pub static PART: crate::part::Part = crate::part::Part {
     )
     .body(crate::part::Body::Json)],
     collections: &[],
+    sealed: &[],
     channels: &[],
 };
 

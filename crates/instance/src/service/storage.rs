@@ -60,6 +60,7 @@ pub static PART: Part = Part {
         .errors(&[403, 404, 412]),
     ],
     collections: &[],
+    sealed: &[],
     channels: &[],
 };
 

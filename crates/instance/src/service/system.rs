@@ -29,6 +29,7 @@ pub static PART: Part = Part {
         .answer(Answer::Empty),
     ],
     collections: &[],
+    sealed: &[],
     channels: &[],
 };
 
@@ -48,6 +49,7 @@ pub static AUDIT: Part = Part {
     .answer_schema(schema_of::<AuditPage>)
     .errors(&[403])],
     collections: &[],
+    sealed: &[],
     channels: &[],
 };
 

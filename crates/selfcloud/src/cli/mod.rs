@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod egress;
 mod llm;
+pub use egress::EgressArgs;
 pub use llm::LlmArgs;
 
 #[derive(Parser, Debug)]
@@ -340,6 +342,8 @@ pub struct Settings {
     /// Authorization-code lifetime, in seconds.
     #[arg(long, env = "SELFCLOUD_CODE_TTL", default_value_t = TokenTtls::default().code.as_secs())]
     pub code_ttl: u64,
+    #[command(flatten)]
+    pub egress: EgressArgs,
 }
 
 impl Settings {
@@ -434,6 +438,7 @@ impl Settings {
             kdf_wait: Duration::from_secs(self.kdf_wait),
             // `up` sets it once the model is found.
             llm: None,
+            egress: self.egress.config(),
         }
     }
 }

@@ -1,0 +1,40 @@
+//! The flags of the egress channel: which outside hosts instances may reach (an owner's upstream
+//! LLM provider), and how much of them.
+
+use clap::Args;
+use selfcloud_control::runtime::egress::EgressConfig;
+use selfcloud_instance::protocol::egress::Origin;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct EgressArgs {
+    /// Origins instances may send requests to, comma-separated (`https://api.openai.com,
+    /// http://127.0.0.1:8080`): an owner's upstream LLM provider must be one. Control sends each
+    /// request itself, follows no redirect, and refuses any other origin (403). Empty (the
+    /// default): instances reach nothing outside.
+    #[arg(long, env = "SELFCLOUD_EGRESS_ALLOW", value_delimiter = ',', value_parser = Origin::parse)]
+    pub egress_allow: Vec<Origin>,
+    /// Seconds to wait for an outside host's connection, and between two bytes of its answer.
+    #[arg(long, env = "SELFCLOUD_EGRESS_READ_TIMEOUT_SECS", default_value_t = 120)]
+    pub egress_read_timeout_secs: u64,
+    /// Largest answer an outside host may send one request, in MiB (cut off past it).
+    #[arg(long, env = "SELFCLOUD_EGRESS_MAX_ANSWER_MIB", default_value_t = 16)]
+    pub egress_max_answer_mib: u64,
+    /// Requests one instance may have under way to outside hosts at once.
+    #[arg(long, env = "SELFCLOUD_EGRESS_MAX_REQUESTS", default_value_t = 16)]
+    pub egress_max_requests: u32,
+}
+
+impl EgressArgs {
+    pub fn config(&self) -> EgressConfig {
+        let wait = Duration::from_secs(self.egress_read_timeout_secs.max(1));
+        EgressConfig {
+            allow: self.egress_allow.clone(),
+            connect_timeout: wait.min(Duration::from_secs(10)),
+            read_timeout: wait,
+            max_answer_bytes: self.egress_max_answer_mib.max(1) << 20,
+            max_streams: self.egress_max_requests.max(1),
+            ..EgressConfig::default()
+        }
+    }
+}
