@@ -52,6 +52,9 @@ impl Default for EgressConfig {
 pub struct Egress {
     config: EgressConfig,
     client: reqwest::Client,
+    /// Each instance's one channel: a newer one ends the one before, so an instance asking
+    /// again and again holds one channel, not one per ask.
+    channels: parking_lot::Mutex<std::collections::HashMap<InstanceId, tokio::task::AbortHandle>>,
 }
 
 impl Egress {
@@ -63,7 +66,7 @@ impl Egress {
             .read_timeout(config.read_timeout)
             .build()
             .map_err(|e| Error::internal(format!("the egress client: {e}")))?;
-        Ok(Egress { config, client })
+        Ok(Egress { config, client, channels: Default::default() })
     }
 
     /// A new channel for instance `id`: the instance's end; control serves the other.
@@ -74,7 +77,7 @@ impl Egress {
         stream.set_nonblocking(true).map_err(Error::internal)?;
         let stream = tokio::net::UnixStream::from_std(stream).map_err(Error::internal)?;
         let (egress, streams) = (self.clone(), self.config.max_streams);
-        tokio::spawn(async move {
+        let served = tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let egress = egress.clone();
                 async move { Ok::<_, std::convert::Infallible>(egress.forward(id, request).await) }
@@ -87,6 +90,9 @@ impl Egress {
                 tracing::debug!(instance = %id, error = %e, "an egress channel ended");
             }
         });
+        if let Some(older) = self.channels.lock().insert(id, served.abort_handle()) {
+            older.abort();
+        }
         Ok(theirs)
     }
 

@@ -346,6 +346,18 @@ pub struct Settings {
     pub egress: EgressArgs,
 }
 
+/// A tier's resources from its flags (memory, disk and IO rate in MiB).
+fn mib_resources(memory_mib: u64, cpu_millis: u32, pids: u32, disk_mib: u64, io_mib: u64, io_ops: u32) -> Resources {
+    Resources {
+        memory_bytes: memory_mib << 20,
+        cpu_millis,
+        pids,
+        disk_bytes: disk_mib << 20,
+        io_bytes_per_sec: io_mib << 20,
+        io_ops_per_sec: io_ops,
+    }
+}
+
 impl Settings {
     pub fn control_config(&self, home: PathBuf) -> selfcloud_control::ControlConfig {
         let defaults = Limits::default();
@@ -391,30 +403,30 @@ impl Settings {
                 log_in_names_tracked: self.log_in_names_tracked,
                 apps_per_user: self.apps_per_user,
                 resources: TierResources {
-                    free: Resources {
-                        memory_bytes: self.free_memory_mib << 20,
-                        cpu_millis: self.free_cpu_millis,
-                        pids: self.free_pids,
-                        disk_bytes: self.free_disk_mib << 20,
-                        io_bytes_per_sec: self.free_io_mib_per_sec << 20,
-                        io_ops_per_sec: self.free_io_ops_per_sec,
-                    },
-                    growth: Resources {
-                        memory_bytes: self.growth_memory_mib << 20,
-                        cpu_millis: self.growth_cpu_millis,
-                        pids: self.growth_pids,
-                        disk_bytes: self.growth_disk_mib << 20,
-                        io_bytes_per_sec: self.growth_io_mib_per_sec << 20,
-                        io_ops_per_sec: self.growth_io_ops_per_sec,
-                    },
-                    pro: Resources {
-                        memory_bytes: self.pro_memory_mib << 20,
-                        cpu_millis: self.pro_cpu_millis,
-                        pids: self.pro_pids,
-                        disk_bytes: self.pro_disk_mib << 20,
-                        io_bytes_per_sec: self.pro_io_mib_per_sec << 20,
-                        io_ops_per_sec: self.pro_io_ops_per_sec,
-                    },
+                    free: mib_resources(
+                        self.free_memory_mib,
+                        self.free_cpu_millis,
+                        self.free_pids,
+                        self.free_disk_mib,
+                        self.free_io_mib_per_sec,
+                        self.free_io_ops_per_sec,
+                    ),
+                    growth: mib_resources(
+                        self.growth_memory_mib,
+                        self.growth_cpu_millis,
+                        self.growth_pids,
+                        self.growth_disk_mib,
+                        self.growth_io_mib_per_sec,
+                        self.growth_io_ops_per_sec,
+                    ),
+                    pro: mib_resources(
+                        self.pro_memory_mib,
+                        self.pro_cpu_millis,
+                        self.pro_pids,
+                        self.pro_disk_mib,
+                        self.pro_io_mib_per_sec,
+                        self.pro_io_ops_per_sec,
+                    ),
                 },
             },
             ttls: TokenTtls {
