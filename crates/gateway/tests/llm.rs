@@ -154,7 +154,8 @@ async fn stop_strings_max_tokens_and_json_mode_shape_the_answer() {
     let nul = json!({"messages": [{"role": "user", "content": "a\u{0}b"}]});
     for (extra, field) in [
         (json!({"n": 2}), "n"),
-        (json!({"tools": []}), "tools"),
+        (json!({"tools": {"get_weather": {}}}), "tools"),
+        (json!({"tool_choice": "required"}), "tool_choice"),
         (json!({"max_tokens": 1_000_000}), "max_tokens"),
         (nul, "NUL"),
     ] {
@@ -386,13 +387,23 @@ async fn in_shared_mode_several_users_chat_at_once_through_one_batching_engine()
         let user = s.user(name).await;
         tokens.push(s.app_token(&user, &["llm:chat"]).await.1.access_token);
     }
-    let calls =
-        tokens.iter().map(|t| s.call(Method::POST, "/v1/llm/chat/completions", Some(t), Some(capital_question(false))));
-    for (st, _, answer) in futures_util::future::join_all(calls).await {
+    let all_at_once = || {
+        futures_util::future::join_all(
+            tokens
+                .iter()
+                .map(|t| s.call(Method::POST, "/v1/llm/chat/completions", Some(t), Some(capital_question(false)))),
+        )
+    };
+    for (st, _, answer) in all_at_once().await {
         assert_eq!(st, StatusCode::OK, "{answer}");
         assert!(answer["choices"][0]["message"]["content"].as_str().unwrap().contains("Paris"), "{answer}");
-        // Nothing is kept between requests: no caller's prompt is ever served from the cache.
+        // The same prompt from four instances: none is served from another's cache.
         assert_eq!(answer["timings"]["cache_n"], 0, "{answer}");
+    }
+    // Each one's next turn continues from what its own last request left in the engine's cache.
+    for (st, _, answer) in all_at_once().await {
+        assert_eq!(st, StatusCode::OK, "{answer}");
+        assert!(answer["timings"]["cache_n"].as_u64().unwrap() > 10, "{answer}");
     }
 }
 

@@ -5,20 +5,22 @@
 //! share the weights' reads and the matrix work of each step, for throughput.
 //!
 //! What it promises callers: a sequence sees only its own tokens (each attends to its own
-//! sequence of the cache), and nothing of a request is kept after it (its sequence is cleared
-//! when it ends), so no prompt prefix is ever shared between callers, or its timing. What it
-//! does not: that a caller's prompt and answer stay in the caller's own process (they pass
-//! through this engine's), which is what per-instance mode (`crate::llama`) promises.
+//! sequence of the cache), and what a request leaves in its place's cache is reused only by the
+//! next request of the same caller of the same instance (a conversation's next turn evaluates
+//! only what it adds, as in per-instance mode), so no prompt prefix is ever shared between
+//! callers or instances, nor its timing. A kept cache lasts until its place is wanted by another
+//! request. What it does not promise: that a caller's prompt and answer stay in the caller's own
+//! process (they pass through this engine's), which is what per-instance mode (`crate::llama`)
+//! promises.
 
 use crate::engine::{Engine, Event, Events, ModelInfo, Timings};
 use crate::llama::{start_worker, threads, Front, Job, LlamaOptions, EVENTS};
 use crate::openai::{FinishReason, Generation, Usage};
-use crate::tokens::{sampler, TextOut};
+use crate::tokens::TextOut;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use selfcloud_core::Error;
 use std::collections::VecDeque;
@@ -56,9 +58,9 @@ impl BatchedEngine {
                 .with_n_threads_batch(threads)
         };
         start_worker("llm-batch".into(), front.model.clone(), params, move |model, ctx| {
-            let seqs = (0..slots).map(|_| None).collect();
+            let (seqs, kept) = ((0..slots).map(|_| None).collect(), (0..slots).map(|_| None).collect());
             let (deferred, limit) = (VecDeque::new(), context_tokens as usize);
-            Batcher { model, ctx, seqs, deferred, queue, limit, generated: counter, stalled }.serve(jobs)
+            Batcher { model, ctx, seqs, kept, deferred, queue, limit, generated: counter, stalled }.serve(jobs)
         })?;
         Ok(BatchedEngine { front })
     }
@@ -95,9 +97,12 @@ impl Engine for BatchedEngine {
 /// One request under way: its place in the cache is its index among the batcher's sequences.
 struct Seq {
     job: Job,
-    sampler: LlamaSampler,
     /// Prompt tokens in the cache so far; then every token the sequence holds.
     fed: usize,
+    /// Prompt tokens found in the place's cache, kept from the same caller's last request.
+    reused: usize,
+    /// The answer's tokens fed so far (in the cache after the prompt).
+    answer: Vec<LlamaToken>,
     /// The token sampled last, to be fed at the next step.
     next: Option<LlamaToken>,
     /// Where in this step's batch the sequence's logits are.
@@ -110,6 +115,34 @@ struct Seq {
     outbox: VecDeque<Event>,
     stalled_since: Option<Instant>,
     done: bool,
+    /// The answer ended as answers do (not by a fault): its cache may be kept.
+    finished: bool,
+}
+
+/// What a place's cache holds after its request, for whom: the next request of the same caller
+/// of the same instance continues from it.
+struct Kept {
+    tenant: String,
+    caller: String,
+    tokens: Vec<LlamaToken>,
+    since: Instant,
+}
+
+impl Kept {
+    fn of(job: &Job, answer: &[LlamaToken]) -> Kept {
+        let g = &job.generation;
+        let tokens = job.prompt.iter().chain(answer).copied().collect();
+        Kept { tenant: g.tenant.clone(), caller: g.caller.clone(), tokens, since: Instant::now() }
+    }
+
+    fn is_for(&self, job: &Job) -> bool {
+        self.tenant == job.generation.tenant && self.caller == job.generation.caller
+    }
+
+    /// Prompt tokens the cache holds already: at least the last is evaluated anew, for its logits.
+    fn reusable(&self, prompt: &[LlamaToken]) -> usize {
+        self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len().saturating_sub(1))
+    }
 }
 
 /// The places one instance may hold at once: half of them (at least one), so that with two or
@@ -122,6 +155,8 @@ struct Batcher<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
     seqs: Vec<Option<Seq>>,
+    /// For each free place, what its cache kept of its last request.
+    kept: Vec<Option<Kept>>,
     /// Requests taken off the queue whose instance already holds its share of the places: they
     /// join, in order, as that instance's sequences end. At most `queue` of them: past it the
     /// queue fills, and a new request is refused with 429.
@@ -151,6 +186,7 @@ impl Batcher<'_> {
                     seq.done = true;
                 }
                 self.ctx.clear_kv_cache();
+                self.kept.iter_mut().for_each(|k| *k = None);
             }
             self.deliver();
         }
@@ -163,7 +199,9 @@ impl Batcher<'_> {
     fn admit(&mut self, jobs: &mpsc::Receiver<Job>) -> bool {
         let share = share(self.seqs.len());
         loop {
-            let Some(free) = self.seqs.iter().position(Option::is_none) else { return true };
+            if self.seqs.iter().all(Option::is_some) {
+                return true;
+            }
             let holds = |seqs: &[Option<Seq>], tenant: &str| {
                 seqs.iter().flatten().filter(|s| s.job.generation.tenant == tenant).count()
             };
@@ -189,31 +227,53 @@ impl Batcher<'_> {
             if job.events.is_closed() {
                 continue; // the caller went away while it waited
             }
-            match sampler(self.model, &job.generation) {
-                Ok(sampler) => {
-                    // A prompt is paid for whole, as OpenAI bills it.
-                    job.generation.meter.add(job.prompt.len() as u64);
-                    self.seqs[free] = Some(Seq {
-                        job,
-                        sampler,
-                        fed: 0,
-                        next: None,
-                        logits_at: None,
-                        text: TextOut::default(),
-                        generated: 0,
-                        started: Instant::now(),
-                        prompt_ms: 0.0,
-                        decoding: None,
-                        outbox: VecDeque::new(),
-                        stalled_since: None,
-                        done: false,
-                    });
-                }
-                Err(e) => {
-                    let _ = job.events.try_send(Event::Failed(e));
-                }
-            }
+            let (place, reused) = self.place_for(&job);
+            // A prompt is paid for whole, as OpenAI bills it, even what the cache held.
+            job.generation.meter.add(job.prompt.len() as u64);
+            self.seqs[place] = Some(Seq {
+                job,
+                fed: reused,
+                reused,
+                answer: Vec::new(),
+                next: None,
+                logits_at: None,
+                text: TextOut::default(),
+                generated: 0,
+                started: Instant::now(),
+                prompt_ms: 0.0,
+                decoding: None,
+                outbox: VecDeque::new(),
+                stalled_since: None,
+                done: false,
+                finished: false,
+            });
         }
+    }
+
+    /// A free place for `job`, and the prompt tokens its cache holds already: the place its
+    /// caller's last request kept (the one sharing the most), else one that keeps nothing, else
+    /// the one kept longest, forgotten. Only the same caller of the same instance reuses a cache.
+    fn place_for(&mut self, job: &Job) -> (usize, usize) {
+        let free = || (0..self.seqs.len()).filter(|&i| self.seqs[i].is_none());
+        let own = free()
+            .filter_map(|i| self.kept[i].as_ref().filter(|k| k.is_for(job)).map(|k| (i, k.reusable(&job.prompt))))
+            .filter(|&(_, n)| n > 0)
+            .max_by_key(|&(_, n)| n);
+        let place = own.map(|(i, _)| i).unwrap_or_else(|| {
+            free()
+                .find(|&i| self.kept[i].is_none())
+                .or_else(|| free().min_by_key(|&i| self.kept[i].as_ref().map(|k| k.since)))
+                .expect("a free place")
+        });
+        let mut reused = own.map_or(0, |(_, n)| n);
+        self.kept[place] = None;
+        let id = Some(place as u32);
+        // Some models' caches cannot drop a tail: start that place from nothing.
+        if reused == 0 || !self.ctx.clear_kv_cache_seq(id, Some(reused as u32), None).unwrap_or(false) {
+            let _ = self.ctx.clear_kv_cache_seq(id, None, None);
+            reused = 0;
+        }
+        (place, reused)
     }
 
     /// One decode: every sequence's next token, and chunks of the prompts still being fed;
@@ -227,6 +287,7 @@ impl Batcher<'_> {
             if let Some(t) = seq.next.take() {
                 batch.add(t, seq.fed as i32, &[id as i32], true).map_err(Error::internal)?;
                 seq.fed += 1;
+                seq.answer.push(t);
                 seq.logits_at = Some(batch.n_tokens() - 1);
             }
         }
@@ -256,7 +317,7 @@ impl Batcher<'_> {
         self.ctx.decode(batch).map_err(|e| Error::internal(format!("llama.cpp decode: {e}")))?;
         for seq in self.seqs.iter_mut().flatten() {
             let Some(at) = seq.logits_at.take() else { continue };
-            let token = seq.sampler.sample(&self.ctx, at);
+            let token = seq.job.sampler.sample(&self.ctx, at);
             self.generated.fetch_add(1, Ordering::Relaxed);
             Self::take(self.model, self.limit, seq, token);
         }
@@ -293,17 +354,17 @@ impl Batcher<'_> {
             if !rest.is_empty() {
                 seq.outbox.push_back(Event::Delta(rest));
             }
-            let prompt_n = seq.job.prompt.len() as u64;
+            let (prompt_n, reused) = (seq.job.prompt.len() as u64, seq.reused as u64);
             let predicted_ms = decoding.elapsed().as_secs_f64() * 1000.0;
-            let timings = Timings::new(prompt_n, seq.prompt_ms, seq.generated, predicted_ms, 0);
+            let timings = Timings::new(prompt_n - reused, seq.prompt_ms, seq.generated, predicted_ms, reused);
             seq.outbox.push_back(Event::Done { finish, usage: Usage::new(prompt_n, seq.generated), timings });
-            seq.done = true;
+            (seq.done, seq.finished) = (true, true);
         }
     }
 
     /// Hands each sequence's events to its client as far as it reads them; a sequence whose
-    /// client left, stalled too long, or has its whole answer delivered leaves, and its place
-    /// in the cache is cleared.
+    /// client left, stalled too long, or has its whole answer delivered leaves. A whole answer's
+    /// cache is kept for its caller's next request; any other is cleared.
     fn deliver(&mut self) {
         for id in 0..self.seqs.len() {
             let Some(seq) = self.seqs[id].as_mut() else { continue };
@@ -325,8 +386,12 @@ impl Batcher<'_> {
             }
             gone |= seq.job.events.is_closed();
             if gone || (seq.done && seq.outbox.is_empty()) {
-                self.seqs[id] = None;
-                let _ = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None);
+                let seq = self.seqs[id].take().expect("under way");
+                if !gone && seq.finished {
+                    self.kept[id] = Some(Kept::of(&seq.job, &seq.answer));
+                } else {
+                    let _ = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None);
+                }
             }
         }
     }

@@ -28,7 +28,9 @@ pub struct Ask {
     pub sampling: Sampling,
     pub stop: Vec<String>,
     pub max_tokens: u32,
-    pub json: bool,
+    /// What the answer is held to (the engine compiles it; one it cannot is the caller's 400).
+    #[serde(default)]
+    pub constraint: Option<crate::constraint::Constraint>,
     /// Whose request it is within the instance (an engine's cache is never shared across them).
     pub caller: String,
     /// Tokens the caller's budget leaves, and milliseconds until it resets.
@@ -42,7 +44,7 @@ impl Ask {
             sampling: g.sampling.clone(),
             stop: g.stop.clone(),
             max_tokens: g.max_tokens,
-            json: g.json,
+            constraint: g.constraint.clone(),
             caller: g.caller.clone(),
             allowance: g.allowance.map(|a| (a.tokens, a.resets_in.as_millis() as u64)),
         }
@@ -55,7 +57,9 @@ impl Ask {
             sampling: self.sampling,
             stop: self.stop,
             max_tokens: self.max_tokens,
-            json: self.json,
+            constraint: self.constraint,
+            // Calls are read from the text in the instance, not by the engine.
+            tools: Vec::new(),
             // The engine streams frames whatever the caller asked; the instance shapes them.
             stream: true,
             include_usage: true,
@@ -189,7 +193,8 @@ mod tests {
             sampling: Sampling { temperature: 0.0, top_p: 1.0, top_k: 40, min_p: 0.05, seed: 7, repeat_penalty: 1.0 },
             stop: vec!["\n\n".into()],
             max_tokens: 24,
-            json: true,
+            constraint: Some(crate::constraint::Constraint::JsonSchema(serde_json::json!({"type": "integer"}))),
+            tools: vec!["get_weather".into()],
             stream: false,
             include_usage: false,
             caller: "grt_1".into(),
@@ -205,7 +210,7 @@ mod tests {
         let ask: Ask = serde_json::from_slice(&serde_json::to_vec(&Ask::of(&g)).unwrap()).unwrap();
         let back = ask.into_generation("ins_a".into(), Meter::default());
         assert_eq!((back.messages, back.sampling, back.stop), (g.messages, g.sampling, g.stop));
-        assert_eq!((back.max_tokens, back.json, back.caller), (24, true, g.caller));
+        assert_eq!((back.max_tokens, &back.constraint, &back.caller), (24, &g.constraint, &g.caller));
         assert_eq!(back.allowance, g.allowance);
         assert_eq!(back.tenant, "ins_a");
         assert!(!serde_json::to_string(&Ask::of(&generation())).unwrap().contains("ignored"));

@@ -141,6 +141,8 @@ static CONTEXT_MADE: Mutex<()> = Mutex::new(());
 pub(crate) struct Job {
     pub generation: Generation,
     pub prompt: Vec<LlamaToken>,
+    /// Made with the request, so that a constraint that cannot be compiled is its 400.
+    pub sampler: llama_cpp_2::sampling::LlamaSampler,
     pub events: tokio::sync::mpsc::Sender<Event>,
 }
 
@@ -153,6 +155,7 @@ pub(crate) struct Front {
     pub info: ModelInfo,
     pub model: Arc<LlamaModel>,
     template: LlamaChatTemplate,
+    guide: crate::constraint::Guide,
     queue: mpsc::SyncSender<Job>,
     pub generated: Arc<AtomicU64>,
 }
@@ -166,7 +169,14 @@ impl Front {
         let context_tokens = options.context_tokens.min(model.n_ctx_train()).max(64);
         let info = ModelInfo { id: options.name.clone(), context_tokens, size_bytes: model.size() };
         let (queue, jobs) = mpsc::sync_channel::<Job>(options.queue.max(1));
-        let front = Front { info, model: Arc::new(model), template, queue, generated: Arc::new(AtomicU64::new(0)) };
+        let front = Front {
+            info,
+            model: Arc::new(model),
+            template,
+            guide: Default::default(),
+            queue,
+            generated: Arc::new(AtomicU64::new(0)),
+        };
         Ok((front, jobs))
     }
 
@@ -183,8 +193,9 @@ impl Front {
             )));
         }
         generation.max_tokens = crate::budget::cap(generation.max_tokens, prompt.len() as u64, generation.allowance)?;
+        let sampler = sampler(&self.model, &self.guide, &generation)?;
         let (events, rx) = tokio::sync::mpsc::channel(EVENTS);
-        self.queue.try_send(Job { generation, prompt, events }).map_err(|e| match e {
+        self.queue.try_send(Job { generation, prompt, sampler, events }).map_err(|e| match e {
             mpsc::TrySendError::Full(_) => busy(),
             mpsc::TrySendError::Disconnected(_) => Error::internal("the engine has stopped"),
         })?;
@@ -299,7 +310,7 @@ impl Slot<'_> {
     }
 
     fn run(&mut self, job: Job) -> Result<(), Error> {
-        let Job { generation: g, prompt, events } = job;
+        let Job { generation: g, prompt, mut sampler, events } = job;
         let stalled = self.stalled;
         let send = |e: Event| send_within(&events, e, stalled);
         let started = Instant::now();
@@ -324,7 +335,6 @@ impl Slot<'_> {
         let prompt_ms = started.elapsed().as_secs_f64() * 1000.0;
 
         let decoding = Instant::now();
-        let mut sampler = sampler(self.model, &g)?;
         let vocab = self.model.vocab();
         let limit = self.ctx.n_ctx() as usize;
         let (mut text, mut generated) = (TextOut::default(), 0u64);

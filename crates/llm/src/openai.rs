@@ -2,8 +2,10 @@
 //! engine runs, and the answers written back (a whole completion, or stream chunks).
 //!
 //! What we cannot honour is refused with a clear 400 naming the field, never silently ignored:
-//! an app that asks for `n: 3` or tools must not get one plain answer and think it got more.
+//! an app that asks for `n: 3` or audio must not get one plain answer and think it got more.
 
+use crate::constraint::{Constraint, MAX_SCHEMA_BYTES};
+use crate::tools::{Offer, ToolCall};
 use selfcloud_core::Error;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -20,6 +22,46 @@ pub struct Message {
     /// kind (an image, audio) is refused.
     #[serde(deserialize_with = "content_text")]
     pub content: String,
+}
+
+/// A message as a request may write it: besides a turn's text, an assistant's earlier tool calls
+/// (its content then may be null) and a tool's result (`role: "tool"`). [`ChatRequest::validate`]
+/// writes them as the turns a chat template knows ([`Message`]).
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct RequestMessage {
+    pub role: String,
+    #[serde(default, deserialize_with = "optional_content_text")]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<RequestToolCall>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct RequestToolCall {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub function: CalledFunction,
+}
+
+#[derive(Deserialize, Debug, Clone, PartialEq)]
+pub struct CalledFunction {
+    pub name: String,
+    #[serde(default)]
+    pub arguments: String,
+}
+
+impl From<Message> for RequestMessage {
+    fn from(m: Message) -> Self {
+        RequestMessage { role: m.role, content: Some(m.content), tool_calls: None, tool_call_id: None }
+    }
+}
+
+fn optional_content_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text(#[serde(deserialize_with = "content_text")] String);
+    Ok(Option::<Text>::deserialize(d)?.map(|t| t.0))
 }
 
 fn content_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -62,18 +104,12 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-#[derive(Deserialize, Debug)]
-pub struct ResponseFormat {
-    #[serde(rename = "type")]
-    pub kind: String,
-}
-
 /// `POST /v1/llm/chat/completions`, as OpenAI's clients send it. Fields we refuse are read too,
 /// so that naming one is an error rather than a silent no-op.
 #[derive(Deserialize, Debug, Default)]
 pub struct ChatRequest {
     pub model: Option<String>,
-    pub messages: Vec<Message>,
+    pub messages: Vec<RequestMessage>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<i32>,
@@ -86,10 +122,11 @@ pub struct ChatRequest {
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
-    pub response_format: Option<ResponseFormat>,
+    pub response_format: Option<Value>,
     pub n: Option<u32>,
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     pub functions: Option<Value>,
     pub logprobs: Option<bool>,
     pub audio: Option<Value>,
@@ -114,8 +151,12 @@ pub struct Generation {
     pub sampling: Sampling,
     pub stop: Vec<String>,
     pub max_tokens: u32,
-    /// Constrain the answer to one JSON value (`response_format: {"type":"json_object"}`).
-    pub json: bool,
+    /// What the answer is held to: a JSON object or schema (`response_format`), or tool calls
+    /// (a `tool_choice` that demands one).
+    pub constraint: Option<Constraint>,
+    /// The functions the answer may call, read from its text ([`crate::tools::CallScan`]);
+    /// empty when the request offers none (or `tool_choice` is `none`).
+    pub tools: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
     /// Whose request this is (the owner, or one grant): a slot reuses the KV cache of an earlier
@@ -165,7 +206,7 @@ const MAX_STOPS: usize = 4;
 /// The seed that asks llama.cpp for a fresh random one (its `LLAMA_DEFAULT_SEED`): without a
 /// `seed`, two samples of the same prompt differ, as OpenAI's do.
 pub const RANDOM_SEED: u32 = u32::MAX;
-const ROLES: [&str; 3] = ["system", "user", "assistant"];
+const ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
 
 impl ChatRequest {
     pub fn validate(self, limits: RequestLimits) -> Result<Generation, Error> {
@@ -173,8 +214,8 @@ impl ChatRequest {
         if self.n.is_some_and(|n| n != 1) {
             return unsupported("n");
         }
-        if self.tools.is_some() || self.tool_choice.is_some() || self.functions.is_some() {
-            return unsupported("tools");
+        if self.functions.is_some() {
+            return Err(Error::invalid("`functions` is not supported here; offer them as `tools`"));
         }
         if self.logprobs == Some(true) {
             return unsupported("logprobs");
@@ -188,16 +229,22 @@ impl ChatRequest {
         if let Some(m) = self.messages.iter().find(|m| !ROLES.contains(&m.role.as_str())) {
             return Err(Error::invalid(format!("unsupported message role {:?}", truncate(&m.role))));
         }
-        if self.messages.iter().any(|m| m.content.contains('\0')) {
+        let offer = Offer::read(self.tools, self.tool_choice, self.parallel_tool_calls)?;
+        let messages = conversation(self.messages, offer.as_ref())?;
+        if messages.iter().any(|m| m.content.contains('\0')) {
             return Err(Error::invalid("a message holds a NUL character"));
         }
-        if self.messages.iter().map(|m| m.content.len()).sum::<usize>() > MAX_PROMPT_BYTES {
+        if messages.iter().map(|m| m.content.len()).sum::<usize>() > MAX_PROMPT_BYTES {
             return Err(Error::invalid(format!("the messages exceed {MAX_PROMPT_BYTES} bytes")));
         }
-        let json = match self.response_format.as_ref().map(|f| f.kind.as_str()) {
-            None | Some("text") => false,
-            Some("json_object") => true,
-            Some(other) => return Err(Error::invalid(format!("unsupported response_format {:?}", truncate(other)))),
+        let constraint = match (response_constraint(self.response_format)?, offer.as_ref().and_then(Offer::constraint))
+        {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "`response_format` and a `tool_choice` that demands a call cannot both hold",
+                ))
+            }
+            (format, calls) => format.or(calls),
         };
         let stop = match self.stop {
             None => Vec::new(),
@@ -230,11 +277,12 @@ impl ChatRequest {
             repeat_penalty: in_range("repeat_penalty", self.repeat_penalty.unwrap_or(1.0), 0.5, 2.0)?,
         };
         Ok(Generation {
-            messages: self.messages,
+            messages,
             sampling,
             stop,
             max_tokens,
-            json,
+            constraint,
+            tools: offer.map(|o| o.callable()).unwrap_or_default(),
             stream: self.stream,
             include_usage: self.stream_options.is_some_and(|o| o.include_usage),
             caller: String::new(),
@@ -249,12 +297,100 @@ fn truncate(s: &str) -> String {
     s.chars().take(40).collect()
 }
 
+/// `response_format` as a constraint: none for text, one JSON object, or a named JSON schema.
+fn response_constraint(format: Option<Value>) -> Result<Option<Constraint>, Error> {
+    let Some(format) = format.filter(|f| !f.is_null()) else { return Ok(None) };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Constraint::JsonObject)),
+        Some("json_schema") => {
+            let spec = &format["json_schema"];
+            let named = spec["name"].as_str().is_some_and(|n| {
+                (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            });
+            if !named {
+                return Err(Error::invalid(
+                    "`response_format.json_schema.name` must be 1 to 64 of a-z, A-Z, 0-9, _ and -",
+                ));
+            }
+            let schema = match spec.get("schema") {
+                None => json!({}),
+                Some(s @ (Value::Object(_) | Value::Bool(true))) => s.clone(),
+                Some(_) => {
+                    return Err(Error::invalid("`response_format.json_schema.schema` must be a JSON schema object"))
+                }
+            };
+            if schema.to_string().len() > MAX_SCHEMA_BYTES {
+                return Err(Error::invalid(format!("the schema exceeds {MAX_SCHEMA_BYTES} bytes")));
+            }
+            Ok(Some(Constraint::JsonSchema(schema)))
+        }
+        other => Err(Error::invalid(format!("unsupported response_format {:?}", truncate(other.unwrap_or("?"))))),
+    }
+}
+
+/// The request's messages as the turns a chat template knows: `developer` is the system turn,
+/// an assistant's tool calls are written as it would write them, a tool's results come in a
+/// user turn, and the offered functions are described at the end of the system turn (one is put
+/// first when there is none).
+fn conversation(messages: Vec<RequestMessage>, offer: Option<&Offer>) -> Result<Vec<Message>, Error> {
+    let mut turns: Vec<Message> = Vec::with_capacity(messages.len() + 1);
+    let mut last_was_tool = false;
+    for m in messages {
+        let is_tool = m.role == "tool";
+        let content = match (m.role.as_str(), m.content, m.tool_calls) {
+            ("assistant", content, Some(calls)) if !calls.is_empty() => {
+                let written: Vec<String> =
+                    calls.iter().map(|c| ToolCall::written(&c.function.name, &c.function.arguments)).collect();
+                let text = content.unwrap_or_default();
+                if text.is_empty() {
+                    written.join("\n")
+                } else {
+                    format!("{text}\n{}", written.join("\n"))
+                }
+            }
+            (_, _, Some(calls)) if !calls.is_empty() => {
+                return Err(Error::invalid("only an assistant's message may hold `tool_calls`"))
+            }
+            ("tool", Some(content), _) => crate::tools::written_result(&content),
+            (role, None, _) => return Err(Error::invalid(format!("a {role} message needs its `content`"))),
+            (_, Some(content), _) => content,
+        };
+        let role = match m.role.as_str() {
+            "developer" => "system",
+            "tool" => "user",
+            other => other,
+        };
+        // A tool's results after another's are one user turn, as the model reads them.
+        match turns.last_mut() {
+            Some(last) if is_tool && last_was_tool => {
+                last.content.push('\n');
+                last.content.push_str(&content);
+            }
+            _ => turns.push(Message { role: role.to_owned(), content }),
+        }
+        last_was_tool = is_tool;
+    }
+    if let Some(instructions) = offer.and_then(Offer::instructions) {
+        match turns.first_mut() {
+            Some(first) if first.role == "system" => {
+                first.content.push_str("\n\n");
+                first.content.push_str(&instructions);
+            }
+            _ => turns.insert(0, Message { role: "system".into(), content: instructions }),
+        }
+    }
+    Ok(turns)
+}
+
 /// Why a generation ended, in OpenAI's words.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     Stop,
     Length,
+    /// The answer is tool calls (set where the answer is read, not by an engine).
+    ToolCalls,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -278,11 +414,19 @@ pub struct Header {
     pub model: String,
 }
 
-/// A whole `chat.completion`.
-pub fn completion(h: &Header, text: &str, finish: FinishReason, usage: Usage) -> Value {
+/// A whole `chat.completion`; with tool calls its content is null when the model said nothing
+/// else, as OpenAI answers.
+pub fn completion(h: &Header, text: &str, calls: &[ToolCall], finish: FinishReason, usage: Usage) -> Value {
+    let mut message = json!({"role": "assistant", "content": text});
+    if !calls.is_empty() {
+        if text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = calls.iter().map(ToolCall::to_openai).collect();
+    }
     json!({
         "id": h.id, "object": "chat.completion", "created": h.created_s, "model": h.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
         "usage": usage,
     })
 }
@@ -322,7 +466,7 @@ mod tests {
         let g = parse(json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]})).unwrap();
         assert_eq!(g.max_tokens, 512);
         assert_eq!(g.sampling.temperature, 1.0);
-        assert!(!g.stream && !g.json && !g.include_usage && g.stop.is_empty());
+        assert!(!g.stream && g.constraint.is_none() && g.tools.is_empty() && !g.include_usage && g.stop.is_empty());
     }
 
     #[test]
@@ -349,8 +493,8 @@ mod tests {
             Sampling { temperature: 0.0, top_p: 0.9, top_k: 40, min_p: 0.05, seed: 7, repeat_penalty: 1.0 }
         );
         assert_eq!(
-            (g.stop, g.max_tokens, g.stream, g.include_usage, g.json),
-            (vec!["\n".to_owned()], 20, true, true, true)
+            (g.stop, g.max_tokens, g.stream, g.include_usage, g.constraint),
+            (vec!["\n".to_owned()], 20, true, true, Some(Constraint::JsonObject))
         );
         let g = parse(json!({"messages": [{"role": "user", "content": "x"}], "stop": ["a", "b"]})).unwrap();
         assert_eq!(g.stop, ["a", "b"]);
@@ -361,10 +505,13 @@ mod tests {
         let user = json!([{"role": "user", "content": "x"}]);
         for (extra, names) in [
             (json!({"n": 2}), "`n`"),
-            (json!({"tools": []}), "`tools`"),
-            (json!({"tool_choice": "auto"}), "`tools`"),
+            (json!({"tools": {}}), "`tools`"),
+            (json!({"tool_choice": "required"}), "`tool_choice`"),
+            (json!({"functions": []}), "`functions`"),
             (json!({"logprobs": true}), "`logprobs`"),
-            (json!({"response_format": {"type": "json_schema"}}), "response_format"),
+            (json!({"response_format": {"type": "json_schema"}}), "json_schema.name"),
+            (json!({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": 3}}}), "schema"),
+            (json!({"response_format": {"type": "xml"}}), "response_format"),
             (json!({"max_tokens": 0}), "`max_tokens`"),
             (json!({"max_tokens": 100_000}), "`max_tokens`"),
             (json!({"temperature": 3}), "`temperature`"),
@@ -380,15 +527,79 @@ mod tests {
             assert!(e.message.contains(names), "{body}: {}", e.message);
         }
         assert!(parse(json!({"messages": []})).is_err());
-        assert!(parse(json!({"messages": [{"role": "tool", "content": "x"}]})).unwrap_err().message.contains("role"));
+        assert!(parse(json!({"messages": [{"role": "function", "content": "x"}]}))
+            .unwrap_err()
+            .message
+            .contains("role"));
+        assert!(parse(json!({"messages": [{"role": "user", "content": null}]}))
+            .unwrap_err()
+            .message
+            .contains("content"));
         let huge = "x".repeat(MAX_PROMPT_BYTES + 1);
         assert!(parse(json!({"messages": [{"role": "user", "content": huge}]})).is_err());
     }
 
     #[test]
+    fn a_json_schema_is_read_into_its_constraint() {
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+        let g = parse(json!({"messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": true}}}))
+        .unwrap();
+        assert_eq!(g.constraint, Some(Constraint::JsonSchema(schema)));
+        let huge = json!({"type": "object", "description": "x".repeat(MAX_SCHEMA_BYTES)});
+        let e = parse(json!({"messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": huge}}}));
+        assert!(e.unwrap_err().message.contains("exceeds"));
+    }
+
+    #[test]
+    fn tools_earlier_calls_and_their_results_become_turns_the_template_knows() {
+        let tools = json!([{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+        let g = parse(json!({
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": "Weather in Paris and Rome?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}},
+                    {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Rome\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "call_2", "content": "rain"},
+            ],
+            "tools": tools, "tool_choice": "auto",
+        }))
+        .unwrap();
+        let roles: Vec<&str> = g.messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert!(
+            g.messages[0].content.starts_with("Be brief.\n\n# Tools") && g.messages[0].content.contains("get_weather")
+        );
+        assert_eq!(g.messages[2].content.matches("<tool_call>").count(), 2);
+        assert_eq!(
+            g.messages[3].content,
+            "<tool_response>\nsunny\n</tool_response>\n<tool_response>\nrain\n</tool_response>"
+        );
+        assert_eq!((g.tools.as_slice(), &g.constraint), (&["get_weather".to_owned()][..], &None));
+        // A demanded call is held by the grammar, and cannot be held beside a response format.
+        let mut body =
+            json!({"messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": "required"});
+        assert!(matches!(parse(body.clone()).unwrap().constraint, Some(Constraint::ToolCalls { .. })));
+        assert_eq!(parse(body.clone()).unwrap().messages[0].role, "system");
+        body["response_format"] = json!({"type": "json_object"});
+        assert!(parse(body).unwrap_err().message.contains("cannot both hold"));
+        let user_calls =
+            json!({"messages": [{"role": "user", "content": "x", "tool_calls": [{"function": {"name": "f"}}]}]});
+        assert!(parse(user_calls).unwrap_err().message.contains("tool_calls"));
+        let none =
+            parse(json!({"messages": [{"role": "user", "content": "x"}], "tools": tools, "tool_choice": "none"}))
+                .unwrap();
+        assert_eq!((none.messages.len(), none.tools.len()), (1, 0));
+    }
+
+    #[test]
     fn answers_have_openais_shape() {
         let h = Header { id: "chatcmpl-1".into(), created_s: 1_700_000_000, model: "smollm2".into() };
-        let c = completion(&h, "Paris", FinishReason::Stop, Usage::new(12, 2));
+        let c = completion(&h, "Paris", &[], FinishReason::Stop, Usage::new(12, 2));
         assert_eq!(c["object"], "chat.completion");
         assert_eq!(c["choices"][0]["message"]["content"], "Paris");
         assert_eq!(c["choices"][0]["finish_reason"], "stop");
@@ -402,6 +613,11 @@ mod tests {
         let last = chunk(&h, json!({}), Some(FinishReason::Length), false);
         assert_eq!(last["choices"][0]["finish_reason"], "length");
         assert!(last.get("usage").is_none());
+        let call = ToolCall { id: "call_1".into(), name: "f".into(), arguments: "{}".into() };
+        let c = completion(&h, "", std::slice::from_ref(&call), FinishReason::ToolCalls, Usage::new(1, 1));
+        assert!(c["choices"][0]["message"]["content"].is_null());
+        assert_eq!(c["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "f");
+        assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
         let u = usage_chunk(&h, Usage::new(3, 4));
         assert_eq!((u["choices"].as_array().unwrap().len(), &u["usage"]["completion_tokens"]), (0, &json!(4)));
     }

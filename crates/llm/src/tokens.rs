@@ -3,7 +3,7 @@
 //! sampler chain a request asks for, and the answer's text as tokens come (whole characters,
 //! never part of a stop string).
 
-use crate::json_grammar::JSON_OBJECT;
+use crate::constraint::Guide;
 use crate::openai::Generation;
 use crate::stop::{scan, Scan};
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
@@ -108,11 +108,13 @@ fn split_at_markers<'a>(text: &'a str, nonce: u64, contents: &[&'a str]) -> Vec<
     pieces
 }
 
-pub(crate) fn sampler(model: &LlamaModel, g: &Generation) -> Result<LlamaSampler, Error> {
+/// The sampler chain `g` asks for: its constraint first (a 400 when it cannot be compiled), then
+/// the penalty and the draw.
+pub(crate) fn sampler(model: &LlamaModel, guide: &Guide, g: &Generation) -> Result<LlamaSampler, Error> {
     let s = &g.sampling;
     let mut chain = Vec::new();
-    if g.json {
-        chain.push(LlamaSampler::grammar(model, JSON_OBJECT, "root").map_err(Error::internal)?);
+    if let Some(constraint) = &g.constraint {
+        chain.push(guide.sampler(model, constraint)?);
     }
     if s.repeat_penalty != 1.0 {
         chain.push(LlamaSampler::penalties(model.n_vocab(), PENALTY_WINDOW, s.repeat_penalty, 0.0, 0.0));

@@ -16,6 +16,7 @@ use selfcloud_llm::engine::collect;
 use selfcloud_llm::gguf::GgufWriter;
 use selfcloud_llm::llama::{LlamaEngine, LlamaOptions};
 use selfcloud_llm::openai::{FinishReason, Generation};
+use selfcloud_llm::tools;
 use selfcloud_llm::Event;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -23,7 +24,7 @@ use std::path::Path;
 const EMBED: usize = 32;
 const FF: usize = 64;
 const HEADS: u32 = 2;
-const CONTEXT: u32 = 512;
+const CONTEXT: u32 = 1024;
 
 /// The vocabulary: SentencePiece's three specials, ChatML's two, then every byte.
 fn vocabulary() -> (Vec<String>, Vec<i32>) {
@@ -239,8 +240,8 @@ fn the_batching_engine_answers_many_at_once_each_as_if_alone() {
     let texts: Vec<String> = answers.iter().map(|a| text_of(a)).collect();
     assert_eq!(texts, expected, "a sequence's answer changed in company");
     for a in &answers {
-        let (finish, completion, cache_n) = done(a);
-        assert_eq!((finish, completion, cache_n), (FinishReason::Length, 20, 0), "nothing is reused between requests");
+        let (finish, completion, _) = done(a);
+        assert_eq!((finish, completion), (FinishReason::Length, 20));
     }
     // A stop string and the end of a stream work as they do alone.
     let whole = &expected[0];
@@ -288,4 +289,81 @@ fn in_the_batching_engine_one_instance_cannot_take_every_place() {
     let answer = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("the other instance waited on the hog");
     assert_eq!(done(&answer).1, 10);
     drop(hog);
+}
+
+#[test]
+fn the_batching_engine_keeps_a_callers_cache_for_its_next_turn_and_for_no_one_else() {
+    let (_dir, options) = tiny(2, 4);
+    let batched = BatchedEngine::load(&options).unwrap();
+    let ask = |tenant: &str, caller: &str, user: &str| Generation {
+        tenant: tenant.into(),
+        caller: caller.into(),
+        ..generation(user, json!({"max_tokens": 8}))
+    };
+    let turn = "tell me about the garden and the bees in it";
+    let first = receive(selfcloud_llm::Engine::generate(&batched, ask("a", "owner", turn)).unwrap());
+    assert_eq!(done(&first).2, 0, "a fresh place holds nothing");
+    // The same caller's next turn starts with the last: only what it adds is evaluated.
+    let again = receive(selfcloud_llm::Engine::generate(&batched, ask("a", "owner", turn)).unwrap());
+    assert!(done(&again).2 > 10, "{:?}", done(&again));
+    assert_eq!(text_of(&again), text_of(&first), "the kept cache changed the answer");
+    // Another instance's caller of the same name, and another caller of the same instance, find
+    // nothing of it, however many places are free.
+    for (tenant, caller) in [("b", "owner"), ("a", "grant:other")] {
+        let other = receive(selfcloud_llm::Engine::generate(&batched, ask(tenant, caller, turn)).unwrap());
+        assert_eq!(done(&other).2, 0, "{tenant}/{caller} was served another's cache");
+        assert_eq!(text_of(&other), text_of(&first));
+    }
+}
+
+/// The whole text of one generation on `engine`.
+fn answer(engine: &impl selfcloud_llm::Engine, g: Generation) -> (String, FinishReason) {
+    let (text, finish, _, _) = block_on(collect(engine.generate(g).unwrap())).unwrap();
+    (text, finish)
+}
+
+#[test]
+fn a_json_schema_and_a_demanded_tool_call_bend_a_model_that_prefers_letters() {
+    let (_dir, alone) = engine(4);
+    let (_dir2, options) = tiny(2, 4);
+    let batched = BatchedEngine::load(&options).unwrap();
+    let schema = json!({"type": "object", "properties": {"unit": {"enum": ["celsius", "fahrenheit"]}},
+        "required": ["unit"], "additionalProperties": false});
+    let format = json!({"type": "json_schema", "json_schema": {"name": "unit", "schema": schema}});
+    let weather = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+        "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"], "additionalProperties": false}}}]);
+    let engines: [&dyn Fn(Generation) -> (String, FinishReason); 2] =
+        [&|g| answer(&alone, g), &|g| answer(&batched, g)];
+    for run in engines {
+        // Unconstrained it writes only letters and spaces, and never ends by itself.
+        let (text, finish) = run(generation("hello", json!({"response_format": format, "max_tokens": 40})));
+        let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        assert!(["celsius", "fahrenheit"].contains(&value["unit"].as_str().unwrap_or("")), "{text:?}");
+        assert_eq!(finish, FinishReason::Stop, "the grammar ends the answer once the value is whole");
+
+        let demanded =
+            json!({"tools": weather, "tool_choice": "required", "parallel_tool_calls": false, "max_tokens": 120});
+        let g = generation("hello", demanded);
+        let callable = g.tools.clone();
+        let (text, finish) = run(g);
+        let (content, calls) = tools::read(callable, true, &text);
+        assert_eq!((content.as_str(), calls.len(), finish), ("", 1, FinishReason::Stop), "{text:?}");
+        assert_eq!(calls[0].name, "get_weather");
+        let arguments: Value = serde_json::from_str(&calls[0].arguments).unwrap();
+        assert!(["Paris", "Rome"].contains(&arguments["city"].as_str().unwrap_or("")), "{text:?}");
+
+        // With `auto` it may answer in words, and its words stay content.
+        let g = generation("hello", json!({"tools": weather, "max_tokens": 12}));
+        let (text, _) = run(g.clone());
+        assert_eq!(tools::read(g.tools, false, &text), (text.clone(), vec![]));
+    }
+    // A schema llguidance cannot hold to is the caller's 400, before anything is computed.
+    let refused = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "if": {}}}});
+    for e in [
+        selfcloud_llm::Engine::generate(&alone, generation("hello", json!({"response_format": refused}))).unwrap_err(),
+        selfcloud_llm::Engine::generate(&batched, generation("hello", json!({"response_format": refused})))
+            .unwrap_err(),
+    ] {
+        assert_eq!((e.code, e.message.contains("schema")), (ErrorCode::InvalidRequest, true), "{}", e.message);
+    }
 }

@@ -142,8 +142,12 @@ async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> A
     let question = messages.pop().expect("the prompt ends with the question");
     messages.extend(conversation.recent());
     messages.push(question);
-    let chat =
-        ChatRequest { messages, temperature: Some(0.0), max_tokens: request.max_tokens, ..ChatRequest::default() };
+    let chat = ChatRequest {
+        messages: messages.into_iter().map(Into::into).collect(),
+        temperature: Some(0.0),
+        max_tokens: request.max_tokens,
+        ..ChatRequest::default()
+    };
     let generation = chat.validate(s.llm.limits())?;
     let (events, settled) = super::llm::start(&s, &engine, &ctx, generation).await?;
     let citations: Vec<_> = ranked

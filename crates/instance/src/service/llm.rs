@@ -17,9 +17,11 @@ use axum::Json;
 use futures_util::StreamExt;
 use selfcloud_core::{Error, Scope};
 use selfcloud_llm::budget::{self, Allowance, Meter};
+use selfcloud_llm::constraint::Constraint;
 use selfcloud_llm::embeddings::{self, EmbeddingsRequest};
 use selfcloud_llm::engine::collect;
 use selfcloud_llm::openai::{self, ChatRequest, Generation, Header};
+use selfcloud_llm::tools::{self, CallScan, Said};
 use selfcloud_llm::{sse, Engine, Event, Events};
 use serde_json::json;
 use std::sync::Arc;
@@ -94,15 +96,19 @@ async fn chat(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> A
         model: engine.model().id.clone(),
     };
     let (stream, include_usage) = (generation.stream, generation.include_usage);
+    let only_calls = matches!(generation.constraint, Some(Constraint::ToolCalls { .. }));
+    let tools = generation.tools.clone();
     let (events, settled) = start(&s, &engine, &ctx, generation).await?;
     if !stream {
         let (text, finish, usage, timings) = collect(events).await?;
         settled.wait().await?;
-        let mut answer = openai::completion(&header, &text, finish, usage);
+        let (content, calls) = tools::read(tools, only_calls, &text);
+        let finish = tools::finish(finish, calls.len());
+        let mut answer = openai::completion(&header, &content, &calls, finish, usage);
         answer["timings"] = json!(timings);
         return Ok(Json(answer).into_response());
     }
-    Ok(sse_response(header, events, include_usage, settled))
+    Ok(sse_response(header, events, include_usage, CallScan::new(tools, only_calls), settled))
 }
 
 /// Vectors of the texts, by the embedding model. An app pays the tokens the model read from its
@@ -223,10 +229,17 @@ impl Payment {
 }
 
 /// The answer as server-sent events: the role first, then text as it comes, the finish reason,
-/// the usage if asked for, and `[DONE]`. A fault after the head went out arrives as an `error`
-/// event (the OpenAI clients raise it), as does a use the ledger could not record, in place of
-/// the finish. The client going away drops `events`, which stops the generation.
-fn sse_response(header: Header, events: selfcloud_llm::Events, include_usage: bool, settled: Settled) -> Response {
+/// the usage if asked for, and `[DONE]`. Tool calls the model makes come each whole in a chunk of
+/// its own as its block closes ([`CallScan`]). A fault after the head went out arrives as an
+/// `error` event (the OpenAI clients raise it), as does a use the ledger could not record, in
+/// place of the finish. The client going away drops `events`, which stops the generation.
+fn sse_response(
+    header: Header,
+    events: selfcloud_llm::Events,
+    include_usage: bool,
+    mut scan: CallScan,
+    settled: Settled,
+) -> Response {
     let first = sse::event(&openai::chunk(&header, json!({"role": "assistant", "content": ""}), None, include_usage));
     let mut settled = Some(settled);
     let frames = tokio_stream_of(events).then(move |event| {
@@ -242,14 +255,29 @@ fn sse_response(header: Header, events: selfcloud_llm::Events, include_usage: bo
         }
     });
     let frames = frames.flat_map(move |event| {
+        let said = |said: Vec<Said>, scan: &CallScan| -> Vec<String> {
+            let mut index = scan.calls - said.iter().filter(|s| matches!(s, Said::Call(_))).count();
+            let mut delta = |s: Said| match s {
+                Said::Text(text) => json!({"content": text}),
+                Said::Call(call) => {
+                    index += 1;
+                    call.delta(index - 1)
+                }
+            };
+            said.into_iter().map(|s| sse::event(&openai::chunk(&header, delta(s), None, include_usage))).collect()
+        };
         let frames: Vec<String> = match event {
             Event::Delta(text) => {
-                vec![sse::event(&openai::chunk(&header, json!({"content": text}), None, include_usage))]
+                let out = scan.push(&text);
+                said(out, &scan)
             }
             Event::Done { finish, usage, timings } => {
+                let out = scan.finish();
+                let mut frames = said(out, &scan);
+                let finish = tools::finish(finish, scan.calls);
                 let mut last = openai::chunk(&header, json!({}), Some(finish), include_usage);
                 last["timings"] = json!(timings);
-                let mut frames = vec![sse::event(&last)];
+                frames.push(sse::event(&last));
                 if include_usage {
                     frames.push(sse::event(&openai::usage_chunk(&header, usage)));
                 }
