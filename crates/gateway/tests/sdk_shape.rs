@@ -61,6 +61,14 @@ async fn an_app_in_selfs_shape_connects_keeps_records_and_asks_for_more() {
             pieces.push(piece.unwrap());
         }
         assert!(pieces.len() > 1, "the answer streams: {pieces:?}");
+        // The whole OpenAI call: a value of the schema the app asked for.
+        let schema = json!({"type": "object", "properties": {"greeting": {"type": "string", "maxLength": 40}}, "required": ["greeting"]});
+        let body = json!({"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 64,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "hello", "schema": schema}}});
+        let answer = session.ai().completions(&body).await.unwrap();
+        let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+        let value: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        assert!(value["greeting"].is_string(), "{answer}");
     }
     // A callback that answers no connection this app started is refused.
     assert!(app.handle_callback(&format!("{REDIRECT}?code=x&state=forged")).await.is_err());

@@ -254,6 +254,12 @@ impl Ai<'_> {
         Ok(answer["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// The whole OpenAI-shaped chat completions call: `body` as OpenAI's API takes it (tools and
+    /// `tool_choice`, `response_format` with a JSON schema, streaming off), the answer as it gives.
+    pub async fn completions(&self, body: &Value) -> Result<Value> {
+        self.client.send_json(reqwest::Method::POST, "/v1/llm/chat/completions", Some(body)).await
+    }
+
     /// The answer to `message` as it is written: each item is more text.
     pub async fn chat_stream(
         &self,

@@ -98,6 +98,13 @@ test("an app connects, keeps its records, asks for more, chats, and is revoked",
     const pieces = [];
     for await (const piece of more.ai.chatStream({ message: "Count to five", maxTokens: 24 })) pieces.push(piece);
     assert.ok(pieces.length > 1, `the answer streams: ${JSON.stringify(pieces)}`);
+    // The whole OpenAI call: a demanded tool call comes back as one the app can run.
+    const tool = { type: "function", function: { name: "get_weather", parameters: { type: "object",
+      properties: { city: { type: "string" } }, required: ["city"] } } };
+    const called = await more.ai.completions({ messages: [{ role: "user", content: "Weather in Paris?" }],
+      tools: [tool], tool_choice: "required", max_tokens: 48 });
+    assert.equal(called.choices[0].finish_reason, "tool_calls", JSON.stringify(called));
+    assert.equal(typeof JSON.parse(called.choices[0].message.tool_calls[0].function.arguments).city, "string");
   } else {
     await assert.rejects(more.ai.chat({ message: "hi" }), (e) => e.status === 503);
   }
