@@ -62,8 +62,9 @@ async fn an_app_in_selfs_shape_connects_keeps_records_and_asks_for_more() {
         }
         assert!(pieces.len() > 1, "the answer streams: {pieces:?}");
         // The whole OpenAI call: a value of the schema the app asked for.
-        let schema = json!({"type": "object", "properties": {"greeting": {"type": "string", "maxLength": 40}}, "required": ["greeting"]});
-        let body = json!({"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 64,
+        let schema = json!({"type": "object", "properties": {"greeting": {"type": "string", "maxLength": 40}},
+            "required": ["greeting"], "additionalProperties": false});
+        let body = json!({"messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 64, "temperature": 0,
             "response_format": {"type": "json_schema", "json_schema": {"name": "hello", "schema": schema}}});
         let answer = session.ai().completions(&body).await.unwrap();
         let text = answer["choices"][0]["message"]["content"].as_str().unwrap();

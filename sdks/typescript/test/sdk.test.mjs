@@ -100,9 +100,9 @@ test("an app connects, keeps its records, asks for more, chats, and is revoked",
     assert.ok(pieces.length > 1, `the answer streams: ${JSON.stringify(pieces)}`);
     // The whole OpenAI call: a demanded tool call comes back as one the app can run.
     const tool = { type: "function", function: { name: "get_weather", parameters: { type: "object",
-      properties: { city: { type: "string" } }, required: ["city"] } } };
+      properties: { city: { type: "string", maxLength: 40 } }, required: ["city"] } } };
     const called = await more.ai.completions({ messages: [{ role: "user", content: "Weather in Paris?" }],
-      tools: [tool], tool_choice: "required", max_tokens: 48 });
+      tools: [tool], tool_choice: "required", temperature: 0, max_tokens: 80 });
     assert.equal(called.choices[0].finish_reason, "tool_calls", JSON.stringify(called));
     assert.equal(typeof JSON.parse(called.choices[0].message.tool_calls[0].function.arguments).city, "string");
   } else {
