@@ -164,3 +164,40 @@ fn what_the_engine_cannot_run_is_a_clear_error() {
     let missing = LlamaOptions { path: dir.path().join("absent.gguf"), ..options };
     assert_eq!(LlamaEngine::load(&missing).err().expect("absent loads").status().as_u16(), 404);
 }
+
+/// What holding an answer to a grammar costs, beside the same engine answering freely: decode
+/// rate of 96 tokens, free, held to a JSON schema, and held to a demanded tool call (medians of
+/// five). A measurement, not a check: `cargo test --test engine -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_constrained_decoding_against_free() {
+    let Some(path) = model() else { return };
+    let engine = engine(path, 2048, 4);
+    let schema = json!({"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]});
+    let tool = json!([{"type": "function", "function": {"name": "tell", "parameters": schema}}]);
+    let runs = [
+        ("free", json!({})),
+        (
+            "json_schema",
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}),
+        ),
+        ("tool call", json!({"tools": tool, "tool_choice": "required"})),
+    ];
+    for (name, extra) in runs {
+        let mut extra = extra;
+        extra["max_tokens"] = json!(96);
+        extra["temperature"] = json!(0.8);
+        let mut rates: Vec<f64> = (0..5)
+            .map(|seed| {
+                extra["seed"] = json!(seed);
+                let answer = events(&engine, generation(STORY, extra.clone()));
+                match answer.last() {
+                    Some(Event::Done { timings, .. }) => timings.predicted_per_second,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        println!("{name}: {:.1} tok/s (min {:.1}, max {:.1})", rates[2], rates[0], rates[4]);
+    }
+}
