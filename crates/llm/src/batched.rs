@@ -16,7 +16,7 @@
 use crate::engine::{Engine, Event, Events, ModelInfo, Timings};
 use crate::llama::{start_worker, threads, Front, Job, LlamaOptions, EVENTS};
 use crate::openai::{FinishReason, Generation, Usage};
-use crate::tokens::TextOut;
+use crate::tokens::{reusable, TextOut};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -138,11 +138,6 @@ impl Kept {
     fn is_for(&self, job: &Job) -> bool {
         self.tenant == job.generation.tenant && self.caller == job.generation.caller
     }
-
-    /// Prompt tokens the cache holds already: at least the last is evaluated anew, for its logits.
-    fn reusable(&self, prompt: &[LlamaToken]) -> usize {
-        self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len().saturating_sub(1))
-    }
 }
 
 /// The places one instance may hold at once: half of them (at least one), so that with two or
@@ -256,7 +251,9 @@ impl Batcher<'_> {
     fn place_for(&mut self, job: &Job) -> (usize, usize) {
         let free = || (0..self.seqs.len()).filter(|&i| self.seqs[i].is_none());
         let own = free()
-            .filter_map(|i| self.kept[i].as_ref().filter(|k| k.is_for(job)).map(|k| (i, k.reusable(&job.prompt))))
+            .filter_map(|i| {
+                self.kept[i].as_ref().filter(|k| k.is_for(job)).map(|k| (i, reusable(&k.tokens, &job.prompt)))
+            })
             .filter(|&(_, n)| n > 0)
             .max_by_key(|&(_, n)| n);
         let place = own.map(|(i, _)| i).unwrap_or_else(|| {
@@ -384,10 +381,13 @@ impl Batcher<'_> {
                     }
                 }
             }
-            gone |= seq.job.events.is_closed();
-            if gone || (seq.done && seq.outbox.is_empty()) {
+            // Once the whole answer is handed over, a reader that read it and left is no fault:
+            // it may already be gone by now (its end of the channel dropped on the last event).
+            let whole = !gone && seq.done && seq.outbox.is_empty();
+            gone |= !whole && seq.job.events.is_closed();
+            if gone || whole {
                 let seq = self.seqs[id].take().expect("under way");
-                if !gone && seq.finished {
+                if whole && seq.finished {
                     self.kept[id] = Some(Kept::of(&seq.job, &seq.answer));
                 } else {
                     let _ = self.ctx.clear_kv_cache_seq(Some(id as u32), None, None);

@@ -31,6 +31,18 @@ pub enum Constraint {
 }
 
 impl Constraint {
+    /// The size bound, checked where the grammar is compiled as well as in the request: the engine
+    /// process takes constraints from instances, which it does not trust (1 KiB of room for the
+    /// tag around the schema).
+    pub fn bounded(&self) -> Result<(), Error> {
+        match serde_json::to_vec(self).map_or(usize::MAX, |v| v.len()) {
+            n if n > MAX_SCHEMA_BYTES + 1024 => {
+                Err(Error::invalid(format!("the schema exceeds {MAX_SCHEMA_BYTES} bytes")))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The grammar llguidance holds the answer to.
     pub fn grammar(&self) -> TopLevelGrammar {
         match self {
@@ -99,6 +111,7 @@ impl Guide {
     /// The sampler that holds an answer to `constraint`; 400 naming the fault when the grammar
     /// cannot be compiled (a schema llguidance does not support).
     pub fn sampler(&self, model: &LlamaModel, constraint: &Constraint) -> Result<LlamaSampler, Error> {
+        constraint.bounded()?;
         let parser = self.factory(model)?.create_parser(constraint.grammar()).map_err(refused)?;
         Ok(LlamaSampler::from(Matcher::new(Ok(parser))))
     }
@@ -165,6 +178,14 @@ mod tests {
         let two = format!("{call}\n<tool_call>\n{{\"name\": \"get_time\", \"arguments\": {{}}}}\n</tool_call>");
         assert_eq!(allows(&one, &two), Ok(false));
         assert_eq!(allows(&Constraint::ToolCalls { functions, parallel: true }, &two), Ok(true));
+    }
+
+    #[test]
+    fn a_constraint_past_the_bound_is_refused_however_it_came() {
+        let huge =
+            Constraint::JsonSchema(json!({"type": "string", "description": "x".repeat(MAX_SCHEMA_BYTES + 1024)}));
+        assert!(huge.bounded().unwrap_err().message.contains("exceeds"));
+        assert!(Constraint::JsonSchema(json!({"description": "x".repeat(MAX_SCHEMA_BYTES - 100)})).bounded().is_ok());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod embeddings;
 pub mod engine;
 pub mod gguf;
 pub mod llama;
+pub mod messages;
 pub mod openai;
 pub mod retrieve;
 pub mod sse;

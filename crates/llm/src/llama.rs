@@ -8,7 +8,7 @@
 
 use crate::engine::{busy, Engine, Event, Events, ModelInfo, Timings};
 use crate::openai::{FinishReason, Generation, Usage};
-use crate::tokens::{chat_template, prompt_tokens, sampler, TextOut};
+use crate::tokens::{chat_template, prompt_tokens, reusable, sampler, TextOut};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -321,7 +321,7 @@ impl Slot<'_> {
             self.cached.clear();
             self.cached_for.clone_from(&g.caller);
         }
-        let mut reused = self.cached.iter().zip(&prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        let mut reused = reusable(&self.cached, &prompt);
         if !self.ctx.clear_kv_cache_seq(Some(0), Some(reused as u32), None).map_err(Error::internal)? {
             // Some models' caches cannot drop a tail; start from nothing rather than keep it.
             self.ctx.clear_kv_cache();

@@ -108,6 +108,12 @@ fn split_at_markers<'a>(text: &'a str, nonce: u64, contents: &[&'a str]) -> Vec<
     pieces
 }
 
+/// Prompt tokens a cache holding `cached` has already: their common start, less at least the last
+/// prompt token, which is evaluated anew for its logits.
+pub(crate) fn reusable(cached: &[LlamaToken], prompt: &[LlamaToken]) -> usize {
+    cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len().saturating_sub(1))
+}
+
 /// The sampler chain `g` asks for: its constraint first (a 400 when it cannot be compiled), then
 /// the penalty and the draw.
 pub(crate) fn sampler(model: &LlamaModel, guide: &Guide, g: &Generation) -> Result<LlamaSampler, Error> {

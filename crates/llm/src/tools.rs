@@ -212,7 +212,7 @@ pub fn read(callable: Vec<String>, only_calls: bool, text: &str) -> (String, Vec
     for said in scan.push(text).into_iter().chain(scan.finish()) {
         match said {
             Said::Text(t) => content.push_str(&t),
-            Said::Call(c) => calls.push(c),
+            Said::Call(_, c) => calls.push(c),
         }
     }
     (content, calls)
@@ -240,7 +240,8 @@ fn short(s: &str) -> String {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Said {
     Text(String),
-    Call(ToolCall),
+    /// A call, and its place among the answer's calls (a stream chunk's `index`).
+    Call(usize, ToolCall),
 }
 
 /// Reads an answer's text as it comes into content and tool calls. Text that may be the start of
@@ -289,9 +290,9 @@ impl CallScan {
                     }
                     Some(call) => {
                         self.blank.clear();
-                        self.calls += 1;
                         self.made.push((call.name.clone(), call.arguments.clone()));
-                        out.push(Said::Call(call));
+                        out.push(Said::Call(self.calls, call));
+                        self.calls += 1;
                     }
                     None => self.text(format!("{CALL_OPEN}{body}{CALL_CLOSE}"), &mut out),
                 }
@@ -441,7 +442,7 @@ mod tests {
             let out = scan_all(&["get_weather"], &[a, b]);
             assert_eq!(out.len(), 3, "cut at {cut}: {out:?}");
             assert_eq!(out[0], Said::Text("Let me look.".into()));
-            let (Said::Call(paris), Said::Call(rome)) = (&out[1], &out[2]) else { panic!("{out:?}") };
+            let (Said::Call(0, paris), Said::Call(1, rome)) = (&out[1], &out[2]) else { panic!("{out:?}") };
             assert_eq!((paris.name.as_str(), paris.arguments.as_str()), ("get_weather", r#"{"city":"Paris"}"#));
             assert_eq!(rome.arguments, r#"{"city": "Rome"}"#);
             assert!(paris.id.starts_with("call_") && paris.id != rome.id);

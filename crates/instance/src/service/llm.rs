@@ -255,25 +255,17 @@ fn sse_response(
         }
     });
     let frames = frames.flat_map(move |event| {
-        let said = |said: Vec<Said>, scan: &CallScan| -> Vec<String> {
-            let mut index = scan.calls - said.iter().filter(|s| matches!(s, Said::Call(_))).count();
-            let mut delta = |s: Said| match s {
+        let said = |said: Vec<Said>| -> Vec<String> {
+            let delta = |s: Said| match s {
                 Said::Text(text) => json!({"content": text}),
-                Said::Call(call) => {
-                    index += 1;
-                    call.delta(index - 1)
-                }
+                Said::Call(index, call) => call.delta(index),
             };
             said.into_iter().map(|s| sse::event(&openai::chunk(&header, delta(s), None, include_usage))).collect()
         };
         let frames: Vec<String> = match event {
-            Event::Delta(text) => {
-                let out = scan.push(&text);
-                said(out, &scan)
-            }
+            Event::Delta(text) => said(scan.push(&text)),
             Event::Done { finish, usage, timings } => {
-                let out = scan.finish();
-                let mut frames = said(out, &scan);
+                let mut frames = said(scan.finish());
                 let finish = tools::finish(finish, scan.calls);
                 let mut last = openai::chunk(&header, json!({}), Some(finish), include_usage);
                 last["timings"] = json!(timings);
