@@ -135,7 +135,17 @@ async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving
     let killed = up.probe(&ada, json!({"probe": "alloc", "bytes": 400u64 << 20})).await;
     assert!(killed.is_err(), "400 MiB allocated under a 96 MiB limit: {killed:?}");
     assert_eq!(up.get(&bob, "b").await, (200, json!({"mine": "bob"})));
-    // Ada's instance comes back on her next call, with her data.
+    // Once the server has seen it go (a call that races its death gets 503 and a Retry-After, as
+    // the test below checks), Ada's instance comes back on her next call, with her data.
+    let mut seen_gone = false;
+    for _ in 0..400 {
+        if up.view(&ada).await["run_state"] != "running" {
+            seen_gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(seen_gone, "10 s on, the server still counts the killed instance as running");
     assert_eq!(up.get(&ada, "a").await, (200, json!({"mine": "ada"})));
     assert_eq!(up.view(&ada).await["restarts"], 1);
 }
