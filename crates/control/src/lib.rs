@@ -95,6 +95,8 @@ pub struct ControlConfig {
     pub llm: Option<selfcloud_instance::protocol::LlmSettings>,
     /// The outside hosts instances may reach (an upstream LLM provider), and how much.
     pub egress: runtime::egress::EgressConfig,
+    /// Argon2id's cost for a backup passphrase's wrap of a new target's key.
+    pub backup_kdf: selfcloud_backup::KdfCost,
 }
 
 impl ControlConfig {
@@ -114,6 +116,7 @@ impl ControlConfig {
             kdf_wait: std::time::Duration::from_secs(10),
             llm: None,
             egress: Default::default(),
+            backup_kdf: Default::default(),
         }
     }
 }

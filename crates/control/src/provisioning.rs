@@ -58,7 +58,7 @@ impl Control {
             }
             llm
         });
-        Settings { llm, ..settings }
+        Settings { llm, backup_kdf: self.config.backup_kdf, ..settings }
     }
 
     /// Creates the instance's directory, data key and store: all that does not depend on the

@@ -60,7 +60,18 @@ pub fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Creates a directory (and its parents) with [`DIR_MODE`]; an existing one is narrowed to it.
+/// One already private is left as it is: inside an instance's walls there is no `chmod`.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir).map_err(|e| io_err("create", dir, e))?;
+        let mode = std::fs::metadata(dir).map_err(|e| io_err("stat", dir, e))?.permissions().mode();
+        if mode & 0o777 == DIR_MODE {
+            return Ok(());
+        }
+    }
+    #[cfg(not(unix))]
     std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
     restrict(dir, DIR_MODE)
 }

@@ -89,6 +89,9 @@ pub struct Local {
     dir: PathBuf,
     engine: EngineKind,
     store: Arc<Held>,
+    /// The records' key, which a backup's manifest carries (sealed under the user's backup key)
+    /// so a restore needs nothing from this server.
+    key: DataKey,
     /// Held by the one import under way.
     importing: tokio::sync::Mutex<()>,
 }
@@ -112,6 +115,24 @@ impl std::ops::Deref for Held {
 /// Where an import's archive is spooled while it is checked, inside the instance's directory.
 const IMPORT_SPOOL: &str = "import.tar.tmp";
 
+/// Where backups copy the store and drill their restores, inside the instance's own directory.
+const BACKUP_SCRATCH: &str = "backup-scratch";
+
+/// A scratch directory, removed with everything in it when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Removes the spool file however the import ends.
 struct Spool(PathBuf);
 
@@ -132,7 +153,7 @@ impl Local {
     ) -> Result<Self> {
         let lock = lock_dir(dir)?;
         let store = Store::create(engine, dir, key, options)?;
-        Ok(Self::over(lock, id, dir, engine, store))
+        Ok(Self::over(lock, id, dir, engine, store, key))
     }
 
     /// Opens the instance living in `dir`; its engine is told by what is on disk.
@@ -142,12 +163,14 @@ impl Local {
         let store = Store::open(engine, dir, key, options)?;
         // A spool left by an import the process did not live to finish.
         let _ = std::fs::remove_file(dir.join(IMPORT_SPOOL));
-        Ok(Self::over(lock, id, dir, engine, store))
+        // And the copies of a backup it did not live to finish.
+        let _ = std::fs::remove_dir_all(dir.join(BACKUP_SCRATCH));
+        Ok(Self::over(lock, id, dir, engine, store, key))
     }
 
-    fn over(lock: std::fs::File, id: InstanceId, dir: &Path, engine: EngineKind, store: Store) -> Self {
+    fn over(lock: std::fs::File, id: InstanceId, dir: &Path, engine: EngineKind, store: Store, key: &DataKey) -> Self {
         let store = Arc::new(Held { store, _lock: lock });
-        Local { id, dir: dir.to_owned(), engine, store, importing: Default::default() }
+        Local { id, dir: dir.to_owned(), engine, store, key: key.clone(), importing: Default::default() }
     }
 
     /// Streams `archive` into the (sealed) spool file, refusing it past `max_bytes`. Answers the
@@ -248,6 +271,48 @@ impl Local {
         let (spool, key) = self.spool(archive, limits.max_bytes).await?;
         let usage = self.blocking(move |store| import_spooled(store, &spool.0, &key, limits.max_value_bytes)).await?;
         Ok(StorageUsage { records: usage.records, bytes: usage.bytes, quota_bytes: self.store.quota_bytes() })
+    }
+
+    /// A new, empty scratch directory inside the instance's own.
+    pub fn scratch(&self) -> Result<Scratch> {
+        let path = self.dir.join(BACKUP_SCRATCH).join(format!("{:016x}", rand::random::<u64>()));
+        selfcloud_durable::create_private_dir(&path)?;
+        Ok(Scratch(path))
+    }
+
+    /// A copy of the whole store as of one moment (records, counters, the access log), in
+    /// `copy/` of a new scratch directory, for a backup to cut.
+    pub async fn snapshot_copy(&self) -> Result<Scratch> {
+        let scratch = self.scratch()?;
+        let into = scratch.path().join("copy");
+        self.blocking(move |s| s.snapshot(&into)).await?;
+        Ok(scratch)
+    }
+
+    pub fn data_key(&self) -> &DataKey {
+        &self.key
+    }
+
+    /// Opens the store restored into `dir` under `key` and checks it whole: a backup's drill.
+    pub async fn check_restored(dir: PathBuf, key: DataKey) -> Result<IntegrityReport> {
+        tokio::task::spawn_blocking(move || {
+            let engine = EngineKind::detect(&dir).ok_or_else(|| Error::internal("the restored copy holds no store"))?;
+            let store = Store::open(engine, &dir, &key, StoreOptions { quota_bytes: u64::MAX })?;
+            let usage = store.verify()?;
+            // Every value opens under the key the manifest carries, the log's entries too.
+            let mut cursor = None;
+            loop {
+                let page = store.scan(cursor.as_deref(), 1000, 1 << 20)?;
+                cursor = page.cursor;
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            store.read_log(None, usize::MAX)?;
+            Ok(IntegrityReport { engine: engine.as_str().to_owned(), records: usage.records, bytes: usage.bytes })
+        })
+        .await
+        .map_err(Error::internal)?
     }
 
     pub async fn append_audit(&self, entries: &[AuditEntry], keep: u64) -> Result<()> {

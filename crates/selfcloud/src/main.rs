@@ -1,6 +1,7 @@
 //! The `selfcloud` binary: parses the command line and wires the crates together. No business
 //! logic lives here.
 
+mod backup;
 mod bench;
 mod cli;
 mod model;
@@ -48,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         cli::Command::Bench(args) => runtime.block_on(bench::run(args)),
         cli::Command::Verify(args) => runtime.block_on(verify::run(args)),
         cli::Command::Model(args) => runtime.block_on(model::run(args)),
+        cli::Command::Backup(args) => runtime.block_on(backup::run(args)),
         cli::Command::Instance(_) | cli::Command::Engine(_) => unreachable!("handled above"),
     }
 }

@@ -51,12 +51,17 @@ fn the_crate_map_holds() {
     // The shared engine's process serves the LLM part over channels: the model and its walls,
     // nothing of instances, stores or control.
     assert_eq!(ours("selfcloud-engine"), BTreeSet::from(["selfcloud-core", "selfcloud-llm", "selfcloud-sandbox"]));
+    // Backup cuts, seals and sends files: the store's cipher (`Sealer`) is all it takes of the
+    // store, and it knows nothing of instances, routing or control.
+    assert_eq!(ours("selfcloud-backup"), BTreeSet::from(["selfcloud-core", "selfcloud-durable", "selfcloud-store"]));
+    assert!(!of("selfcloud-backup").contains("axum"), "the backup part routes HTTP");
     assert!(ours("selfcloud-instance").iter().all(|d| [
         "selfcloud-core",
         "selfcloud-durable",
         "selfcloud-store",
         "selfcloud-sandbox",
-        "selfcloud-llm"
+        "selfcloud-llm",
+        "selfcloud-backup"
     ]
     .contains(d)));
     assert!(!ours("selfcloud-control").contains("selfcloud-gateway"));

@@ -122,6 +122,11 @@ async fn nothing_an_instance_runs_reaches_outside_it_and_the_others_keep_serving
     let tty = up.refused(&ada, json!({"probe": "type_into_terminal"})).await;
     assert!(tty.contains("not permitted"), "refused by the filter, not for want of a terminal: {tty}");
     up.refused(&ada, json!({"probe": "exec", "path": "/bin/sh"})).await;
+    // No hard link, even inside its own directory: refused as across filesystems, so RocksDB's
+    // checkpoint (a backup's copy) falls back to copying.
+    let link = json!({"probe": "link", "from": "/instance/probe.txt", "to": "/instance/probe.link"});
+    let why = up.refused(&ada, link).await;
+    assert!(why.contains("cross-device"), "{why}");
     // Threads past the pids limit (48) fail to start.
     let threads = up.refused(&ada, json!({"probe": "threads", "count": 200})).await;
     assert!(threads.contains("threads started"), "{threads}");

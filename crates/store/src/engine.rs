@@ -80,6 +80,10 @@ pub(crate) trait Engine: Send + Sync {
 
     /// The engine's own integrity check, then a full scan whose totals must match the counters.
     fn verify(&self) -> Result<Usage>;
+
+    /// Writes a copy of the store as of one moment into the directory `into` (which exists and
+    /// is empty), under the names the engine opens, while writes go on.
+    fn snapshot(&self, into: &std::path::Path) -> Result<()>;
 }
 
 /// The precondition check every engine applies inside its write transaction.

@@ -196,6 +196,17 @@ impl Store {
         self.engine.verify()
     }
 
+    /// Writes a copy of the whole store (records, counters and the log) as of one moment into
+    /// `into`, a new directory, while writes go on; [`Store::open`] opens it. Its values stay
+    /// sealed under this store's key.
+    pub fn snapshot(&self, into: &Path) -> Result<()> {
+        selfcloud_durable::create_private_dir(into)?;
+        if std::fs::read_dir(into).map_err(|e| selfcloud_durable::io_err("read", into, e))?.next().is_some() {
+            return Err(Error::conflict("a snapshot goes into an empty directory"));
+        }
+        self.engine.snapshot(into)
+    }
+
     pub fn get(&self, collection: &Collection, key: &RecordKey) -> Result<Option<Record>> {
         let Some((rev, sealed)) = self.engine.get(collection.as_str(), key.as_str())? else {
             return Ok(None);

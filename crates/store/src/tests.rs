@@ -413,6 +413,54 @@ fn an_import_that_fails_part_way_writes_nothing(kind: EngineKind) {
     assert_eq!(s.import(vec![rec("x"), rec("y")]).unwrap().records, 2);
 }
 
+/// A snapshot is one moment: taken while another thread writes, it opens as a store whose
+/// counters agree with its records (a torn copy would not), holding the log and everything
+/// acknowledged before it began, and nothing written after it ended.
+fn a_snapshot_is_one_moment_while_writes_go_on(kind: EngineKind) {
+    let f = fixture(kind, u64::MAX);
+    for i in 0..200 {
+        f.store
+            .put(&c("notes"), &k(&format!("n{i:03}")), format!("{{\"i\":{i}}}").as_bytes(), Precondition::None)
+            .unwrap();
+    }
+    f.store.append_log(&[b"e1".to_vec(), b"e2".to_vec()], 10).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let into = f.dir.path().join("snap");
+    let written = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 50 {
+                f.store.put(&c("busy"), &k(&format!("w{}", n % 300)), &[b'x'; 512], Precondition::None).unwrap();
+                n += 1;
+            }
+            n
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        f.store.snapshot(&into).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap()
+    });
+    assert!(written >= 50);
+    f.store.put(&c("notes"), &k("after"), b"1", Precondition::None).unwrap();
+    let copy = reopen(kind, &into, &f.key);
+    let usage = copy.verify().unwrap();
+    assert!(usage.records >= 200, "{usage:?}");
+    for i in [0, 99, 199] {
+        let got = copy.get(&c("notes"), &k(&format!("n{i:03}"))).unwrap().unwrap();
+        assert_eq!(got.value, format!("{{\"i\":{i}}}").into_bytes());
+    }
+    assert_eq!(copy.get(&c("notes"), &k("after")).unwrap(), None);
+    let log: Vec<Vec<u8>> = copy.read_log(None, 10).unwrap().into_iter().map(|(_, e)| e).collect();
+    assert_eq!(log, vec![b"e2".to_vec(), b"e1".to_vec()]);
+    // A copy of its sealed values only: another key opens nothing in it.
+    drop(copy);
+    let other = Store::open(kind, &into, &DataKey::generate(), StoreOptions { quota_bytes: u64::MAX }).unwrap();
+    assert!(other.get(&c("notes"), &k("n000")).is_err());
+    // Never over what is there.
+    let err = f.store.snapshot(&into).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Conflict, "{err:?}");
+}
+
 macro_rules! engine_suite {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -441,4 +489,5 @@ engine_suite!(
     import_over_quota_writes_nothing,
     an_import_that_fails_part_way_writes_nothing,
     scan_then_import_restores_another_store,
+    a_snapshot_is_one_moment_while_writes_go_on,
 );

@@ -20,6 +20,10 @@ use std::time::Duration;
 
 type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
+/// The directory backup target's origin, which control answers itself.
+static DIR_ORIGIN: std::sync::LazyLock<Origin> =
+    std::sync::LazyLock::new(|| Origin::parse(selfcloud_backup::target::DIR_ORIGIN).expect("a valid origin"));
+
 /// What the operator lets instances reach, and how much of it.
 #[derive(Clone, Debug)]
 pub struct EgressConfig {
@@ -33,6 +37,9 @@ pub struct EgressConfig {
     pub max_answer_bytes: u64,
     /// Requests one channel may have under way.
     pub max_streams: u32,
+    /// Where directory backup targets live (`--backup-dir-root`), each instance in its own
+    /// subdirectory; `None`: no instance may back up to a directory here.
+    pub backup_dir_root: Option<std::path::PathBuf>,
 }
 
 impl Default for EgressConfig {
@@ -44,6 +51,7 @@ impl Default for EgressConfig {
             max_request_bytes: 4 << 20,
             max_answer_bytes: 16 << 20,
             max_streams: 16,
+            backup_dir_root: None,
         }
     }
 }
@@ -98,6 +106,9 @@ impl Egress {
 
     /// One request of instance `id`: sent on if its origin is allowed, else refused.
     async fn forward(&self, id: InstanceId, request: Request<Incoming>) -> Response<Body> {
+        if Origin::of(request.uri()).is_ok_and(|o| o == *DIR_ORIGIN) {
+            return self.backup_directory(id, request).await;
+        }
         let origin = match egress::allowed(&self.config.allow, request.uri()) {
             Ok(origin) => origin,
             Err(why) => {
@@ -115,6 +126,30 @@ impl Egress {
             }
             Err(e) => {
                 tracing::warn!(instance = %id, %origin, %method, error = %e.message, "egress failed");
+                error(&e)
+            }
+        }
+    }
+
+    /// A request of the directory backup target's protocol (`selfcloud_backup::target`),
+    /// carried out in instance `id`'s own subdirectory of the backup root and nowhere else: the
+    /// instance names objects, never paths.
+    async fn backup_directory(&self, id: InstanceId, request: Request<Incoming>) -> Response<Body> {
+        let Some(root) = &self.config.backup_dir_root else {
+            return refusal("this server keeps no backup directories (its operator has not set --backup-dir-root)");
+        };
+        let (head, body) = request.into_parts();
+        let body = match Limited::new(body, self.config.max_request_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return error(&Error::new(ErrorCode::TooLarge, "a backup object is too long or broke off")),
+        };
+        let target = selfcloud_backup::DirTarget::new(root.join(id.to_string()));
+        match selfcloud_backup::target::serve(&target, &head.method, head.uri.path(), body).await {
+            Ok(answer) => answer.map(|b| Full::new(b).map_err(|never| match never {}).boxed_unsync()),
+            Err(e) => {
+                if e.code == ErrorCode::Internal || e.code == ErrorCode::DiskFull {
+                    tracing::warn!(instance = %id, error = %e.message, "a backup directory write failed");
+                }
                 error(&e)
             }
         }

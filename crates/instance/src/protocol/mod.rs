@@ -149,6 +149,9 @@ pub struct Settings {
     /// The private LLM, when the server has a model; `None` answers its calls with 503.
     #[serde(default)]
     pub llm: Option<LlmSettings>,
+    /// Argon2id's cost for the backup passphrase's wrap of a new target's key.
+    #[serde(default)]
+    pub backup_kdf: selfcloud_backup::KdfCost,
 }
 
 /// How an instance runs its LLM part.
@@ -178,6 +181,7 @@ impl Settings {
             list_max: limits.list_max,
             list_max_bytes: limits.list_max_bytes,
             llm: None,
+            backup_kdf: Default::default(),
         }
     }
 

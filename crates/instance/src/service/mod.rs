@@ -8,6 +8,7 @@
 //! its declaration names (the same rule the gateway applied: `protocol::check`).
 
 pub mod assistant;
+pub mod backup;
 pub mod llm;
 pub mod memories;
 pub mod portability;
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub vectors: crate::vectors::VectorIndex,
     /// One conversation write at a time (`memory::add_exchange`).
     pub conversation_writes: tokio::sync::Mutex<()>,
+    /// One backup snapshot at a time (`backup`).
+    pub backup_runs: tokio::sync::Mutex<()>,
     pub settings: Settings,
     /// Requests to outside hosts (an upstream provider's), through control's broker.
     pub egress: Option<crate::broker::HttpChannel>,
@@ -79,6 +82,7 @@ pub(crate) fn router_with(local: Local, settings: Settings, outside: Option<Outs
         ledger: Default::default(),
         vectors: Default::default(),
         conversation_writes: Default::default(),
+        backup_runs: Default::default(),
         settings,
         egress,
         #[cfg(feature = "attack-probes")]
@@ -103,8 +107,16 @@ pub(crate) fn router_with(local: Local, settings: Settings, outside: Option<Outs
 
 /// The parts of an instance, each declared once (`crate::part`): what the router serves, the
 /// gateway forwards and documents, and an import accepts.
-pub static PARTS: [&Part; 7] =
-    [&storage::PART, &portability::PART, &system::AUDIT, &llm::PART, &upstream::PART, &assistant::PART, &system::PART];
+pub static PARTS: [&Part; 8] = [
+    &storage::PART,
+    &portability::PART,
+    &system::AUDIT,
+    &llm::PART,
+    &upstream::PART,
+    &assistant::PART,
+    &backup::PART,
+    &system::PART,
+];
 
 /// The routes this build serves: the parts', and in a test build the attack probes.
 fn served() -> impl Iterator<Item = &'static Route> {

@@ -54,6 +54,11 @@ pub enum Probe {
     Mkdir {
         path: PathBuf,
     },
+    /// Hard-links `from` as `to`.
+    Link {
+        from: PathBuf,
+        to: PathBuf,
+    },
     /// Clears the signal that ends the instance with its reaper.
     ClearDeathSignal,
     /// Makes a setuid file in its own directory.
@@ -269,6 +274,7 @@ fn attempt(probe: Probe) -> Outcome {
             }
         })),
         Probe::Mkdir { path } => outcome(std::fs::create_dir(path)),
+        Probe::Link { from, to } => outcome(std::fs::hard_link(from, to)),
         Probe::ClearDeathSignal => {
             outcome(errno(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) } as libc::c_long))
         }

@@ -245,8 +245,22 @@ pub fn install() -> Result<()> {
     // clone3 passes its flags in memory, which a filter cannot read: allowed here and answered
     // ENOSYS by the second filter, so the C library falls back to clone, which is checked.
     rules.insert(libc::SYS_clone3, vec![]);
+    // Answered by `no_links` below.
+    rules.insert(libc::SYS_link, vec![]);
+    rules.insert(libc::SYS_linkat, vec![]);
     let allow_list = SeccompFilter::new(rules, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow, arch()?)
         .map_err(filter_err)?;
+    // Hard links are refused as across filesystems (EXDEV), not EPERM: RocksDB's checkpoint
+    // (the backup's consistent copy) then copies its files instead of linking them. The allow-list
+    // lets link and linkat through to this filter, whose errno then stands (the kernel takes the
+    // strictest action of all filters); installed before the allow-list, which forbids seccomp().
+    let no_links = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_link, vec![]), (libc::SYS_linkat, vec![])]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EXDEV as u32),
+        arch()?,
+    )
+    .map_err(filter_err)?;
     let no_clone3 = SeccompFilter::new(
         BTreeMap::from([(libc::SYS_clone3, vec![])]),
         SeccompAction::Allow,
@@ -254,7 +268,7 @@ pub fn install() -> Result<()> {
         arch()?,
     )
     .map_err(filter_err)?;
-    for filter in [no_clone3, allow_list] {
+    for filter in [no_clone3, no_links, allow_list] {
         let program: BpfProgram = filter.try_into().map_err(filter_err)?;
         seccompiler::apply_filter(&program).map_err(filter_err)?;
     }

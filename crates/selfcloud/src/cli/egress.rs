@@ -1,5 +1,5 @@
 //! The flags of the egress channel: which outside hosts instances may reach (an owner's upstream
-//! LLM provider), and how much of them.
+//! LLM provider), how much of them, and where directory backups go.
 
 use clap::Args;
 use selfcloud_control::runtime::egress::EgressConfig;
@@ -23,6 +23,11 @@ pub struct EgressArgs {
     /// Requests one instance may have under way to outside hosts at once.
     #[arg(long, env = "SELFCLOUD_EGRESS_MAX_REQUESTS", default_value_t = 16)]
     pub egress_max_requests: u32,
+    /// A directory where owners may keep their encrypted backups (the "directory" target), each
+    /// instance confined to its own subdirectory, `DIR/<instance id>`, which it names objects in
+    /// and nothing else. Unset (the default): no directory target on this server.
+    #[arg(long, env = "SELFCLOUD_BACKUP_DIR_ROOT")]
+    pub backup_dir_root: Option<std::path::PathBuf>,
 }
 
 impl EgressArgs {
@@ -34,6 +39,7 @@ impl EgressArgs {
             read_timeout: wait,
             max_answer_bytes: self.egress_max_answer_mib.max(1) << 20,
             max_streams: self.egress_max_requests.max(1),
+            backup_dir_root: self.backup_dir_root.clone(),
             ..EgressConfig::default()
         }
     }

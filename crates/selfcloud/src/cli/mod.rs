@@ -31,6 +31,9 @@ pub enum Command {
     Verify(crate::verify::VerifyArgs),
     /// Pull a model for the private assistant (`model pull smollm2`), or list the known ones.
     Model(crate::model::ModelArgs),
+    /// A backup target in your hands: list its snapshots, verify one, or restore one's files,
+    /// with the backup passphrase (or recovery key) alone.
+    Backup(crate::backup::BackupArgs),
     /// The instance process (`instance run`), started by the server's `process` runtime.
     #[command(subcommand)]
     Instance(InstanceCommand),
@@ -130,6 +133,12 @@ pub struct Settings {
     /// Argon2id lanes.
     #[arg(long, env = "SELFCLOUD_KDF_PARALLELISM", default_value_t = KdfParams::default().p_cost)]
     pub kdf_parallelism: u32,
+    /// Argon2id memory of a backup passphrase's wrap (made inside the instance), in KiB.
+    #[arg(long, env = "SELFCLOUD_BACKUP_KDF_MEMORY_KIB", default_value_t = selfcloud_backup::KdfCost::default().memory_kib)]
+    pub backup_kdf_memory_kib: u32,
+    /// Argon2id passes of a backup passphrase's wrap.
+    #[arg(long, env = "SELFCLOUD_BACKUP_KDF_ITERATIONS", default_value_t = selfcloud_backup::KdfCost::default().iterations)]
+    pub backup_kdf_iterations: u32,
     /// Password derivations run at once (each holds the KDF memory); 0 means one per CPU.
     #[arg(long, env = "SELFCLOUD_KDF_CONCURRENCY", default_value_t = 0)]
     pub kdf_concurrency: usize,
@@ -451,6 +460,10 @@ impl Settings {
             // `up` sets it once the model is found.
             llm: None,
             egress: self.egress.config(),
+            backup_kdf: selfcloud_backup::KdfCost {
+                memory_kib: self.backup_kdf_memory_kib.max(8),
+                iterations: self.backup_kdf_iterations.max(1),
+            },
         }
     }
 }

@@ -1,0 +1,115 @@
+//! A directory target: `<root>/<kind>/<id>`, each object written whole (temporary file, fsync,
+//! rename, fsync of the directory).
+
+use super::{check_name, Target, KINDS};
+use async_trait::async_trait;
+use selfcloud_core::{Error, Result};
+use selfcloud_durable::io_err;
+use std::path::PathBuf;
+
+/// A directory on a filesystem the process can write: `<root>/<kind>/<id>`.
+pub struct DirTarget {
+    root: PathBuf,
+}
+
+impl DirTarget {
+    pub fn new(root: impl Into<PathBuf>) -> DirTarget {
+        DirTarget { root: root.into() }
+    }
+
+    fn path(&self, name: &str) -> Result<PathBuf> {
+        check_name(name)?;
+        Ok(self.root.join(name))
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(Error::internal)?
+}
+
+#[async_trait]
+impl Target for DirTarget {
+    async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = self.path(name)?;
+        blocking(move || {
+            let dir = path.parent().expect("a kind directory");
+            if !dir.exists() {
+                selfcloud_durable::create_private_dir(dir)?;
+                selfcloud_durable::sync_dir(dir.parent().expect("the root"))?;
+            }
+            selfcloud_durable::replace(&path, &bytes)
+        })
+        .await
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.path(name)?;
+        blocking(move || match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &path, e)),
+        })
+        .await
+    }
+
+    async fn list(&self, kind: &str) -> Result<Vec<String>> {
+        if !KINDS.contains(&kind) {
+            return Err(Error::internal(format!("not a backup object kind: {kind:?}")));
+        }
+        let dir = self.root.join(kind);
+        let kind = kind.to_owned();
+        blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(io_err("list", &dir, e)),
+            };
+            let mut names = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| io_err("list", &dir, e))?;
+                let name = format!("{kind}/{}", entry.file_name().to_string_lossy());
+                // A write's temporary file, or anything else not ours, is not an object.
+                if check_name(&name).is_ok() {
+                    names.push(name);
+                }
+            }
+            names.sort();
+            Ok(names)
+        })
+        .await
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        let path = self.path(name)?;
+        blocking(move || match std::fs::remove_file(&path) {
+            Ok(()) => selfcloud_durable::sync_dir(path.parent().expect("a kind directory")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &path, e)),
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_directory_target_keeps_whole_objects_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(dir.path());
+        let name = "packs/0123456789abcdef0123456789abcdef";
+        assert_eq!(target.get(name).await.unwrap(), None);
+        assert_eq!(target.list("packs").await.unwrap(), Vec::<String>::new());
+        target.put(name, b"bytes".to_vec()).await.unwrap();
+        assert_eq!(target.get(name).await.unwrap().as_deref(), Some(&b"bytes"[..]));
+        assert_eq!(target.list("packs").await.unwrap(), vec![name.to_owned()]);
+        // A leftover temporary file is not listed.
+        std::fs::write(dir.path().join("packs/0123456789abcdef0123456789abcdef.tmp"), b"x").unwrap();
+        assert_eq!(target.list("packs").await.unwrap().len(), 1);
+        target.delete(name).await.unwrap();
+        target.delete(name).await.unwrap();
+        assert_eq!(target.get(name).await.unwrap(), None);
+        assert!(target.get("packs/../x").await.is_err());
+    }
+}
