@@ -160,3 +160,166 @@ async fn a_server_with_no_backup_root_keeps_no_directory_backups() {
     let (_, _, targets) = server.call(Method::GET, "/v1/backup/targets", Some(&ada), None).await;
     assert_eq!(targets["targets"], json!([]));
 }
+
+/// moto's S3-compatible server on a loopback port, holding one bucket.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const BUCKET: &str = "backups";
+const SECRET_KEY: &str = "s3-secret-key-9f2c1e7a";
+
+/// moto (installed by `./selfcloud test` in the test Python) serving S3 on loopback, with
+/// [`BUCKET`] made; `None` (noted) when this run has no such Python and does not require one.
+async fn moto() -> Option<Moto> {
+    let python = match std::env::var_os("SELFCLOUD_TEST_PYTHON") {
+        Some(python) => python,
+        None if std::env::var_os(common::REQUIRE_MODEL_ENV).is_some() => {
+            panic!("{} is set but SELFCLOUD_TEST_PYTHON is not", common::REQUIRE_MODEL_ENV)
+        }
+        None => {
+            eprintln!("skipped: no SELFCLOUD_TEST_PYTHON with moto (`./selfcloud test` makes one)");
+            return None;
+        }
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = std::process::Command::new(python)
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moto's server starts");
+    let moto = Moto { child, port };
+    let bucket = format!("http://127.0.0.1:{port}/{BUCKET}");
+    for _ in 0..300 {
+        if let Ok(made) = reqwest::Client::new().put(&bucket).send().await {
+            assert!(made.status().is_success(), "making the bucket: {}", made.status());
+            return Some(moto);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("moto's server did not come up on port {port}");
+}
+
+/// Plain HTTP to the bucket, as a user restoring on their own machine would reach it.
+struct Http(reqwest::Client);
+
+#[async_trait::async_trait]
+impl selfcloud_backup::target::Transport for Http {
+    async fn send(&self, request: http::Request<bytes::Bytes>) -> selfcloud_core::Result<http::Response<bytes::Bytes>> {
+        let (head, body) = request.into_parts();
+        let sent = self.0.request(head.method, head.uri.to_string()).body(body).send().await;
+        let sent = sent.map_err(|e| selfcloud_core::Error::internal(e.to_string()))?;
+        let status = sent.status();
+        let bytes = sent.bytes().await.map_err(|e| selfcloud_core::Error::internal(e.to_string()))?;
+        Ok(http::Response::builder().status(status).body(bytes).unwrap())
+    }
+}
+
+/// Every object the bucket holds, by key, read without signing (moto does not check).
+async fn bucket_objects(port: u16) -> Vec<(String, Vec<u8>)> {
+    let base = format!("http://127.0.0.1:{port}/{BUCKET}");
+    let list = reqwest::get(format!("{base}?list-type=2")).await.unwrap().text().await.unwrap();
+    let mut out = Vec::new();
+    for key in list.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()) {
+        let bytes = reqwest::get(format!("{base}/{key}")).await.unwrap().bytes().await.unwrap().to_vec();
+        out.push((key.to_owned(), bytes));
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_owner_backs_up_to_s3_signing_every_request_itself_and_restores_with_the_passphrase_alone() {
+    let Some(moto) = moto().await else { return };
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let allowed = selfcloud_instance::protocol::egress::Origin::parse(&endpoint).unwrap();
+    let server = Server::start_with(move |c| c.egress.allow = vec![allowed]).await;
+    let ada = server.user("ada").await;
+    for i in 0..30 {
+        server
+            .put_ok(&ada, &format!("/v1/storage/{MARKER}s/{MARKER}{i}"), json!({"secret": format!("{MARKER} {i}")}))
+            .await;
+    }
+    let s3 = json!({"kind": "s3", "endpoint": endpoint, "bucket": BUCKET, "region": "us-east-1",
+        "access_key_id": "AKIAADA", "secret_access_key": SECRET_KEY, "prefix": "ada/"});
+    let mut add = s3.clone();
+    add["passphrase"] = json!(PASSPHRASE);
+    let (status, _, added) = server.call(Method::POST, "/v1/backup/targets", Some(&ada), Some(add.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    let recovery = added["recovery_key"].as_str().unwrap().to_owned();
+    let (status, _, taken) =
+        server.call(Method::POST, "/v1/backup/snapshots", Some(&ada), Some(json!({"target": "s3"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{taken}");
+    assert_eq!(taken["snapshots"][0]["verified"], true, "{taken}");
+    server.put_ok(&ada, &format!("/v1/storage/{MARKER}s/{MARKER}7"), json!({"secret": "changed"})).await;
+    let (status, _, taken) = server.call(Method::POST, "/v1/backup/snapshots", Some(&ada), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{taken}");
+
+    // The key is never shown again; the bucket holds sealed objects under random names only.
+    let (_, _, targets) = server.call(Method::GET, "/v1/backup/targets", Some(&ada), None).await;
+    assert_eq!(targets["targets"][0]["s3"]["bucket"], BUCKET, "{targets}");
+    assert!(!targets.to_string().contains(SECRET_KEY), "{targets}");
+    let objects = bucket_objects(moto.port).await;
+    assert!(
+        objects.iter().any(|(k, _)| k.starts_with("ada/packs/")),
+        "{:?}",
+        objects.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+    for (key, bytes) in &objects {
+        assert!(key.starts_with("ada/"), "{key}");
+        selfcloud_backup::target::check_name(key.trim_start_matches("ada/")).unwrap();
+        for needle in [MARKER.as_bytes(), b"SQLite format", b"\"secret\"", SECRET_KEY.as_bytes()] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{key} holds plaintext");
+        }
+    }
+
+    // From the bucket and the recovery key alone, on another machine: every record.
+    let mut s3 = s3;
+    s3.as_object_mut().unwrap().remove("kind");
+    let config: selfcloud_backup::target::S3Config = serde_json::from_value(s3).unwrap();
+    let target = selfcloud_backup::target::S3Target::new(&config, Http(reqwest::Client::new())).unwrap();
+    let repo = Repo::open(Arc::new(target), &Secret::RecoveryKey(recovery.parse().unwrap())).await.unwrap();
+    let newest = repo.snapshots().await.unwrap().pop().unwrap();
+    assert_eq!(newest.id, taken["snapshots"][0]["id"].as_str().unwrap());
+    let scratch = tempfile::tempdir().unwrap();
+    let into = scratch.path().join("restored");
+    repo.restore(&newest, &into, Default::default()).await.unwrap();
+    let key = selfcloud_store::DataKey::from_bytes(newest.data_key);
+    let store = selfcloud_store::Store::open(
+        EngineKind::Sqlite,
+        &into,
+        &key,
+        selfcloud_store::StoreOptions { quota_bytes: u64::MAX },
+    )
+    .unwrap();
+    let collection = selfcloud_core::Collection::parse(&format!("{MARKER}s")).unwrap();
+    let page = store.list(&collection, "", 100, usize::MAX, None).unwrap();
+    assert_eq!(page.records.len(), 30);
+    let changed = page.records.iter().find(|r| r.key.as_str() == format!("{MARKER}7")).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&changed.value).unwrap(), json!({"secret": "changed"}));
+}
+
+/// An S3 endpoint the operator did not allow-list is never reached: the target is refused.
+#[tokio::test]
+async fn an_s3_target_off_the_egress_allow_list_is_refused() {
+    let Some(moto) = moto().await else { return };
+    let server = Server::start().await;
+    let ada = server.user("ada").await;
+    let add = json!({"kind": "s3", "endpoint": format!("http://127.0.0.1:{}", moto.port), "bucket": BUCKET,
+        "region": "us-east-1", "access_key_id": "AKIAADA", "secret_access_key": SECRET_KEY, "passphrase": PASSPHRASE});
+    let (status, _, body) = server.call(Method::POST, "/v1/backup/targets", Some(&ada), Some(add)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(bucket_objects(moto.port).await.is_empty());
+    // A target that is not one is a 400.
+    let bad = json!({"kind": "ftp", "passphrase": PASSPHRASE});
+    let (status, _, body) = server.call(Method::POST, "/v1/backup/targets", Some(&ada), Some(bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}

@@ -4,9 +4,11 @@
 
 mod dir;
 mod remote;
+mod s3;
 
 pub use dir::DirTarget;
 pub use remote::{serve, DirRequest, RemoteDir, Transport, DIR_ORIGIN};
+pub use s3::{S3Config, S3Target};
 
 use async_trait::async_trait;
 use selfcloud_core::{Error, Result};

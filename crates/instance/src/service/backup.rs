@@ -17,7 +17,7 @@ use axum::routing::{delete, get, post};
 use axum::Json;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use selfcloud_backup::target::RemoteDir;
+use selfcloud_backup::target::{RemoteDir, S3Config, S3Target};
 use selfcloud_backup::{BackupKey, Manifest, Progress, Repo, Secret, Target};
 use selfcloud_core::{Collection, Error, ErrorCode, RecordKey, Result};
 use selfcloud_store::{DataKey, Precondition};
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 pub static PART: Part = Part {
     name: "backup",
@@ -34,7 +35,7 @@ pub static PART: Part = Part {
             Method::POST,
             "/v1/backup/targets",
             Access::Owner,
-            "Adds a backup target: `{kind: \"directory\", passphrase}` (a directory the server's operator set aside for backups, this instance's own part of it). A new target is set up with a new backup key, wrapped under the passphrase and under a recovery key shown in this answer only; one that already holds this user's backup is opened with the passphrase (owner only).",
+            "Adds a backup target: `{kind: \"directory\", passphrase}` (a directory the server's operator set aside for backups, this instance's own part of it) or `{kind: \"s3\", passphrase, endpoint, bucket, region, access_key_id, secret_access_key, prefix?, path_style?}` (an S3-compatible bucket whose origin the operator allow-lists; the key is kept sealed here and signs each request, never shown again). A new target is set up with a new backup key, wrapped under the passphrase and under a recovery key shown in this answer only; one that already holds this user's backup is opened with the passphrase (owner only).",
             || post(add_target),
         )
         .body(crate::part::Body::Json)
@@ -76,19 +77,31 @@ const MAX_TARGETS: usize = 8;
 /// The largest answer read from a target (a list of every pack of a large backup).
 const TARGET_ANSWER_BYTES: usize = 16 << 20;
 
-/// The kinds of target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Kind {
+/// A target, as the owner names it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Spec {
     /// This instance's subdirectory of the operator's backup root, written by control.
     Directory,
+    /// An S3-compatible bucket the owner holds a key to; its origin must be on the server's
+    /// egress allow-list.
+    S3(S3Config),
+}
+
+impl Spec {
+    fn id(&self) -> &'static str {
+        match self {
+            Spec::Directory => "directory",
+            Spec::S3(_) => "s3",
+        }
+    }
 }
 
 /// A target as kept (sealed) in the store.
 #[derive(Clone, Serialize, Deserialize)]
 struct Kept {
     id: String,
-    kind: Kind,
+    spec: Spec,
     added_at_ms: u64,
     backup_key: String,
     #[serde(default)]
@@ -108,22 +121,20 @@ struct Last {
 
 impl Kept {
     fn shown(&self) -> Value {
-        json!({
+        let mut shown = json!({
             "id": self.id,
-            "kind": self.kind,
+            "kind": self.spec.id(),
             "added_at_ms": self.added_at_ms,
             "last_snapshot": self.last.as_ref().map(|l| json!({"id": l.snapshot, "taken_at_ms": l.taken_at_ms, "bytes": l.bytes})),
             "last_verified_at_ms": self.last.as_ref().and_then(|l| l.verified_at_ms),
             "last_error": self.last_error,
-        })
+        });
+        // Never the secret key.
+        if let Spec::S3(config) = &self.spec {
+            shown["s3"] = config.shown();
+        }
+        shown
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddTarget {
-    kind: Kind,
-    passphrase: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -152,10 +163,22 @@ async fn keep(s: &Shared, kept: &Kept) -> Result<()> {
 }
 
 /// The objects of a target, reached the one way this instance has out.
-fn reach(s: &Arc<Shared>, kind: Kind) -> Arc<dyn Target> {
-    match kind {
-        Kind::Directory => Arc::new(RemoteDir::new(Egress(s.clone()))),
-    }
+fn reach(s: &Arc<Shared>, spec: &Spec) -> Result<Arc<dyn Target>> {
+    Ok(match spec {
+        Spec::Directory => Arc::new(RemoteDir::new(Egress(s.clone()))),
+        Spec::S3(config) => Arc::new(S3Target::new(config, Egress(s.clone()))?),
+    })
+}
+
+/// `{kind, passphrase, ...}`: the passphrase, and the target the rest names.
+fn read_add(headers: &HeaderMap, body: &[u8]) -> Result<(Zeroizing<String>, Spec)> {
+    let mut fields: serde_json::Map<String, Value> = json_body(headers, body)?;
+    let passphrase = match fields.remove("passphrase") {
+        Some(Value::String(p)) => Zeroizing::new(p),
+        _ => return Err(Error::invalid("passphrase: the backup passphrase, a string")),
+    };
+    let spec = serde_json::from_value(Value::Object(fields)).map_err(|e| Error::invalid(format!("the target: {e}")))?;
+    Ok((passphrase, spec))
 }
 
 /// Requests on the egress channel, their answers read whole (bounded).
@@ -179,29 +202,27 @@ impl selfcloud_backup::target::Transport for Egress {
 }
 
 async fn add_target(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
-    let add: AddTarget = json_body(&headers, &body)?;
-    let secret = Secret::passphrase(&add.passphrase);
-    selfcloud_backup::keys::check_passphrase(&add.passphrase)?;
+    let (passphrase, spec) = read_add(&headers, &body)?;
+    selfcloud_backup::keys::check_passphrase(&passphrase)?;
     let kept = targets(&s).await?;
-    if kept.iter().any(|t| t.kind == add.kind) {
-        return Err(Error::conflict("that target is added already").into());
+    if kept.iter().any(|t| t.id == spec.id()) {
+        return Err(Error::conflict("that target is added already; remove it first to name another").into());
     }
     if kept.len() >= MAX_TARGETS {
         return Err(Error::conflict(format!("an instance has at most {MAX_TARGETS} backup targets")).into());
     }
-    let target = reach(&s, add.kind);
+    let target = reach(&s, &spec)?;
     // A target holding this user's backup (after a move, or a lost instance) is opened, not set
     // up again over it.
     let (key, recovery) = if target.list("keys").await?.is_empty() {
-        let (_, key, recovery) = Repo::init(target, &add.passphrase, s.settings.backup_kdf).await?;
+        let (_, key, recovery) = Repo::init(target, &passphrase, s.settings.backup_kdf).await?;
         (key, Some(recovery.to_string()))
     } else {
-        (Repo::unlock(target.as_ref(), &secret).await?, None)
+        (Repo::unlock(target.as_ref(), &Secret::Passphrase(passphrase)).await?, None)
     };
-    let id = format!("{:?}", add.kind).to_lowercase();
     let kept = Kept {
-        id,
-        kind: add.kind,
+        id: spec.id().to_owned(),
+        spec,
         added_at_ms: ctx.0.now_ms,
         backup_key: key.to_hex().to_string(),
         last: None,
@@ -247,7 +268,7 @@ async fn take_snapshots(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiB
 /// One snapshot to one target, then its drill; `kept` learns of both.
 async fn snapshot(s: &Arc<Shared>, kept: &mut Kept, now_ms: u64) -> Result<Value> {
     let _one_at_a_time = s.backup_runs.lock().await;
-    let repo = Repo::with_key(reach(s, kept.kind), &BackupKey::from_hex(&kept.backup_key)?);
+    let repo = Repo::with_key(reach(s, &kept.spec)?, &BackupKey::from_hex(&kept.backup_key)?);
     // The last snapshot's chunks are not sent again; if it is gone, everything is.
     let parent = match &kept.last {
         Some(last) => repo.manifest(&last.snapshot).await.ok(),
@@ -291,7 +312,7 @@ async fn drill(s: &Shared, repo: &Repo, manifest: &Manifest) -> Result<()> {
 async fn list_snapshots(s: S, Path(id): Path<String>) -> ApiResult<Response> {
     let kept =
         targets(&s).await?.into_iter().find(|t| t.id == id).ok_or_else(|| Error::not_found("no such backup target"))?;
-    let repo = Repo::with_key(reach(&s, kept.kind), &BackupKey::from_hex(&kept.backup_key)?);
+    let repo = Repo::with_key(reach(&s, &kept.spec)?, &BackupKey::from_hex(&kept.backup_key)?);
     let shown: Vec<Value> = repo
         .snapshots()
         .await?
