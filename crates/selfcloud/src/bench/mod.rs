@@ -8,6 +8,7 @@
 //! 3. floor A: the same reads from a bare axum handler answering the bytes from memory;
 //! 4. floor B: the same records read straight from a plain (unencrypted) SQLite table.
 
+mod backup;
 mod crash;
 mod external;
 mod gateway;
@@ -59,6 +60,9 @@ pub enum BenchCommand {
     Instances(instances::InstancesArgs),
     /// Streamed chat through the gateway beside llama.cpp's `llama-server` on the same model.
     Llm(llm::LlmBenchArgs),
+    /// Backups of one instance's store beside restic on the same files: first snapshot, a 1 %
+    /// scattered change, a 1 % append, and a restore.
+    Backup(backup::BackupBenchArgs),
 }
 
 impl BenchArgs {
@@ -147,6 +151,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(BenchCommand::Instances(a)) => {
             init_logging();
             return instances::run(a).await;
+        }
+        Some(BenchCommand::Backup(a)) => {
+            init_logging();
+            return backup::run(a).await;
         }
         Some(BenchCommand::Store(store)) => {
             init_logging();
