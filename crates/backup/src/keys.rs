@@ -101,6 +101,7 @@ impl std::str::FromStr for RecoveryKey {
 }
 
 /// What a user gives to open a target.
+#[derive(Clone)]
 pub enum Secret {
     Passphrase(Zeroizing<String>),
     RecoveryKey(RecoveryKey),
@@ -169,7 +170,11 @@ pub(crate) fn wrap(key: &BackupKey, secret: &Secret, cost: KdfCost) -> Result<Ke
     Ok(KeyObject { v: KEY_OBJECT_VERSION, kind, salt: hex::encode(salt), cost, wrapped: hex::encode(wrapped) })
 }
 
-/// The backup key, if `secret` is the one this wrap was made under; `None` if it is another.
+/// The costliest wrap tried: a target is not trusted to name the work (or memory) it takes.
+const MAX_KDF: KdfCost = KdfCost { memory_kib: 1 << 20, iterations: 16 };
+
+/// The backup key, if `secret` is the one this wrap was made under; `None` if it is another,
+/// or not a wrap this version reads (a target may hold anything: the other wraps are tried).
 pub(crate) fn unwrap(object: &KeyObject, secret: &Secret) -> Result<Option<BackupKey>> {
     let kind = match secret {
         Secret::Passphrase(_) => WrapKind::Passphrase,
@@ -178,13 +183,14 @@ pub(crate) fn unwrap(object: &KeyObject, secret: &Secret) -> Result<Option<Backu
     if object.v != KEY_OBJECT_VERSION || object.kind != kind {
         return Ok(None);
     }
-    let salt = hex::decode(&object.salt).map_err(|_| damaged_key())?;
-    let wrapped = hex::decode(&object.wrapped).map_err(|_| damaged_key())?;
-    let kek = key_encryption_key(secret, &salt, object.cost)?;
+    if object.cost.is_some_and(|c| c.memory_kib > MAX_KDF.memory_kib || c.iterations > MAX_KDF.iterations) {
+        return Ok(None);
+    }
+    let (Ok(salt), Ok(wrapped)) = (hex::decode(&object.salt), hex::decode(&object.wrapped)) else { return Ok(None) };
+    let Ok(kek) = key_encryption_key(secret, &salt, object.cost) else { return Ok(None) };
     let Ok(opened) = kek.open(WRAP_AAD, wrapped) else { return Ok(None) };
     let opened = Zeroizing::new(opened);
-    let bytes: [u8; 32] = opened.as_slice().try_into().map_err(|_| damaged_key())?;
-    Ok(Some(BackupKey(bytes)))
+    Ok(<[u8; 32]>::try_from(opened.as_slice()).ok().map(BackupKey))
 }
 
 fn key_encryption_key(secret: &Secret, salt: &[u8], cost: Option<KdfCost>) -> Result<Sealer> {

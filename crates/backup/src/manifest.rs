@@ -73,7 +73,8 @@ impl Manifest {
         );
         let bad = || crate::damaged(format!("snapshot {id} is not a manifest this version reads"));
         let len = plain.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))).ok_or_else(bad)?;
-        let body = plain.get(8..8 + len as usize).ok_or_else(bad)?;
+        let end = usize::try_from(len).ok().and_then(|len| len.checked_add(8)).ok_or_else(bad)?;
+        let body = plain.get(8..end).ok_or_else(bad)?;
         let manifest: Manifest = postcard::from_bytes(body).map_err(|_| bad())?;
         if manifest.version != MANIFEST_VERSION || manifest.id != id {
             return Err(bad());

@@ -18,6 +18,15 @@ use tokio::sync::mpsc;
 
 /// Packs cut but not yet sent: the cutter runs this far ahead of the sender.
 const PACKS_AHEAD: usize = 2;
+/// The most parts a manifest is read from (4 GiB of manifest in packs' size: far past any store's).
+const MAX_MANIFEST_PARTS: usize = 1 << 20;
+
+/// What `snapshots/<id>` holds: the sealed manifest, or the parts it was stored in.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum Stored {
+    Whole(Vec<u8>),
+    Parts(Vec<String>),
+}
 
 pub struct Repo {
     target: Arc<dyn Target>,
@@ -26,6 +35,8 @@ pub struct Repo {
     /// Snapshots and collections one at a time: a collection never takes a pack that a
     /// snapshot under way has sent but not yet named in its manifest.
     writing: tokio::sync::Mutex<()>,
+    /// A manifest longer than this is stored in parts (one request each).
+    manifest_part_bytes: usize,
 }
 
 /// What a listing shows of a snapshot.
@@ -41,7 +52,20 @@ impl Repo {
     /// The repository at `target` under a backup key already unlocked (kept, sealed, by the
     /// instance, so scheduled snapshots need no passphrase).
     pub fn with_key(target: Arc<dyn Target>, key: &BackupKey) -> Repo {
-        Repo { target, sealer: Arc::new(key.sealer()), ids: key.chunk_ids(), writing: Default::default() }
+        Repo {
+            target,
+            sealer: Arc::new(key.sealer()),
+            ids: key.chunk_ids(),
+            writing: Default::default(),
+            manifest_part_bytes: PACK_BYTES,
+        }
+    }
+
+    /// Stores manifests longer than `bytes` in parts of that size (a target whose requests are
+    /// smaller than a pack; tests).
+    pub fn with_manifest_parts_of(mut self, bytes: usize) -> Repo {
+        self.manifest_part_bytes = bytes.clamp(1024, PACK_BYTES);
+        self
     }
 
     /// Sets up a repository at an empty target: a new backup key, wrapped under `passphrase`
@@ -57,10 +81,16 @@ impl Repo {
         }
         let key = BackupKey::generate();
         let recovery = RecoveryKey::generate();
-        let wraps = [
-            keys::wrap(&key, &Secret::passphrase(passphrase), cost)?,
-            keys::wrap(&key, &Secret::RecoveryKey(recovery.clone()), cost)?,
-        ];
+        let (wrapping, secret, by_recovery) = (key.clone(), Secret::passphrase(passphrase), recovery.clone());
+        // Argon2id is seconds of CPU: off the async runtime.
+        let wraps = tokio::task::spawn_blocking(move || {
+            Ok::<_, Error>([
+                keys::wrap(&wrapping, &Secret::RecoveryKey(by_recovery), cost)?,
+                keys::wrap(&wrapping, &secret, cost)?,
+            ])
+        })
+        .await
+        .map_err(Error::internal)??;
         for wrap in wraps {
             let bytes = serde_json::to_vec(&wrap).map_err(Error::internal)?;
             target.put(&new_name("keys"), bytes).await?;
@@ -83,7 +113,11 @@ impl Repo {
         for name in names {
             let Some(bytes) = target.get(&name).await? else { continue };
             let Ok(object) = serde_json::from_slice::<KeyObject>(&bytes) else { continue };
-            if let Some(key) = keys::unwrap(&object, secret)? {
+            // Argon2id is seconds of CPU: off the async runtime.
+            let secret = secret.clone();
+            let key =
+                tokio::task::spawn_blocking(move || keys::unwrap(&object, &secret)).await.map_err(Error::internal)?;
+            if let Some(key) = key? {
                 return Ok(key);
             }
         }
@@ -130,28 +164,76 @@ impl Repo {
             packs,
             files,
         };
-        self.target.put(&format!("snapshots/{}", manifest.id), manifest.seal(&self.sealer)?).await?;
+        self.put_manifest(&manifest).await?;
         Ok(manifest)
+    }
+
+    /// Stores the sealed manifest: whole as `snapshots/<id>` when it fits one object, else in
+    /// parts of [`PACK_BYTES`] (pack objects, sent first) that the snapshot object names. A part
+    /// swapped or missing fails the manifest's seal, so the names need no seal of their own.
+    async fn put_manifest(&self, manifest: &Manifest) -> Result<()> {
+        let sealed = manifest.seal(&self.sealer)?;
+        let stored = if sealed.len() <= self.manifest_part_bytes {
+            Stored::Whole(sealed)
+        } else {
+            let mut parts = Vec::new();
+            for piece in sealed.chunks(self.manifest_part_bytes) {
+                let name = new_name("packs");
+                self.target.put(&name, piece.to_vec()).await?;
+                parts.push(name);
+            }
+            Stored::Parts(parts)
+        };
+        let bytes = postcard::to_stdvec(&stored).map_err(Error::internal)?;
+        self.target.put(&format!("snapshots/{}", manifest.id), bytes).await
+    }
+
+    /// The manifest stored as `snapshots/<id>` (`None` if there is none), with the names of the
+    /// parts it was stored in.
+    async fn read_manifest(&self, id: &str) -> Result<Option<(Manifest, Vec<String>)>> {
+        let Some(bytes) = self.target.get(&format!("snapshots/{id}")).await? else { return Ok(None) };
+        let stored: Stored = postcard::from_bytes(&bytes)
+            .map_err(|_| damaged(format!("snapshot {id} is not one this version reads")))?;
+        let (sealed, parts) = match stored {
+            Stored::Whole(sealed) => (sealed, Vec::new()),
+            Stored::Parts(parts) => {
+                if parts.len() > MAX_MANIFEST_PARTS || parts.iter().any(|p| crate::target::check_name(p).is_err()) {
+                    return Err(damaged(format!("snapshot {id} names parts that are not ours")));
+                }
+                let mut sealed = Vec::new();
+                for part in &parts {
+                    let piece = self.target.get(part).await?.ok_or_else(|| damaged(format!("{part} is missing")))?;
+                    sealed.extend_from_slice(&piece);
+                }
+                (sealed, parts)
+            }
+        };
+        Ok(Some((Manifest::open(&self.sealer, id, sealed)?, parts)))
     }
 
     /// The snapshot `id`'s manifest.
     pub async fn manifest(&self, id: &str) -> Result<Manifest> {
         let name = format!("snapshots/{id}");
         crate::target::check_name(&name).map_err(|_| Error::invalid("not a snapshot id"))?;
-        let sealed = self.target.get(&name).await?.ok_or_else(|| Error::not_found("no such snapshot"))?;
-        Manifest::open(&self.sealer, id, sealed)
+        Ok(self.read_manifest(id).await?.ok_or_else(|| Error::not_found("no such snapshot"))?.0)
     }
 
     /// Every snapshot at the target, oldest first.
     pub async fn snapshots(&self) -> Result<Vec<Manifest>> {
+        Ok(self.stored_snapshots().await?.into_iter().map(|(m, _)| m).collect())
+    }
+
+    /// Every snapshot with the parts its manifest is stored in, oldest first.
+    async fn stored_snapshots(&self) -> Result<Vec<(Manifest, Vec<String>)>> {
         let mut all = Vec::new();
         for name in self.target.list("snapshots").await? {
             let id = name.trim_start_matches("snapshots/");
             // Removed between the listing and the read: not there.
-            let Some(sealed) = self.target.get(&name).await? else { continue };
-            all.push(Manifest::open(&self.sealer, id, sealed)?);
+            if let Some(stored) = self.read_manifest(id).await? {
+                all.push(stored);
+            }
         }
-        all.sort_by(|a, b| (a.taken_at_ms, &a.id).cmp(&(b.taken_at_ms, &b.id)));
+        all.sort_by(|(a, _), (b, _)| (a.taken_at_ms, &a.id).cmp(&(b.taken_at_ms, &b.id)));
         Ok(all)
     }
 
@@ -200,7 +282,12 @@ impl Repo {
     /// returns how many.
     pub async fn collect_garbage(&self) -> Result<usize> {
         let _one_at_a_time = self.writing.lock().await;
-        let named: HashSet<String> = self.snapshots().await?.into_iter().flat_map(|m| m.packs).collect();
+        let named: HashSet<String> = self
+            .stored_snapshots()
+            .await?
+            .into_iter()
+            .flat_map(|(m, parts)| m.packs.into_iter().chain(parts))
+            .collect();
         let mut removed = 0;
         for pack in self.target.list("packs").await? {
             if !named.contains(&pack) {

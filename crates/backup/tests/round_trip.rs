@@ -285,3 +285,31 @@ async fn a_snapshot_cut_short_leaves_nothing_a_collection_keeps() {
     assert_eq!(repo.collect_garbage().await.unwrap(), kept.len());
     assert!(target.list("packs").await.unwrap().is_empty());
 }
+
+/// A manifest longer than one object goes in parts: it reads back whole, a collection keeps its
+/// parts, and a damaged part is named like a damaged pack.
+#[tokio::test]
+async fn a_long_manifest_is_stored_in_parts() {
+    let i = instance(EngineKind::Sqlite);
+    fill(&i, 300, "parts");
+    let scratch = tempfile::tempdir().unwrap();
+    let target_dir = tempfile::tempdir().unwrap();
+    let target: Arc<dyn Target> = Arc::new(DirTarget::new(target_dir.path()));
+    let (repo, _, _) = Repo::init(target.clone(), PASSPHRASE, CHEAP).await.unwrap();
+    let repo = repo.with_manifest_parts_of(1024);
+    let m = repo.snapshot(&copy(&i, scratch.path()), "{}".into(), [0; 32], 1, None, Default::default()).await.unwrap();
+    let packs = target.list("packs").await.unwrap();
+    assert!(packs.len() > m.packs.len() + 1, "{} objects for {} packs", packs.len(), m.packs.len());
+    assert_eq!(repo.manifest(&m.id).await.unwrap(), m);
+    assert_eq!(repo.collect_garbage().await.unwrap(), 0, "the parts are named");
+    let into = scratch.path().join("restored");
+    repo.restore(&m, &into, Default::default()).await.unwrap();
+    assert_eq!(records(&opened(EngineKind::Sqlite, &into, &i.key)), records(&i.store));
+    let part = packs.iter().find(|p| !m.packs.contains(p)).unwrap();
+    let path = target_dir.path().join(part);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let err = repo.manifest(&m.id).await.unwrap_err();
+    assert!(err.message.contains("damaged"), "{err:?}");
+}

@@ -115,6 +115,15 @@ async fn backs_up_to_a_directory(engine: EngineKind) {
     // The directory holds the instance's own subdirectory only, and nothing readable in it.
     let subdirs: Vec<PathBuf> = std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(subdirs.len(), 1, "{subdirs:?}");
+    // Another owner's backups go to a subdirectory of their own, beside it, and leave Ada's as they were.
+    let bob = server.user("bob").await;
+    let (status, _, body) = server.call(Method::POST, "/v1/backup/targets", Some(&bob), Some(add.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "a target of its own, though the passphrase is the same: {body}");
+    let (status, _, body) = server.call(Method::POST, "/v1/backup/snapshots", Some(&bob), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 2);
+    let (_, _, listed) = server.call(Method::GET, "/v1/backup/targets/directory/snapshots", Some(&ada), None).await;
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 2, "{listed}");
     for file in files_under(root.path()) {
         let bytes = std::fs::read(&file).unwrap();
         for needle in [MARKER.as_bytes(), b"SQLite format", b"\"secret\""] {
@@ -237,7 +246,7 @@ async fn bucket_objects(port: u16) -> Vec<(String, Vec<u8>)> {
 }
 
 #[tokio::test]
-async fn an_owner_backs_up_to_s3_signing_every_request_itself_and_restores_with_the_passphrase_alone() {
+async fn an_owner_backs_up_to_s3_through_the_egress_channel_and_restores_with_the_recovery_key_alone() {
     let Some(moto) = moto().await else { return };
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
     let allowed = selfcloud_instance::protocol::egress::Origin::parse(&endpoint).unwrap();

@@ -7,6 +7,9 @@ use selfcloud_core::{Error, Result};
 use selfcloud_durable::io_err;
 use std::path::PathBuf;
 
+/// The largest object read back: a pack or a manifest's part, with room to spare.
+const MAX_OBJECT_BYTES: u64 = 2 * crate::PACK_BYTES as u64;
+
 /// A directory on a filesystem the process can write: `<root>/<kind>/<id>`.
 pub struct DirTarget {
     root: PathBuf,
@@ -44,10 +47,18 @@ impl Target for DirTarget {
 
     async fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let path = self.path(name)?;
-        blocking(move || match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("read", &path, e)),
+        blocking(move || {
+            // What a directory holds may have been planted: no link followed, no file read past
+            // the largest object a repository writes.
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err("read", &path, e)),
+            };
+            if !meta.is_file() || meta.len() > MAX_OBJECT_BYTES {
+                return Err(crate::damaged(format!("{} is not an object a backup writes", path.display())));
+            }
+            std::fs::read(&path).map(Some).map_err(|e| io_err("read", &path, e))
         })
         .await
     }

@@ -15,6 +15,8 @@ use std::time::Duration;
 /// How long a signed request stays good: long enough to cross a slow link, short enough that
 /// one seen on the way is soon worthless.
 const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
+/// The most names one list may hold (a million packs: 4 TiB of backup).
+const MAX_LISTED: usize = 1 << 20;
 /// The longest prefix a bucket's objects may be kept under.
 const MAX_PREFIX_CHARS: usize = 200;
 
@@ -22,7 +24,7 @@ const MAX_PREFIX_CHARS: usize = 200;
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
-    /// The service's base URL, e.g. `https://s3.eu-west-1.amazonaws.com` (https, or http on loopback).
+    /// The service's base URL, e.g. `https://s3.eu-west-1.amazonaws.com` (https; http on loopback only).
     pub endpoint: String,
     pub bucket: String,
     pub region: String,
@@ -74,8 +76,13 @@ impl<T: Transport> S3Target<T> {
     pub fn new(config: &S3Config, transport: T) -> Result<S3Target<T>> {
         let endpoint: url::Url =
             config.endpoint.trim_end_matches('/').parse().map_err(|e| Error::invalid(format!("endpoint: {e}")))?;
-        if !matches!(endpoint.scheme(), "http" | "https") || endpoint.query().is_some() {
-            return Err(Error::invalid("endpoint: an http or https URL with no query"));
+        let loopback = matches!(endpoint.host(), Some(url::Host::Ipv4(a)) if a.is_loopback())
+            || matches!(endpoint.host(), Some(url::Host::Ipv6(a)) if a.is_loopback())
+            || endpoint.host_str() == Some("localhost");
+        // Signed requests stay good for minutes: never in the clear off this machine.
+        let secure = endpoint.scheme() == "https" || (endpoint.scheme() == "http" && loopback);
+        if !secure || endpoint.query().is_some() {
+            return Err(Error::invalid("endpoint: an https URL (http on loopback only) with no query"));
         }
         let plain = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !plain(&config.bucket) || !plain(&config.region) {
@@ -169,7 +176,11 @@ impl<T: Transport> Target for S3Target<T> {
                 }
             }
             match page.next_continuation_token {
-                Some(next) => token = Some(next),
+                // A token given twice, or a list past any backup's, is a target going in circles.
+                Some(next) if token.as_deref() != Some(next.as_str()) && names.len() <= MAX_LISTED => {
+                    token = Some(next)
+                }
+                Some(_) => return Err(Error::new(ErrorCode::UpstreamFailed, "the S3 target's list does not end")),
                 None => break,
             }
         }

@@ -204,6 +204,8 @@ impl selfcloud_backup::target::Transport for Egress {
 async fn add_target(s: S, ctx: Ctx, headers: HeaderMap, ApiBytes(body): ApiBytes) -> ApiResult<Response> {
     let (passphrase, spec) = read_add(&headers, &body)?;
     selfcloud_backup::keys::check_passphrase(&passphrase)?;
+    // One add (or snapshot) at a time: two adds at once would set up two keys at one target.
+    let _one_at_a_time = s.backup_runs.lock().await;
     let kept = targets(&s).await?;
     if kept.iter().any(|t| t.id == spec.id()) {
         return Err(Error::conflict("that target is added already; remove it first to name another").into());
@@ -281,16 +283,14 @@ async fn snapshot(s: &Arc<Shared>, kept: &mut Kept, now_ms: u64) -> Result<Value
     let manifest =
         repo.snapshot(&copy.path().join("copy"), account, data_key, now_ms, parent.as_ref(), progress).await?;
     drop(copy);
+    // Only a snapshot that restored whole becomes the next one's parent.
+    drill(s, &repo, &manifest).await?;
     kept.last = Some(Last {
         snapshot: manifest.id.clone(),
         taken_at_ms: now_ms,
         bytes: manifest.bytes(),
-        verified_at_ms: None,
+        verified_at_ms: Some(now_ms),
     });
-    drill(s, &repo, &manifest).await?;
-    if let Some(last) = kept.last.as_mut() {
-        last.verified_at_ms = Some(now_ms);
-    }
     tracing::info!(instance = %s.settings.id, target = %kept.id, snapshot = %manifest.id, bytes = manifest.bytes(), "backup snapshot taken and verified");
     Ok(
         json!({"target": kept.id, "id": manifest.id, "taken_at_ms": now_ms, "bytes": manifest.bytes(), "verified": true}),
