@@ -58,10 +58,10 @@ async fn backs_up_to_a_directory(engine: EngineKind) {
     })
     .await;
     let ada = server.user("ada").await;
+    // Enough pages (about 60 KiB of records) that one changed record is a small part of them.
     for i in 0..40 {
-        server
-            .put_ok(&ada, &format!("/v1/storage/{MARKER}s/{MARKER}{i}"), json!({"secret": format!("{MARKER} {i}")}))
-            .await;
+        let value = json!({"secret": format!("{MARKER} {i}"), "pad": "p".repeat(1500)});
+        server.put_ok(&ada, &format!("/v1/storage/{MARKER}s/{MARKER}{i}"), value).await;
     }
     let add = json!({"kind": "directory", "passphrase": PASSPHRASE});
 
@@ -156,6 +156,32 @@ async fn backs_up_to_a_directory(engine: EngineKind) {
     }
     let err = Repo::open(target, &Secret::passphrase("not the passphrase at all")).await.err().unwrap();
     assert_eq!(err.code, selfcloud_core::ErrorCode::Forbidden);
+}
+
+/// Each instance's share of the backup directory is bounded: a snapshot past it is a 507, and
+/// the owner's records are untouched.
+#[tokio::test]
+async fn a_snapshot_past_the_directory_quota_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().to_owned();
+    let server = Server::start_with(move |c| {
+        c.egress.backup_dir_root = Some(dir);
+        c.egress.backup_dir_max_bytes = 16 << 10;
+    })
+    .await;
+    let ada = server.user("ada").await;
+    for i in 0..20 {
+        server.put_ok(&ada, &format!("/v1/storage/notes/n{i}"), json!({"n": i, "pad": "p".repeat(2000)})).await;
+    }
+    let add = json!({"kind": "directory", "passphrase": PASSPHRASE});
+    let (status, _, body) = server.call(Method::POST, "/v1/backup/targets", Some(&ada), Some(add)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _, body) = server.call(Method::POST, "/v1/backup/snapshots", Some(&ada), None).await;
+    assert_eq!(status.as_u16(), 507, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("backup directory is full"), "{body}");
+    assert!(bytes_under(root.path()) <= 16 << 10);
+    let (status, _, _) = server.call(Method::GET, "/v1/storage/notes/n3", Some(&ada), None).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]

@@ -198,6 +198,7 @@ fn help_names_every_limit() {
         "--assistant-max-memories",
         "--assistant-embeds-per-pass",
         "--backup-dir-root",
+        "--backup-dir-max-mib",
         "--backup-kdf-memory-kib",
         "--backup-kdf-iterations",
         "SELFCLOUD_MODEL",

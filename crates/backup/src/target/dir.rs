@@ -13,11 +13,20 @@ const MAX_OBJECT_BYTES: u64 = 2 * crate::PACK_BYTES as u64;
 /// A directory on a filesystem the process can write: `<root>/<kind>/<id>`.
 pub struct DirTarget {
     root: PathBuf,
+    /// The most bytes its objects may hold together; a write past it is refused (507).
+    quota_bytes: u64,
 }
 
 impl DirTarget {
     pub fn new(root: impl Into<PathBuf>) -> DirTarget {
-        DirTarget { root: root.into() }
+        DirTarget { root: root.into(), quota_bytes: u64::MAX }
+    }
+
+    /// A target whose objects may hold at most `bytes` together (the server's bound on each
+    /// instance's share of its backup directory).
+    pub fn with_quota(mut self, bytes: u64) -> DirTarget {
+        self.quota_bytes = bytes;
+        self
     }
 
     fn path(&self, name: &str) -> Result<PathBuf> {
@@ -34,7 +43,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 impl Target for DirTarget {
     async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
         let path = self.path(name)?;
+        let (root, quota) = (self.root.clone(), self.quota_bytes);
         blocking(move || {
+            if quota != u64::MAX {
+                // What is there, less the object this write replaces, plus what it writes.
+                let replaced = std::fs::symlink_metadata(&path).map_or(0, |m| m.len());
+                let held = bytes_under(&root) - replaced.min(bytes_under(&root));
+                if held + bytes.len() as u64 > quota {
+                    return Err(Error::new(
+                        selfcloud_core::ErrorCode::DiskFull,
+                        format!("the backup directory is full: it holds {held} of its {quota} bytes"),
+                    ));
+                }
+            }
             let dir = path.parent().expect("a kind directory");
             if !dir.exists() {
                 selfcloud_durable::create_private_dir(dir)?;
@@ -101,6 +122,16 @@ impl Target for DirTarget {
     }
 }
 
+/// The bytes of the objects under `root`.
+fn bytes_under(root: &std::path::Path) -> u64 {
+    KINDS
+        .iter()
+        .filter_map(|kind| std::fs::read_dir(root.join(kind)).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter_map(|e| e.metadata().ok().filter(|m| m.is_file()).map(|m| m.len()))
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +153,18 @@ mod tests {
         target.delete(name).await.unwrap();
         assert_eq!(target.get(name).await.unwrap(), None);
         assert!(target.get("packs/../x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_write_past_the_quota_is_refused_and_a_replacement_counts_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = DirTarget::new(dir.path()).with_quota(10);
+        let (a, b) = ("packs/0123456789abcdef0123456789abcdef", "packs/fedcba9876543210fedcba9876543210");
+        target.put(a, vec![1; 6]).await.unwrap();
+        target.put(a, vec![2; 8]).await.unwrap();
+        let err = target.put(b, vec![3; 3]).await.unwrap_err();
+        assert_eq!(err.code, selfcloud_core::ErrorCode::DiskFull, "{err:?}");
+        assert_eq!(target.get(b).await.unwrap(), None);
+        target.put(b, vec![3; 2]).await.unwrap();
     }
 }

@@ -40,6 +40,8 @@ pub struct EgressConfig {
     /// Where directory backup targets live (`--backup-dir-root`), each instance in its own
     /// subdirectory; `None`: no instance may back up to a directory here.
     pub backup_dir_root: Option<std::path::PathBuf>,
+    /// The most bytes one instance's subdirectory of it may hold.
+    pub backup_dir_max_bytes: u64,
 }
 
 impl Default for EgressConfig {
@@ -52,6 +54,7 @@ impl Default for EgressConfig {
             max_answer_bytes: 16 << 20,
             max_streams: 16,
             backup_dir_root: None,
+            backup_dir_max_bytes: 64 << 30,
         }
     }
 }
@@ -143,7 +146,8 @@ impl Egress {
             Ok(collected) => collected.to_bytes(),
             Err(_) => return error(&Error::new(ErrorCode::TooLarge, "a backup object is too long or broke off")),
         };
-        let target = selfcloud_backup::DirTarget::new(root.join(id.to_string()));
+        let target =
+            selfcloud_backup::DirTarget::new(root.join(id.to_string())).with_quota(self.config.backup_dir_max_bytes);
         match selfcloud_backup::target::serve(&target, &head.method, head.uri.path(), body).await {
             Ok(answer) => answer.map(|b| Full::new(b).map_err(|never| match never {}).boxed_unsync()),
             Err(e) => {

@@ -28,6 +28,10 @@ pub struct EgressArgs {
     /// and nothing else. Unset (the default): no directory target on this server.
     #[arg(long, env = "SELFCLOUD_BACKUP_DIR_ROOT")]
     pub backup_dir_root: Option<std::path::PathBuf>,
+    /// The most one instance's backups may hold in the backup directory, in MiB (a snapshot
+    /// past it is refused, 507).
+    #[arg(long, env = "SELFCLOUD_BACKUP_DIR_MAX_MIB", default_value_t = 64 * 1024)]
+    pub backup_dir_max_mib: u64,
 }
 
 impl EgressArgs {
@@ -40,6 +44,7 @@ impl EgressArgs {
             max_answer_bytes: self.egress_max_answer_mib.max(1) << 20,
             max_streams: self.egress_max_requests.max(1),
             backup_dir_root: self.backup_dir_root.clone(),
+            backup_dir_max_bytes: self.backup_dir_max_mib.max(1) << 20,
             ..EgressConfig::default()
         }
     }
