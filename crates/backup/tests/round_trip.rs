@@ -85,13 +85,26 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// A scratch directory, and a repository set up at a directory target.
+struct Setup {
+    scratch: tempfile::TempDir,
+    target_dir: tempfile::TempDir,
+    target: Arc<dyn Target>,
+    repo: Repo,
+    recovery: selfcloud_backup::RecoveryKey,
+}
+
+async fn set_up() -> Setup {
+    let (scratch, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let target: Arc<dyn Target> = Arc::new(DirTarget::new(target_dir.path()));
+    let (repo, _, recovery) = Repo::init(target.clone(), PASSPHRASE, CHEAP).await.unwrap();
+    Setup { scratch, target_dir, target, repo, recovery }
+}
+
 async fn round_trip(kind: EngineKind) {
     let i = instance(kind);
     fill(&i, 300, "first");
-    let scratch = tempfile::tempdir().unwrap();
-    let target_dir = tempfile::tempdir().unwrap();
-    let target: Arc<dyn Target> = Arc::new(DirTarget::new(target_dir.path()));
-    let (repo, _, recovery) = Repo::init(target.clone(), PASSPHRASE, CHEAP).await.unwrap();
+    let Setup { scratch, target_dir, target, repo, recovery } = set_up().await;
     let account = format!("{{\"username\":\"ada\",\"{MARKER}\":1}}");
     let progress = Arc::new(Progress::default());
     let first = repo
@@ -178,10 +191,7 @@ type Damage = Box<dyn Fn(&mut Vec<u8>)>;
 async fn tampered_truncated_and_missing_objects_are_errors() {
     let i = instance(EngineKind::Sqlite);
     fill(&i, 50, "x");
-    let scratch = tempfile::tempdir().unwrap();
-    let target_dir = tempfile::tempdir().unwrap();
-    let target: Arc<dyn Target> = Arc::new(DirTarget::new(target_dir.path()));
-    let (repo, _, _) = Repo::init(target.clone(), PASSPHRASE, CHEAP).await.unwrap();
+    let Setup { scratch, target_dir, repo, .. } = set_up().await;
     let m = repo.snapshot(&copy(&i, scratch.path()), "{}".into(), [0; 32], 1, None, Default::default()).await.unwrap();
     let pack = target_dir.path().join(&m.packs[0]);
     let original = std::fs::read(&pack).unwrap();
@@ -292,10 +302,7 @@ async fn a_snapshot_cut_short_leaves_nothing_a_collection_keeps() {
 async fn a_long_manifest_is_stored_in_parts() {
     let i = instance(EngineKind::Sqlite);
     fill(&i, 300, "parts");
-    let scratch = tempfile::tempdir().unwrap();
-    let target_dir = tempfile::tempdir().unwrap();
-    let target: Arc<dyn Target> = Arc::new(DirTarget::new(target_dir.path()));
-    let (repo, _, _) = Repo::init(target.clone(), PASSPHRASE, CHEAP).await.unwrap();
+    let Setup { scratch, target_dir, target, repo, .. } = set_up().await;
     let repo = repo.with_manifest_parts_of(1024);
     let m = repo.snapshot(&copy(&i, scratch.path()), "{}".into(), [0; 32], 1, None, Default::default()).await.unwrap();
     let packs = target.list("packs").await.unwrap();

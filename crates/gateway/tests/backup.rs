@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Server;
+use common::{free_port, Peer, Server};
 use reqwest::{Method, StatusCode};
 use selfcloud_backup::{DirTarget, Repo, Secret};
 use selfcloud_store::EngineKind;
@@ -35,6 +35,33 @@ fn files_under(root: &Path) -> Vec<PathBuf> {
 
 fn bytes_under(root: &Path) -> u64 {
     files_under(root).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum()
+}
+
+/// The snapshot restored into a new directory and opened under the key its manifest carries,
+/// as a user would on a machine of their own; the store must be of `engine`.
+async fn restored(
+    repo: &Repo,
+    manifest: &selfcloud_backup::Manifest,
+    engine: EngineKind,
+) -> (tempfile::TempDir, selfcloud_store::Store) {
+    let scratch = tempfile::tempdir().unwrap();
+    let into = scratch.path().join("restored");
+    repo.restore(manifest, &into, Default::default()).await.unwrap();
+    assert_eq!(EngineKind::detect(&into), Some(engine));
+    let key = selfcloud_store::DataKey::from_bytes(manifest.data_key);
+    let options = selfcloud_store::StoreOptions { quota_bytes: u64::MAX };
+    let store = selfcloud_store::Store::open(engine, &into, &key, options).unwrap();
+    (scratch, store)
+}
+
+fn collection() -> selfcloud_core::Collection {
+    selfcloud_core::Collection::parse(&format!("{MARKER}s")).unwrap()
+}
+
+/// The value of record `{MARKER}{i}` in a restored page.
+fn value_of(page: &selfcloud_store::Page, i: usize) -> Value {
+    let record = page.records.iter().find(|r| r.key.as_str() == format!("{MARKER}{i}")).unwrap();
+    serde_json::from_slice(&record.value).unwrap()
 }
 
 #[tokio::test]
@@ -137,20 +164,10 @@ async fn backs_up_to_a_directory(engine: EngineKind) {
         let repo = Repo::open(target.clone(), &secret).await.unwrap();
         let manifest = repo.snapshots().await.unwrap().pop().unwrap();
         assert_eq!(manifest.id, second["id"].as_str().unwrap());
-        let scratch = tempfile::tempdir().unwrap();
-        let into = scratch.path().join("restored");
-        repo.restore(&manifest, &into, Default::default()).await.unwrap();
-        let key = selfcloud_store::DataKey::from_bytes(manifest.data_key);
-        let kind = selfcloud_store::EngineKind::detect(&into).unwrap();
-        assert_eq!(kind, engine);
-        let store =
-            selfcloud_store::Store::open(kind, &into, &key, selfcloud_store::StoreOptions { quota_bytes: u64::MAX })
-                .unwrap();
-        let collection = selfcloud_core::Collection::parse(&format!("{MARKER}s")).unwrap();
-        let page = store.list(&collection, "", 100, usize::MAX, None).unwrap();
+        let (_scratch, store) = restored(&repo, &manifest, engine).await;
+        let page = store.list(&collection(), "", 100, usize::MAX, None).unwrap();
         assert_eq!(page.records.len(), 40);
-        let changed = page.records.iter().find(|r| r.key.as_str() == format!("{MARKER}3")).unwrap();
-        assert_eq!(serde_json::from_slice::<Value>(&changed.value).unwrap(), json!({"secret": "changed"}));
+        assert_eq!(value_of(&page, 3), json!({"secret": "changed"}));
         // The access log comes back too.
         assert!(!store.read_log(None, 10).unwrap().is_empty(), "the access log is in the snapshot");
     }
@@ -196,25 +213,12 @@ async fn a_server_with_no_backup_root_keeps_no_directory_backups() {
     assert_eq!(targets["targets"], json!([]));
 }
 
-/// moto's S3-compatible server on a loopback port, holding one bucket.
-struct Moto {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const BUCKET: &str = "backups";
 const SECRET_KEY: &str = "s3-secret-key-9f2c1e7a";
 
 /// moto (installed by `./selfcloud test` in the test Python) serving S3 on loopback, with
 /// [`BUCKET`] made; `None` (noted) when this run has no such Python and does not require one.
-async fn moto() -> Option<Moto> {
+async fn moto() -> Option<Peer> {
     let python = match std::env::var_os("SELFCLOUD_TEST_PYTHON") {
         Some(python) => python,
         None if std::env::var_os(common::REQUIRE_MODEL_ENV).is_some() => {
@@ -225,14 +229,14 @@ async fn moto() -> Option<Moto> {
             return None;
         }
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let child = std::process::Command::new(python)
         .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("moto's server starts");
-    let moto = Moto { child, port };
+    let moto = Peer { child, port };
     let bucket = format!("http://127.0.0.1:{port}/{BUCKET}");
     for _ in 0..300 {
         if let Ok(made) = reqwest::Client::new().put(&bucket).send().await {
@@ -324,22 +328,10 @@ async fn an_owner_backs_up_to_s3_through_the_egress_channel_and_restores_with_th
     let repo = Repo::open(Arc::new(target), &Secret::RecoveryKey(recovery.parse().unwrap())).await.unwrap();
     let newest = repo.snapshots().await.unwrap().pop().unwrap();
     assert_eq!(newest.id, taken["snapshots"][0]["id"].as_str().unwrap());
-    let scratch = tempfile::tempdir().unwrap();
-    let into = scratch.path().join("restored");
-    repo.restore(&newest, &into, Default::default()).await.unwrap();
-    let key = selfcloud_store::DataKey::from_bytes(newest.data_key);
-    let store = selfcloud_store::Store::open(
-        EngineKind::Sqlite,
-        &into,
-        &key,
-        selfcloud_store::StoreOptions { quota_bytes: u64::MAX },
-    )
-    .unwrap();
-    let collection = selfcloud_core::Collection::parse(&format!("{MARKER}s")).unwrap();
-    let page = store.list(&collection, "", 100, usize::MAX, None).unwrap();
+    let (_scratch, store) = restored(&repo, &newest, EngineKind::Sqlite).await;
+    let page = store.list(&collection(), "", 100, usize::MAX, None).unwrap();
     assert_eq!(page.records.len(), 30);
-    let changed = page.records.iter().find(|r| r.key.as_str() == format!("{MARKER}7")).unwrap();
-    assert_eq!(serde_json::from_slice::<Value>(&changed.value).unwrap(), json!({"secret": "changed"}));
+    assert_eq!(value_of(&page, 7), json!({"secret": "changed"}));
 }
 
 /// An S3 endpoint the operator did not allow-list is never reached: the target is refused.

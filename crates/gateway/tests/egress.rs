@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Server, REQUIRE_MODEL_ENV};
+use common::{free_port, Peer, Server, REQUIRE_MODEL_ENV};
 use reqwest::{Method, StatusCode};
 use selfcloud_instance::protocol::egress::Origin;
 use serde_json::{json, Value};
@@ -20,25 +20,9 @@ const LLAMA_SERVER_ENV: &str = "SELFCLOUD_TEST_LLAMA_SERVER";
 const KEY: &str = "sk-upstream-test-4f1c9a";
 const MODEL: &str = "upstream-smollm2";
 
-struct Upstream {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// `llama-server` with the test model on a loopback port, asking for [`KEY`]; `None` (noted)
 /// when this run has none and does not require one.
-async fn llama_server() -> Option<Upstream> {
+async fn llama_server() -> Option<Peer> {
     let (server, model) = match (std::env::var_os(LLAMA_SERVER_ENV), common::test_model()) {
         (Some(server), Some(model)) => (server, model),
         _ if std::env::var_os(REQUIRE_MODEL_ENV).is_some() => {
@@ -57,7 +41,7 @@ async fn llama_server() -> Option<Upstream> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("llama-server starts");
-    let upstream = Upstream { child, port };
+    let upstream = Peer { child, port };
     let health = format!("http://127.0.0.1:{port}/health");
     for _ in 0..600 {
         if reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) {

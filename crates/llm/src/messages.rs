@@ -137,13 +137,8 @@ pub(crate) fn conversation(messages: Vec<RequestMessage>, offer: Option<&Offer>)
 #[cfg(test)]
 mod tests {
     use crate::constraint::Constraint;
-    use crate::openai::{ChatRequest, Generation, RequestLimits};
-    use selfcloud_core::Error;
-    use serde_json::{json, Value};
-
-    fn parse(body: Value) -> Result<Generation, Error> {
-        serde_json::from_value::<ChatRequest>(body).unwrap().validate(RequestLimits::default())
-    }
+    use crate::openai::tests::parse;
+    use serde_json::json;
 
     #[test]
     fn tools_earlier_calls_and_their_results_become_turns_the_template_knows() {

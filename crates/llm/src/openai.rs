@@ -326,11 +326,12 @@ pub fn usage_chunk(h: &Header, usage: Usage) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use selfcloud_core::ErrorCode;
 
-    fn parse(body: Value) -> Result<Generation, Error> {
+    /// A request body, read and checked under the default limits.
+    pub(crate) fn parse(body: Value) -> Result<Generation, Error> {
         serde_json::from_value::<ChatRequest>(body).unwrap().validate(RequestLimits::default())
     }
 

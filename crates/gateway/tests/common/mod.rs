@@ -368,3 +368,24 @@ pub fn with_model(config: &mut ControlConfig, model: &std::path::Path, slots: us
     config.llm =
         Some(selfcloud_instance::protocol::LlmSettings { engine, limits: Default::default(), embedding, shared: None });
 }
+
+/// A helper process serving on a loopback port (an upstream provider, an S3 server), killed
+/// when dropped.
+#[allow(dead_code)]
+pub struct Peer {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nothing listens on now.
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
